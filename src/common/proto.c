@@ -1,0 +1,252 @@
+/* Message body encoders and validating decoders. */
+#include "common/proto.h"
+
+#include <errno.h>
+#include <string.h>
+
+static const char *const status_names[SH_ST_MAX_] = {
+#define SH_X(name, val, doc) [val] = #name,
+    SH_STATUS_TYPES(SH_X)
+#undef SH_X
+};
+
+const char *sh_status_name(unsigned status) {
+  if (status >= SH_ST_MAX_) return "?";
+  return status_names[status];
+}
+
+int sh_submit_append(sh_buf_t *b, uint64_t task_id, const sh_submit_t *s) {
+  size_t custom_len = 0;
+  for (uint32_t i = 0; i < s->ncustom; i++)
+    custom_len += 4 + strlen(s->custom[i].name) + 8;
+  size_t len = SH_SUBMIT_FIXED + (size_t)s->ndeps * 8 + custom_len +
+               s->method_len + s->args_len;
+  if (len > UINT32_MAX) return -E2BIG;
+  int rc = sh_buf_reserve(b, SH_FRAME_HDR + len);
+  if (rc) return rc;
+  uint8_t *p = b->data + b->len;
+  sh_frame_hdr_encode(p, SH_MSG_SUBMIT, 0, task_id, (uint32_t)len);
+  p += SH_FRAME_HDR;
+  sh_put_u64(p, s->fn_id);
+  sh_put_u64(p + 8, s->actor_id);
+  sh_put_u32(p + 16, s->kind);
+  sh_put_u32(p + 20, s->flags);
+  sh_put_u32(p + 24, s->max_retries);
+  sh_put_u32(p + 28, s->timeout_ms);
+  sh_put_u64(p + 32, s->cpu_milli);
+  sh_put_u64(p + 40, s->gpu_milli);
+  sh_put_u64(p + 48, s->memory);
+  sh_put_u32(p + 56, s->ndeps);
+  sh_put_u32(p + 60, s->ncustom);
+  sh_put_u32(p + 64, s->method_len);
+  sh_put_u32(p + 68, s->args_len);
+  p += SH_SUBMIT_FIXED;
+  if (s->ndeps) memcpy(p, s->deps, (size_t)s->ndeps * 8);
+  p += (size_t)s->ndeps * 8;
+  for (uint32_t i = 0; i < s->ncustom; i++) {
+    uint32_t n = (uint32_t)strlen(s->custom[i].name);
+    sh_put_u32(p, n);
+    memcpy(p + 4, s->custom[i].name, n);
+    sh_put_u64(p + 4 + n, s->custom[i].milli);
+    p += 4 + n + 8;
+  }
+  if (s->method_len) memcpy(p, s->method, s->method_len);
+  p += s->method_len;
+  if (s->args_len) memcpy(p, s->args, s->args_len);
+  b->len += SH_FRAME_HDR + len;
+  return 0;
+}
+
+int sh_submit_decode(const uint8_t *body, size_t len, sh_submit_t *s) {
+  sh_rd_t r;
+  sh_rd_init(&r, body, len);
+  s->fn_id = sh_rd_u64(&r);
+  s->actor_id = sh_rd_u64(&r);
+  s->kind = sh_rd_u32(&r);
+  s->flags = sh_rd_u32(&r);
+  s->max_retries = sh_rd_u32(&r);
+  s->timeout_ms = sh_rd_u32(&r);
+  s->cpu_milli = sh_rd_u64(&r);
+  s->gpu_milli = sh_rd_u64(&r);
+  s->memory = sh_rd_u64(&r);
+  s->ndeps = sh_rd_u32(&r);
+  s->ncustom = sh_rd_u32(&r);
+  s->method_len = sh_rd_u32(&r);
+  s->args_len = sh_rd_u32(&r);
+  if (r.err || s->kind > SH_KIND_ACTOR_CALL || s->ncustom > SH_MAX_CUSTOM)
+    return SH_EBODY;
+  if (s->ndeps > sh_rd_left(&r) / 8) return SH_EBODY;
+  s->deps = sh_rd_bytes(&r, (size_t)s->ndeps * 8);
+  for (uint32_t i = 0; i < s->ncustom; i++) {
+    uint32_t n = sh_rd_u32(&r);
+    if (r.err || n == 0 || n >= SH_NAME_MAX) return SH_EBODY;
+    const uint8_t *name = sh_rd_bytes(&r, n);
+    if (!name || memchr(name, 0, n)) return SH_EBODY;
+    memcpy(s->custom[i].name, name, n);
+    s->custom[i].name[n] = 0;
+    s->custom[i].milli = sh_rd_u64(&r);
+  }
+  s->method = (const char *)sh_rd_bytes(&r, s->method_len);
+  s->args = sh_rd_bytes(&r, s->args_len);
+  if (r.err || sh_rd_left(&r) != 0) return SH_EBODY;
+  return 0;
+}
+
+int sh_result_append(sh_buf_t *b, uint64_t task_id, uint32_t status,
+                     int32_t code, const void *payload, size_t len) {
+  if (len > UINT32_MAX - 8) return -E2BIG;
+  int rc = sh_buf_reserve(b, SH_FRAME_HDR + 8 + len);
+  if (rc) return rc;
+  uint8_t *p = b->data + b->len;
+  sh_frame_hdr_encode(p, SH_MSG_RESULT, 0, task_id, (uint32_t)(8 + len));
+  sh_put_u32(p + SH_FRAME_HDR, status);
+  sh_put_u32(p + SH_FRAME_HDR + 4, (uint32_t)code);
+  if (len) memcpy(p + SH_FRAME_HDR + 8, payload, len);
+  b->len += SH_FRAME_HDR + 8 + len;
+  return 0;
+}
+
+int sh_result_decode(const uint8_t *body, size_t len, sh_result_t *r) {
+  if (len < 8) return SH_EBODY;
+  r->status = sh_get_u32(body);
+  r->code = (int32_t)sh_get_u32(body + 4);
+  r->payload = body + 8;
+  r->payload_len = (uint32_t)(len - 8);
+  if (r->status >= SH_ST_MAX_) return SH_EBODY;
+  return 0;
+}
+
+#define SH_EXEC_FIXED 36
+
+long sh_exec_begin(sh_buf_t *b, uint64_t task_id, uint64_t fn_id,
+                   uint64_t actor_id, uint32_t kind, uint32_t ndeps,
+                   uint32_t method_len, uint32_t args_len) {
+  long at = sh_frame_begin(b, SH_MSG_EXEC, 0, task_id);
+  if (at < 0) return at;
+  int rc = sh_buf_reserve(b, SH_EXEC_FIXED);
+  if (rc) {
+    b->len = (size_t)at;
+    return rc;
+  }
+  uint8_t *p = b->data + b->len;
+  sh_put_u64(p, fn_id);
+  sh_put_u64(p + 8, actor_id);
+  sh_put_u32(p + 16, kind);
+  sh_put_u32(p + 20, ndeps);
+  sh_put_u32(p + 24, method_len);
+  sh_put_u32(p + 28, args_len);
+  sh_put_u32(p + 32, 0); /* deps_len, patched by sh_exec_finish */
+  b->len += SH_EXEC_FIXED;
+  return at;
+}
+
+int sh_exec_add_dep(sh_buf_t *b, const void *data, uint32_t len) {
+  int rc = sh_buf_u32(b, len);
+  if (rc) return rc;
+  return sh_buf_append(b, data, len);
+}
+
+int sh_exec_finish(sh_buf_t *b, long at, const char *method, uint32_t method_len,
+                   const void *args, uint32_t args_len) {
+  size_t fixed_end = (size_t)at + SH_FRAME_HDR + SH_EXEC_FIXED;
+  sh_put_u32(b->data + fixed_end - 4, (uint32_t)(b->len - fixed_end));
+  int rc = sh_buf_append(b, method, method_len);
+  if (!rc) rc = sh_buf_append(b, args, args_len);
+  if (rc) return rc;
+  sh_frame_finish(b, at);
+  return 0;
+}
+
+int sh_exec_decode(const uint8_t *body, size_t len, sh_exec_t *e) {
+  sh_rd_t r;
+  sh_rd_init(&r, body, len);
+  e->fn_id = sh_rd_u64(&r);
+  e->actor_id = sh_rd_u64(&r);
+  e->kind = sh_rd_u32(&r);
+  e->ndeps = sh_rd_u32(&r);
+  e->method_len = sh_rd_u32(&r);
+  e->args_len = sh_rd_u32(&r);
+  e->deps_len = sh_rd_u32(&r);
+  e->deps = sh_rd_bytes(&r, e->deps_len);
+  e->method = (const char *)sh_rd_bytes(&r, e->method_len);
+  e->args = sh_rd_bytes(&r, e->args_len);
+  if (r.err || sh_rd_left(&r) != 0 || e->kind > SH_KIND_ACTOR_CALL)
+    return SH_EBODY;
+  return 0;
+}
+
+int sh_exec_dep_next(sh_rd_t *r, sh_exec_dep_t *d) {
+  if (sh_rd_left(r) == 0) return 0;
+  d->len = sh_rd_u32(r);
+  d->data = sh_rd_bytes(r, d->len);
+  return r->err ? SH_EBODY : 1;
+}
+
+int sh_hello_append(sh_buf_t *b, const sh_hello_t *h) {
+  uint8_t p[16];
+  sh_put_u32(p, h->role);
+  sh_put_u32(p + 4, h->pid);
+  sh_put_u32(p + 8, h->flags);
+  sh_put_u32(p + 12, 0);
+  return sh_frame_append(b, SH_MSG_HELLO, 0, 0, p, sizeof p);
+}
+
+int sh_hello_decode(const uint8_t *body, size_t len, sh_hello_t *h) {
+  if (len != 16) return SH_EBODY;
+  h->role = sh_get_u32(body);
+  h->pid = sh_get_u32(body + 4);
+  h->flags = sh_get_u32(body + 8);
+  if (h->role < SH_ROLE_DRIVER || h->role > SH_ROLE_CLI) return SH_EBODY;
+  return 0;
+}
+
+int sh_hello_ok_append(sh_buf_t *b, const sh_hello_ok_t *h) {
+  uint8_t p[40];
+  sh_put_u32(p, h->client_id);
+  sh_put_u32(p + 4, h->node_id);
+  sh_put_u32(p + 8, h->num_workers);
+  sh_put_u32(p + 12, 0);
+  sh_put_u64(p + 16, h->cpu_milli);
+  sh_put_u64(p + 24, h->gpu_milli);
+  sh_put_u64(p + 32, h->memory);
+  return sh_frame_append(b, SH_MSG_HELLO_OK, 0, 0, p, sizeof p);
+}
+
+int sh_hello_ok_decode(const uint8_t *body, size_t len, sh_hello_ok_t *h) {
+  if (len != 40) return SH_EBODY;
+  h->client_id = sh_get_u32(body);
+  h->node_id = sh_get_u32(body + 4);
+  h->num_workers = sh_get_u32(body + 8);
+  h->cpu_milli = sh_get_u64(body + 16);
+  h->gpu_milli = sh_get_u64(body + 24);
+  h->memory = sh_get_u64(body + 32);
+  return 0;
+}
+
+int sh_output_append(sh_buf_t *b, uint64_t task_id, uint32_t pid,
+                     uint32_t stream, const void *data, size_t len) {
+  long at = sh_frame_begin(b, SH_MSG_OUTPUT, 0, task_id);
+  if (at < 0) return (int)at;
+  int rc = sh_buf_u32(b, pid);
+  if (!rc) rc = sh_buf_u32(b, stream);
+  if (!rc) rc = sh_buf_append(b, data, len);
+  if (rc) {
+    b->len = (size_t)at;
+    return rc;
+  }
+  sh_frame_finish(b, at);
+  return 0;
+}
+
+int sh_error_append(sh_buf_t *b, int code, const char *text) {
+  long at = sh_frame_begin(b, SH_MSG_ERROR, 0, 0);
+  if (at < 0) return (int)at;
+  int rc = sh_buf_u32(b, (uint32_t)code);
+  if (!rc) rc = sh_buf_append(b, text, strlen(text));
+  if (rc) {
+    b->len = (size_t)at;
+    return rc;
+  }
+  sh_frame_finish(b, at);
+  return 0;
+}

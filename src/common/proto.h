@@ -1,0 +1,152 @@
+/* Message bodies: layouts, encoders and validating decoders for every frame
+ * type that carries structure. docs/protocol.md is the reference; this header
+ * and that page change together. Decoders never allocate: views point into
+ * the frame body they were given. */
+#ifndef SH_PROTO_H
+#define SH_PROTO_H
+
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/frame.h"
+
+/* HELLO roles and flags. */
+enum { SH_ROLE_DRIVER = 1, SH_ROLE_WORKER = 2, SH_ROLE_CLI = 3 };
+#define SH_HELLO_OWNER 0x1u /* the daemon exits when this connection closes */
+
+/* SUBMIT kinds and flags. */
+enum { SH_KIND_TASK = 0, SH_KIND_ACTOR_CREATE = 1, SH_KIND_ACTOR_CALL = 2 };
+#define SH_SUBMIT_RETRY_EXC 0x1u /* retry when the user function raises */
+
+/* CANCEL / KILL_ACTOR frame flags. */
+#define SH_CANCEL_FORCE 0x1u
+/* CANCEL_REPLY outcomes. */
+enum { SH_CANCEL_NONE = 0, SH_CANCEL_QUEUED = 1, SH_CANCEL_RUNNING = 2 };
+
+/* OUTPUT streams. */
+enum { SH_STREAM_STDOUT = 1, SH_STREAM_STDERR = 2 };
+
+/* Task outcome statuses. X(name, value, summary). */
+#define SH_STATUS_TYPES(X)                                                     \
+  X(OK, 0, "payload is the pickled return value")                             \
+  X(ERROR, 1, "payload is the pickled exception the function raised")         \
+  X(CRASHED, 2, "the worker died; code is the signal (>0) or -exit status")   \
+  X(TIMEOUT, 3, "the task ran past its timeout and its worker was replaced")  \
+  X(CANCELLED, 4, "the task was cancelled")                                   \
+  X(INFEASIBLE, 5, "no node can ever satisfy the resource request")           \
+  X(ACTOR_DIED, 6, "the actor the call was for is dead")                      \
+  X(LOST, 7, "an object the task needs is unknown or was released")           \
+  X(BAD_REQUEST, 8, "the request was malformed; payload says how")
+
+typedef enum {
+#define SH_X(name, val, doc) SH_ST_##name = val,
+  SH_STATUS_TYPES(SH_X)
+#undef SH_X
+  SH_ST_MAX_
+} sh_status_t;
+
+const char *sh_status_name(unsigned status);
+
+/* Resource amounts. CPU and GPU in thousandths, memory in bytes. Custom
+ * resources are counted in thousandths too. */
+#define SH_MAX_CUSTOM 16
+#define SH_NAME_MAX 64
+
+typedef struct sh_custom_s {
+  char name[SH_NAME_MAX]; /* NUL-terminated */
+  uint64_t milli;
+} sh_custom_t;
+
+typedef struct sh_hello_s {
+  uint32_t role, pid, flags;
+} sh_hello_t;
+
+typedef struct sh_hello_ok_s {
+  uint32_t client_id, node_id, num_workers;
+  uint64_t cpu_milli, gpu_milli, memory;
+} sh_hello_ok_t;
+
+/* SUBMIT body view. Header id is the task id (the actor id for
+ * SH_KIND_ACTOR_CREATE). */
+typedef struct sh_submit_s {
+  uint64_t fn_id;      /* FUNC id of the function or class; 0 for calls */
+  uint64_t actor_id;   /* target actor for SH_KIND_ACTOR_CALL */
+  uint32_t kind;       /* SH_KIND_* */
+  uint32_t flags;      /* SH_SUBMIT_* */
+  uint32_t max_retries;
+  uint32_t timeout_ms; /* 0: none */
+  uint64_t cpu_milli, gpu_milli, memory;
+  uint32_t ndeps;
+  uint32_t ncustom;
+  const uint8_t *deps;   /* ndeps little-endian u64 object ids */
+  sh_custom_t custom[SH_MAX_CUSTOM];
+  const char *method;    /* not NUL-terminated */
+  uint32_t method_len;
+  const uint8_t *args;   /* pickled (args, kwargs) with deps as placeholders */
+  uint32_t args_len;
+} sh_submit_t;
+
+#define SH_SUBMIT_FIXED 72
+
+/* Appends a whole SUBMIT frame. 0 or -ENOMEM/-E2BIG (b unchanged). */
+int sh_submit_append(sh_buf_t *b, uint64_t task_id, const sh_submit_t *s);
+/* Decodes a SUBMIT body. 0 or SH_EBODY (malformed, too many custom
+ * resources, a custom name that is empty or too long). */
+int sh_submit_decode(const uint8_t *body, size_t len, sh_submit_t *s);
+
+/* RESULT body: u32 status, i32 code, payload. */
+typedef struct sh_result_s {
+  uint32_t status;
+  int32_t code;
+  const uint8_t *payload;
+  uint32_t payload_len;
+} sh_result_t;
+
+int sh_result_append(sh_buf_t *b, uint64_t task_id, uint32_t status,
+                     int32_t code, const void *payload, size_t len);
+int sh_result_decode(const uint8_t *body, size_t len, sh_result_t *r);
+
+/* EXEC body (agent to worker). Dependencies travel resolved, in order. */
+typedef struct sh_exec_dep_s {
+  const uint8_t *data; /* pickled value */
+  uint32_t len;
+} sh_exec_dep_t;
+
+typedef struct sh_exec_s {
+  uint64_t fn_id, actor_id;
+  uint32_t kind;
+  uint32_t ndeps;
+  const uint8_t *deps; /* raw: ndeps x { u32 len, bytes }; walk with sh_exec_dep_next */
+  uint32_t deps_len;
+  const char *method;
+  uint32_t method_len;
+  const uint8_t *args;
+  uint32_t args_len;
+} sh_exec_t;
+
+/* Begins an EXEC frame; the caller then calls sh_exec_add_dep ndeps times and
+ * sh_exec_finish. Returns the frame offset or -ENOMEM. */
+long sh_exec_begin(sh_buf_t *b, uint64_t task_id, uint64_t fn_id,
+                   uint64_t actor_id, uint32_t kind, uint32_t ndeps,
+                   uint32_t method_len, uint32_t args_len);
+int sh_exec_add_dep(sh_buf_t *b, const void *data, uint32_t len);
+int sh_exec_finish(sh_buf_t *b, long at, const char *method, uint32_t method_len,
+                   const void *args, uint32_t args_len);
+int sh_exec_decode(const uint8_t *body, size_t len, sh_exec_t *e);
+/* Walks the dependency list: returns 1 and fills *d, 0 at the end, or
+ * SH_EBODY. `r` must start as sh_rd_init(r, e->deps, e->deps_len). */
+int sh_exec_dep_next(sh_rd_t *r, sh_exec_dep_t *d);
+
+int sh_hello_append(sh_buf_t *b, const sh_hello_t *h);
+int sh_hello_decode(const uint8_t *body, size_t len, sh_hello_t *h);
+int sh_hello_ok_append(sh_buf_t *b, const sh_hello_ok_t *h);
+int sh_hello_ok_decode(const uint8_t *body, size_t len, sh_hello_ok_t *h);
+
+/* OUTPUT body: u32 pid, u32 stream, bytes. */
+int sh_output_append(sh_buf_t *b, uint64_t task_id, uint32_t pid,
+                     uint32_t stream, const void *data, size_t len);
+
+/* ERROR body: u32 code, UTF-8 text. */
+int sh_error_append(sh_buf_t *b, int code, const char *text);
+
+#endif
