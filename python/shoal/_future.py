@@ -1,0 +1,235 @@
+"""shoal.Future: a concurrent.futures.Future completed by the C client.
+
+The C I/O thread calls ``_complete(status, code, payload)`` with the GIL held,
+once per result. Payloads are unpickled lazily by whoever asks for the result.
+The Condition that concurrent.futures uses is created only when some thread
+actually waits, so a future nobody blocks on costs two small lists.
+"""
+
+import asyncio
+import concurrent.futures
+import pickle
+import threading
+from concurrent.futures._base import FINISHED, PENDING
+
+from . import exceptions as exc
+
+__all__ = ["Future"]
+
+# Status codes of RESULT frames (src/common/proto.h, SH_STATUS_TYPES).
+ST_OK = 0
+ST_ERROR = 1
+ST_CRASHED = 2
+ST_TIMEOUT = 3
+ST_CANCELLED = 4
+ST_INFEASIBLE = 5
+ST_ACTOR_DIED = 6
+ST_LOST = 7
+ST_BAD_REQUEST = 8
+ST_DISCONNECTED = 100  # client-side only: the daemon connection was lost
+
+_UNSET = object()
+
+
+class _RemoteTraceback(Exception):
+    """Carries the worker's traceback text as the __cause__ of a re-raised error."""
+
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return self.tb
+
+
+def _engine_error(status, code, message):
+    if status == ST_CRASHED:
+        if code > 0:
+            return exc.WorkerCrashedError(message, signal=code)
+        return exc.WorkerCrashedError(message, exit_code=-code)
+    if status == ST_TIMEOUT:
+        return exc.TaskTimeoutError(message)
+    if status == ST_CANCELLED:
+        return exc.TaskCancelledError(message)
+    if status == ST_INFEASIBLE:
+        return exc.InfeasibleResourcesError(message)
+    if status == ST_ACTOR_DIED:
+        return exc.ActorDiedError(message)
+    if status == ST_LOST:
+        return exc.ObjectLostError(message)
+    if status == ST_DISCONNECTED:
+        return exc.ConnectionLostError(message)
+    return exc.ShoalError(message)
+
+
+class Future(concurrent.futures.Future):
+    """The result of a remote call, ``put`` or actor method.
+
+    A real ``concurrent.futures.Future``: ``concurrent.futures.wait``,
+    ``as_completed`` and ``add_done_callback`` work, and it can be awaited in
+    asyncio. Passing it as a top-level argument to another remote call makes
+    that call wait for it and receive its value.
+    """
+
+    def __init__(self, task_id=0, client=None, name=None):
+        # concurrent.futures.Future.__init__ is deliberately not called: it
+        # builds a Condition per future, which we create only on demand.
+        self._id = task_id
+        self._client = client
+        self._name = name
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
+        self._raw = None
+        self._value = _UNSET
+
+    @property
+    def _condition(self):
+        cond = self.__dict__.get("_cond")
+        if cond is None:
+            cond = self.__dict__.setdefault("_cond", threading.Condition())
+        return cond
+
+    @property
+    def id(self):
+        """The task or object id (an int)."""
+        return self._id
+
+    def __repr__(self):
+        state = "pending" if self._state != FINISHED else "done"
+        name = f" {self._name}" if self._name else ""
+        return f"<shoal.Future{name} {self._id:#x} {state}>"
+
+    # Called by the C client (I/O thread, GIL held) and by local completions.
+    def _complete(self, status, code, payload):
+        if self._state == FINISHED:
+            return
+        self._raw = (status, code, payload)
+        # Order matters: publish the state, then look for waiters. A waiter
+        # creates the Condition before it reads the state (see the module doc).
+        self._state = FINISHED
+        cond = self.__dict__.get("_cond")
+        if cond is None and not self._done_callbacks:
+            return
+        with self._condition:
+            for w in self._waiters:
+                if status == ST_OK:
+                    w.add_result(self)
+                else:
+                    w.add_exception(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+
+    def _set_local(self, value):
+        """Completes with a value that is already in this process (put)."""
+        self._value = value
+        self._complete(ST_OK, 0, None)
+
+    def _error(self):
+        """The exception this future failed with, or None; decodes once."""
+        status, code, payload = self._raw
+        if status == ST_OK:
+            return None
+        if self._exception is None:
+            if status == ST_ERROR:
+                self._exception = _load_exception(payload)
+            else:
+                self._exception = _engine_error(status, code, bytes(payload).decode("utf-8", "replace"))
+        return self._exception
+
+    def _value_or_raise(self):
+        err = self._error()
+        if err is not None:
+            raise err
+        if self._value is _UNSET:
+            self._value = pickle.loads(self._raw[2])
+        return self._value
+
+    def _wait(self, timeout):
+        if self._state == FINISHED:
+            return
+        with self._condition:
+            if self._state != FINISHED:
+                self._condition.wait(timeout)
+            if self._state != FINISHED:
+                what = self._name or "task"
+                raise exc.GetTimeoutError(
+                    f"timed out after {timeout}s waiting for {what} ({self._id:#x}); "
+                    "it is still queued or running: raise the timeout, or check "
+                    "`shoal status` for free workers")
+
+    def result(self, timeout=None):
+        """The task's return value; re-raises the task's exception.
+
+        Args:
+            timeout: seconds to wait, or None to wait for ever.
+        Returns:
+            The value the remote function returned.
+        Raises:
+            GetTimeoutError: the result did not arrive in time.
+            The task's own exception, WorkerCrashedError, TaskTimeoutError,
+            TaskCancelledError, ... when the task failed.
+        """
+        self._wait(timeout)
+        return self._value_or_raise()
+
+    def exception(self, timeout=None):
+        """The exception the task failed with, or None if it succeeded."""
+        self._wait(timeout)
+        return self._error()
+
+    def done(self):
+        return self._state == FINISHED
+
+    def running(self):
+        return False
+
+    def cancelled(self):
+        return self._state == FINISHED and self._raw[0] == ST_CANCELLED
+
+    def cancel(self):
+        """Cancels the task if it has not started. Returns True if cancelled."""
+        if self._state == FINISHED:
+            return self.cancelled()
+        if self._client is None:
+            return False
+        from . import _api
+        return _api._cancel_future(self, force=False)
+
+    def set_running_or_notify_cancel(self):
+        return self._state != FINISHED
+
+    def set_result(self, result):
+        self._set_local(result)
+
+    def set_exception(self, exception):
+        self._exception = exception
+        self._complete(ST_ERROR, 0, None)
+
+    def __await__(self):
+        return asyncio.wrap_future(self).__await__()
+
+    def __del__(self):
+        client = self._client
+        if client is not None:
+            try:
+                client.release(self._id)
+            except Exception:
+                pass
+
+    def __reduce__(self):
+        raise TypeError(
+            "a shoal.Future cannot be pickled: pass it as a top-level argument "
+            "of a remote call (it becomes the value), or call .result() first")
+
+
+def _load_exception(payload):
+    try:
+        err, tb = pickle.loads(payload)
+    except Exception as e:  # the exception's class cannot be rebuilt here
+        return exc.RemoteError("unknown", f"could not unpickle the remote exception: {e!r}")
+    if tb:
+        err.__cause__ = _RemoteTraceback(tb)
+    return err
