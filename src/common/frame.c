@@ -65,7 +65,7 @@ int sh_frame_parse(const uint8_t *p, size_t n, size_t max_body, sh_frame_t *out,
      * wait for 24 bytes that will never validate. */
     uint8_t m[4];
     sh_put_u32(m, SH_FRAME_MAGIC);
-    if (memcmp(p, m, n < 4 ? n : 4) != 0) return SH_EMAGIC;
+    if (n > 0 && memcmp(p, m, n < 4 ? n : 4) != 0) return SH_EMAGIC;
     return 0;
   }
   int rc = sh_frame_hdr_decode(p, max_body, &out->hdr);
