@@ -1,0 +1,668 @@
+/* The `shoal` command: start (the daemon), status and stop. Sections: usage
+ * texts; option parsing; a small blocking client for status and stop; the
+ * commands. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <msgpack.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <dirent.h>
+#include <sched.h>
+
+#include "common/frame.h"
+#include "common/log.h"
+#include "common/proto.h"
+#include "node/agent.h"
+
+#define SHOAL_VERSION "0.1.0"
+
+static const char *usage_main =
+    "usage: shoal <command> [options]\n"
+    "\n"
+    "shoal runs Python functions, actors and pools on a cluster whose engine is C.\n"
+    "\n"
+    "commands:\n"
+    "  start    start a daemon (head and node agent)\n"
+    "  status   show nodes, workers, resources and tasks of a running daemon\n"
+    "  stop     stop a running daemon\n"
+    "\n"
+    "options:\n"
+    "  -h, --help     show this help; `shoal CMD --help` shows a command's options\n"
+    "  --version      print the version\n";
+
+static const char *usage_start =
+    "usage: shoal start --head [options]\n"
+    "\n"
+    "Starts a head and node agent in one process. Without --block it runs in the\n"
+    "background (log in SOCKET_DIR/agent.log) and this command returns once it\n"
+    "accepts connections.\n"
+    "\n"
+    "options:\n"
+    "  --head                 start a head (required: joining a cluster comes later)\n"
+    "  --socket-dir DIR       0700 directory for agent.sock and agent.pid\n"
+    "                         (default $SHOAL_SOCKET_DIR or /tmp/shoal-UID/default)\n"
+    "  --port N               also listen on TCP 127.0.0.1:N\n"
+    "  --workers N            worker processes in the pool (default: CPUs)\n"
+    "  --num-cpus N           CPUs this node offers (default: CPUs usable here)\n"
+    "  --num-gpus N           GPUs this node offers (default: NVIDIA GPUs found)\n"
+    "  --memory BYTES         memory this node offers (default: physical memory)\n"
+    "  --resources JSON       custom resources, e.g. '{\"bigmem\": 1}'; CPU, GPU and\n"
+    "                         memory keys override the counts above\n"
+    "  --python PATH          interpreter for workers (default $SHOAL_PYTHON or python3)\n"
+    "  --block                stay in the foreground (for supervisors)\n"
+    "  --embedded             private cluster of one driver: exit when it disconnects\n"
+    "  --max-frame BYTES      largest accepted message (default 1 GiB)\n"
+    "  --log-level LEVEL      debug, info, warn or error (default info)\n"
+    "  -h, --help             show this help\n";
+
+static const char *usage_status =
+    "usage: shoal status [options]\n"
+    "\n"
+    "options:\n"
+    "  --socket-dir DIR       the daemon's directory (default as for start)\n"
+    "  --address ADDR         unix:PATH, a socket path, or HOST:PORT\n"
+    "  --json                 print JSON for scripts\n"
+    "  --timeout SECONDS      how long to wait for an answer (default 10)\n"
+    "  -h, --help             show this help\n";
+
+static const char *usage_stop =
+    "usage: shoal stop [options]\n"
+    "\n"
+    "options:\n"
+    "  --socket-dir DIR       the daemon's directory (default as for start)\n"
+    "  --address ADDR         unix:PATH, a socket path, or HOST:PORT\n"
+    "  --timeout SECONDS      how long to wait for it to exit (default 10)\n"
+    "  -h, --help             show this help\n";
+
+static int usage_error(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int usage_error(const char *usage, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "shoal: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n\n%s", usage);
+  va_end(ap);
+  return 2;
+}
+
+static void default_socket_dir(char *buf, size_t n) {
+  const char *env = getenv("SHOAL_SOCKET_DIR");
+  if (env && *env) snprintf(buf, n, "%s", env);
+  else snprintf(buf, n, "/tmp/shoal-%u/default", (unsigned)getuid());
+}
+
+static int parse_num(const char *s, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || *end || !isfinite(v) || v < 0) return -1;
+  *out = v;
+  return 0;
+}
+
+/* Parses "512", "4G", "1.5GiB", "100M" into bytes. */
+static int parse_bytes(const char *s, uint64_t *out) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || v < 0 || !isfinite(v)) return -1;
+  double mul = 1;
+  if (*end == 'K' || *end == 'k') mul = 1024.0, end++;
+  else if (*end == 'M' || *end == 'm') mul = 1024.0 * 1024, end++;
+  else if (*end == 'G' || *end == 'g') mul = 1024.0 * 1024 * 1024, end++;
+  else if (*end == 'T' || *end == 't') mul = 1024.0 * 1024 * 1024 * 1024, end++;
+  if (*end == 'i') end++;
+  if (*end == 'B') end++;
+  if (*end) return -1;
+  *out = (uint64_t)(v * mul);
+  return 0;
+}
+
+static int count_cpus(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}
+
+static int count_gpus(void) {
+  DIR *d = opendir("/proc/driver/nvidia/gpus");
+  if (!d) return 0;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n;
+}
+
+/* ---- a blocking client for status and stop ---- */
+
+/* Resolves --address / --socket-dir into a connected socket, or -1 with a
+ * message printed. */
+static int connect_daemon(const char *address, const char *socket_dir, char *desc, size_t dn) {
+  char path[4096];
+  if (address && strchr(address, ':') && strncmp(address, "unix:", 5) != 0) {
+    char host[256];
+    const char *colon = strrchr(address, ':');
+    snprintf(host, sizeof host, "%.*s", (int)(colon - address), address);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
+    snprintf(desc, dn, "%s", address);
+    if (getaddrinfo(host, colon + 1, &hints, &res)) {
+      fprintf(stderr, "shoal: cannot resolve address %s\n", address);
+      return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int rc = fd >= 0 ? connect(fd, res->ai_addr, res->ai_addrlen) : -1;
+    freeaddrinfo(res);
+    if (rc) {
+      fprintf(stderr, "shoal: no shoal daemon answers at %s: %s\n", address, strerror(errno));
+      if (fd >= 0) close(fd);
+      return -1;
+    }
+    return fd;
+  }
+  if (address) {
+    const char *p = strncmp(address, "unix:", 5) == 0 ? address + 5 : address;
+    struct stat st;
+    if (stat(p, &st) == 0 && S_ISDIR(st.st_mode)) snprintf(path, sizeof path, "%s/agent.sock", p);
+    else snprintf(path, sizeof path, "%s", p);
+  } else {
+    snprintf(path, sizeof path, "%s/agent.sock", socket_dir);
+  }
+  snprintf(desc, dn, "%s", path);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) {
+    fprintf(stderr, "shoal: socket path too long: %s\n", path);
+    return -1;
+  }
+  strcpy(sa.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
+    fprintf(stderr, "shoal: no shoal daemon is running at %s (%s); start one with "
+            "`shoal start --head`\n", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n) {
+  while (n) {
+    ssize_t k = write(fd, p, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return -1;
+    p += k;
+    n -= (size_t)k;
+  }
+  return 0;
+}
+
+/* Reads frames until one of `type` arrives; its body lands in `body`. 0, or
+ * -1 with a message printed (timeout, closed, bad frame, ERROR frame). */
+static int read_frame(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, double timeout_s) {
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    sh_frame_t f;
+    size_t used;
+    int rc = sh_frame_parse(sh_buf_head(in), sh_buf_avail(in), SH_FRAME_MAX_DEFAULT, &f, &used);
+    if (rc < 0) {
+      fprintf(stderr, "shoal: bad reply from the daemon: %s\n", sh_strerror(rc));
+      return -1;
+    }
+    if (rc == 1) {
+      if (f.hdr.type == SH_MSG_ERROR && f.hdr.len >= 4) {
+        fprintf(stderr, "shoal: %.*s\n", (int)f.hdr.len - 4, f.body + 4);
+        return -1;
+      }
+      if (f.hdr.type == type) {
+        sh_buf_append(body, f.body, f.hdr.len);
+        sh_buf_consume(in, used);
+        return 0;
+      }
+      sh_buf_consume(in, used);
+      continue;
+    }
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double left = timeout_s - ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (left <= 0 || poll(&pfd, 1, (int)(left * 1000)) == 0) {
+      fprintf(stderr, "shoal: the daemon did not answer within %.3g s (waiting for %s)\n",
+              timeout_s, sh_msg_name(type));
+      return -1;
+    }
+    if (sh_buf_reserve(in, 65536)) return -1;
+    ssize_t n = read(fd, in->data + in->len, in->cap - in->len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      fprintf(stderr, "shoal: the daemon closed the connection\n");
+      return -1;
+    }
+    in->len += (size_t)n;
+  }
+}
+
+static int hello_cli(int fd, sh_buf_t *in, double timeout_s) {
+  sh_buf_t out, body;
+  sh_buf_init(&out);
+  sh_buf_init(&body);
+  sh_hello_t h = {SH_ROLE_CLI, (uint32_t)getpid(), 0};
+  sh_hello_append(&out, &h);
+  int rc = write_all(fd, out.data, out.len);
+  if (!rc) rc = read_frame(fd, SH_MSG_HELLO_OK, in, &body, timeout_s);
+  sh_buf_close(&out);
+  sh_buf_close(&body);
+  return rc;
+}
+
+/* ---- printing the status map ---- */
+
+static void json_str(const char *p, size_t n) {
+  putchar('"');
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)p[i];
+    if (ch == '"' || ch == '\\') printf("\\%c", ch);
+    else if (ch < 0x20) printf("\\u%04x", ch);
+    else putchar(ch);
+  }
+  putchar('"');
+}
+
+static void print_json(const msgpack_object *o) {
+  switch (o->type) {
+    case MSGPACK_OBJECT_NIL: printf("null"); break;
+    case MSGPACK_OBJECT_BOOLEAN: printf(o->via.boolean ? "true" : "false"); break;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: printf("%llu", (unsigned long long)o->via.u64); break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: printf("%lld", (long long)o->via.i64); break;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: printf("%.17g", o->via.f64); break;
+    case MSGPACK_OBJECT_STR: json_str(o->via.str.ptr, o->via.str.size); break;
+    case MSGPACK_OBJECT_ARRAY:
+      putchar('[');
+      for (uint32_t i = 0; i < o->via.array.size; i++) {
+        if (i) printf(", ");
+        print_json(&o->via.array.ptr[i]);
+      }
+      putchar(']');
+      break;
+    case MSGPACK_OBJECT_MAP:
+      putchar('{');
+      for (uint32_t i = 0; i < o->via.map.size; i++) {
+        if (i) printf(", ");
+        print_json(&o->via.map.ptr[i].key);
+        printf(": ");
+        print_json(&o->via.map.ptr[i].val);
+      }
+      putchar('}');
+      break;
+    default: printf("null"); break;
+  }
+}
+
+static const msgpack_object *get(const msgpack_object *m, const char *k) {
+  if (!m || m->type != MSGPACK_OBJECT_MAP) return NULL;
+  for (uint32_t i = 0; i < m->via.map.size; i++) {
+    const msgpack_object *key = &m->via.map.ptr[i].key;
+    if (key->type == MSGPACK_OBJECT_STR && key->via.str.size == strlen(k) &&
+        !memcmp(key->via.str.ptr, k, key->via.str.size))
+      return &m->via.map.ptr[i].val;
+  }
+  return NULL;
+}
+
+static double num(const msgpack_object *m, const char *k) {
+  const msgpack_object *v = get(m, k);
+  if (!v) return 0;
+  if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) return (double)v->via.u64;
+  if (v->type == MSGPACK_OBJECT_FLOAT64 || v->type == MSGPACK_OBJECT_FLOAT32) return v->via.f64;
+  return 0;
+}
+
+static void print_res_line(const msgpack_object *node) {
+  const msgpack_object *tot = get(node, "resources_total"), *fr = get(node, "resources_free");
+  printf("  resources: CPU %g/%g free, GPU %g/%g free, memory %.1f/%.1f GiB free", num(fr, "CPU"),
+         num(tot, "CPU"), num(fr, "GPU"), num(tot, "GPU"), num(fr, "memory") / (1 << 30),
+         num(tot, "memory") / (1 << 30));
+  for (uint32_t i = 0; tot && i < tot->via.map.size; i++) {
+    const msgpack_object *k = &tot->via.map.ptr[i].key;
+    if (k->type != MSGPACK_OBJECT_STR) continue;
+    char name[SH_NAME_MAX];
+    snprintf(name, sizeof name, "%.*s", (int)k->via.str.size, k->via.str.ptr);
+    if (!strcmp(name, "CPU") || !strcmp(name, "GPU") || !strcmp(name, "memory")) continue;
+    printf(", %s %g/%g free", name, num(fr, name), num(tot, name));
+  }
+  printf("\n");
+}
+
+static void print_status(const msgpack_object *st) {
+  const msgpack_object *nodes = get(st, "nodes");
+  const msgpack_object *w = get(st, "workers"), *t = get(st, "tasks"), *o = get(st, "objects");
+  const msgpack_object *ac = get(st, "actors");
+  const msgpack_object *sock = get(st, "socket");
+  printf("shoal daemon pid %.0f at %.*s, up %.1f s\n", num(st, "pid"),
+         sock ? (int)sock->via.str.size : 0, sock ? sock->via.str.ptr : "", num(st, "uptime_s"));
+  for (uint32_t i = 0; nodes && i < nodes->via.array.size; i++) {
+    const msgpack_object *n = &nodes->via.array.ptr[i];
+    printf("node %.0f: %s, load %.2f\n", num(n, "node_id"),
+           get(n, "alive") && get(n, "alive")->via.boolean ? "alive" : "dead", num(n, "load"));
+    print_res_line(n);
+  }
+  printf("  workers:   %.0f in pool (%.0f busy, %.0f idle), %.0f for actors, %.0f died\n",
+         num(w, "pool_size"), num(w, "busy"), num(w, "idle"), num(w, "actors"), num(w, "deaths"));
+  printf("  tasks:     %.0f queued, %.0f waiting on dependencies, %.0f running, %.0f done, "
+         "%.0f failed, %.0f retried\n", num(t, "queued"), num(t, "waiting"), num(t, "running"),
+         num(t, "done"), num(t, "failed"), num(t, "retried"));
+  printf("  actors:    %.0f alive, %.0f dead\n", num(ac, "alive"), num(ac, "dead"));
+  printf("  drivers:   %.0f connected\n", num(st, "drivers"));
+  printf("  objects:   %.0f held (%.1f KiB)\n", num(o, "count"), num(o, "bytes") / 1024);
+}
+
+/* ---- commands ---- */
+
+enum { OPT_HEAD = 256, OPT_SOCKET_DIR, OPT_PORT, OPT_WORKERS, OPT_NUM_CPUS, OPT_NUM_GPUS,
+       OPT_MEMORY, OPT_RESOURCES, OPT_PYTHON, OPT_BLOCK, OPT_EMBEDDED, OPT_MAX_FRAME,
+       OPT_LOG_LEVEL, OPT_ADDRESS, OPT_JSON, OPT_TIMEOUT };
+
+/* Runs the agent in a detached child; returns once it listens. */
+static int start_background(sh_agent_opts_t *o) {
+  int p[2];
+  if (pipe(p)) return 1;
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0) {
+    fprintf(stderr, "shoal: fork: %s\n", strerror(errno));
+    return 1;
+  }
+  if (pid == 0) {
+    close(p[0]);
+    setsid();
+    int nul = open("/dev/null", O_RDWR);
+    if (nul >= 0) {
+      dup2(nul, 0);
+      dup2(nul, 1);
+      close(nul);
+    }
+    static char log_path[4200];
+    snprintf(log_path, sizeof log_path, "%s/agent.log", o->socket_dir);
+    o->ready_fd = p[1];
+    o->log_path = log_path;
+    _exit(sh_agent_run(o));
+  }
+  close(p[1]);
+  char line[4200] = "";
+  size_t n = 0;
+  struct pollfd pfd = {.fd = p[0], .events = POLLIN};
+  while (n < sizeof line - 1 && poll(&pfd, 1, 30000) > 0) {
+    ssize_t k = read(p[0], line + n, sizeof line - 1 - n);
+    if (k <= 0) break;
+    n += (size_t)k;
+    if (memchr(line, '\n', n)) break;
+  }
+  close(p[0]);
+  line[n] = 0;
+  if (strncmp(line, "shoal: ready ", 13) != 0) {
+    fprintf(stderr, "shoal: the daemon did not start (see the message above, or %s/agent.log)\n",
+            o->socket_dir);
+    return 1;
+  }
+  char *nl = strchr(line, '\n');
+  if (nl) *nl = 0;
+  printf("shoal: started a head (pid %d) listening on %s", (int)pid, line + 13);
+  if (o->port) printf(" and 127.0.0.1:%d", o->port);
+  printf("\n  connect:  shoal.init(address=\"%s\")  or  shoal.init(\"auto\")\n", o->socket_dir);
+  printf("  status:   shoal status --socket-dir %s\n  stop:     shoal stop --socket-dir %s\n",
+         o->socket_dir, o->socket_dir);
+  return 0;
+}
+
+static int cmd_start(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"head", no_argument, 0, OPT_HEAD},           {"socket-dir", required_argument, 0, OPT_SOCKET_DIR},
+      {"port", required_argument, 0, OPT_PORT},     {"workers", required_argument, 0, OPT_WORKERS},
+      {"num-cpus", required_argument, 0, OPT_NUM_CPUS}, {"num-gpus", required_argument, 0, OPT_NUM_GPUS},
+      {"memory", required_argument, 0, OPT_MEMORY}, {"resources", required_argument, 0, OPT_RESOURCES},
+      {"python", required_argument, 0, OPT_PYTHON}, {"block", no_argument, 0, OPT_BLOCK},
+      {"embedded", no_argument, 0, OPT_EMBEDDED},   {"max-frame", required_argument, 0, OPT_MAX_FRAME},
+      {"log-level", required_argument, 0, OPT_LOG_LEVEL}, {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  static char dir[4096];
+  default_socket_dir(dir, sizeof dir);
+  sh_agent_opts_t o = {0};
+  o.socket_dir = dir;
+  o.python = getenv("SHOAL_PYTHON") && *getenv("SHOAL_PYTHON") ? getenv("SHOAL_PYTHON") : "python3";
+  o.max_frame = SH_FRAME_MAX_DEFAULT;
+  o.ready_fd = 1;
+  int head = 0, block = 0, workers = -1;
+  double cpus = -1, gpus = -1;
+  uint64_t memory = 0;
+  const char *resources = NULL;
+  int level = -1;
+  double v;
+  int c;
+  opterr = 0;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+      case OPT_HEAD: head = 1; break;
+      case OPT_SOCKET_DIR: snprintf(dir, sizeof dir, "%s", optarg); break;
+      case OPT_PORT:
+        if (parse_num(optarg, &v) || v < 1 || v > 65535 || v != floor(v))
+          return usage_error(usage_start, "--port needs a port number 1-65535, got '%s'", optarg);
+        o.port = (int)v;
+        break;
+      case OPT_WORKERS:
+        if (parse_num(optarg, &v) || v != floor(v) || v > 1024)
+          return usage_error(usage_start, "--workers needs a whole number 0-1024, got '%s'", optarg);
+        workers = (int)v;
+        break;
+      case OPT_NUM_CPUS:
+        if (parse_num(optarg, &cpus)) return usage_error(usage_start, "--num-cpus needs a number, got '%s'", optarg);
+        break;
+      case OPT_NUM_GPUS:
+        if (parse_num(optarg, &gpus)) return usage_error(usage_start, "--num-gpus needs a number, got '%s'", optarg);
+        break;
+      case OPT_MEMORY:
+        if (parse_bytes(optarg, &memory))
+          return usage_error(usage_start, "--memory needs a size like 8G or 1073741824, got '%s'", optarg);
+        break;
+      case OPT_RESOURCES: resources = optarg; break;
+      case OPT_PYTHON: o.python = optarg; break;
+      case OPT_BLOCK: block = 1; break;
+      case OPT_EMBEDDED: o.embedded = 1; break;
+      case OPT_MAX_FRAME: {
+        uint64_t mf;
+        if (parse_bytes(optarg, &mf) || mf < 1024 || mf > UINT32_MAX)
+          return usage_error(usage_start, "--max-frame needs a size from 1K to 4G, got '%s'", optarg);
+        o.max_frame = (size_t)mf;
+        break;
+      }
+      case OPT_LOG_LEVEL:
+        if (!strcmp(optarg, "debug")) level = SH_LOG_DEBUG;
+        else if (!strcmp(optarg, "info")) level = SH_LOG_INFO;
+        else if (!strcmp(optarg, "warn")) level = SH_LOG_WARN;
+        else if (!strcmp(optarg, "error")) level = SH_LOG_ERROR;
+        else return usage_error(usage_start, "--log-level is debug, info, warn or error, got '%s'", optarg);
+        break;
+      case 'h': fputs(usage_start, stdout); return 0;
+      case '?':
+      default:
+        if (optopt) return usage_error(usage_start, "option '%s' needs a value", argv[optind - 1]);
+        return usage_error(usage_start, "unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (optind < argc) return usage_error(usage_start, "unexpected argument '%s'", argv[optind]);
+  if (!head)
+    return usage_error(usage_start, "start needs --head (joining an existing cluster with "
+                       "--address is not available yet)");
+  if (level >= 0) sh_log_set_level(level);
+  o.resources.cpu_milli = (uint64_t)llround((cpus >= 0 ? cpus : count_cpus()) * 1000);
+  o.resources.gpu_milli = (uint64_t)llround((gpus >= 0 ? gpus : count_gpus()) * 1000);
+  o.resources.memory = memory ? memory : (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+  if (resources) {
+    char err[512];
+    if (sh_res_parse_json(resources, &o.resources, err, sizeof err))
+      return usage_error(usage_start, "--resources: %s", err);
+  }
+  o.num_workers = workers >= 0 ? workers : (int)((o.resources.cpu_milli + 999) / 1000);
+  if (o.num_workers < 1 && workers < 0) o.num_workers = 1;
+  if (block || o.embedded) return sh_agent_run(&o);
+  return start_background(&o);
+}
+
+static int parse_client_opts(int argc, char **argv, const char *usage, int allow_json,
+                             const char **address, char *dir, size_t dn, int *json, double *timeout) {
+  static const struct option opts[] = {
+      {"socket-dir", required_argument, 0, OPT_SOCKET_DIR}, {"address", required_argument, 0, OPT_ADDRESS},
+      {"json", no_argument, 0, OPT_JSON},  {"timeout", required_argument, 0, OPT_TIMEOUT},
+      {"help", no_argument, 0, 'h'},       {0, 0, 0, 0}};
+  int c;
+  opterr = 0;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+      case OPT_SOCKET_DIR: snprintf(dir, dn, "%s", optarg); break;
+      case OPT_ADDRESS: *address = optarg; break;
+      case OPT_JSON:
+        if (!allow_json) return usage_error(usage, "unknown option '--json'");
+        *json = 1;
+        break;
+      case OPT_TIMEOUT:
+        if (parse_num(optarg, timeout) || *timeout <= 0)
+          return usage_error(usage, "--timeout needs a positive number of seconds, got '%s'", optarg);
+        break;
+      case 'h': fputs(usage, stdout); return -1;
+      default:
+        if (optopt) return usage_error(usage, "option '%s' needs a value", argv[optind - 1]);
+        return usage_error(usage, "unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (optind < argc) return usage_error(usage, "unexpected argument '%s'", argv[optind]);
+  return 0;
+}
+
+static int cmd_status(int argc, char **argv) {
+  char dir[4096], desc[4200];
+  default_socket_dir(dir, sizeof dir);
+  const char *address = getenv("SHOAL_ADDRESS");
+  if (address && (!*address || !strcmp(address, "auto"))) address = NULL;
+  int json = 0;
+  double timeout = 10;
+  int rc = parse_client_opts(argc, argv, usage_status, 1, &address, dir, sizeof dir, &json, &timeout);
+  if (rc) return rc < 0 ? 0 : rc;
+  int fd = connect_daemon(address, dir, desc, sizeof desc);
+  if (fd < 0) return 1;
+  sh_buf_t in, out, body;
+  sh_buf_init(&in);
+  sh_buf_init(&out);
+  sh_buf_init(&body);
+  rc = hello_cli(fd, &in, timeout);
+  if (!rc) {
+    sh_frame_append(&out, SH_MSG_STATUS, 0, 1, NULL, 0);
+    rc = write_all(fd, out.data, out.len);
+  }
+  if (!rc) rc = read_frame(fd, SH_MSG_STATUS_REPLY, &in, &body, timeout);
+  close(fd);
+  if (!rc) {
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    if (msgpack_unpack_next(&u, (const char *)body.data, body.len, NULL) == MSGPACK_UNPACK_SUCCESS) {
+      if (json) {
+        print_json(&u.data);
+        printf("\n");
+      } else {
+        print_status(&u.data);
+      }
+    } else {
+      fprintf(stderr, "shoal: the status reply does not decode\n");
+      rc = -1;
+    }
+    msgpack_unpacked_destroy(&u);
+  }
+  sh_buf_close(&in);
+  sh_buf_close(&out);
+  sh_buf_close(&body);
+  return rc ? 1 : 0;
+}
+
+static int cmd_stop(int argc, char **argv) {
+  char dir[4096], desc[4200], pid_path[4200];
+  default_socket_dir(dir, sizeof dir);
+  const char *address = NULL;
+  int json = 0;
+  double timeout = 10;
+  int rc = parse_client_opts(argc, argv, usage_stop, 0, &address, dir, sizeof dir, &json, &timeout);
+  if (rc) return rc < 0 ? 0 : rc;
+  int fd = connect_daemon(address, dir, desc, sizeof desc);
+  if (fd < 0) return 1;
+  sh_buf_t in, out;
+  sh_buf_init(&in);
+  sh_buf_init(&out);
+  rc = hello_cli(fd, &in, timeout);
+  if (!rc) {
+    sh_frame_append(&out, SH_MSG_STOP, 0, 0, NULL, 0);
+    rc = write_all(fd, out.data, out.len);
+  }
+  /* The daemon closes every connection as it exits: wait for that. */
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  int gone = 0;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  while (!rc) {
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double left = timeout - ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+    if (left <= 0 || poll(&pfd, 1, (int)(left * 1000)) <= 0) break;
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0) {
+      gone = 1;
+      break;
+    }
+  }
+  close(fd);
+  sh_buf_close(&in);
+  sh_buf_close(&out);
+  (void)pid_path;
+  if (rc || !gone) {
+    fprintf(stderr, "shoal: the daemon at %s did not stop within %.3g s\n", desc, timeout);
+    return 1;
+  }
+  /* Wait until the socket file is gone too, so a following start succeeds. */
+  char sock[4200];
+  snprintf(sock, sizeof sock, "%s", desc);
+  for (int i = 0; i < (int)(timeout * 100) && access(sock, F_OK) == 0 && !address; i++)
+    usleep(10000);
+  printf("shoal: stopped the daemon at %s\n", desc);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  sh_log_init("shoal");
+  if (argc < 2) return usage_error(usage_main, "missing command");
+  const char *cmd = argv[1];
+  if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+    fputs(usage_main, stdout);
+    return 0;
+  }
+  if (!strcmp(cmd, "--version")) {
+    printf("shoal %s\n", SHOAL_VERSION);
+    return 0;
+  }
+  if (!strcmp(cmd, "start")) return cmd_start(argc - 1, argv + 1);
+  if (!strcmp(cmd, "status")) return cmd_status(argc - 1, argv + 1);
+  if (!strcmp(cmd, "stop")) return cmd_stop(argc - 1, argv + 1);
+  return usage_error(usage_main, "unknown command '%s'", cmd);
+}

@@ -1,0 +1,551 @@
+/* The node agent's loop: listeners, connections, frame dispatch, shutdown.
+ * Sections: set-up of the socket directory; connections (read, parse,
+ * dispatch, flush, close); the before-poll batch; run and stop. */
+#include "node/agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/frame.h"
+#include "common/log.h"
+
+uint64_t sh_now_ns(void) { return uv_hrtime(); }
+
+/* ---- the socket directory ---- */
+
+/* Creates `dir` (and parents) with mode 0700, or checks an existing one is a
+ * directory we own that nobody else can enter. */
+static int make_private_dir(const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s", dir);
+  for (char *p = path + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = 0;
+    if (mkdir(path, 0700) && errno != EEXIST) return -errno;
+    *p = '/';
+  }
+  if (mkdir(path, 0700) && errno != EEXIST) return -errno;
+  struct stat st;
+  if (stat(path, &st)) return -errno;
+  if (!S_ISDIR(st.st_mode)) return -ENOTDIR;
+  if (st.st_uid != getuid()) return -EPERM;
+  if ((st.st_mode & 077) && chmod(path, 0700)) return -errno;
+  return 0;
+}
+
+/* 1 when something answers on the unix socket `path`. */
+static int socket_alive(const char *path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+  int ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+  close(fd);
+  return ok;
+}
+
+static int listen_unix(const char *path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+  unlink(path);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 512)) {
+    int rc = -errno;
+    close(fd);
+    return rc;
+  }
+  chmod(path, 0600);
+  return fd;
+}
+
+static int listen_tcp(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  /* Loopback only: listening beyond this machine needs the cluster token,
+   * which comes with the cluster issue. */
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 512)) {
+    int rc = -errno;
+    close(fd);
+    return rc;
+  }
+  return fd;
+}
+
+/* ---- connections ---- */
+
+static void conn_poll_cb(uv_poll_t *h, int status, int events);
+
+sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc) {
+  sh_conn_t *c = sh_calloc(1, sizeof *c);
+  c->agent = a;
+  c->fd = fd;
+  c->role = role;
+  sh_buf_init(&c->in);
+  sh_buf_init(&c->out);
+  sh_queue_init(&c->dirty);
+  snprintf(c->desc, sizeof c->desc, "%s", desc);
+  uv_poll_init(a->loop, &c->poll, fd);
+  c->poll.data = c;
+  c->events = UV_READABLE;
+  uv_poll_start(&c->poll, c->events, conn_poll_cb);
+  sh_queue_insert_tail(&a->conns, &c->link);
+  return c;
+}
+
+void sh_conn_mark_dirty(sh_conn_t *c) {
+  if (!c->closing && !sh_queue_linked(&c->dirty) && sh_buf_avail(&c->out))
+    sh_queue_insert_tail(&c->agent->dirty, &c->dirty);
+}
+
+sh_conn_t *sh_agent_client(sh_agent_t *a, uint64_t id) {
+  uint32_t cid = (uint32_t)(id >> 40);
+  return cid ? sh_map_get(&a->clients, cid) : NULL;
+}
+
+static void conn_closed_cb(uv_handle_t *h) {
+  sh_conn_t *c = h->data;
+  close(c->fd);
+  sh_buf_close(&c->in);
+  sh_buf_close(&c->out);
+  sh_free(c);
+}
+
+void sh_conn_close(sh_conn_t *c, const char *why) {
+  if (c->closing) return;
+  sh_agent_t *a = c->agent;
+  c->closing = 1;
+  if (why) sh_warn("closing connection to %s: %s", c->desc, why);
+  else sh_debug("connection to %s closed", c->desc);
+  sh_queue_remove(&c->link);
+  sh_queue_remove(&c->dirty);
+  uv_poll_stop(&c->poll);
+  uv_close((uv_handle_t *)&c->poll, conn_closed_cb);
+  if (c->role == SH_ROLE_WORKER && c->worker) {
+    c->worker->conn = NULL;
+    /* The process exit callback does the bookkeeping; make sure it comes. */
+    if (!c->worker->exited && !a->stopping) sh_pool_kill(c->worker, SH_KILL_NONE);
+  }
+  if (c->role == SH_ROLE_DRIVER && c->client_id) {
+    sh_map_del(&a->clients, c->client_id);
+    sh_sched_client_gone(a, c->client_id);
+    if (a->opts.embedded && (c->flags & SH_HELLO_OWNER))
+      sh_agent_stop(a, "the driver that owns this embedded cluster disconnected");
+  }
+}
+
+/* Sends an ERROR frame (best effort, now) and closes. */
+static void conn_fail(sh_conn_t *c, int code, const char *why) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  char text[512];
+  snprintf(text, sizeof text, "shoal daemon closed the connection: %s", why);
+  if (!sh_error_append(&b, code, text)) {
+    ssize_t n = write(c->fd, b.data, b.len);
+    (void)n;
+  }
+  sh_buf_close(&b);
+  sh_conn_close(c, why);
+}
+
+static void handle_hello(sh_conn_t *c, const sh_frame_t *f) {
+  sh_agent_t *a = c->agent;
+  sh_hello_t h;
+  if (f->hdr.type != SH_MSG_HELLO || sh_hello_decode(f->body, f->hdr.len, &h)) {
+    char why[128];
+    snprintf(why, sizeof why, "expected HELLO as the first frame, got %s",
+             sh_msg_name(f->hdr.type));
+    conn_fail(c, SH_EBODY, why);
+    return;
+  }
+  if (h.role == SH_ROLE_WORKER) {
+    conn_fail(c, SH_EBODY, "workers are spawned by the agent and cannot connect");
+    return;
+  }
+  c->role = (int)h.role;
+  c->pid = h.pid;
+  c->flags = h.flags;
+  sh_hello_ok_t ok = {0};
+  if (h.role == SH_ROLE_DRIVER) {
+    c->client_id = a->next_client_id++;
+    sh_map_put(&a->clients, c->client_id, c);
+    if (h.flags & SH_HELLO_OWNER) a->owner_seen = 1;
+  }
+  snprintf(c->desc, sizeof c->desc, "%s pid %u",
+           h.role == SH_ROLE_DRIVER ? "driver" : "cli", h.pid);
+  ok.client_id = c->client_id;
+  ok.node_id = a->node_id;
+  ok.num_workers = (uint32_t)a->opts.num_workers;
+  ok.cpu_milli = a->opts.resources.cpu_milli;
+  ok.gpu_milli = a->opts.resources.gpu_milli;
+  ok.memory = a->opts.resources.memory;
+  sh_hello_ok_append(&c->out, &ok);
+  sh_conn_mark_dirty(c);
+  sh_debug("%s connected (client %u)", c->desc, c->client_id);
+}
+
+static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
+  sh_agent_t *a = c->agent;
+  const uint8_t *body = f->body;
+  uint32_t len = f->hdr.len;
+  uint64_t id = f->hdr.id;
+  char why[160];
+  if (c->role == SH_ROLE_DRIVER && (f->hdr.type == SH_MSG_SUBMIT || f->hdr.type == SH_MSG_FUNC ||
+                                    f->hdr.type == SH_MSG_PUT) &&
+      (uint32_t)(id >> 40) != c->client_id) {
+    snprintf(why, sizeof why, "%s id %#llx does not belong to this client",
+             sh_msg_name(f->hdr.type), (unsigned long long)id);
+    conn_fail(c, SH_EBODY, why);
+    return;
+  }
+  switch (f->hdr.type) {
+    case SH_MSG_SUBMIT: {
+      sh_submit_t s;
+      if (sh_submit_decode(body, len, &s)) {
+        conn_fail(c, SH_EBODY, "malformed SUBMIT body");
+        return;
+      }
+      sh_sched_submit(a, c, id, &s);
+      return;
+    }
+    case SH_MSG_FUNC: sh_sched_func(a, c, id, body, len); return;
+    case SH_MSG_PUT: sh_sched_put(a, c, id, body, len); return;
+    case SH_MSG_RELEASE:
+      if (len % 8) {
+        conn_fail(c, SH_EBODY, "RELEASE body is not a list of u64 ids");
+        return;
+      }
+      for (uint32_t i = 0; i < len; i += 8) sh_sched_release(a, sh_get_u64(body + i));
+      return;
+    case SH_MSG_CANCEL: {
+      int outcome = sh_sched_cancel(a, id, f->hdr.flags & SH_CANCEL_FORCE);
+      uint8_t p[4];
+      sh_put_u32(p, (uint32_t)outcome);
+      sh_frame_append(&c->out, SH_MSG_CANCEL_REPLY, 0, id, p, 4);
+      sh_conn_mark_dirty(c);
+      return;
+    }
+    case SH_MSG_KILL_ACTOR: sh_sched_kill_actor(a, id); return;
+    case SH_MSG_STATUS: {
+      long at = sh_frame_begin(&c->out, SH_MSG_STATUS_REPLY, 0, id);
+      if (at < 0 || sh_status_encode(a, &c->out)) {
+        conn_fail(c, -ENOMEM, "out of memory building the status reply");
+        return;
+      }
+      sh_frame_finish(&c->out, at);
+      sh_conn_mark_dirty(c);
+      return;
+    }
+    case SH_MSG_STOP:
+      sh_info("stop requested by %s", c->desc);
+      sh_agent_stop(a, "stop requested");
+      return;
+    default:
+      break;
+  }
+  snprintf(why, sizeof why, "unexpected %s frame from a %s", sh_msg_name(f->hdr.type),
+           c->role == SH_ROLE_DRIVER ? "driver" : "command-line client");
+  conn_fail(c, SH_ETYPE, why);
+}
+
+static void handle_worker(sh_conn_t *c, const sh_frame_t *f) {
+  if (f->hdr.type != SH_MSG_RESULT) {
+    char why[96];
+    snprintf(why, sizeof why, "unexpected %s frame from a worker", sh_msg_name(f->hdr.type));
+    conn_fail(c, SH_ETYPE, why);
+    return;
+  }
+  sh_result_t r;
+  if (sh_result_decode(f->body, f->hdr.len, &r)) {
+    conn_fail(c, SH_EBODY, "malformed RESULT body");
+    return;
+  }
+  sh_sched_result(c->agent, c->worker, f->hdr.id, &r);
+}
+
+static void dispatch(sh_conn_t *c, const sh_frame_t *f) {
+  if (c->role == 0) handle_hello(c, f);
+  else if (c->role == SH_ROLE_WORKER) handle_worker(c, f);
+  else if (c->role == SH_ROLE_CLI && f->hdr.type != SH_MSG_STATUS && f->hdr.type != SH_MSG_STOP)
+    conn_fail(c, SH_ETYPE, "command-line clients may only ask for STATUS or STOP");
+  else handle_driver(c, f);
+}
+
+/* Parses and handles every whole frame in c->in. */
+static void conn_parse(sh_conn_t *c) {
+  sh_agent_t *a = c->agent;
+  while (!c->closing && sh_buf_avail(&c->in) > 0) {
+    sh_frame_t f;
+    size_t used;
+    int rc = sh_frame_parse(sh_buf_head(&c->in), sh_buf_avail(&c->in), a->opts.max_frame, &f, &used);
+    if (rc < 0) {
+      char why[160];
+      snprintf(why, sizeof why, "bad frame: %s", sh_strerror(rc));
+      conn_fail(c, rc, why);
+      return;
+    }
+    if (rc == 0) {
+      /* Make room for the whole frame now that its header is validated. */
+      if (used > sh_buf_avail(&c->in) && sh_buf_reserve(&c->in, used - sh_buf_avail(&c->in))) {
+        conn_fail(c, -ENOMEM, "no memory for an incoming frame");
+      }
+      return;
+    }
+    dispatch(c, &f);
+    if (!c->closing) sh_buf_consume(&c->in, used);
+  }
+}
+
+static void conn_read(sh_conn_t *c) {
+  if (c->worker) sh_pool_drain_output(c->worker);
+  for (int rounds = 0; rounds < 64 && !c->closing; rounds++) {
+    if (sh_buf_reserve(&c->in, 65536)) {
+      conn_fail(c, -ENOMEM, "no memory for input");
+      return;
+    }
+    ssize_t n = read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+    if (n > 0) {
+      c->in.len += (size_t)n;
+      conn_parse(c);
+      continue;
+    }
+    if (n == 0) {
+      sh_conn_close(c, NULL);
+      return;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) sh_conn_close(c, strerror(errno));
+    return;
+  }
+}
+
+/* Writes what c->out holds; keeps polling for writability when the socket is
+ * full. */
+static void conn_flush(sh_conn_t *c) {
+  while (sh_buf_avail(&c->out)) {
+    ssize_t n = write(c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out));
+    if (n > 0) {
+      sh_buf_consume(&c->out, (size_t)n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    sh_conn_close(c, n < 0 ? strerror(errno) : "short write");
+    return;
+  }
+  int want = UV_READABLE | (sh_buf_avail(&c->out) ? UV_WRITABLE : 0);
+  if (want != c->events) {
+    c->events = want;
+    uv_poll_start(&c->poll, want, conn_poll_cb);
+  }
+  /* Give memory back after a burst. */
+  if (!sh_buf_avail(&c->out) && c->out.cap > (8u << 20)) sh_buf_close(&c->out);
+}
+
+static void conn_poll_cb(uv_poll_t *h, int status, int events) {
+  sh_conn_t *c = h->data;
+  if (c->closing) return;
+  if (status < 0) {
+    sh_conn_close(c, uv_strerror(status));
+    return;
+  }
+  if (events & UV_READABLE) conn_read(c);
+  if (!c->closing && (events & UV_WRITABLE)) conn_flush(c);
+}
+
+static void accept_cb(uv_poll_t *h, int status, int events) {
+  sh_agent_t *a = h->data;
+  if (status < 0 || a->stopping) return;
+  for (int i = 0; i < 64; i++) {
+    int lfd = h == &a->tcp_poll ? a->tcp_fd : a->listen_fd;
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        sh_warn("accept: %s", strerror(errno));
+      return;
+    }
+    if (h == &a->tcp_poll) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    sh_conn_create(a, fd, 0, "new connection");
+  }
+}
+
+/* ---- the before-poll batch: schedule, then flush every dirty connection ---- */
+
+static void before_poll_cb(uv_prepare_t *h) {
+  sh_agent_t *a = h->data;
+  if (a->need_schedule && !a->stopping) sh_sched_run(a);
+  while (!sh_queue_empty(&a->dirty)) {
+    sh_queue_t *q = sh_queue_head(&a->dirty);
+    sh_conn_t *c = sh_queue_data(q, sh_conn_t, dirty);
+    sh_queue_remove(q);
+    conn_flush(c);
+  }
+}
+
+/* ---- run and stop ---- */
+
+static void signal_cb(uv_signal_t *h, int signum) {
+  sh_agent_stop(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void owner_timer_cb(uv_timer_t *h) {
+  sh_agent_t *a = h->data;
+  if (!a->owner_seen) sh_agent_stop(a, "no driver connected to this embedded cluster in time");
+}
+
+void sh_agent_stop(sh_agent_t *a, const char *why) {
+  if (a->stopping) return;
+  a->stopping = 1;
+  sh_info("shutting down: %s", why);
+  sh_pool_stop_all(a);
+  /* Flush what we can to every client (e.g. final results), then close. */
+  while (!sh_queue_empty(&a->conns)) {
+    sh_conn_t *c = sh_queue_data(sh_queue_head(&a->conns), sh_conn_t, link);
+    if (sh_buf_avail(&c->out)) {
+      ssize_t n = write(c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out));
+      (void)n;
+    }
+    sh_conn_close(c, NULL);
+  }
+  uv_stop(a->loop);
+}
+
+static void cleanup_files(sh_agent_t *a) {
+  unlink(a->sock_path);
+  unlink(a->pid_path);
+  if (a->opts.embedded) rmdir(a->opts.socket_dir);
+}
+
+static int setup_listeners(sh_agent_t *a) {
+  if (strlen(a->opts.socket_dir) + sizeof "/agent.sock" > sizeof a->sock_path) {
+    fprintf(stderr, "shoal: socket directory path is too long for a unix socket (max %zu bytes): %s\n",
+            sizeof a->sock_path - sizeof "/agent.sock", a->opts.socket_dir);
+    return -ENAMETOOLONG;
+  }
+  int rc = make_private_dir(a->opts.socket_dir);
+  if (rc) {
+    fprintf(stderr, "shoal: cannot use socket directory %s: %s%s\n", a->opts.socket_dir,
+            strerror(-rc), rc == -EPERM ? " (it belongs to another user)" : "");
+    return rc;
+  }
+  snprintf(a->sock_path, sizeof a->sock_path, "%s/agent.sock", a->opts.socket_dir);
+  snprintf(a->pid_path, sizeof a->pid_path, "%s/agent.pid", a->opts.socket_dir);
+  if (socket_alive(a->sock_path)) {
+    fprintf(stderr, "shoal: a shoal daemon is already running at %s; stop it with "
+            "`shoal stop --socket-dir %s` or choose another --socket-dir\n",
+            a->sock_path, a->opts.socket_dir);
+    return -EADDRINUSE;
+  }
+  a->listen_fd = listen_unix(a->sock_path);
+  if (a->listen_fd < 0) {
+    fprintf(stderr, "shoal: cannot listen on %s: %s\n", a->sock_path, strerror(-a->listen_fd));
+    return a->listen_fd;
+  }
+  uv_poll_init(a->loop, &a->listen_poll, a->listen_fd);
+  a->listen_poll.data = a;
+  uv_poll_start(&a->listen_poll, UV_READABLE, accept_cb);
+  a->tcp_fd = -1;
+  if (a->opts.port) {
+    a->tcp_fd = listen_tcp(a->opts.port);
+    if (a->tcp_fd < 0) {
+      fprintf(stderr, "shoal: cannot listen on 127.0.0.1:%d: %s\n", a->opts.port, strerror(-a->tcp_fd));
+      return a->tcp_fd;
+    }
+    uv_poll_init(a->loop, &a->tcp_poll, a->tcp_fd);
+    a->tcp_poll.data = a;
+    uv_poll_start(&a->tcp_poll, UV_READABLE, accept_cb);
+  }
+  FILE *pf = fopen(a->pid_path, "w");
+  if (pf) {
+    fprintf(pf, "%d\n", (int)getpid());
+    fclose(pf);
+  }
+  return 0;
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg) {
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+int sh_agent_run(const sh_agent_opts_t *opts) {
+  sh_agent_t *a = sh_calloc(1, sizeof *a);
+  a->opts = *opts;
+  a->loop = uv_default_loop();
+  a->node_id = 1;
+  a->next_client_id = 1;
+  a->started_ns = sh_now_ns();
+  sh_queue_init(&a->conns);
+  sh_queue_init(&a->dirty);
+  sh_queue_init(&a->workers);
+  sh_map_init(&a->clients);
+  sh_head_init(&a->head);
+  sh_head_add_node(&a->head, a->node_id, &opts->resources);
+  a->avail = opts->resources;
+  signal(SIGPIPE, SIG_IGN);
+  if (opts->embedded) {
+    /* Die with the driver that started us, also before it connects. */
+    pid_t parent = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent || parent == 1) return 1;
+  }
+  int rc = setup_listeners(a);
+  if (rc) return 1;
+  sh_sched_init(a);
+  uv_signal_init(a->loop, &a->sig_term);
+  uv_signal_init(a->loop, &a->sig_int);
+  a->sig_term.data = a->sig_int.data = a;
+  uv_signal_start(&a->sig_term, signal_cb, SIGTERM);
+  uv_signal_start(&a->sig_int, signal_cb, SIGINT);
+  uv_prepare_init(a->loop, &a->before_poll);
+  a->before_poll.data = a;
+  uv_prepare_start(&a->before_poll, before_poll_cb);
+  uv_timer_init(a->loop, &a->owner_timer);
+  uv_timer_init(a->loop, &a->respawn_timer);
+  a->owner_timer.data = a->respawn_timer.data = a;
+  if (opts->embedded) uv_timer_start(&a->owner_timer, owner_timer_cb, 30000, 0);
+  for (int i = 0; i < opts->num_workers; i++) sh_pool_spawn(a, NULL);
+  dprintf(opts->ready_fd, "shoal: ready %s\n", a->sock_path);
+  if (opts->ready_fd != 1) close(opts->ready_fd);
+  if (opts->log_path) {
+    int fd = open(opts->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+      close(fd);
+    }
+  }
+  char res[512];
+  sh_res_format(&opts->resources, res, sizeof res);
+  sh_info("listening on %s%s, %d workers, resources %s", a->sock_path,
+          opts->port ? " and 127.0.0.1" : "", opts->num_workers, res);
+  uv_run(a->loop, UV_RUN_DEFAULT);
+  cleanup_files(a);
+  /* Close remaining handles so the sanitizer build sees a clean exit. */
+  uv_walk(a->loop, close_walk_cb, NULL);
+  uv_run(a->loop, UV_RUN_NOWAIT);
+  sh_sched_close(a);
+  sh_map_close(&a->clients);
+  close(a->listen_fd);
+  if (a->tcp_fd >= 0) close(a->tcp_fd);
+  sh_free(a);
+  return 0;
+}

@@ -1,0 +1,246 @@
+/* The node agent: one libuv loop that owns the listeners, every connection
+ * (drivers, command-line clients, workers), the local scheduler, the worker
+ * pool and the object table. Sections:
+ *   agent.c    loop, listeners, connections, frame dispatch, shutdown
+ *   sched.c    tasks, dependencies, objects, actors, placement on workers
+ *   pool.c     worker processes: spawn, output, exit, replacement
+ *   status.c   the STATUS reply (msgpack)
+ * Everything here runs on the loop thread; nothing takes a lock. */
+#ifndef SH_AGENT_H
+#define SH_AGENT_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "common/buf.h"
+#include "common/map.h"
+#include "common/proto.h"
+#include "common/queue.h"
+#include "head/head.h"
+
+typedef struct sh_agent_s sh_agent_t;
+typedef struct sh_conn_s sh_conn_t;
+typedef struct sh_worker_s sh_worker_t;
+typedef struct sh_task_s sh_task_t;
+typedef struct sh_actor_s sh_actor_t;
+
+/* Options the command line fills in. */
+typedef struct sh_agent_opts_s {
+  const char *socket_dir;  /* 0700 directory holding agent.sock and agent.pid */
+  const char *python;      /* interpreter for workers */
+  int port;                /* TCP port on 127.0.0.1, 0 for none */
+  int num_workers;         /* pool size */
+  int embedded;            /* exit with the owner connection; remove socket_dir */
+  size_t max_frame;        /* largest accepted frame body */
+  sh_res_t resources;      /* what this node offers */
+  int ready_fd;            /* where "shoal: ready PATH" goes (stdout: 1) */
+  const char *log_path;    /* after ready, stdout and stderr go here (daemon mode) */
+} sh_agent_opts_t;
+
+/* One connection: a driver, a command-line client or a worker's channel. */
+struct sh_conn_s {
+  sh_agent_t *agent;
+  uv_poll_t poll;      /* readiness of fd */
+  int fd;
+  int events;          /* UV_READABLE/UV_WRITABLE currently polled */
+  int role;            /* 0 until HELLO, then SH_ROLE_*; workers are set at spawn */
+  uint32_t client_id;  /* drivers: high bits of every id they make */
+  uint32_t pid;        /* from HELLO */
+  uint32_t flags;      /* HELLO flags */
+  int closing;         /* closed, waiting for the poll handle to close */
+  sh_buf_t in, out;    /* unparsed input, unsent output */
+  sh_worker_t *worker; /* for worker channels */
+  sh_queue_t link;     /* agent->conns */
+  sh_queue_t dirty;    /* agent->dirty while out has bytes to flush */
+  char desc[64];       /* "driver pid 123" for logs */
+};
+
+/* A task, actor creation or actor call, from SUBMIT until its RESULT is sent.
+ * `data` holds the dependency ids (u64), then the method name, then args. */
+enum {
+  SH_TASK_WAITING = 1, /* some dependency is not available yet */
+  SH_TASK_READY,       /* on the ready queue (or an actor's queue) */
+  SH_TASK_SENT,        /* on a worker's in-flight list */
+};
+
+struct sh_task_s {
+  sh_queue_t link;      /* ready queue, an actor's queue or a worker's in-flight list */
+  uint64_t id, fn_id, actor_id;
+  uint64_t cpu_milli, gpu_milli, memory;
+  sh_custom_t *custom;  /* NULL unless the task asks for custom resources */
+  uint32_t ncustom;
+  uint32_t kind, flags, max_retries, timeout_ms;
+  uint32_t attempts;    /* times it ran on a worker that died */
+  uint32_t ndeps, missing;
+  uint32_t method_len, args_len;
+  uint8_t state;
+  uint8_t released;     /* the driver dropped its Future: do not keep the result */
+  uint8_t interrupted;  /* SIGINT sent to cancel it */
+  uint8_t orphan;       /* its driver is gone: run out, report to nobody */
+  sh_worker_t *worker;  /* when SENT */
+  uint64_t sent_ns;     /* when it became the running task on its worker */
+  uint8_t data[];
+};
+
+static inline const uint8_t *sh_task_deps(const sh_task_t *t) { return t->data; }
+static inline const char *sh_task_method(const sh_task_t *t) {
+  return (const char *)t->data + (size_t)t->ndeps * 8;
+}
+static inline const uint8_t *sh_task_args(const sh_task_t *t) {
+  return t->data + (size_t)t->ndeps * 8 + t->method_len;
+}
+
+/* A value the agent keeps: a task's result or a put. */
+typedef struct sh_obj_s {
+  uint32_t status;  /* SH_ST_*: failed results are kept too, for dependents */
+  int32_t code;
+  uint32_t len;
+  uint32_t pins;    /* waiting or running tasks that need it */
+  uint8_t released; /* the owner dropped it: free when pins reach 0 */
+  uint8_t data[];
+} sh_obj_t;
+
+/* A registered function or class. */
+typedef struct sh_func_s {
+  uint64_t avg_ns;  /* moving average run time, 0 until measured */
+  uint32_t len;
+  uint8_t data[];
+} sh_func_t;
+
+enum { SH_ACTOR_PENDING = 1, SH_ACTOR_ALIVE, SH_ACTOR_DEAD };
+
+struct sh_actor_s {
+  uint64_t id;
+  sh_task_t *create;     /* the creation task until it is sent */
+  sh_worker_t *worker;   /* dedicated worker once placed */
+  sh_queue_t calls;      /* calls not yet sent, in submission order */
+  int state;
+  char *dead_reason;     /* why calls fail, once dead */
+  sh_res_t held;         /* resources held while alive */
+  int holds;             /* held is valid */
+  sh_queue_t dirty;      /* agent->actors_dirty: has calls that may be sendable */
+};
+
+/* Why the agent killed a worker, which decides what its tasks see. */
+enum {
+  SH_KILL_NONE = 0,
+  SH_KILL_TIMEOUT,     /* running task exceeded its timeout */
+  SH_KILL_CANCEL,      /* running task force-cancelled */
+  SH_KILL_OWNER_GONE,  /* the running task's driver disconnected */
+  SH_KILL_ACTOR,       /* actor killed */
+  SH_KILL_SHUTDOWN,
+};
+
+struct sh_worker_s {
+  sh_agent_t *agent;
+  uv_process_t proc;
+  uv_timer_t timer;      /* deadline of the running task */
+  uv_poll_t out_poll[2]; /* stdout, stderr */
+  int out_fd[2];
+  sh_buf_t line[2];      /* partial output lines */
+  pid_t pid;
+  int index;             /* stable number for logs */
+  int exited;
+  int kill_reason;
+  int open_handles;      /* uv handles still to close before free */
+  sh_conn_t *conn;       /* the fd-3 channel */
+  sh_queue_t inflight;   /* tasks sent, in order; the first is running */
+  uint32_t ninflight;
+  sh_res_t held;         /* resources held by the in-flight tasks */
+  int holds;             /* held is valid */
+  sh_actor_t *actor;     /* dedicated actor worker, or NULL for the pool */
+  sh_map_t funcs_sent;   /* fn ids already sent to this process */
+  uint64_t spawned_ns, last_done_ns;
+  uint64_t done;         /* tasks completed */
+  uint32_t last_client;  /* owner of the last task, for output routing */
+  char err_tail[512];    /* last stderr bytes, reported if it dies at start */
+  size_t err_tail_len;
+  sh_queue_t link;       /* agent->workers */
+};
+
+typedef struct sh_waiters_s {
+  uint32_t n, cap;
+  sh_task_t *t[];
+} sh_waiters_t;
+
+struct sh_agent_s {
+  uv_loop_t *loop;
+  sh_agent_opts_t opts;
+  sh_head_t head;
+  uint32_t node_id;
+  char sock_path[108];
+  char pid_path[4096];
+  int listen_fd, tcp_fd;
+  uv_poll_t listen_poll, tcp_poll;
+  uv_prepare_t before_poll; /* runs the scheduler and flushes output */
+  uv_signal_t sig_term, sig_int;
+  uv_timer_t owner_timer;   /* embedded: no owner connected in time */
+  uv_timer_t respawn_timer;
+  int stopping;
+  int owner_seen;
+  uint32_t next_client_id;
+  uint64_t started_ns;
+
+  sh_queue_t conns, dirty, workers;
+  sh_map_t clients;  /* client_id -> sh_conn_t */
+  sh_map_t tasks;    /* task id -> sh_task_t, every task not yet finished */
+  sh_map_t objects;  /* object id -> sh_obj_t */
+  sh_map_t funcs;    /* fn id -> sh_func_t */
+  sh_map_t waiters;  /* object id -> sh_waiters_t of tasks waiting for it */
+  sh_map_t actors;   /* actor id -> sh_actor_t */
+  sh_queue_t ready;  /* plain tasks and actor creations ready to place */
+  sh_queue_t actors_dirty; /* actors whose queued calls may be sendable */
+  sh_res_t avail;    /* free resources on this node */
+  int need_schedule;
+  int pool_size;     /* pool workers alive or starting */
+  int worker_seq;
+  int early_exits;   /* consecutive pool workers that died right after start */
+  char worker_error[640]; /* last words of a worker that could not start */
+
+  /* Counters for status. */
+  uint64_t n_submitted, n_done, n_failed, n_retried, n_worker_deaths;
+  uint64_t obj_bytes;
+};
+
+/* agent.c */
+int sh_agent_run(const sh_agent_opts_t *opts);
+void sh_agent_stop(sh_agent_t *a, const char *why);
+void sh_conn_mark_dirty(sh_conn_t *c);
+void sh_conn_close(sh_conn_t *c, const char *why);
+sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc);
+sh_conn_t *sh_agent_client(sh_agent_t *a, uint64_t id);
+uint64_t sh_now_ns(void);
+
+/* sched.c */
+void sh_sched_init(sh_agent_t *a);
+void sh_sched_close(sh_agent_t *a);
+void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t *s);
+void sh_sched_func(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n);
+void sh_sched_put(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n);
+void sh_sched_release(sh_agent_t *a, uint64_t id);
+int sh_sched_cancel(sh_agent_t *a, uint64_t id, int force);
+void sh_sched_kill_actor(sh_agent_t *a, uint64_t id);
+void sh_sched_client_gone(sh_agent_t *a, uint32_t client_id);
+void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result_t *r);
+void sh_sched_run(sh_agent_t *a);
+/* A worker died: requeue or fail what it held. `why` describes the death. */
+void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status,
+                          const char *why);
+void sh_sched_fail_ready(sh_agent_t *a, const char *why);
+void sh_task_fail(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
+                  const char *msg);
+
+/* pool.c */
+sh_worker_t *sh_pool_spawn(sh_agent_t *a, sh_actor_t *actor);
+void sh_pool_kill(sh_worker_t *w, int reason);
+void sh_pool_drain_output(sh_worker_t *w);
+void sh_pool_stop_all(sh_agent_t *a);
+void sh_pool_respawn(sh_agent_t *a);
+int sh_pool_timeout_start(sh_worker_t *w, uint64_t ms);
+void sh_pool_timeout_stop(sh_worker_t *w);
+
+/* status.c */
+int sh_status_encode(sh_agent_t *a, sh_buf_t *out);
+
+#endif

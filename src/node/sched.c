@@ -1,0 +1,768 @@
+/* The local scheduler: tasks from SUBMIT to RESULT, their dependencies, the
+ * objects the agent keeps, actors, and placement on workers. Sections:
+ * objects; finishing a task; submit; placement; results and deaths; cancel,
+ * kill and client departure. All on the loop thread. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "node/agent.h"
+
+#define PIPELINE_MAX 64
+#define PIPELINE_TARGET_NS 1000000ull /* keep ~1 ms of work queued per worker */
+#define SCAN_LIMIT 256
+
+void sh_sched_init(sh_agent_t *a) {
+  sh_map_init(&a->tasks);
+  sh_map_init(&a->objects);
+  sh_map_init(&a->funcs);
+  sh_map_init(&a->waiters);
+  sh_map_init(&a->actors);
+  sh_queue_init(&a->ready);
+  sh_queue_init(&a->actors_dirty);
+}
+
+static sh_req_t task_req(const sh_task_t *t) {
+  sh_req_t q = {t->cpu_milli, t->gpu_milli, t->memory, t->ncustom, t->custom};
+  return q;
+}
+
+static void task_free(sh_task_t *t) {
+  sh_free(t->custom);
+  sh_free(t);
+}
+
+/* ---- objects ---- */
+
+static void obj_free(sh_agent_t *a, uint64_t id, sh_obj_t *o) {
+  sh_map_del(&a->objects, id);
+  a->obj_bytes -= o->len;
+  sh_free(o);
+}
+
+static void obj_unpin(sh_agent_t *a, uint64_t id) {
+  sh_obj_t *o = sh_map_get(&a->objects, id);
+  if (!o) return;
+  if (o->pins) o->pins--;
+  if (!o->pins && o->released) obj_free(a, id, o);
+}
+
+static sh_obj_t *obj_store(sh_agent_t *a, uint64_t id, uint32_t status, int32_t code,
+                           const uint8_t *p, uint32_t n) {
+  sh_obj_t *o = sh_try_malloc(sizeof *o + n);
+  if (!o) return NULL;
+  o->status = status;
+  o->code = code;
+  o->len = n;
+  o->pins = 0;
+  o->released = 0;
+  if (n) memcpy(o->data, p, n);
+  if (sh_map_put(&a->objects, id, o)) {
+    sh_free(o);
+    return NULL;
+  }
+  a->obj_bytes += n;
+  return o;
+}
+
+void sh_sched_put(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n) {
+  if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) return;
+  if (!obj_store(a, id, SH_ST_OK, 0, p, n))
+    sh_warn("out of memory storing a %u-byte object from %s", n, c->desc);
+}
+
+void sh_sched_func(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n) {
+  if (sh_map_get(&a->funcs, id)) return;
+  sh_func_t *f = sh_try_malloc(sizeof *f + n);
+  if (!f) {
+    sh_warn("out of memory registering a %u-byte function from %s", n, c->desc);
+    return;
+  }
+  f->avg_ns = 0;
+  f->len = n;
+  memcpy(f->data, p, n);
+  if (sh_map_put(&a->funcs, id, f)) sh_free(f);
+}
+
+void sh_sched_release(sh_agent_t *a, uint64_t id) {
+  sh_obj_t *o = sh_map_get(&a->objects, id);
+  if (o) {
+    o->released = 1;
+    if (!o->pins) obj_free(a, id, o);
+    return;
+  }
+  sh_task_t *t = sh_map_get(&a->tasks, id);
+  if (t) t->released = 1;
+}
+
+/* ---- finishing a task ---- */
+
+static void make_ready(sh_agent_t *a, sh_task_t *t);
+static void actor_die(sh_agent_t *a, sh_actor_t *ac, const char *why);
+
+/* Removes t from the waiter list of `dep`; 1 if it was there. */
+static int unwait(sh_agent_t *a, uint64_t dep, sh_task_t *t) {
+  sh_waiters_t *wl = sh_map_get(&a->waiters, dep);
+  if (!wl) return 0;
+  for (uint32_t i = 0; i < wl->n; i++) {
+    if (wl->t[i] != t) continue;
+    wl->t[i] = wl->t[--wl->n];
+    if (!wl->n) {
+      sh_map_del(&a->waiters, dep);
+      sh_free(wl);
+    }
+    return 1;
+  }
+  return 0;
+}
+
+/* Drops what t holds on its dependencies: a pin on each available one, a
+ * place on the waiter list of each missing one. */
+static void release_deps(sh_agent_t *a, sh_task_t *t) {
+  const uint8_t *d = sh_task_deps(t);
+  for (uint32_t i = 0; i < t->ndeps; i++) {
+    uint64_t dep = sh_get_u64(d + 8 * i);
+    if (t->missing && unwait(a, dep, t)) continue;
+    obj_unpin(a, dep);
+  }
+}
+
+/* Sends the outcome to the owner, keeps the value for dependents and for the
+ * owner's later use, wakes (or fails) tasks waiting for it, frees t. t must
+ * be on no queue. */
+static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
+                   const uint8_t *p, uint32_t n) {
+  uint64_t id = t->id;
+  sh_map_del(&a->tasks, id);
+  if (status == SH_ST_OK) a->n_done++;
+  else a->n_failed++;
+  sh_conn_t *c = t->orphan ? NULL : sh_agent_client(a, id);
+  if (c) {
+    if (sh_result_append(&c->out, id, status, code, p, n))
+      sh_conn_close(c, "out of memory queuing a result");
+    else sh_conn_mark_dirty(c);
+  }
+  sh_waiters_t *wl = sh_map_del(&a->waiters, id);
+  sh_obj_t *o = NULL;
+  if (wl || (!t->released && !t->orphan && c)) o = obj_store(a, id, status, code, p, n);
+  if (o && !c) o->released = 1; /* nobody can release it later */
+  release_deps(a, t);
+  if (t->kind == SH_KIND_ACTOR_CREATE && status != SH_ST_OK) {
+    sh_actor_t *ac = sh_map_get(&a->actors, id);
+    if (ac && ac->state != SH_ACTOR_DEAD) {
+      char why[256];
+      if (status == SH_ST_ERROR)
+        snprintf(why, sizeof why, "the actor's constructor raised an exception (the "
+                 "creation future holds it)");
+      else snprintf(why, sizeof why, "the actor could not be created: %.*s", (int)(n < 180 ? n : 180), p);
+      ac->create = NULL;
+      actor_die(a, ac, why);
+    }
+  } else if (t->kind == SH_KIND_ACTOR_CREATE) {
+    sh_actor_t *ac = sh_map_get(&a->actors, id);
+    if (ac && ac->state == SH_ACTOR_PENDING) ac->state = SH_ACTOR_ALIVE;
+  }
+  task_free(t);
+  if (!wl) return;
+  for (uint32_t i = 0; i < wl->n; i++) {
+    sh_task_t *w = wl->t[i];
+    if (status == SH_ST_OK && o) {
+      o->pins++;
+      if (--w->missing == 0) make_ready(a, w);
+      continue;
+    }
+    /* A failed dependency fails the dependent the same way, unrun. */
+    w->missing--;
+    sh_queue_remove(&w->link);
+    if (o) o->pins++; /* release_deps below unpins this one like the others */
+    finish(a, w, o ? status : SH_ST_LOST, code, o ? p : (const uint8_t *)"out of memory keeping a dependency",
+           o ? n : 34);
+  }
+  sh_free(wl);
+  if (o && !o->pins && o->released) obj_free(a, id, o);
+}
+
+void sh_task_fail(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code, const char *msg) {
+  finish(a, t, status, code, (const uint8_t *)msg, (uint32_t)strlen(msg));
+}
+
+/* Answers a SUBMIT that never became a task. */
+static void reject(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint32_t status, const char *msg) {
+  a->n_failed++;
+  sh_result_append(&c->out, id, status, 0, msg, strlen(msg));
+  sh_conn_mark_dirty(c);
+}
+
+/* ---- submit ---- */
+
+static void make_ready(sh_agent_t *a, sh_task_t *t) {
+  t->state = SH_TASK_READY;
+  if (t->kind == SH_KIND_ACTOR_CALL) {
+    sh_actor_t *ac = sh_map_get(&a->actors, t->actor_id);
+    if (ac && !sh_queue_linked(&ac->dirty)) sh_queue_insert_tail(&a->actors_dirty, &ac->dirty);
+  } else {
+    sh_queue_insert_tail(&a->ready, &t->link);
+  }
+  a->need_schedule = 1;
+}
+
+/* Checks the dependencies of a submit: 0 when all exist (done or pending), or
+ * a status and message for the first that failed or is unknown. */
+static uint32_t check_deps(sh_agent_t *a, const sh_submit_t *s, const sh_obj_t **failed,
+                           char *why, size_t n) {
+  for (uint32_t i = 0; i < s->ndeps; i++) {
+    uint64_t dep = sh_get_u64(s->deps + 8 * i);
+    const sh_obj_t *o = sh_map_get(&a->objects, dep);
+    if (o && o->status != SH_ST_OK) {
+      *failed = o;
+      return o->status;
+    }
+    if (!o && !sh_map_get(&a->tasks, dep)) {
+      snprintf(why, n, "object %#llx that this task depends on is unknown to the cluster: it "
+               "was released (its Future was garbage collected) or never existed",
+               (unsigned long long)dep);
+      return SH_ST_LOST;
+    }
+  }
+  return SH_ST_OK;
+}
+
+static int add_waiter(sh_agent_t *a, uint64_t dep, sh_task_t *t) {
+  sh_waiters_t *wl = sh_map_get(&a->waiters, dep);
+  if (!wl || wl->n == wl->cap) {
+    uint32_t cap = wl ? wl->cap * 2 : 4;
+    sh_waiters_t *nw = sh_try_realloc(wl, sizeof *nw + cap * sizeof(sh_task_t *));
+    if (!nw) return -ENOMEM;
+    if (!wl) nw->n = 0;
+    nw->cap = cap;
+    wl = nw;
+    sh_map_put(&a->waiters, dep, wl);
+  }
+  wl->t[wl->n++] = t;
+  return 0;
+}
+
+static sh_task_t *task_new(uint64_t id, const sh_submit_t *s) {
+  size_t extra = (size_t)s->ndeps * 8 + s->method_len + s->args_len;
+  sh_task_t *t = sh_try_malloc(sizeof *t + extra);
+  if (!t) return NULL;
+  memset(t, 0, sizeof *t);
+  sh_queue_init(&t->link);
+  t->id = id;
+  t->fn_id = s->fn_id;
+  t->actor_id = s->kind == SH_KIND_ACTOR_CREATE ? id : s->actor_id;
+  t->cpu_milli = s->cpu_milli;
+  t->gpu_milli = s->gpu_milli;
+  t->memory = s->memory;
+  t->kind = s->kind;
+  t->flags = s->flags;
+  t->max_retries = s->max_retries;
+  t->timeout_ms = s->timeout_ms;
+  t->ndeps = s->ndeps;
+  t->method_len = s->method_len;
+  t->args_len = s->args_len;
+  uint8_t *p = t->data;
+  if (s->ndeps) memcpy(p, s->deps, (size_t)s->ndeps * 8);
+  p += (size_t)s->ndeps * 8;
+  if (s->method_len) memcpy(p, s->method, s->method_len);
+  p += s->method_len;
+  if (s->args_len) memcpy(p, s->args, s->args_len);
+  if (s->ncustom) {
+    t->custom = sh_try_malloc(s->ncustom * sizeof(sh_custom_t));
+    if (!t->custom) {
+      sh_free(t);
+      return NULL;
+    }
+    memcpy(t->custom, s->custom, s->ncustom * sizeof(sh_custom_t));
+    t->ncustom = s->ncustom;
+  }
+  return t;
+}
+
+static sh_actor_t *actor_new(sh_agent_t *a, uint64_t id) {
+  sh_actor_t *ac = sh_calloc(1, sizeof *ac);
+  ac->id = id;
+  ac->state = SH_ACTOR_PENDING;
+  sh_queue_init(&ac->calls);
+  sh_queue_init(&ac->dirty);
+  sh_map_put(&a->actors, id, ac);
+  return ac;
+}
+
+void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t *s) {
+  char why[1024];
+  a->n_submitted++;
+  if (sh_map_get(&a->tasks, id) || sh_map_get(&a->objects, id) || sh_map_get(&a->actors, id)) {
+    reject(a, c, id, SH_ST_BAD_REQUEST, "duplicate task id");
+    return;
+  }
+  if (s->kind != SH_KIND_ACTOR_CALL && !sh_map_get(&a->funcs, s->fn_id)) {
+    reject(a, c, id, SH_ST_BAD_REQUEST, "the task's function was not registered (send FUNC first)");
+    return;
+  }
+  sh_req_t req = {s->cpu_milli, s->gpu_milli, s->memory, s->ncustom, s->custom};
+  sh_actor_t *ac = NULL;
+  if (!sh_head_feasible(&a->head, &req, why, sizeof why)) {
+    if (s->kind == SH_KIND_ACTOR_CREATE) actor_die(a, actor_new(a, id), why);
+    reject(a, c, id, SH_ST_INFEASIBLE, why);
+    return;
+  }
+  if (s->kind == SH_KIND_ACTOR_CALL) {
+    ac = sh_map_get(&a->actors, s->actor_id);
+    if (!ac || (uint32_t)(s->actor_id >> 40) != c->client_id) {
+      reject(a, c, id, SH_ST_ACTOR_DIED, "unknown actor: it was never created by this driver");
+      return;
+    }
+    if (ac->state == SH_ACTOR_DEAD) {
+      reject(a, c, id, SH_ST_ACTOR_DIED, ac->dead_reason);
+      return;
+    }
+  }
+  const sh_obj_t *failed = NULL;
+  uint32_t st = check_deps(a, s, &failed, why, sizeof why);
+  if (st != SH_ST_OK) {
+    a->n_failed++;
+    if (failed) sh_result_append(&c->out, id, failed->status, failed->code, failed->data, failed->len);
+    else sh_result_append(&c->out, id, st, 0, why, strlen(why));
+    sh_conn_mark_dirty(c);
+    if (s->kind == SH_KIND_ACTOR_CREATE) actor_die(a, actor_new(a, id), "a dependency of the actor's constructor failed");
+    return;
+  }
+  sh_task_t *t = task_new(id, s);
+  if (!t || sh_map_put(&a->tasks, id, t)) {
+    if (t) task_free(t);
+    reject(a, c, id, SH_ST_BAD_REQUEST, "the daemon is out of memory");
+    return;
+  }
+  for (uint32_t i = 0; i < s->ndeps; i++) {
+    uint64_t dep = sh_get_u64(s->deps + 8 * i);
+    sh_obj_t *o = sh_map_get(&a->objects, dep);
+    if (o) o->pins++;
+    else if (add_waiter(a, dep, t) == 0) t->missing++;
+  }
+  if (s->kind == SH_KIND_ACTOR_CREATE) {
+    ac = actor_new(a, id);
+    ac->create = t;
+  }
+  if (ac && s->kind == SH_KIND_ACTOR_CALL) sh_queue_insert_tail(&ac->calls, &t->link);
+  if (t->missing) t->state = SH_TASK_WAITING;
+  else make_ready(a, t);
+}
+
+/* ---- placement ---- */
+
+static int pipelinable(const sh_task_t *t) {
+  return t->kind == SH_KIND_TASK && t->cpu_milli == 1000 && !t->gpu_milli && !t->memory &&
+         !t->ncustom && !t->timeout_ms;
+}
+
+static uint32_t depth_for(sh_agent_t *a, uint64_t fn_id) {
+  sh_func_t *f = sh_map_get(&a->funcs, fn_id);
+  if (!f || !f->avg_ns) return 1;
+  uint64_t d = PIPELINE_TARGET_NS / (f->avg_ns ? f->avg_ns : 1);
+  if (d < 1) d = 1;
+  if (d > PIPELINE_MAX) d = PIPELINE_MAX;
+  return (uint32_t)d;
+}
+
+static int worker_usable(const sh_worker_t *w) {
+  return w->conn && !w->exited && !w->kill_reason && !w->actor;
+}
+
+static sh_worker_t *idle_worker(sh_agent_t *a) {
+  sh_queue_t *q;
+  sh_queue_foreach(q, &a->workers) {
+    sh_worker_t *w = sh_queue_data(q, sh_worker_t, link);
+    if (worker_usable(w) && w->ninflight == 0) return w;
+  }
+  return NULL;
+}
+
+/* A busy pool worker that can take t behind what it runs, or NULL. */
+static sh_worker_t *pipeline_worker(sh_agent_t *a, const sh_task_t *t) {
+  uint32_t depth = depth_for(a, t->fn_id);
+  if (depth <= 1) return NULL;
+  sh_worker_t *best = NULL;
+  sh_queue_t *q;
+  sh_queue_foreach(q, &a->workers) {
+    sh_worker_t *w = sh_queue_data(q, sh_worker_t, link);
+    if (!worker_usable(w) || w->ninflight == 0 || w->ninflight >= depth) continue;
+    const sh_task_t *head = sh_queue_data(sh_queue_head(&w->inflight), sh_task_t, link);
+    if (!pipelinable(head)) continue;
+    if (!best || w->ninflight < best->ninflight) best = w;
+  }
+  return best;
+}
+
+static void task_started(sh_worker_t *w, sh_task_t *t) {
+  t->sent_ns = sh_now_ns();
+  if (t->timeout_ms) sh_pool_timeout_start(w, t->timeout_ms);
+}
+
+/* Appends FUNC (first time for this process) and EXEC for t to w. */
+static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t) {
+  sh_conn_t *c = w->conn;
+  if (t->fn_id && !sh_map_get(&w->funcs_sent, t->fn_id)) {
+    sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
+    if (f) sh_frame_append(&c->out, SH_MSG_FUNC, 0, t->fn_id, f->data, f->len);
+    sh_map_put(&w->funcs_sent, t->fn_id, (void *)1);
+  }
+  long at = sh_exec_begin(&c->out, t->id, t->fn_id, t->actor_id, t->kind, t->ndeps,
+                          t->method_len, t->args_len);
+  const uint8_t *d = sh_task_deps(t);
+  int rc = at < 0 ? (int)at : 0;
+  for (uint32_t i = 0; i < t->ndeps && !rc; i++) {
+    sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
+    rc = o ? sh_exec_add_dep(&c->out, o->data, o->len) : sh_exec_add_dep(&c->out, "", 0);
+  }
+  if (!rc) rc = sh_exec_finish(&c->out, at, sh_task_method(t), t->method_len, sh_task_args(t), t->args_len);
+  if (rc) {
+    /* Out of memory: the worker cannot be told consistently; replace it. */
+    sh_warn("out of memory sending task %#llx to worker %d", (unsigned long long)t->id, w->index);
+    sh_pool_kill(w, SH_KILL_NONE);
+  }
+  t->state = SH_TASK_SENT;
+  t->worker = w;
+  sh_queue_insert_tail(&w->inflight, &t->link);
+  if (w->ninflight++ == 0) task_started(w, t);
+  w->last_client = (uint32_t)(t->id >> 40);
+  sh_conn_mark_dirty(c);
+}
+
+static void place_actor(sh_agent_t *a, sh_task_t *t) {
+  sh_actor_t *ac = sh_map_get(&a->actors, t->id);
+  sh_req_t req = task_req(t);
+  sh_res_sub(&a->avail, &req);
+  sh_res_from_req(&ac->held, &req);
+  ac->holds = 1;
+  ac->worker = sh_pool_spawn(a, ac);
+  ac->create = NULL;
+  if (!ac->worker) {
+    actor_die(a, ac, "could not start a worker process for the actor");
+    sh_task_fail(a, t, SH_ST_ACTOR_DIED, 0, "could not start a worker process for the actor");
+    return;
+  }
+  send_task(a, ac->worker, t);
+  if (!sh_queue_linked(&ac->dirty)) sh_queue_insert_tail(&a->actors_dirty, &ac->dirty);
+}
+
+/* Sends every ready call at the front of each dirty actor's queue. */
+static void run_actors(sh_agent_t *a) {
+  while (!sh_queue_empty(&a->actors_dirty)) {
+    sh_queue_t *q = sh_queue_head(&a->actors_dirty);
+    sh_actor_t *ac = sh_queue_data(q, sh_actor_t, dirty);
+    sh_queue_remove(q);
+    if (!ac->worker || ac->state == SH_ACTOR_DEAD || !ac->worker->conn) continue;
+    while (!sh_queue_empty(&ac->calls)) {
+      sh_task_t *t = sh_queue_data(sh_queue_head(&ac->calls), sh_task_t, link);
+      if (t->missing) break; /* later calls wait: one caller's calls run in order */
+      sh_queue_remove(&t->link);
+      send_task(a, ac->worker, t);
+    }
+  }
+}
+
+void sh_sched_run(sh_agent_t *a) {
+  a->need_schedule = 0;
+  run_actors(a);
+  int scanned = 0;
+  sh_queue_t *q = a->ready.next;
+  while (q != &a->ready && scanned < SCAN_LIMIT) {
+    sh_task_t *t = sh_queue_data(q, sh_task_t, link);
+    q = q->next;
+    sh_req_t req = task_req(t);
+    int fits = sh_res_fits(&a->avail, &req);
+    if (t->kind == SH_KIND_ACTOR_CREATE) {
+      if (fits) {
+        sh_queue_remove(&t->link);
+        place_actor(a, t);
+      } else scanned++;
+      continue;
+    }
+    sh_worker_t *w = fits ? idle_worker(a) : NULL;
+    if (w) {
+      sh_res_sub(&a->avail, &req);
+      sh_res_from_req(&w->held, &req);
+      w->holds = 1;
+    } else if (pipelinable(t)) {
+      w = pipeline_worker(a, t);
+    }
+    if (!w) {
+      scanned++;
+      continue;
+    }
+    sh_queue_remove(&t->link);
+    send_task(a, w, t);
+  }
+  run_actors(a);
+}
+
+/* ---- results and deaths ---- */
+
+static void worker_release(sh_agent_t *a, sh_worker_t *w) {
+  if (!w->holds) return;
+  sh_req_t req = sh_res_as_req(&w->held);
+  sh_res_add(&a->avail, &req);
+  w->holds = 0;
+  a->need_schedule = 1;
+}
+
+static sh_task_t *find_inflight(sh_worker_t *w, uint64_t id) {
+  sh_queue_t *q;
+  sh_queue_foreach(q, &w->inflight) {
+    sh_task_t *t = sh_queue_data(q, sh_task_t, link);
+    if (t->id == id) return t;
+  }
+  return NULL;
+}
+
+void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result_t *r) {
+  sh_task_t *t = find_inflight(w, id);
+  if (!t) {
+    sh_debug("worker %d sent a result for %#llx, which it no longer holds", w->index,
+             (unsigned long long)id);
+    return;
+  }
+  int was_head = &t->link == sh_queue_head(&w->inflight);
+  sh_queue_remove(&t->link);
+  w->ninflight--;
+  uint64_t now = sh_now_ns();
+  if (was_head) {
+    sh_func_t *f = t->kind == SH_KIND_TASK ? sh_map_get(&a->funcs, t->fn_id) : NULL;
+    uint64_t d = now - t->sent_ns;
+    if (f) f->avg_ns = f->avg_ns ? (f->avg_ns * 7 + d) / 8 : (d ? d : 1);
+    sh_pool_timeout_stop(w);
+    if (w->ninflight) task_started(w, sh_queue_data(sh_queue_head(&w->inflight), sh_task_t, link));
+  }
+  w->done++;
+  w->last_done_ns = now;
+  if (w->ninflight == 0) worker_release(a, w);
+  a->need_schedule = 1;
+  if (r->status == SH_ST_ERROR && (t->flags & SH_SUBMIT_RETRY_EXC) && t->kind == SH_KIND_TASK &&
+      t->attempts < t->max_retries && !t->orphan) {
+    t->attempts++;
+    a->n_retried++;
+    t->state = SH_TASK_READY;
+    t->worker = NULL;
+    sh_queue_insert_head(&a->ready, &t->link);
+    return;
+  }
+  finish(a, t, r->status, r->code, r->payload, r->payload_len);
+}
+
+static void signal_text(char *buf, size_t n, int sig, int64_t status) {
+  if (sig) snprintf(buf, n, "killed by signal %d (%s)", sig, strsignal(sig));
+  else snprintf(buf, n, "exited with status %lld", (long long)status);
+}
+
+void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status,
+                          const char *why) {
+  char how[96], msg[512];
+  signal_text(how, sizeof how, sig, status);
+  sh_pool_timeout_stop(w);
+  worker_release(a, w);
+  if (w->actor) {
+    sh_actor_t *ac = w->actor;
+    if (ac->state != SH_ACTOR_DEAD) {
+      snprintf(msg, sizeof msg, "the actor's worker process (pid %d) died: %s%s%s", (int)w->pid, how,
+               why ? "; " : "", why ? why : "");
+      actor_die(a, ac, msg);
+    }
+    ac->worker = NULL;
+    return;
+  }
+  sh_queue_t redo;
+  sh_queue_init(&redo);
+  /* The first task left is the one that was running, unless the agent
+   * already took the running one off (force cancel, departed driver). */
+  int first = w->kill_reason != SH_KILL_CANCEL && w->kill_reason != SH_KILL_OWNER_GONE;
+  while (!sh_queue_empty(&w->inflight)) {
+    sh_task_t *t = sh_queue_data(sh_queue_head(&w->inflight), sh_task_t, link);
+    int head = first;
+    first = 0;
+    sh_queue_remove(&t->link);
+    w->ninflight--;
+    t->worker = NULL;
+    if (t->orphan) {
+      finish(a, t, SH_ST_CANCELLED, 0, (const uint8_t *)"", 0);
+      continue;
+    }
+    if (head && w->kill_reason == SH_KILL_TIMEOUT) {
+      snprintf(msg, sizeof msg, "task exceeded its timeout of %.3g s; its worker (pid %d) was "
+               "killed and replaced", t->timeout_ms / 1000.0, (int)w->pid);
+      sh_task_fail(a, t, SH_ST_TIMEOUT, 0, msg);
+      continue;
+    }
+    if (head && t->attempts >= t->max_retries) {
+      snprintf(msg, sizeof msg, "the worker process (pid %d) running the task died: %s%s%s; "
+               "tried %u time%s (max_retries=%u)", (int)w->pid, how, why ? "; " : "",
+               why ? why : "", t->attempts + 1, t->attempts ? "s" : "", t->max_retries);
+      sh_task_fail(a, t, SH_ST_CRASHED, sig ? sig : -(int32_t)status, msg);
+      continue;
+    }
+    if (head) {
+      t->attempts++;
+      a->n_retried++;
+    }
+    t->state = SH_TASK_READY;
+    sh_queue_insert_tail(&redo, &t->link);
+  }
+  sh_queue_prepend_all(&a->ready, &redo);
+  a->need_schedule = 1;
+}
+
+void sh_sched_fail_ready(sh_agent_t *a, const char *why) {
+  while (!sh_queue_empty(&a->ready)) {
+    sh_task_t *t = sh_queue_data(sh_queue_head(&a->ready), sh_task_t, link);
+    sh_queue_remove(&t->link);
+    if (t->kind == SH_KIND_ACTOR_CREATE) {
+      sh_actor_t *ac = sh_map_get(&a->actors, t->id);
+      if (ac) {
+        ac->create = NULL;
+        actor_die(a, ac, why);
+      }
+    }
+    sh_task_fail(a, t, SH_ST_CRASHED, 0, why);
+  }
+}
+
+/* ---- cancel, kill, client departure ---- */
+
+int sh_sched_cancel(sh_agent_t *a, uint64_t id, int force) {
+  sh_task_t *t = sh_map_get(&a->tasks, id);
+  if (!t) return SH_CANCEL_NONE;
+  if (t->state != SH_TASK_SENT) {
+    if (t->kind == SH_KIND_ACTOR_CREATE) return SH_CANCEL_NONE; /* use kill for actors */
+    sh_queue_remove(&t->link);
+    sh_task_fail(a, t, SH_ST_CANCELLED, 0, "the task was cancelled before it ran");
+    return SH_CANCEL_QUEUED;
+  }
+  sh_worker_t *w = t->worker;
+  if (&t->link != sh_queue_head(&w->inflight)) return SH_CANCEL_RUNNING; /* sent ahead; cannot recall */
+  if (force && !w->actor) {
+    sh_queue_remove(&t->link);
+    w->ninflight--;
+    sh_task_fail(a, t, SH_ST_CANCELLED, 0, "the task was cancelled while running (force=True): "
+                 "its worker was killed and replaced");
+    sh_pool_kill(w, SH_KILL_CANCEL);
+    return SH_CANCEL_RUNNING;
+  }
+  /* Interrupt only when nothing else is queued on that worker, so the signal
+   * cannot land in the wrong task. */
+  if (w->ninflight == 1 && !t->interrupted) {
+    t->interrupted = 1;
+    kill(w->pid, SIGINT);
+  }
+  return SH_CANCEL_RUNNING;
+}
+
+static void fail_queue(sh_agent_t *a, sh_queue_t *q, uint32_t status, const char *why) {
+  while (!sh_queue_empty(q)) {
+    sh_task_t *t = sh_queue_data(sh_queue_head(q), sh_task_t, link);
+    sh_queue_remove(&t->link);
+    if (t->worker) t->worker->ninflight--;
+    sh_task_fail(a, t, status, 0, why);
+  }
+}
+
+/* Marks an actor dead and fails everything addressed to it. */
+static void actor_die(sh_agent_t *a, sh_actor_t *ac, const char *why) {
+  if (ac->state == SH_ACTOR_DEAD) return;
+  ac->state = SH_ACTOR_DEAD;
+  ac->dead_reason = sh_strdup(why);
+  sh_queue_remove(&ac->dirty);
+  if (ac->holds) {
+    sh_req_t req = sh_res_as_req(&ac->held);
+    sh_res_add(&a->avail, &req);
+    ac->holds = 0;
+    a->need_schedule = 1;
+  }
+  if (ac->create) {
+    sh_task_t *t = ac->create;
+    ac->create = NULL;
+    sh_queue_remove(&t->link);
+    sh_task_fail(a, t, SH_ST_ACTOR_DIED, 0, why);
+  }
+  fail_queue(a, &ac->calls, SH_ST_ACTOR_DIED, why);
+  if (ac->worker) {
+    sh_pool_timeout_stop(ac->worker);
+    fail_queue(a, &ac->worker->inflight, SH_ST_ACTOR_DIED, why);
+    if (!ac->worker->exited) sh_pool_kill(ac->worker, SH_KILL_ACTOR);
+  }
+}
+
+static void actor_free(sh_agent_t *a, sh_actor_t *ac) {
+  sh_map_del(&a->actors, ac->id);
+  if (ac->worker) ac->worker->actor = NULL;
+  sh_free(ac->dead_reason);
+  sh_free(ac);
+}
+
+void sh_sched_kill_actor(sh_agent_t *a, uint64_t id) {
+  sh_actor_t *ac = sh_map_get(&a->actors, id);
+  if (ac) actor_die(a, ac, "the actor was killed by shoal.kill()");
+}
+
+void sh_sched_client_gone(sh_agent_t *a, uint32_t cid) {
+  uint64_t id;
+  void *v;
+  /* Actors first: their calls go with them. */
+  for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {
+    if ((uint32_t)(id >> 40) != cid) continue;
+    sh_actor_t *ac = v;
+    actor_die(a, ac, "the driver that created the actor disconnected");
+    actor_free(a, ac);
+  }
+  for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);) {
+    if ((uint32_t)(id >> 40) != cid) continue;
+    sh_task_t *t = v;
+    t->orphan = 1;
+    if (t->state != SH_TASK_SENT) {
+      sh_queue_remove(&t->link);
+      finish(a, t, SH_ST_CANCELLED, 0, (const uint8_t *)"", 0);
+      continue;
+    }
+    /* A running task of the departed driver: stop it; tasks sent ahead run out
+     * (they are short) and report to nobody. */
+    sh_worker_t *w = t->worker;
+    if (&t->link == sh_queue_head(&w->inflight) && !w->kill_reason) {
+      sh_queue_remove(&t->link);
+      w->ninflight--;
+      finish(a, t, SH_ST_CANCELLED, 0, (const uint8_t *)"", 0);
+      sh_pool_kill(w, SH_KILL_OWNER_GONE);
+    }
+  }
+  for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
+    if ((uint32_t)(id >> 40) != cid) continue;
+    sh_obj_t *o = v;
+    o->released = 1;
+    if (!o->pins) obj_free(a, id, o);
+  }
+  for (size_t i = 0; sh_map_next(&a->funcs, &i, &id, &v);) {
+    if ((uint32_t)(id >> 40) != cid) continue;
+    sh_map_del(&a->funcs, id);
+    sh_free(v);
+  }
+}
+
+void sh_sched_close(sh_agent_t *a) {
+  uint64_t id;
+  void *v;
+  for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);) task_free(v);
+  for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) sh_free(v);
+  for (size_t i = 0; sh_map_next(&a->funcs, &i, &id, &v);) sh_free(v);
+  for (size_t i = 0; sh_map_next(&a->waiters, &i, &id, &v);) sh_free(v);
+  for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {
+    sh_actor_t *ac = v;
+    sh_free(ac->dead_reason);
+    sh_free(ac);
+  }
+  sh_map_close(&a->tasks);
+  sh_map_close(&a->objects);
+  sh_map_close(&a->funcs);
+  sh_map_close(&a->waiters);
+  sh_map_close(&a->actors);
+}

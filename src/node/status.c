@@ -1,0 +1,137 @@
+/* The STATUS reply: the node's state as a msgpack map, for `shoal status` and
+ * the Python client. Keys are documented in docs/protocol.md. */
+#include <msgpack.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "node/agent.h"
+
+static int write_cb(void *data, const char *p, size_t n) {
+  return sh_buf_append(data, p, n) ? -1 : 0;
+}
+
+static void key(msgpack_packer *pk, const char *k) {
+  size_t n = strlen(k);
+  msgpack_pack_str(pk, n);
+  msgpack_pack_str_body(pk, k, n);
+}
+
+static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v) {
+  key(pk, k);
+  msgpack_pack_uint64(pk, v);
+}
+
+static void kv_str(msgpack_packer *pk, const char *k, const char *v) {
+  key(pk, k);
+  key(pk, v);
+}
+
+static void pack_res(msgpack_packer *pk, const sh_res_t *r) {
+  msgpack_pack_map(pk, 3 + r->ncustom);
+  key(pk, "CPU");
+  msgpack_pack_double(pk, r->cpu_milli / 1000.0);
+  key(pk, "GPU");
+  msgpack_pack_double(pk, r->gpu_milli / 1000.0);
+  kv_u64(pk, "memory", r->memory);
+  for (uint32_t i = 0; i < r->ncustom; i++) {
+    key(pk, r->custom[i].name);
+    msgpack_pack_double(pk, r->custom[i].milli / 1000.0);
+  }
+}
+
+static void pack_workers(msgpack_packer *pk, sh_agent_t *a) {
+  uint64_t n = 0, idle = 0, busy = 0, actors = 0;
+  sh_queue_t *q;
+  sh_queue_foreach(q, &a->workers) {
+    sh_worker_t *w = sh_queue_data(q, sh_worker_t, link);
+    n++;
+    if (w->actor) actors++;
+    else if (w->ninflight) busy++;
+    else idle++;
+  }
+  msgpack_pack_map(pk, 7);
+  kv_u64(pk, "pool_size", (uint64_t)a->opts.num_workers);
+  kv_u64(pk, "alive", n);
+  kv_u64(pk, "idle", idle);
+  kv_u64(pk, "busy", busy);
+  kv_u64(pk, "actors", actors);
+  kv_u64(pk, "deaths", a->n_worker_deaths);
+  key(pk, "list");
+  msgpack_pack_array(pk, n);
+  sh_queue_foreach(q, &a->workers) {
+    sh_worker_t *w = sh_queue_data(q, sh_worker_t, link);
+    msgpack_pack_map(pk, 5);
+    kv_u64(pk, "index", (uint64_t)w->index);
+    kv_u64(pk, "pid", (uint64_t)w->pid);
+    kv_str(pk, "state", w->actor ? "actor" : w->ninflight ? "busy" : "idle");
+    kv_u64(pk, "inflight", w->ninflight);
+    kv_u64(pk, "done", w->done);
+  }
+}
+
+static void pack_tasks(msgpack_packer *pk, sh_agent_t *a) {
+  uint64_t queued = 0, waiting = 0, running = 0, id;
+  void *v;
+  for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);) {
+    sh_task_t *t = v;
+    if (t->state == SH_TASK_WAITING) waiting++;
+    else if (t->state == SH_TASK_READY) queued++;
+    else running++;
+  }
+  msgpack_pack_map(pk, 7);
+  kv_u64(pk, "queued", queued);
+  kv_u64(pk, "waiting", waiting);
+  kv_u64(pk, "running", running);
+  kv_u64(pk, "done", a->n_done);
+  kv_u64(pk, "failed", a->n_failed);
+  kv_u64(pk, "retried", a->n_retried);
+  kv_u64(pk, "submitted", a->n_submitted);
+}
+
+int sh_status_encode(sh_agent_t *a, sh_buf_t *out) {
+  size_t start = out->len;
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, out, write_cb);
+  double load[1] = {0};
+  getloadavg(load, 1);
+  uint64_t alive = 0, dead = 0, id;
+  void *v;
+  for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);)
+    ((sh_actor_t *)v)->state == SH_ACTOR_DEAD ? dead++ : alive++;
+  msgpack_pack_map(&pk, 10);
+  kv_u64(&pk, "node_id", a->node_id);
+  kv_u64(&pk, "pid", (uint64_t)getpid());
+  kv_str(&pk, "socket", a->sock_path);
+  key(&pk, "uptime_s");
+  msgpack_pack_double(&pk, (sh_now_ns() - a->started_ns) / 1e9);
+  kv_u64(&pk, "drivers", a->clients.count);
+  key(&pk, "nodes");
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_map(&pk, 6);
+  kv_u64(&pk, "node_id", a->node_id);
+  key(&pk, "alive");
+  msgpack_pack_true(&pk);
+  kv_str(&pk, "address", a->sock_path);
+  key(&pk, "resources_total");
+  pack_res(&pk, &a->opts.resources);
+  key(&pk, "resources_free");
+  pack_res(&pk, &a->avail);
+  key(&pk, "load");
+  msgpack_pack_double(&pk, load[0]);
+  key(&pk, "workers");
+  pack_workers(&pk, a);
+  key(&pk, "tasks");
+  pack_tasks(&pk, a);
+  key(&pk, "objects");
+  msgpack_pack_map(&pk, 2);
+  kv_u64(&pk, "count", a->objects.count);
+  kv_u64(&pk, "bytes", a->obj_bytes);
+  key(&pk, "actors");
+  msgpack_pack_map(&pk, 2);
+  kv_u64(&pk, "alive", alive);
+  kv_u64(&pk, "dead", dead);
+  /* msgpack's packer reports allocation failure through write_cb; a short
+   * buffer shows up as a shorter length than expected only on OOM. */
+  return out->len > start ? 0 : -1;
+}
