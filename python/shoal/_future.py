@@ -6,7 +6,6 @@ The Condition that concurrent.futures uses is created only when some thread
 actually waits, so a future nobody blocks on costs two small lists.
 """
 
-import asyncio
 import concurrent.futures
 import pickle
 import threading
@@ -190,13 +189,18 @@ class Future(concurrent.futures.Future):
         return self._state == FINISHED and self._raw[0] == ST_CANCELLED
 
     def cancel(self):
-        """Cancels the task if it has not started. Returns True if cancelled."""
+        """Cancels the task if it has not started yet.
+
+        Returns:
+            True if the task was still queued (it will never run) or was
+            already cancelled; False otherwise.
+        """
         if self._state == FINISHED:
             return self.cancelled()
         if self._client is None:
             return False
         from . import _api
-        return _api._cancel_future(self, force=False)
+        return _api._cancel_future(self, force=False) == 1
 
     def set_running_or_notify_cancel(self):
         return self._state != FINISHED
@@ -209,6 +213,7 @@ class Future(concurrent.futures.Future):
         self._complete(ST_ERROR, 0, None)
 
     def __await__(self):
+        import asyncio
         return asyncio.wrap_future(self).__await__()
 
     def __del__(self):

@@ -46,7 +46,13 @@ class TaskCancelledError(ShoalError, concurrent.futures.CancelledError):
     """The task was cancelled (by ``shoal.cancel``, or its driver went away)."""
 
 
-class GetTimeoutError(ShoalError, TimeoutError):
+# concurrent.futures.TimeoutError is the builtin TimeoutError from Python 3.11
+# on; before, it is its own class, and `except` clauses name either.
+_TIMEOUT_BASES = (TimeoutError,) if concurrent.futures.TimeoutError is TimeoutError else (
+    TimeoutError, concurrent.futures.TimeoutError)
+
+
+class GetTimeoutError(ShoalError, *_TIMEOUT_BASES):
     """``get``/``result`` gave up waiting; the task itself keeps running."""
 
 

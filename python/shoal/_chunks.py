@@ -1,0 +1,180 @@
+"""Chunked maps for Executor.map and Pool.map: many items per task.
+
+A chunk is one task that applies the function to a list of items in the
+worker and returns ``(results, seconds)``, its own run time. When the caller
+gives no chunksize, the first chunk is a probe: it runs items until about
+``PROBE_BUDGET`` has passed (or ``PROBE_ITEMS`` are done) and so measures
+the time per item; the rest of the items go in chunks sized to take about
+``TARGET`` seconds each, but never fewer than ``CHUNKS_PER_WORKER`` chunks
+per worker, so that the load stays balanced.
+
+This is splitting input, not scheduling: every chunk is submitted at once
+and the engine places them.
+"""
+
+import math
+import time
+
+from . import _remote
+
+__all__ = ["ChunkRunner", "submit_chunks", "iter_results", "choose_chunksize"]
+
+TARGET = 0.010            # seconds of work per chunk (5-20 ms is the aim)
+PROBE_ITEMS = 32          # items sent with the probe chunk
+PROBE_BUDGET = 0.005      # the probe stops after this many seconds (>= 1 item)
+CHUNKS_PER_WORKER = 4     # at least this many chunks per worker
+
+_initialized = set()      # in a worker: the initializer tokens already run here
+
+
+class ChunkRunner:
+    """Applies ``fn`` to each item of a chunk (in the worker).
+
+    Attributes:
+        fn: the user's callable.
+        star: call ``fn(*item)`` instead of ``fn(item)``.
+        init: ``(token, initializer, initargs)`` to run once per worker
+            process before the first item, or None.
+    """
+
+    __slots__ = ("fn", "star", "init")
+
+    def __init__(self, fn, star=False, init=None):
+        self.fn = fn
+        self.star = star
+        self.init = init
+
+    def __call__(self, items, budget=0.0):
+        """Runs the chunk.
+
+        Args:
+            items: the items (argument tuples when ``star``).
+            budget: if nonzero, stop after this many seconds (at least one
+                item); the caller submits the rest again.
+        Returns:
+            ``(results, seconds)`` for the items that ran, in order.
+        Raises:
+            Whatever ``fn`` raises, unchanged.
+        """
+        if self.init is not None:
+            run_initializer(self.init)
+        fn = self.fn
+        t0 = time.perf_counter()
+        if budget:
+            out = []
+            for item in items:
+                out.append(fn(*item) if self.star else fn(item))
+                if time.perf_counter() - t0 >= budget:
+                    break
+        elif self.star:
+            out = [fn(*item) for item in items]
+        else:
+            out = [fn(item) for item in items]
+        return out, time.perf_counter() - t0
+
+    def __reduce__(self):
+        return (ChunkRunner, (self.fn, self.star, self.init))
+
+
+def run_initializer(init):
+    """Runs a Pool initializer once in this worker process (by its token)."""
+    token, initializer, initargs = init
+    if token not in _initialized:
+        initializer(*initargs)
+        _initialized.add(token)
+
+
+def choose_chunksize(per_item, nitems, workers):
+    """The chunksize for ``nitems`` items that take ``per_item`` seconds each.
+
+    Args:
+        per_item: measured seconds per item.
+        nitems: items still to submit.
+        workers: workers that share them.
+    Returns:
+        ``TARGET / per_item``, capped so that there are at least
+        ``CHUNKS_PER_WORKER`` chunks per worker; at least 1.
+    """
+    size = int(TARGET / max(per_item, 1e-9))
+    cap = math.ceil(nitems / (CHUNKS_PER_WORKER * max(1, workers)))
+    return max(1, min(size, cap))
+
+
+def submit_chunks(remote_fn, items, chunksize, workers, deadline=None):
+    """Submits ``items`` in chunks through ``remote_fn`` (a remote ChunkRunner).
+
+    Args:
+        remote_fn: a ``RemoteFunction`` wrapping a ``ChunkRunner``.
+        items: a list of items.
+        chunksize: items per chunk, or None to measure (see the module doc).
+        workers: the number of workers, for the measured chunksize.
+        deadline: ``time.monotonic()`` value after which the probe stops
+            waiting (its future is kept either way).
+    Returns:
+        A list of Futures, each resolving to ``(results, seconds)``; their
+        results concatenated in order are the results of all items. If the
+        probe failed, the list holds only the probe (the map fails with its
+        error).
+    """
+    n = len(items)
+    futures = []
+    start = 0
+    if chunksize is None:
+        if n <= CHUNKS_PER_WORKER * max(1, workers):
+            chunksize = 1
+        else:
+            probe = remote_fn.remote(items[:PROBE_ITEMS], PROBE_BUDGET)
+            futures.append(probe)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                if probe.exception(timeout) is not None:
+                    return futures
+            except TimeoutError:
+                # The map's deadline passed before its first result: reading
+                # the results raises the timeout; nothing more is submitted.
+                return futures
+            results, seconds = probe.result()
+            start = len(results)
+            chunksize = choose_chunksize(seconds / max(1, start), n - start, workers)
+    for i in range(start, n, chunksize):
+        futures.append(remote_fn.remote(items[i:i + chunksize]))
+    return futures
+
+
+def iter_results(futures, deadline=None):
+    """Yields the items' results in order, chunk by chunk, dropping each chunk
+    once it was yielded.
+
+    Args:
+        futures: the list ``submit_chunks`` returned (consumed from the front).
+        deadline: ``time.monotonic()`` deadline, or None.
+    Yields:
+        Results in item order.
+    Raises:
+        GetTimeoutError: the deadline passed.
+        The function's exception, or an engine error, of the first failed chunk.
+    """
+    futures.reverse()
+    while futures:
+        f = futures[-1]
+        if deadline is None:
+            results, _ = f.result()
+        else:
+            results, _ = f.result(max(0.0, deadline - time.monotonic()))
+        futures.pop()
+        del f
+        yield from results
+
+
+def remote_runner(fn, star=False, init=None):
+    """A RemoteFunction that runs chunks of ``fn``.
+
+    Args:
+        fn: the user's callable.
+        star: pass each item as ``*args``.
+        init: a Pool initializer triple, or None.
+    Returns:
+        A ``RemoteFunction``.
+    """
+    label = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return _remote.RemoteFunction(ChunkRunner(fn, star, init), {"name": f"map({label})"})
