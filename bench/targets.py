@@ -1,0 +1,80 @@
+"""The performance targets of issue 2, checked against one run's records."""
+
+from harness import OK, fmt_ratio, speedup
+
+# (scenario, shoal system, peer system, minimum speed-up of shoal over the peer,
+#  text). "Speed-up" is in the time sense: 2.0 means shoal takes half the time.
+RATIO_TARGETS = [
+    ("tasks_async", "shoal", "mp_apply_async", 3.0,
+     "tasks_async: ≥ 3× multiprocessing Pool.apply_async"),
+    ("tasks_async", "shoal", "ppe_submit", 5.0,
+     "tasks_async: ≥ 5× ProcessPoolExecutor.submit"),
+    ("tasks_async", "shoal", "ray", 10.0,
+     "tasks_async: ≥ 10× Ray"),
+    ("tasks_sync", "shoal", "mp_apply", 2.0,
+     "tasks_sync: median under half of Pool.apply"),
+    ("map", "shoal_executor", "mp_map", 1.5,
+     "map: shoal Executor.map ≥ 1.5× multiprocessing Pool.map"),
+    ("map", "shoal_pool", "mp_map", 1.5,
+     "map: shoal Pool.map ≥ 1.5× multiprocessing Pool.map"),
+    ("startup", "shoal", "ray", 5.0,
+     "startup: under 1/5 of Ray's"),
+    ("startup", "shoal", "ppe", 0.5,
+     "startup: at most 2× ProcessPoolExecutor's"),
+]
+
+
+def _find(records, scenario, system):
+    for r in records:
+        if r["scenario"] == scenario and r["system"] == system:
+            return r
+    return None
+
+
+def _why(r, name):
+    if r is None:
+        return f"{name} not run"
+    if r["status"] != OK:
+        return f"{name} {r['status']}"
+    return None
+
+
+def evaluate(records):
+    """Returns rows {target, measured, met, value, goal} for the scenarios present."""
+    rows = []
+    for scen, a, b, goal, text in RATIO_TARGETS:
+        ra, rb = _find(records, scen, a), _find(records, scen, b)
+        if ra is None and rb is None:
+            continue
+        why = _why(ra, a) or _why(rb, b)
+        if why:
+            # shoal failing is a miss; a peer failing leaves nothing to compare.
+            met = "not met" if _why(ra, a) else "n/a"
+            rows.append({"target": text, "measured": why, "met": met, "value": None, "goal": goal})
+            continue
+        s = speedup(ra["median"], rb["median"], ra["better"])
+        met = s > goal if scen == "tasks_sync" else s >= goal  # "under half" is strict
+        rows.append({"target": text, "measured": f"{fmt_ratio(s)} (goal {fmt_ratio(goal)})",
+                     "met": "met" if met else f"not met (by {goal / s:.2f}×)", "value": s, "goal": goal})
+
+    r = _find(records, "tasks_sync", "shoal")
+    if r is not None:
+        if r["status"] != OK or r.get("x_floor") is None:
+            rows.append({"target": "tasks_sync: median ≤ 2× Unix-socket ping-pong", "value": None, "goal": 2.0,
+                         "measured": _why(r, "shoal") or "floor missing", "met": "not met" if r["status"] != OK else "n/a"})
+        else:
+            x = r["x_floor"]
+            rows.append({"target": "tasks_sync: median ≤ 2× Unix-socket ping-pong",
+                         "measured": f"{x:.2f}× floor ({r['median']:.1f} µs vs {r['floor']:.1f} µs)",
+                         "met": "met" if x <= 2.0 else f"not met (by {x / 2.0:.2f}×)", "value": x, "goal": 2.0})
+
+    r = _find(records, "memory", "shoal")
+    if r is not None:
+        if r["status"] != OK:
+            rows.append({"target": "memory: < 300 B per queued task", "measured": _why(r, "shoal"),
+                         "met": "not met", "value": None, "goal": 300})
+        else:
+            v = r["median"]
+            rows.append({"target": "memory: < 300 B per queued task", "measured": f"{v:.0f} B/task",
+                         "met": "met" if v < 300 else f"not met (by {v / 300:.2f}×)", "value": v, "goal": 300})
+    return rows
