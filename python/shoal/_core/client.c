@@ -1,0 +1,898 @@
+/* shoal._core.Client: the driver's connection to a node agent, and submit,
+ * the hot path from a Python call to a SUBMIT frame in the outgoing buffer.
+ *
+ * Sections: helpers (usability, ids, the outgoing buffer); completing futures
+ * and reply waiters; construction and teardown; submit; the other requests;
+ * the type. */
+#include "client.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+
+/* ---- helpers ---- */
+
+/* Raises unless the client can send (GIL held): not forked, closed or lost. */
+static int check_usable(sh_client_obj_t *c) {
+  if (c->fork_gen != sh_core_fork_gen()) {
+    sh_core_raise(SH_EFORKED,
+                  "this shoal client belongs to process %d; a forked child "
+                  "cannot use it (call shoal.init() again in the child)",
+                  (int)c->pid);
+    return -1;
+  }
+  if (c->closed || !c->dumps) {
+    sh_core_raise(SH_ECLOSED, "the shoal client for %s is closed", c->addr);
+    return -1;
+  }
+  if (c->lost) {
+    sh_core_raise(SH_ELOST, "%s", c->lost);
+    return -1;
+  }
+  return 0;
+}
+
+static uint64_t new_id(sh_client_obj_t *c) {
+  uint64_t seq = atomic_fetch_add_explicit(&c->seq, 1, memory_order_relaxed) + 1;
+  return c->client_id << 40 | (seq & ((UINT64_C(1) << 40) - 1));
+}
+
+/* Unlocks out_mu after an append and wakes the I/O thread if it sleeps; a
+ * busy thread picks the frame up on its next turn (that is the batching). */
+static void out_unlock_wake(sh_client_obj_t *c) {
+  int wake = !c->awake;
+  c->awake = 1;
+  pthread_mutex_unlock(&c->out_mu);
+  if (wake) sh_client_wake(c);
+}
+
+/* Appends one frame with a body and wakes the I/O thread. 0 or -ENOMEM. */
+static int send_frame(sh_client_obj_t *c, unsigned type, unsigned flags,
+                      uint64_t id, const void *body, size_t len) {
+  pthread_mutex_lock(&c->out_mu);
+  int rc = sh_frame_append(&c->out, type, flags, id, body, len);
+  out_unlock_wake(c);
+  return rc;
+}
+
+static int get_id(PyObject *o, const char *what, uint64_t *out) {
+  *out = PyLong_AsUnsignedLongLong(o);
+  if (*out == (uint64_t)-1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "%s must be an int in [0, 2**64), got %R", what, o);
+    return -1;
+  }
+  return 0;
+}
+
+/* Views a bytes-like blob (bytes fast path). Returns 0, or -1 with an
+ * exception (a body over the frame limit is a ValueError). */
+static int get_blob(PyObject *o, Py_buffer *view, const char *what, size_t extra) {
+  if (PyObject_GetBuffer(o, view, PyBUF_SIMPLE) < 0) return -1;
+  if ((size_t)view->len + extra > SH_CLIENT_MAX_BODY) {
+    PyErr_Format(PyExc_ValueError,
+                 "%s is %zd bytes, over the %u-byte frame limit; store large "
+                 "values with shoal.put in pieces", what, view->len, SH_CLIENT_MAX_BODY);
+    PyBuffer_Release(view);
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- completing futures and reply waiters ---- */
+
+static void complete(sh_client_obj_t *c, PyObject *fut, uint32_t status,
+                     int32_t code, PyObject *payload) {
+  PyObject *st = PyLong_FromUnsignedLong(status), *cd = PyLong_FromLong(code);
+  if (st && cd) {
+    PyObject *args[] = {fut, st, cd, payload};
+    PyObject *r = PyObject_VectorcallMethod(c->st->s_complete, args,
+                                            4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(r);
+  }
+  Py_XDECREF(st);
+  Py_XDECREF(cd);
+  if (PyErr_Occurred()) PyErr_WriteUnraisable(fut);
+}
+
+void sh_client_complete(sh_client_obj_t *c, uint64_t id, const sh_result_t *r) {
+  PyObject *fut = sh_map_del(&c->pending, id);
+  if (!fut) return; /* completed locally already (close, cancel) */
+  PyObject *payload = PyBytes_FromStringAndSize((const char *)r->payload, r->payload_len);
+  if (payload) {
+    complete(c, fut, r->status, r->code, payload);
+    Py_DECREF(payload);
+  } else {
+    PyErr_WriteUnraisable(fut);
+  }
+  Py_DECREF(fut);
+}
+
+void sh_client_fail_pending(sh_client_obj_t *c, const char *msg) {
+  /* Take the whole map first: completions run callbacks, which may submit. */
+  sh_map_t m = c->pending;
+  sh_map_init(&c->pending);
+  if (m.count == 0) {
+    sh_map_close(&m);
+    return;
+  }
+  PyObject *payload = PyBytes_FromString(msg);
+  size_t i = 0;
+  uint64_t id;
+  void *v;
+  while (sh_map_next(&m, &i, &id, &v)) {
+    if (payload) complete(c, v, SH_ST_DISCONNECTED, 0, payload);
+    Py_DECREF((PyObject *)v);
+  }
+  if (!payload) PyErr_WriteUnraisable(NULL);
+  Py_XDECREF(payload);
+  sh_map_close(&m);
+}
+
+void sh_client_fail_waiters(sh_client_obj_t *c, const char *msg) {
+  pthread_mutex_lock(&c->rep_mu);
+  if (!c->rep_dead) c->rep_dead = sh_strdup(msg);
+  for (sh_waiter_t *w = c->waiters; w; w = w->next)
+    if (!w->done) w->done = -1;
+  pthread_cond_broadcast(&c->rep_cv);
+  pthread_mutex_unlock(&c->rep_mu);
+}
+
+void sh_client_deliver(sh_client_obj_t *c, unsigned type, uint64_t id,
+                       const uint8_t *body, size_t len) {
+  pthread_mutex_lock(&c->rep_mu);
+  /* A reply with id 0 goes to the oldest waiter of its type. */
+  sh_waiter_t *found = NULL;
+  for (sh_waiter_t *w = c->waiters; w; w = w->next)
+    if (!w->done && w->type == type && (w->id == id || id == 0)) found = w;
+  if (found) {
+    found->body = sh_try_malloc(len);
+    if (found->body || !len) {
+      if (len) memcpy(found->body, body, len);
+      found->len = len;
+      found->done = 1;
+    } else {
+      found->done = -2; /* out of memory */
+    }
+    pthread_cond_broadcast(&c->rep_cv);
+  }
+  pthread_mutex_unlock(&c->rep_mu);
+}
+
+/* Sends a request and waits (GIL released) for its reply. On success w->body
+ * holds the reply (caller frees). Returns 0 or -1 with an exception set. */
+static int request(sh_client_obj_t *c, unsigned type, unsigned flags,
+                   uint64_t id, unsigned reply, double timeout, sh_waiter_t *w,
+                   const char *what) {
+  if (check_usable(c) < 0) return -1;
+  if (sh_client_on_io_thread(c)) {
+    PyErr_Format(PyExc_RuntimeError,
+                 "%s cannot wait for the shoal daemon from a callback run by "
+                 "the client's I/O thread; do it from another thread", what);
+    return -1;
+  }
+  if (timeout < 0 || timeout != timeout) {
+    PyErr_SetString(PyExc_ValueError, "timeout must be a nonnegative number");
+    return -1;
+  }
+  memset(w, 0, sizeof *w);
+  w->type = reply;
+  w->id = id;
+  pthread_mutex_lock(&c->rep_mu);
+  w->next = c->waiters;
+  c->waiters = w;
+  pthread_mutex_unlock(&c->rep_mu);
+  int rc = send_frame(c, type, flags, id, NULL, 0);
+  struct timespec dl;
+  clock_gettime(CLOCK_MONOTONIC, &dl);
+  double whole = timeout > 1e9 ? 1e9 : timeout;
+  dl.tv_sec += (time_t)whole;
+  dl.tv_nsec += (long)((whole - (double)(time_t)whole) * 1e9);
+  if (dl.tv_nsec >= 1000000000L) {
+    dl.tv_sec++;
+    dl.tv_nsec -= 1000000000L;
+  }
+  char dead[1536] = "";
+  Py_BEGIN_ALLOW_THREADS
+  pthread_mutex_lock(&c->rep_mu);
+  if (c->rep_dead && !w->done) w->done = -1;
+  while (!rc && !w->done)
+    if (pthread_cond_timedwait(&c->rep_cv, &c->rep_mu, &dl) == ETIMEDOUT) break;
+  for (sh_waiter_t **p = &c->waiters; *p; p = &(*p)->next)
+    if (*p == w) {
+      *p = w->next;
+      break;
+    }
+  if (w->done == -1) snprintf(dead, sizeof dead, "%s", c->rep_dead ? c->rep_dead : "closed");
+  pthread_mutex_unlock(&c->rep_mu);
+  Py_END_ALLOW_THREADS
+  if (rc || w->done == -2) {
+    sh_core_raise(-ENOMEM, NULL);
+    return -1;
+  }
+  if (w->done == -1) {
+    sh_core_raise(SH_ELOST, "%s", dead);
+    return -1;
+  }
+  if (!w->done) {
+    sh_core_raise(-ETIMEDOUT, "no answer from the shoal daemon at %s to %s "
+                  "within %gs: it is overloaded or stuck (see `shoal status`)",
+                  c->addr, what, timeout);
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- construction and teardown ---- */
+
+static void unlink_open(sh_client_obj_t *c) {
+  if (c->prev) c->prev->next = c->next;
+  else if (c->st->open == c) c->st->open = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+}
+
+/* Closes the client (GIL held; idempotent): stops and joins the I/O thread
+ * (detaches it when called on that thread, from a callback), then fails
+ * reply waiters and pending futures with `msg`. */
+static void shutdown_client(sh_client_obj_t *c, const char *msg) {
+  if (c->closed) return;
+  c->closed = 1;
+  unlink_open(c);
+  if (c->fork_gen != sh_core_fork_gen()) {
+    /* A fork's child: the thread does not exist here and the parent's
+     * mutexes may be locked for ever. Only our copies of the fds go. */
+    if (c->fd >= 0) close(c->fd);
+    if (c->evfd >= 0) close(c->evfd);
+    c->fd = c->evfd = -1;
+    c->joinable = 0;
+    sh_client_fail_pending(c, "this shoal client belongs to the parent process");
+    return;
+  }
+  if (c->joinable) {
+    pthread_mutex_lock(&c->out_mu);
+    c->stop = 1;
+    pthread_mutex_unlock(&c->out_mu);
+    if (c->evfd >= 0) sh_client_wake(c);
+    if (sh_client_on_io_thread(c)) {
+      pthread_detach(c->thread); /* it closes the fds when it exits */
+      c->joinable = 0;
+    } else {
+      c->joinable = 0;
+      Py_BEGIN_ALLOW_THREADS
+      pthread_join(c->thread, NULL);
+      Py_END_ALLOW_THREADS
+    }
+  } else {
+    if (c->fd >= 0) close(c->fd);
+    if (c->evfd >= 0) close(c->evfd);
+    c->fd = c->evfd = -1;
+  }
+  sh_client_fail_waiters(c, msg);
+  sh_client_fail_pending(c, msg);
+}
+
+void sh_client_close_all(sh_core_state_t *st) {
+  while (st->open) shutdown_client(st->open, "shoal was shut down");
+}
+
+static void init_sync(sh_client_obj_t *c) {
+  pthread_mutex_init(&c->out_mu, NULL);
+  pthread_mutex_init(&c->rep_mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&c->rep_cv, &ca);
+  pthread_condattr_destroy(&ca);
+}
+
+static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"address", "owner", "timeout", "future_type",
+                           "dep_type", "dumps", NULL};
+  PyObject *address, *ft = NULL, *dt = NULL, *dumps = NULL;
+  int owner = 0;
+  double timeout = 10.0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "U|$pdOOO:Client", kwlist, &address,
+                                   &owner, &timeout, &ft, &dt, &dumps))
+    return NULL;
+  if (!ft || !dt || !dumps)
+    return PyErr_Format(PyExc_TypeError,
+                        "Client() needs the keyword arguments future_type, dep_type and dumps");
+  if (!PyType_Check(ft) || !PyCallable_Check(dt) || !PyCallable_Check(dumps))
+    return PyErr_Format(PyExc_TypeError,
+                        "Client(): future_type must be a type, dep_type and dumps callables");
+  if (!(timeout >= 0))
+    return PyErr_Format(PyExc_ValueError, "Client(): timeout must be >= 0");
+  const char *addr = PyUnicode_AsUTF8(address);
+  if (!addr) return NULL;
+  sh_client_obj_t *c = (sh_client_obj_t *)type->tp_alloc(type, 0);
+  if (!c) return NULL;
+  init_sync(c);
+  c->fd = c->evfd = -1;
+  sh_map_init(&c->pending);
+  c->st = PyType_GetModuleState(type);
+  c->fork_gen = sh_core_fork_gen();
+  c->pid = getpid();
+  c->addr = sh_strdup(addr);
+  c->address = Py_NewRef(address);
+  c->future_type = Py_NewRef(ft);
+  c->dep_type = Py_NewRef(dt);
+  c->dumps = Py_NewRef(dumps);
+  sh_hello_ok_t ok;
+  char err[1536];
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = sh_client_connect(c, addr, timeout, owner, &ok, err, sizeof err);
+  Py_END_ALLOW_THREADS
+  if (rc) {
+    sh_core_raise(rc == -ENOMEM ? -ENOMEM : SH_ELOST, "%s", err);
+    goto fail;
+  }
+  c->client_id = ok.client_id;
+  c->node_info = Py_BuildValue("{s:I,s:I,s:d,s:d,s:K}", "node_id", ok.node_id,
+                               "num_workers", ok.num_workers, "CPU",
+                               (double)ok.cpu_milli / 1000.0, "GPU",
+                               (double)ok.gpu_milli / 1000.0, "memory",
+                               (unsigned long long)ok.memory);
+  if (!c->node_info) goto fail;
+  if ((rc = sh_client_start(c)) < 0) {
+    sh_core_raise(rc, "could not start the shoal client's I/O thread: %s", sh_strerror(rc));
+    goto fail;
+  }
+  c->next = c->st->open;
+  if (c->next) c->next->prev = c;
+  c->st->open = c;
+  return (PyObject *)c;
+fail:
+  Py_DECREF(c);
+  return NULL;
+}
+
+static int client_traverse(sh_client_obj_t *c, visitproc visit, void *arg) {
+  /* Pending futures are not visited: they are owned by work in flight, and
+   * the running I/O thread's reference keeps the client alive anyway. */
+  Py_VISIT(Py_TYPE(c));
+  Py_VISIT(c->future_type);
+  Py_VISIT(c->dep_type);
+  Py_VISIT(c->dumps);
+  Py_VISIT(c->node_info);
+  Py_VISIT(c->address);
+  return 0;
+}
+
+static int client_clear(sh_client_obj_t *c) {
+  Py_CLEAR(c->future_type);
+  Py_CLEAR(c->dep_type);
+  Py_CLEAR(c->dumps);
+  Py_CLEAR(c->node_info);
+  return 0;
+}
+
+static void client_dealloc(sh_client_obj_t *c) {
+  PyTypeObject *tp = Py_TYPE(c);
+  PyObject_GC_UnTrack(c);
+  /* A fork's child never gets here (the parent's thread reference was
+   * copied), so the locks below are ours. Closing may run on the I/O thread
+   * itself when its exit dropped the last reference: it then detaches. */
+  shutdown_client(c, "shoal was shut down");
+  client_clear(c);
+  Py_CLEAR(c->address);
+  sh_map_close(&c->pending);
+  sh_buf_close(&c->out);
+  sh_buf_close(&c->rbuf);
+  sh_buf_close(&c->wbuf);
+  sh_free(c->rel);
+  sh_free(c->addr);
+  sh_free(c->lost);
+  sh_free(c->rep_dead);
+  pthread_mutex_destroy(&c->out_mu);
+  pthread_mutex_destroy(&c->rep_mu);
+  pthread_cond_destroy(&c->rep_cv);
+  tp->tp_free((PyObject *)c);
+  Py_DECREF(tp);
+}
+
+/* ---- submit ---- */
+
+/* Parses fastcall arguments by position or keyword into out[0..n) (borrowed;
+ * entries not given keep their value). Returns 0 or -1 with TypeError. */
+static int parse_args(const char *fname, const char *const *names, int n,
+                      int required, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames, PyObject **out) {
+  if (nargs > n) {
+    PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)",
+                 fname, n, nargs);
+    return -1;
+  }
+  for (Py_ssize_t i = 0; i < nargs; i++) out[i] = args[i];
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t k = 0; k < nkw; k++) {
+    PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+    int j = 0;
+    while (j < n && PyUnicode_CompareWithASCIIString(key, names[j]) != 0) j++;
+    if (j == n || j < nargs) {
+      PyErr_Format(PyExc_TypeError, "%s() got an unexpected or repeated keyword "
+                   "argument %R", fname, key);
+      return -1;
+    }
+    out[j] = args[nargs + k];
+  }
+  for (int j = 0; j < required; j++) {
+    if (!out[j]) {
+      PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
+                   names[j]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Dependencies of one submit: little-endian u64 ids, deduplicated. */
+typedef struct deps_s {
+  uint8_t *p;
+  uint32_t n, cap;
+  uint8_t small[8 * 8];
+} deps_t;
+
+static int deps_add(deps_t *d, uint64_t id, uint32_t *index) {
+  for (uint32_t i = 0; i < d->n; i++)
+    if (sh_get_u64(d->p + 8 * i) == id) {
+      *index = i;
+      return 0;
+    }
+  if (d->n == d->cap) {
+    uint8_t *p = sh_try_malloc((size_t)d->cap * 16);
+    if (!p) return -ENOMEM;
+    memcpy(p, d->p, (size_t)d->n * 8);
+    if (d->p != d->small) sh_free(d->p);
+    d->p = p;
+    d->cap *= 2;
+  }
+  sh_put_u64(d->p + 8 * d->n, id);
+  *index = d->n++;
+  return 0;
+}
+
+/* What to pickle in place of the future `f` passed as an argument: its value
+ * when it succeeded, a DepRef when it is pending. When it failed, sets
+ * *failed (new reference) and returns NULL with no exception. */
+static PyObject *resolve_future(sh_client_obj_t *c, PyObject *f, deps_t *d,
+                                PyObject **failed) {
+  sh_core_state_t *st = c->st;
+  PyObject *state = PyObject_GetAttr(f, st->s_state);
+  if (!state) return NULL;
+  int done = state == st->s_finished ||
+             (PyUnicode_Check(state) && PyUnicode_Compare(state, st->s_finished) == 0);
+  Py_DECREF(state);
+  if (done) {
+    PyObject *raw = PyObject_GetAttr(f, st->s_raw);
+    if (!raw) return NULL;
+    long status = PyTuple_Check(raw) && PyTuple_GET_SIZE(raw) == 3
+                      ? PyLong_AsLong(PyTuple_GET_ITEM(raw, 0)) : -1;
+    Py_DECREF(raw);
+    if (status == -1 && PyErr_Occurred()) return NULL;
+    if (status == 0) return PyObject_CallMethodNoArgs(f, st->s_result);
+    *failed = Py_NewRef(f);
+    return NULL;
+  }
+  PyObject *owner = PyObject_GetAttr(f, st->s_client);
+  if (!owner) return NULL;
+  Py_DECREF(owner); /* only compared */
+  if (owner != (PyObject *)c) {
+    PyErr_Format(PyExc_TypeError,
+                 "%R belongs to another shoal client (or none) and is not done: "
+                 "only futures of this client can be passed as arguments while "
+                 "pending; call .result() first", f);
+    return NULL;
+  }
+  PyObject *ido = PyObject_GetAttr(f, st->s_id);
+  if (!ido) return NULL;
+  uint64_t id;
+  int rc = get_id(ido, "Future._id", &id);
+  Py_DECREF(ido);
+  uint32_t index;
+  if (rc < 0) return NULL;
+  if (deps_add(d, id, &index) < 0) return PyErr_NoMemory();
+  PyObject *ix = PyLong_FromUnsignedLong(index);
+  if (!ix) return NULL;
+  PyObject *ref = PyObject_CallOneArg(c->dep_type, ix);
+  Py_DECREF(ix);
+  return ref;
+}
+
+/* Returns `t` (new reference) with top-level futures replaced, or NULL. */
+static PyObject *scan_tuple(sh_client_obj_t *c, PyObject *t, deps_t *d,
+                            PyObject **failed) {
+  PyObject *out = NULL;
+  Py_ssize_t n = PyTuple_GET_SIZE(t);
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *it = PyTuple_GET_ITEM(t, i);
+    if (!PyObject_TypeCheck(it, (PyTypeObject *)c->future_type)) continue;
+    PyObject *v = resolve_future(c, it, d, failed);
+    if (!v) {
+      Py_XDECREF(out);
+      return NULL;
+    }
+    if (!out) { /* copy by hand: a full slice would return t itself */
+      if (!(out = PyTuple_New(n))) {
+        Py_DECREF(v);
+        return NULL;
+      }
+      for (Py_ssize_t j = 0; j < n; j++)
+        PyTuple_SET_ITEM(out, j, Py_NewRef(PyTuple_GET_ITEM(t, j)));
+    }
+    PyObject *old = PyTuple_GET_ITEM(out, i);
+    PyTuple_SET_ITEM(out, i, v);
+    Py_DECREF(old);
+  }
+  return out ? out : Py_NewRef(t);
+}
+
+/* Returns the kwargs dict (new reference) with futures among its values
+ * replaced, or NULL. */
+static PyObject *scan_dict(sh_client_obj_t *c, PyObject *kw, deps_t *d,
+                           PyObject **failed) {
+  PyObject *out = NULL, *k, *v;
+  Py_ssize_t pos = 0;
+  while (PyDict_Next(kw, &pos, &k, &v)) {
+    if (!PyObject_TypeCheck(v, (PyTypeObject *)c->future_type)) continue;
+    PyObject *nv = resolve_future(c, v, d, failed);
+    if (!nv || (!out && !(out = PyDict_Copy(kw))) || PyDict_SetItem(out, k, nv) < 0) {
+      Py_XDECREF(nv);
+      Py_XDECREF(out);
+      return NULL;
+    }
+    Py_DECREF(nv);
+  }
+  return out ? out : Py_NewRef(kw);
+}
+
+static PyObject *make_future(sh_client_obj_t *c, uint64_t task_id, PyObject *name) {
+  PyObject *tid = PyLong_FromUnsignedLongLong(task_id);
+  if (!tid) return NULL;
+  PyObject *a[] = {tid, (PyObject *)c, name};
+  PyObject *fut = PyObject_Vectorcall(c->future_type, a, 3, NULL);
+  Py_DECREF(tid);
+  return fut;
+}
+
+/* A dependency failed: the new future fails the same way, nothing is sent. */
+static PyObject *fail_like(sh_client_obj_t *c, uint64_t task_id, PyObject *name,
+                           PyObject *failed) {
+  PyObject *fut = make_future(c, task_id, name);
+  PyObject *raw = fut ? PyObject_GetAttr(failed, c->st->s_raw) : NULL;
+  PyObject *meth = raw ? PyObject_GetAttr(fut, c->st->s_complete) : NULL;
+  PyObject *r = meth && PyTuple_Check(raw) ? PyObject_Call(meth, raw, NULL) : NULL;
+  if (meth && !PyTuple_Check(raw))
+    PyErr_SetString(PyExc_TypeError, "a failed Future has no (status, code, payload)");
+  Py_XDECREF(meth);
+  Py_XDECREF(raw);
+  if (!r) Py_CLEAR(fut);
+  Py_XDECREF(r);
+  return fut;
+}
+
+/* Queues the SUBMIT frame for a future already in `pending`. */
+static int append_submit(sh_client_obj_t *c, const sh_spec_obj_t *spec,
+                         uint64_t task_id, const deps_t *d, const Py_buffer *blob) {
+  /* Copy the template only up to its used custom entries: the tail of the
+   * array is most of the struct and sh_submit_append never reads it. */
+  sh_submit_t s;
+  memcpy(&s, &spec->s, offsetof(sh_submit_t, custom) + spec->s.ncustom * sizeof(sh_custom_t));
+  s.method = spec->s.method;
+  s.method_len = spec->s.method_len;
+  s.ndeps = d->n;
+  s.deps = d->p;
+  s.args = blob->buf;
+  s.args_len = (uint32_t)blob->len;
+  pthread_mutex_lock(&c->out_mu);
+  int rc = sh_submit_append(&c->out, task_id, &s);
+  out_unlock_wake(c);
+  return rc;
+}
+
+static PyObject *client_submit(sh_client_obj_t *c, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames) {
+  static const char *const names[] = {"spec", "args", "kwargs", "task_id"};
+  PyObject *a[4] = {NULL, NULL, Py_None, NULL};
+  if (parse_args("submit", names, 4, 2, args, nargs, kwnames, a) < 0) return NULL;
+  if (check_usable(c) < 0) return NULL;
+  if (!Py_IS_TYPE(a[0], (PyTypeObject *)c->st->spec_type))
+    return PyErr_Format(PyExc_TypeError, "submit(): spec must be a TaskSpec, not %.100s",
+                        Py_TYPE(a[0])->tp_name);
+  if (!PyTuple_Check(a[1]))
+    return PyErr_Format(PyExc_TypeError, "submit(): args must be a tuple, not %.100s",
+                        Py_TYPE(a[1])->tp_name);
+  if (a[2] != Py_None && !PyDict_Check(a[2]))
+    return PyErr_Format(PyExc_TypeError, "submit(): kwargs must be a dict or None, not %.100s",
+                        Py_TYPE(a[2])->tp_name);
+  const sh_spec_obj_t *spec = (const sh_spec_obj_t *)a[0];
+  uint64_t task_id = 0;
+  if (a[3] && get_id(a[3], "submit(): task_id", &task_id) < 0) return NULL;
+  int explicit_id = task_id != 0;
+  if (!task_id)
+    task_id = spec->s.kind == SH_KIND_ACTOR_CREATE && spec->s.actor_id ? spec->s.actor_id
+                                                                       : new_id(c);
+
+  deps_t d = {.cap = 8};
+  d.p = d.small;
+  PyObject *failed = NULL, *targs = NULL, *tkw = NULL, *pair = NULL, *blob = NULL,
+           *fut = NULL;
+  Py_buffer view = {.obj = NULL};
+  targs = scan_tuple(c, a[1], &d, &failed);
+  if (targs && a[2] != Py_None) tkw = scan_dict(c, a[2], &d, &failed);
+  else if (targs) tkw = Py_NewRef(Py_None);
+  if (failed) {
+    fut = fail_like(c, task_id, spec->name, failed);
+    goto done;
+  }
+  if (!tkw) goto done;
+  if (!(pair = PyTuple_Pack(2, targs, tkw))) goto done;
+  if (!(blob = PyObject_CallOneArg(c->dumps, pair))) goto done;
+  if (get_blob(blob, &view, "the pickled arguments",
+               SH_SUBMIT_FIXED + 8 * (size_t)d.n + 2048) < 0)
+    goto done;
+  if (!(fut = make_future(c, task_id, spec->name))) goto done;
+  /* dumps and the Future constructor ran Python code, during which the
+   * connection may have been lost or closed: check again, then publish. */
+  int rc = check_usable(c) < 0 ? -1 : 0;
+  if (!rc && explicit_id && sh_map_get(&c->pending, task_id)) {
+    PyErr_Format(PyExc_ValueError, "submit(): task id %llu is already pending",
+                 (unsigned long long)task_id);
+    rc = -1;
+  }
+  if (!rc && (rc = sh_map_put(&c->pending, task_id, fut)) < 0) sh_core_raise(rc, NULL);
+  if (!rc) {
+    Py_INCREF(fut); /* the map's reference */
+    if ((rc = append_submit(c, spec, task_id, &d, &view)) < 0) {
+      sh_map_del(&c->pending, task_id);
+      Py_DECREF(fut);
+      sh_core_raise(rc, NULL);
+    }
+  }
+  if (rc) Py_CLEAR(fut);
+done:
+  if (view.obj) PyBuffer_Release(&view);
+  Py_XDECREF(blob);
+  Py_XDECREF(pair);
+  Py_XDECREF(tkw);
+  Py_XDECREF(targs);
+  Py_XDECREF(failed);
+  if (d.p != d.small) sh_free(d.p);
+  return fut;
+}
+
+/* ---- the other requests ---- */
+
+static PyObject *client_new_id(sh_client_obj_t *c, PyObject *unused) {
+  return PyLong_FromUnsignedLongLong(new_id(c));
+}
+
+/* Sends FUNC or PUT: an id and a bytes-like body. */
+static PyObject *send_blob(sh_client_obj_t *c, unsigned type, const char *fname,
+                           PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs != 2)
+    return PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (id, blob)", fname);
+  uint64_t id;
+  Py_buffer view;
+  if (get_id(args[0], "the id", &id) < 0 || check_usable(c) < 0) return NULL;
+  if (get_blob(args[1], &view, type == SH_MSG_FUNC ? "the pickled function" : "the value", 0) < 0)
+    return NULL;
+  int rc = send_frame(c, type, 0, id, view.buf, (size_t)view.len);
+  PyBuffer_Release(&view);
+  if (rc) return sh_core_raise(rc, NULL);
+  Py_RETURN_NONE;
+}
+
+static PyObject *client_register(sh_client_obj_t *c, PyObject *const *args, Py_ssize_t nargs) {
+  return send_blob(c, SH_MSG_FUNC, "register", args, nargs);
+}
+
+static PyObject *client_put(sh_client_obj_t *c, PyObject *const *args, Py_ssize_t nargs) {
+  return send_blob(c, SH_MSG_PUT, "put", args, nargs);
+}
+
+/* Never raises and never waits for I/O: called from Future.__del__. */
+static PyObject *client_release(sh_client_obj_t *c, PyObject *arg) {
+  uint64_t id = PyLong_AsUnsignedLongLong(arg);
+  if (id == (uint64_t)-1 && PyErr_Occurred()) PyErr_Clear();
+  if (!id || id == (uint64_t)-1 || c->fork_gen != sh_core_fork_gen() || c->closed ||
+      c->lost)
+    Py_RETURN_NONE;
+  pthread_mutex_lock(&c->out_mu);
+  if (c->nrel == c->rel_cap) {
+    size_t cap = c->rel_cap ? c->rel_cap * 2 : 256;
+    uint64_t *p = sh_try_realloc(c->rel, cap * sizeof *p);
+    if (!p) { /* dropped: the daemon frees it when this driver goes */
+      pthread_mutex_unlock(&c->out_mu);
+      Py_RETURN_NONE;
+    }
+    c->rel = p;
+    c->rel_cap = cap;
+  }
+  c->rel[c->nrel++] = id;
+  if (c->nrel >= SH_CLIENT_RELEASE_BATCH) out_unlock_wake(c);
+  else pthread_mutex_unlock(&c->out_mu);
+  Py_RETURN_NONE;
+}
+
+static int get_timeout(PyObject *o, double *t) {
+  if (!o) return 0;
+  *t = PyFloat_AsDouble(o);
+  if (*t == -1.0 && PyErr_Occurred()) return -1;
+  if (!(*t >= 0)) {
+    PyErr_SetString(PyExc_ValueError, "timeout must be a nonnegative number");
+    return -1;
+  }
+  return 0;
+}
+
+static PyObject *client_cancel(sh_client_obj_t *c, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames) {
+  static const char *const names[] = {"task_id", "force", "timeout"};
+  PyObject *a[3] = {NULL, NULL, NULL};
+  uint64_t id;
+  double timeout = 10.0;
+  if (parse_args("cancel", names, 3, 1, args, nargs, kwnames, a) < 0 ||
+      get_id(a[0], "cancel(): task_id", &id) < 0 || get_timeout(a[2], &timeout) < 0)
+    return NULL;
+  int force = a[1] ? PyObject_IsTrue(a[1]) : 0;
+  if (force < 0) return NULL;
+  sh_waiter_t w;
+  char what[64];
+  snprintf(what, sizeof what, "cancel(%#llx)", (unsigned long long)id);
+  if (request(c, SH_MSG_CANCEL, force ? SH_CANCEL_FORCE : 0, id, SH_MSG_CANCEL_REPLY,
+              timeout, &w, what) < 0)
+    return NULL;
+  uint32_t outcome = sh_get_u32(w.body); /* length checked by the I/O thread */
+  sh_free(w.body);
+  return PyLong_FromUnsignedLong(outcome);
+}
+
+static PyObject *client_status(sh_client_obj_t *c, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames) {
+  static const char *const names[] = {"timeout"};
+  PyObject *a[1] = {NULL};
+  double timeout = 10.0;
+  if (parse_args("status", names, 1, 0, args, nargs, kwnames, a) < 0 ||
+      get_timeout(a[0], &timeout) < 0)
+    return NULL;
+  sh_waiter_t w;
+  if (request(c, SH_MSG_STATUS, 0, new_id(c), SH_MSG_STATUS_REPLY, timeout, &w,
+              "status()") < 0)
+    return NULL;
+  PyObject *r = sh_mpack_to_py(w.body, w.len);
+  sh_free(w.body);
+  return r;
+}
+
+static PyObject *client_kill_actor(sh_client_obj_t *c, PyObject *const *args,
+                                   Py_ssize_t nargs, PyObject *kwnames) {
+  static const char *const names[] = {"actor_id", "no_restart"};
+  PyObject *a[2] = {NULL, NULL};
+  uint64_t id;
+  if (parse_args("kill_actor", names, 2, 1, args, nargs, kwnames, a) < 0 ||
+      get_id(a[0], "kill_actor(): actor_id", &id) < 0 || check_usable(c) < 0)
+    return NULL;
+  int no_restart = a[1] ? PyObject_IsTrue(a[1]) : 1;
+  if (no_restart < 0) return NULL;
+  int rc = send_frame(c, SH_MSG_KILL_ACTOR, no_restart ? 1 : 0, id, NULL, 0);
+  if (rc) return sh_core_raise(rc, NULL);
+  Py_RETURN_NONE;
+}
+
+static PyObject *client_close(sh_client_obj_t *c, PyObject *unused) {
+  shutdown_client(c, "shoal was shut down");
+  Py_RETURN_NONE;
+}
+
+/* ---- the type ---- */
+
+static PyObject *get_client_id(sh_client_obj_t *c, void *x) {
+  return PyLong_FromUnsignedLongLong(c->client_id);
+}
+static PyObject *get_node_info(sh_client_obj_t *c, void *x) {
+  return c->node_info ? PyDict_Copy(c->node_info) : PyDict_New();
+}
+static PyObject *get_address(sh_client_obj_t *c, void *x) { return Py_NewRef(c->address); }
+static PyObject *get_connected(sh_client_obj_t *c, void *x) {
+  return PyBool_FromLong(!c->closed && !c->lost && c->fork_gen == sh_core_fork_gen());
+}
+static PyObject *get_pending(sh_client_obj_t *c, void *x) {
+  return PyLong_FromSize_t(c->pending.count);
+}
+
+static PyGetSetDef client_getset[] = {
+    {"client_id", (getter)get_client_id, NULL, "id the daemon gave this client", NULL},
+    {"node_info", (getter)get_node_info, NULL,
+     "the node: node_id, num_workers, CPU, GPU (floats), memory (bytes)", NULL},
+    {"address", (getter)get_address, NULL, "the address connected to", NULL},
+    {"connected", (getter)get_connected, NULL, "not closed, not lost, not forked", NULL},
+    {"pending", (getter)get_pending, NULL, "futures not yet completed", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+#define FAST(f) (PyCFunction)(void (*)(void))(f)
+
+static PyMethodDef client_methods[] = {
+    {"new_id", (PyCFunction)client_new_id, METH_NOARGS,
+     "new_id()\n--\n\nA fresh id: client_id << 40 | sequence (thread-safe)."},
+    {"register", FAST(client_register), METH_FASTCALL,
+     "register(fn_id, blob)\n--\n\nSends a pickled function or class (FUNC)."},
+    {"submit", FAST(client_submit), METH_FASTCALL | METH_KEYWORDS,
+     "submit(spec, args, kwargs=None, task_id=0)\n--\n\n"
+     "Submits a task; returns its Future.\n\n"
+     "Top-level futures in args and kwargs values become dependencies (pending\n"
+     "ones of this client) or their values (done ones). task_id 0 takes a new\n"
+     "id (spec.actor_id for an actor creation).\n\n"
+     "Raises:\n    ConnectionError: the client is closed or the connection lost.\n"
+     "    TypeError: a pending future of another client among the arguments.\n"
+     "    RuntimeError: used in a forked child."},
+    {"put", FAST(client_put), METH_FASTCALL,
+     "put(obj_id, blob)\n--\n\nStores a pickled value under obj_id (PUT)."},
+    {"release", (PyCFunction)client_release, METH_O,
+     "release(obj_id)\n--\n\nQueues obj_id for RELEASE; never blocks or raises."},
+    {"cancel", FAST(client_cancel), METH_FASTCALL | METH_KEYWORDS,
+     "cancel(task_id, force=False, timeout=10.0)\n--\n\n"
+     "Cancels a task; returns 0 (nothing to cancel), 1 (was queued) or 2 (was\n"
+     "running).\n\nRaises:\n    GetTimeoutError: no reply in time.\n"
+     "    ConnectionError: the connection is closed or lost."},
+    {"kill_actor", FAST(client_kill_actor), METH_FASTCALL | METH_KEYWORDS,
+     "kill_actor(actor_id, no_restart=True)\n--\n\nStops an actor (KILL_ACTOR)."},
+    {"status", FAST(client_status), METH_FASTCALL | METH_KEYWORDS,
+     "status(timeout=10.0)\n--\n\nThe node's state as a dict.\n\n"
+     "Raises:\n    GetTimeoutError: no reply in time.\n"
+     "    ConnectionError: the connection is closed or lost."},
+    {"close", (PyCFunction)client_close, METH_NOARGS,
+     "close()\n--\n\nStops the I/O thread and closes the connection; pending\n"
+     "futures fail with ConnectionLostError. Idempotent."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *client_repr(sh_client_obj_t *c) {
+  return PyUnicode_FromFormat("<shoal._core.Client %R client_id=%llu %s>", c->address,
+                              (unsigned long long)c->client_id,
+                              c->closed ? "closed" : c->lost ? "lost" : "connected");
+}
+
+PyDoc_STRVAR(client_doc,
+"Client(address, *, owner=False, timeout=10.0, future_type, dep_type, dumps)\n--\n\n"
+"A driver's connection to a shoal node agent, with one I/O thread.\n\n"
+"Args:\n"
+"    address: \"unix:PATH\", a socket path, or \"HOST:PORT\".\n"
+"    owner: the daemon exits when this connection closes (embedded cluster).\n"
+"    timeout: seconds for connecting and the handshake.\n"
+"    future_type: the Future class, called as future_type(id, client, name).\n"
+"    dep_type: called as dep_type(i) for the i-th pending dependency.\n"
+"    dumps: pickles (args, kwargs) to bytes.\n"
+"Raises:\n"
+"    ConnectionError: nothing listens at the address, or the handshake failed.");
+
+static PyType_Slot client_slots[] = {
+    {Py_tp_new, client_new},
+    {Py_tp_dealloc, client_dealloc},
+    {Py_tp_traverse, client_traverse},
+    {Py_tp_clear, client_clear},
+    {Py_tp_methods, client_methods},
+    {Py_tp_getset, client_getset},
+    {Py_tp_repr, client_repr},
+    {Py_tp_doc, (void *)client_doc},
+    {0, NULL},
+};
+
+static PyType_Spec client_spec = {
+    .name = "shoal._core.Client",
+    .basicsize = sizeof(sh_client_obj_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = client_slots,
+};
+
+int sh_client_add_type(PyObject *m, sh_core_state_t *st) {
+  st->client_type = PyType_FromModuleAndSpec(m, &client_spec, NULL);
+  if (!st->client_type) return -1;
+  return PyModule_AddType(m, (PyTypeObject *)st->client_type);
+}

@@ -1,0 +1,109 @@
+/* The driver's connection object, shared by client.c (the Python methods) and
+ * io.c (connecting, and the I/O thread that reads and writes frames). */
+#ifndef SH_CORE_CLIENT_H
+#define SH_CORE_CLIENT_H
+
+#include "core.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/types.h>
+
+#include "common/map.h"
+
+/* Largest body a frame we send may have; the daemon's default limit. */
+#define SH_CLIENT_MAX_BODY SH_FRAME_MAX_DEFAULT
+/* Queued RELEASE ids that force a wake of the I/O thread. */
+#define SH_CLIENT_RELEASE_BATCH 4096
+/* How long the idle I/O thread sleeps before it looks at queued releases. */
+#define SH_CLIENT_TICK_MS 50
+
+/* A thread blocked in cancel() or status() waiting for a reply frame. Lives
+ * on that thread's stack; linked into the client's list under rep_mu. */
+typedef struct sh_waiter_s {
+  struct sh_waiter_s *next;
+  unsigned type; /* SH_MSG_CANCEL_REPLY or SH_MSG_STATUS_REPLY */
+  uint64_t id;   /* request id the reply must carry */
+  int done;      /* 0 waiting, 1 body set, -1 the connection is gone */
+  uint8_t *body; /* sh_try_malloc'd copy of the reply body (owned) */
+  size_t len;
+} sh_waiter_t;
+
+/* Invariants: a pending future is in `pending` exactly until it is completed
+ * (by a RESULT, close() or a lost connection), and `pending`, `closed`,
+ * `lost` and the fds are only touched with the GIL held, so a submit that
+ * saw an open client always has its future completed later. The I/O thread
+ * holds a strong reference to the object while it runs. */
+struct sh_client_obj_s {
+  PyObject_HEAD
+  /* Set at construction, read-only afterwards. */
+  sh_core_state_t *st;         /* module state (interned names) */
+  PyObject *future_type;       /* shoal.Future */
+  PyObject *dep_type;          /* shoal._serial.DepRef */
+  PyObject *dumps;             /* pickles (args, kwargs) */
+  PyObject *address;           /* str, as given */
+  PyObject *node_info;         /* dict from HELLO_OK */
+  char *addr;                  /* address for messages (sh_strdup) */
+  uint64_t client_id;          /* from HELLO_OK, nonzero */
+  unsigned fork_gen;           /* sh_core_fork_gen() at creation */
+  pid_t pid;                   /* creating process */
+  pthread_t thread;            /* the I/O thread (valid when started) */
+  atomic_uint_fast64_t seq;    /* last id handed out by new_id() */
+  /* GIL-protected. */
+  int fd, evfd;                /* socket and wake-up eventfd, -1 when closed */
+  sh_map_t pending;            /* task id -> Future (strong reference) */
+  int closed;                  /* close() was called */
+  char *lost;                  /* why the connection was lost, or NULL */
+  int joinable;                /* the I/O thread still needs a join/detach */
+  sh_client_obj_t *prev, *next; /* in st->open while not closed */
+  /* Protected by out_mu. */
+  pthread_mutex_t out_mu;
+  sh_buf_t out;                /* frames waiting for the I/O thread */
+  uint64_t *rel;               /* queued RELEASE ids */
+  size_t nrel, rel_cap;
+  int awake;                   /* the I/O thread is not asleep: no wake needed */
+  int stop;                    /* the I/O thread must exit */
+  /* Protected by rep_mu. */
+  pthread_mutex_t rep_mu;
+  pthread_cond_t rep_cv;       /* CLOCK_MONOTONIC; broadcast on each reply */
+  sh_waiter_t *waiters;
+  char *rep_dead;              /* replies cannot come any more: why */
+  /* I/O thread only (after construction). */
+  sh_buf_t rbuf;               /* bytes read, not yet dispatched */
+  sh_buf_t wbuf;               /* bytes being written */
+  size_t want;                 /* bytes the partial frame in rbuf still needs */
+  char err_text[512];          /* text of the last ERROR frame, or "" */
+};
+
+/* ---- io.c ---- */
+
+/* Connects to `address`, sends HELLO and waits for HELLO_OK, all within
+ * `timeout` seconds; called without the GIL. On success c->fd is a
+ * nonblocking socket, *ok describes the node and bytes that followed
+ * HELLO_OK are in c->rbuf. Returns 0, or a negative code with a message for
+ * the user in err. */
+int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
+                      int owner, sh_hello_ok_t *ok, char *err, size_t errlen);
+
+/* Starts the I/O thread (GIL held); it takes a reference to c. 0 or -errno. */
+int sh_client_start(sh_client_obj_t *c);
+
+/* Wakes the I/O thread (GIL held, c->evfd open). */
+void sh_client_wake(sh_client_obj_t *c);
+
+/* Whether the calling thread is c's I/O thread. */
+int sh_client_on_io_thread(const sh_client_obj_t *c);
+
+/* ---- client.c ---- */
+
+/* Completes every pending future with SH_ST_DISCONNECTED and `msg` (GIL held). */
+void sh_client_fail_pending(sh_client_obj_t *c, const char *msg);
+/* Wakes every reply waiter with an error; later waits fail at once. */
+void sh_client_fail_waiters(sh_client_obj_t *c, const char *msg);
+/* Hands a reply body to the thread waiting for (type, id). */
+void sh_client_deliver(sh_client_obj_t *c, unsigned type, uint64_t id,
+                       const uint8_t *body, size_t len);
+/* Completes one pending future from a RESULT frame (GIL held). */
+void sh_client_complete(sh_client_obj_t *c, uint64_t id, const sh_result_t *r);
+
+#endif

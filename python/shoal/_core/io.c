@@ -1,0 +1,554 @@
+/* The driver's side of the wire: connecting and the HELLO handshake, and the
+ * one I/O thread per client that writes batched frames and dispatches what the
+ * daemon sends.
+ *
+ * Sections: addresses and connecting; the handshake; the I/O thread (write,
+ * read, dispatch, exit). */
+#include "client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+
+/* ---- addresses and connecting ---- */
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Waits until fd is ready for `ev` or the deadline passes. 0, -ETIMEDOUT or
+ * -errno. */
+static int wait_fd(int fd, short ev, double deadline) {
+  for (;;) {
+    double left = deadline - now_s();
+    if (left <= 0) return -ETIMEDOUT;
+    struct pollfd p = {.fd = fd, .events = ev};
+    int n = poll(&p, 1, (int)(left * 1000) + 1);
+    if (n > 0) return 0;
+    if (n < 0 && errno != EINTR) return -errno;
+  }
+}
+
+/* Connects a nonblocking socket to one address. 0 or -errno. */
+static int connect_one(int fd, const struct sockaddr *sa, socklen_t len,
+                       double deadline) {
+  if (connect(fd, sa, len) == 0) return 0;
+  if (errno != EINPROGRESS && errno != EAGAIN && errno != EINTR) return -errno;
+  int rc = wait_fd(fd, POLLOUT, deadline);
+  if (rc) return rc;
+  int soerr = 0;
+  socklen_t sl = sizeof soerr;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0) return -errno;
+  return soerr ? -soerr : 0;
+}
+
+static int connect_unix(const char *path, double deadline, int *out) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) return -ENAMETOOLONG;
+  strcpy(sa.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  int rc = connect_one(fd, (struct sockaddr *)&sa, sizeof sa, deadline);
+  if (rc) {
+    close(fd);
+    return rc;
+  }
+  *out = fd;
+  return 0;
+}
+
+static int connect_tcp(const char *host, const char *port, double deadline,
+                       int *out) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  struct addrinfo *res;
+  int gai = getaddrinfo(host, port, &hints, &res);
+  if (gai) return gai == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+  int rc = -ECONNREFUSED;
+  for (struct addrinfo *a = res; a; a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    a->ai_protocol);
+    if (fd < 0) {
+      rc = -errno;
+      continue;
+    }
+    rc = connect_one(fd, a->ai_addr, a->ai_addrlen, deadline);
+    if (rc == 0) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      *out = fd;
+      break;
+    }
+    close(fd);
+    if (rc == -ETIMEDOUT) break;
+  }
+  freeaddrinfo(res);
+  return rc;
+}
+
+/* Splits "HOST:PORT" ("[V6]:PORT" too) when PORT is all digits and the
+ * address names no path. Returns 1 and fills host/port, or 0 for a path. */
+static int split_tcp(const char *a, char *host, size_t hostlen, char *port) {
+  if (strchr(a, '/')) return 0;
+  const char *colon = strrchr(a, ':');
+  if (!colon || colon == a || !colon[1] || strlen(colon + 1) > 5) return 0;
+  for (const char *p = colon + 1; *p; p++)
+    if (*p < '0' || *p > '9') return 0;
+  size_t n = (size_t)(colon - a);
+  if (a[0] == '[' && colon[-1] == ']') {
+    a++;
+    n -= 2;
+  }
+  if (n == 0 || n >= hostlen) return 0;
+  memcpy(host, a, n);
+  host[n] = 0;
+  strcpy(port, colon + 1);
+  return 1;
+}
+
+/* Connects to "unix:PATH", a socket path or "HOST:PORT". */
+static int connect_address(const char *address, double deadline, int *fd,
+                           int *is_tcp) {
+  char host[256], port[8];
+  *is_tcp = 0;
+  if (strncmp(address, "unix:", 5) == 0) return connect_unix(address + 5, deadline, fd);
+  if (split_tcp(address, host, sizeof host, port)) {
+    *is_tcp = 1;
+    return connect_tcp(host, port, deadline, fd);
+  }
+  return connect_unix(address, deadline, fd);
+}
+
+/* ---- the handshake ---- */
+
+static int write_all(int fd, const uint8_t *p, size_t n, double deadline) {
+  while (n) {
+    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+    if (w > 0) {
+      p += w;
+      n -= (size_t)w;
+    } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+      int rc = wait_fd(fd, POLLOUT, deadline);
+      if (rc) return rc;
+    } else {
+      return -errno;
+    }
+  }
+  return 0;
+}
+
+/* Reads until one whole frame is in c->rbuf. 0 with *f set, or an error
+ * (-ECONNRESET for end of file). */
+static int read_frame(sh_client_obj_t *c, sh_frame_t *f, size_t *used,
+                      double deadline) {
+  for (;;) {
+    int rc = sh_frame_parse(sh_buf_head(&c->rbuf), sh_buf_avail(&c->rbuf),
+                            SH_CLIENT_MAX_BODY, f, used);
+    if (rc == 1) return 0;
+    if (rc < 0) return rc;
+    rc = sh_buf_reserve(&c->rbuf, *used > 4096 ? *used : 4096);
+    if (rc) return rc;
+    ssize_t n = read(c->fd, c->rbuf.data + c->rbuf.len, c->rbuf.cap - c->rbuf.len);
+    if (n > 0) {
+      c->rbuf.len += (size_t)n;
+    } else if (n == 0) {
+      return -ECONNRESET;
+    } else if (errno == EAGAIN || errno == EINTR) {
+      rc = wait_fd(c->fd, POLLIN, deadline);
+      if (rc) return rc;
+    } else {
+      return -errno;
+    }
+  }
+}
+
+static int handshake(sh_client_obj_t *c, int owner, sh_hello_ok_t *ok,
+                     double deadline, char *err, size_t errlen) {
+  sh_hello_t h = {.role = SH_ROLE_DRIVER, .pid = (uint32_t)getpid(),
+                  .flags = owner ? SH_HELLO_OWNER : 0};
+  sh_buf_t b;
+  sh_buf_init(&b);
+  int rc = sh_hello_append(&b, &h);
+  if (!rc) rc = write_all(c->fd, b.data, b.len, deadline);
+  sh_buf_close(&b);
+  sh_frame_t f;
+  size_t used = 0;
+  if (!rc) rc = read_frame(c, &f, &used, deadline);
+  if (rc) return rc;
+  if (f.hdr.type == SH_MSG_HELLO_OK) {
+    rc = sh_hello_ok_decode(f.body, f.hdr.len, ok);
+    if (!rc && ok->client_id == 0) rc = SH_EBODY;
+  } else if (f.hdr.type == SH_MSG_ERROR && f.hdr.len >= 4) {
+    snprintf(err, errlen, "the shoal daemon at %s refused the connection: %.*s",
+             c->addr, (int)(f.hdr.len - 4), (const char *)f.body + 4);
+    rc = -ECONNREFUSED;
+  } else {
+    snprintf(err, errlen, "the shoal daemon at %s answered HELLO with %s "
+             "instead of HELLO_OK (a different shoal version?)",
+             c->addr, sh_msg_name(f.hdr.type));
+    rc = SH_EBODY;
+  }
+  sh_buf_consume(&c->rbuf, used);
+  return rc;
+}
+
+int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
+                      int owner, sh_hello_ok_t *ok, char *err, size_t errlen) {
+  double deadline = now_s() + timeout;
+  int is_tcp;
+  err[0] = 0;
+  int rc = connect_address(address, deadline, &c->fd, &is_tcp);
+  if (rc == -ENOENT || rc == -ECONNREFUSED || rc == -ENOTDIR) {
+    snprintf(err, errlen,
+             "could not connect to the shoal daemon at %s: %s. Nothing is "
+             "listening there: start a cluster with `shoal start --head` (or "
+             "call shoal.init() without an address for a private one), or "
+             "check the address", address, sh_strerror(rc));
+    return rc;
+  }
+  if (rc == -ETIMEDOUT) {
+    snprintf(err, errlen, "timed out after %gs connecting to the shoal daemon "
+             "at %s: is it overloaded or stopped?", timeout, address);
+    return rc;
+  }
+  if (rc) {
+    snprintf(err, errlen, "could not connect to the shoal daemon at %s: %s%s",
+             address, rc == -EHOSTUNREACH && is_tcp ? "unknown host" : sh_strerror(rc),
+             rc == -ENAMETOOLONG ? " (socket paths are limited to 107 bytes)" : "");
+    return rc;
+  }
+  rc = handshake(c, owner, ok, deadline, err, errlen);
+  if (rc && !err[0]) {
+    if (rc == -ETIMEDOUT)
+      snprintf(err, errlen, "timed out after %gs waiting for the shoal daemon "
+               "at %s to answer HELLO: is it a shoal daemon, and is it "
+               "responsive?", timeout, address);
+    else
+      snprintf(err, errlen, "handshake with the shoal daemon at %s failed: %s",
+               address, rc == -ECONNRESET ? "it closed the connection" : sh_strerror(rc));
+  }
+  if (!rc) {
+    c->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (c->evfd < 0) {
+      rc = -errno;
+      snprintf(err, errlen, "eventfd: %s", sh_strerror(rc));
+    }
+  }
+  return rc;
+}
+
+/* ---- the I/O thread ---- */
+
+void sh_client_wake(sh_client_obj_t *c) {
+  uint64_t one = 1;
+  ssize_t w = write(c->evfd, &one, sizeof one);
+  (void)w; /* EAGAIN: the counter is saturated, the thread wakes anyway */
+}
+
+int sh_client_on_io_thread(const sh_client_obj_t *c) {
+  return c->joinable && pthread_equal(pthread_self(), c->thread);
+}
+
+/* Appends queued RELEASE ids to c->out as one frame (out_mu held). On
+ * -ENOMEM they stay queued for a later turn. */
+static void flush_releases_locked(sh_client_obj_t *c) {
+  if (!c->nrel) return;
+  long at = sh_frame_begin(&c->out, SH_MSG_RELEASE, 0, 0);
+  if (at < 0) return;
+  if (sh_buf_reserve(&c->out, c->nrel * 8)) {
+    c->out.len = (size_t)at;
+    return;
+  }
+  for (size_t i = 0; i < c->nrel; i++) sh_put_u64(c->out.data + c->out.len + 8 * i, c->rel[i]);
+  c->out.len += c->nrel * 8;
+  sh_frame_finish(&c->out, at);
+  c->nrel = 0;
+}
+
+/* Takes what producers appended (out_mu held). Returns whether there is
+ * something to write; clears `awake` when there is not. */
+static int take_output_locked(sh_client_obj_t *c) {
+  if (sh_buf_avail(&c->wbuf) == 0) {
+    flush_releases_locked(c);
+    if (c->out.len) {
+      sh_buf_t t = c->wbuf;
+      c->wbuf = c->out;
+      c->out = t;
+      sh_buf_reset(&c->out);
+    }
+  }
+  if (sh_buf_avail(&c->wbuf)) return 1;
+  c->awake = 0;
+  return 0;
+}
+
+/* Writes as much of wbuf as the socket takes. 0 or -errno. */
+static int write_some(sh_client_obj_t *c) {
+  while (sh_buf_avail(&c->wbuf)) {
+    ssize_t w = send(c->fd, sh_buf_head(&c->wbuf), sh_buf_avail(&c->wbuf), MSG_NOSIGNAL);
+    if (w > 0) {
+      sh_buf_consume(&c->wbuf, (size_t)w);
+    } else if (w < 0 && errno == EINTR) {
+      continue;
+    } else if (w < 0 && errno == EAGAIN) {
+      return 0;
+    } else {
+      return -errno;
+    }
+  }
+  /* Keep big one-off buffers from pinning memory for ever. */
+  if (c->wbuf.cap > (16u << 20)) sh_buf_close(&c->wbuf);
+  return 0;
+}
+
+/* Reads what is available, up to a few MiB per turn. Returns 0, 1 at end of
+ * file, or -errno. */
+static int read_some(sh_client_obj_t *c, size_t want) {
+  size_t got = 0;
+  while (got < (4u << 20)) {
+    if (sh_buf_reserve(&c->rbuf, want > 65536 ? want : 65536)) return -ENOMEM;
+    size_t room = c->rbuf.cap - c->rbuf.len;
+    ssize_t n = read(c->fd, c->rbuf.data + c->rbuf.len, room);
+    if (n > 0) {
+      c->rbuf.len += (size_t)n;
+      got += (size_t)n;
+      if ((size_t)n < room) return 0;
+    } else if (n == 0) {
+      return 1;
+    } else if (errno == EINTR) {
+      continue;
+    } else {
+      return errno == EAGAIN ? 0 : -errno;
+    }
+  }
+  return 0;
+}
+
+/* Writes each line of an OUTPUT frame to sys.stdout or sys.stderr with a
+ * "(worker pid=N) " prefix (GIL held). Output problems are not the task's:
+ * errors are dropped. */
+static void write_output(sh_client_obj_t *c, const uint8_t *body, size_t len) {
+  uint32_t pid = sh_get_u32(body), stream = sh_get_u32(body + 4);
+  const uint8_t *p = body + 8, *end = body + len;
+  char prefix[40];
+  int plen = snprintf(prefix, sizeof prefix, "(worker pid=%u) ", pid);
+  size_t lines = 1;
+  for (const uint8_t *q = p; q < end; q++) lines += *q == '\n';
+  char *buf = sh_try_malloc((size_t)(end - p) + lines * (size_t)plen + 1);
+  if (!buf) return;
+  size_t n = 0;
+  while (p < end) {
+    const uint8_t *nl = memchr(p, '\n', (size_t)(end - p));
+    size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
+    memcpy(buf + n, prefix, (size_t)plen);
+    memcpy(buf + n + plen, p, l);
+    n += (size_t)plen + l;
+    buf[n++] = '\n';
+    p += l + (nl != NULL);
+  }
+  PyObject *text = PyUnicode_DecodeUTF8(buf, (Py_ssize_t)n, "replace");
+  sh_free(buf);
+  PyObject *f = PySys_GetObject(stream == SH_STREAM_STDERR ? "stderr" : "stdout");
+  if (text && f && f != Py_None) {
+    Py_INCREF(f); /* user code run by write() may rebind sys.stdout */
+    PyObject *r = PyObject_CallMethodOneArg(f, c->st->s_write, text);
+    Py_XDECREF(r);
+    r = r ? PyObject_CallMethodNoArgs(f, c->st->s_flush) : NULL;
+    Py_XDECREF(r);
+    Py_DECREF(f);
+  }
+  Py_XDECREF(text);
+  PyErr_Clear();
+}
+
+static int needs_gil(unsigned type) {
+  return type == SH_MSG_RESULT || type == SH_MSG_OUTPUT;
+}
+
+/* Handles one frame. 0, or SH_EBODY for a body that does not decode. */
+static int handle_frame(sh_client_obj_t *c, const sh_frame_t *f) {
+  const uint8_t *b = f->body;
+  uint32_t len = f->hdr.len;
+  switch (f->hdr.type) {
+    case SH_MSG_RESULT: {
+      sh_result_t r;
+      if (sh_result_decode(b, len, &r)) return SH_EBODY;
+      sh_client_complete(c, f->hdr.id, &r);
+      return 0;
+    }
+    case SH_MSG_OUTPUT:
+      if (len < 8) return SH_EBODY;
+      write_output(c, b, len);
+      return 0;
+    case SH_MSG_ERROR:
+      if (len < 4) return SH_EBODY;
+      snprintf(c->err_text, sizeof c->err_text, "%.*s", (int)(len - 4), (const char *)b + 4);
+      return 0;
+    case SH_MSG_CANCEL_REPLY:
+      if (len < 4) return SH_EBODY;
+      /* fall through */
+    case SH_MSG_STATUS_REPLY:
+      sh_client_deliver(c, f->hdr.type, f->hdr.id, b, len);
+      return 0;
+    default:
+      return 0; /* valid but not for drivers: ignored */
+  }
+}
+
+/* Dispatches every whole frame in rbuf, taking the GIL at most once. Returns
+ * 0, or a negative SH_E* code with *what naming the bad frame. *want is set
+ * to the bytes the next incomplete frame needs. */
+static int dispatch(sh_client_obj_t *c, PyThreadState **ts, size_t *want,
+                    const char **what) {
+  int rc;
+  *want = 0;
+  for (;;) {
+    sh_frame_t f;
+    size_t used;
+    rc = sh_frame_parse(sh_buf_head(&c->rbuf), sh_buf_avail(&c->rbuf),
+                        SH_CLIENT_MAX_BODY, &f, &used);
+    if (rc <= 0) {
+      if (rc == 0) *want = used - sh_buf_avail(&c->rbuf);
+      break;
+    }
+    if (needs_gil(f.hdr.type) && *ts) {
+      PyEval_RestoreThread(*ts);
+      *ts = NULL;
+    }
+    rc = handle_frame(c, &f);
+    sh_buf_consume(&c->rbuf, used);
+    if (rc) {
+      *what = sh_msg_name(f.hdr.type);
+      break;
+    }
+  }
+  if (!*ts) *ts = PyEval_SaveThread();
+  return rc < 0 ? rc : 0;
+}
+
+/* Reads and dispatches what the socket has. Returns 0, or a negative code
+ * with `reason` filled when the connection is over. */
+static int read_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
+                     size_t rlen) {
+  int rc = read_some(c, c->want);
+  const char *what = NULL;
+  int drc = dispatch(c, ts, &c->want, &what);
+  if (drc < 0) {
+    if (what)
+      snprintf(reason, rlen, "it sent a %s frame whose body does not decode", what);
+    else
+      snprintf(reason, rlen, "it sent a malformed frame: %s", sh_strerror(drc));
+    return drc;
+  }
+  if (rc == 0) return 0;
+  if (c->err_text[0])
+    snprintf(reason, rlen, "%s", c->err_text);
+  else if (rc == 1)
+    snprintf(reason, rlen, "the daemon closed the connection (it stopped or crashed)");
+  else
+    snprintf(reason, rlen, "reading from it failed: %s", sh_strerror(rc));
+  return rc == 1 ? -ECONNRESET : rc;
+}
+
+/* One turn: write what is queued, sleep in poll, read and dispatch. Returns 0
+ * to go on, 1 when asked to stop, or a negative code with `reason` filled
+ * for a lost connection. */
+static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
+                   size_t rlen) {
+  pthread_mutex_lock(&c->out_mu);
+  int stop = c->stop, writing = stop ? 0 : take_output_locked(c);
+  pthread_mutex_unlock(&c->out_mu);
+  if (stop) return 1;
+  int timeout = SH_CLIENT_TICK_MS, rc;
+  if (writing) {
+    if ((rc = write_some(c)) < 0) {
+      /* The daemon may have said why before it closed: read that first. */
+      if (read_turn(c, ts, reason, rlen) == 0 || !c->err_text[0])
+        snprintf(reason, rlen, "writing to it failed: %s", sh_strerror(rc));
+      return rc;
+    }
+    if (sh_buf_avail(&c->wbuf) == 0) timeout = 0; /* look for more at once */
+  }
+  struct pollfd p[2] = {
+      {.fd = c->fd, .events = (short)(POLLIN | (sh_buf_avail(&c->wbuf) ? POLLOUT : 0))},
+      {.fd = c->evfd, .events = POLLIN},
+  };
+  if (poll(p, 2, timeout) < 0 && errno != EINTR) {
+    rc = -errno;
+    snprintf(reason, rlen, "poll failed: %s", sh_strerror(rc));
+    return rc;
+  }
+  if (p[1].revents & POLLIN) {
+    uint64_t v;
+    ssize_t r = read(c->evfd, &v, sizeof v);
+    (void)r;
+  }
+  if (!writing) {
+    pthread_mutex_lock(&c->out_mu);
+    c->awake = 1;
+    pthread_mutex_unlock(&c->out_mu);
+  }
+  if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR))) return 0;
+  return read_turn(c, ts, reason, rlen);
+}
+
+/* The connection is gone (GIL held): fail what waits on it, make later calls
+ * raise with the same text. Nothing to do when close() got there first. */
+static void io_lost(sh_client_obj_t *c, const char *reason) {
+  if (c->closed) return;
+  char msg[1536];
+  snprintf(msg, sizeof msg, "lost the connection to the shoal daemon at %s: %s",
+           c->addr, reason);
+  c->lost = sh_strdup(msg);
+  sh_client_fail_waiters(c, msg);
+  sh_client_fail_pending(c, msg);
+}
+
+static void *io_main(void *arg) {
+  sh_client_obj_t *c = arg;
+  PyGILState_STATE g = PyGILState_Ensure();
+  PyThreadState *ts = PyEval_SaveThread();
+  char reason[1024] = "";
+  int rc;
+  while ((rc = io_turn(c, &ts, reason, sizeof reason)) == 0) {
+  }
+  PyEval_RestoreThread(ts);
+  if (rc < 0) io_lost(c, reason);
+  close(c->fd);
+  close(c->evfd);
+  c->fd = c->evfd = -1;
+  Py_DECREF(c); /* may free c, on this thread: see client_dealloc */
+  PyGILState_Release(g);
+  return NULL;
+}
+
+int sh_client_start(sh_client_obj_t *c) {
+  /* The thread takes no signals: they belong to the main thread. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  Py_INCREF(c);
+  c->awake = 1;
+  int rc = pthread_create(&c->thread, NULL, io_main, c);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc) {
+    Py_DECREF(c);
+    return -rc;
+  }
+  c->joinable = 1;
+  return 0;
+}

@@ -1,0 +1,552 @@
+/* The worker loop run by `python -m shoal.worker`: reads FUNC and EXEC frames
+ * from the agent on one socket, runs each request in order and answers with
+ * RESULT frames written in batches.
+ *
+ * Sections: state and helpers; reading and writing; running one request;
+ * the loop and the entry point.
+ *
+ * Batching: results are held while more requests are already waiting, and
+ * written when the input runs dry or the oldest held result is 1 ms old. A
+ * request whose function is expected (moving average) to run past that bound
+ * flushes the held results before it starts, so a long task never delays the
+ * results of the short ones before it. */
+#include "core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/map.h"
+
+#define HOLD_S 0.001 /* the longest a result waits in the batch */
+
+/* ---- state and helpers ---- */
+
+/* A registered function or class, or a live actor. */
+typedef struct entry_s {
+  PyObject *obj; /* FUNC: the blob (bytes) until first use, then the callable */
+  double avg;    /* moving average run time in seconds; < 0 unknown */
+} entry_t;
+
+typedef struct worker_s {
+  int fd;
+  sh_core_state_t *st;
+  PyObject *loads, *dumps, *dumps_exc, *depref; /* from the support module */
+  sh_map_t fns;    /* fn_id -> entry_t* */
+  sh_map_t actors; /* actor_id -> entry_t* (obj: the instance) */
+  sh_buf_t rbuf;   /* bytes read, not yet handled */
+  sh_buf_t wbuf;   /* RESULT frames held for the next write */
+  size_t want;     /* bytes the partial frame in rbuf needs in all */
+  double held_since; /* when the oldest result in wbuf was queued */
+} worker_t;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void flush_stdio(worker_t *w) {
+  static const char *const names[] = {"stdout", "stderr"};
+  for (int i = 0; i < 2; i++) {
+    PyObject *f = PySys_GetObject(names[i]);
+    if (!f || f == Py_None) continue;
+    PyObject *r = PyObject_CallMethodNoArgs(f, w->st->s_flush);
+    if (r) Py_DECREF(r);
+    else PyErr_Clear();
+  }
+}
+
+static int flush_out(worker_t *w);
+
+/* The agent sent something no agent sends: say so and exit with status 2. */
+static void fatal(worker_t *w, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  flush_stdio(w);
+  if (flush_out(w) < 0) PyErr_Clear(); /* results already earned, best effort */
+  fprintf(stderr, "shoal worker (pid %d): %s; exiting\n", (int)getpid(), msg);
+  _exit(2);
+}
+
+/* A signal interrupted a system call while no task ran: run the Python
+ * handlers. A KeyboardInterrupt now was meant for a task that has already
+ * finished (the agent cancels with SIGINT), so it is dropped. 0 or -1. */
+static int signals_while_idle(void) {
+  if (PyErr_CheckSignals() == 0) return 0;
+  if (!PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) return -1;
+  PyErr_Clear();
+  return 0;
+}
+
+static void entry_free(entry_t *e) {
+  Py_XDECREF(e->obj);
+  sh_free(e);
+}
+
+static void map_clear(sh_map_t *m) {
+  size_t i = 0;
+  uint64_t k;
+  void *v;
+  while (sh_map_next(m, &i, &k, &v)) entry_free(v);
+  sh_map_close(m);
+}
+
+/* Stores obj (stolen) under id, replacing an older entry. 0 or -1. */
+static int map_store(sh_map_t *m, uint64_t id, PyObject *obj) {
+  entry_t *e = sh_map_get(m, id);
+  if (e) {
+    Py_SETREF(e->obj, obj);
+    e->avg = -1;
+    return 0;
+  }
+  e = sh_malloc(sizeof *e);
+  e->obj = obj;
+  e->avg = -1;
+  if (sh_map_put(m, id, e) < 0) {
+    entry_free(e);
+    PyErr_NoMemory();
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- reading and writing (the GIL is released only around syscalls) ---- */
+
+/* Writes every held result. 0, 1 when the agent is gone, -1 on a Python
+ * error (from a signal handler). */
+static int flush_out(worker_t *w) {
+  while (sh_buf_avail(&w->wbuf)) {
+    ssize_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = write(w->fd, sh_buf_head(&w->wbuf), sh_buf_avail(&w->wbuf));
+    Py_END_ALLOW_THREADS
+    if (n > 0) {
+      sh_buf_consume(&w->wbuf, (size_t)n);
+    } else if (n < 0 && errno == EINTR) {
+      if (signals_while_idle() < 0) return -1;
+    } else if (n < 0 && errno == EAGAIN) {
+      struct pollfd p = {.fd = w->fd, .events = POLLOUT};
+      Py_BEGIN_ALLOW_THREADS
+      n = poll(&p, 1, -1);
+      Py_END_ALLOW_THREADS
+    } else {
+      sh_buf_reset(&w->wbuf);
+      return 1; /* EPIPE, ECONNRESET: the agent closed its end */
+    }
+  }
+  sh_buf_reset(&w->wbuf);
+  if (w->wbuf.cap > (16u << 20)) sh_buf_close(&w->wbuf);
+  return 0;
+}
+
+/* Whether more bytes can be read right now. */
+static int readable_now(worker_t *w) {
+  struct pollfd p = {.fd = w->fd, .events = POLLIN};
+  int n;
+  Py_BEGIN_ALLOW_THREADS
+  n = poll(&p, 1, 0);
+  Py_END_ALLOW_THREADS
+  return n > 0;
+}
+
+/* Reads at least one byte, blocking while idle. 0, 1 at end of file, -1 on
+ * a Python error. */
+static int fill(worker_t *w) {
+  size_t need = w->want > sh_buf_avail(&w->rbuf) ? w->want - sh_buf_avail(&w->rbuf) : 0;
+  if (sh_buf_reserve(&w->rbuf, need > 65536 ? need : 65536)) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  for (;;) {
+    ssize_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = read(w->fd, w->rbuf.data + w->rbuf.len, w->rbuf.cap - w->rbuf.len);
+    Py_END_ALLOW_THREADS
+    if (n > 0) {
+      w->rbuf.len += (size_t)n;
+      return 0;
+    }
+    if (n == 0) return 1;
+    if (errno == EINTR) {
+      if (signals_while_idle() < 0) return -1;
+    } else if (errno == EAGAIN) {
+      struct pollfd p = {.fd = w->fd, .events = POLLIN};
+      Py_BEGIN_ALLOW_THREADS
+      n = poll(&p, 1, -1);
+      Py_END_ALLOW_THREADS
+    } else {
+      return 1; /* ECONNRESET and the like: the agent is gone */
+    }
+  }
+}
+
+/* ---- running one request ---- */
+
+/* The outcome of one request: a status and a payload (bytes). */
+typedef struct outcome_s {
+  uint32_t status;
+  PyObject *payload;
+} outcome_t;
+
+static void set_text(outcome_t *o, uint32_t status, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  o->status = status;
+  o->payload = PyBytes_FromString(msg);
+}
+
+static PyObject *take_exception(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+  return PyErr_GetRaisedException();
+#else
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb && value) PyException_SetTraceback(value, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  return value;
+#endif
+}
+
+/* Turns the exception being raised into the outcome: CANCELLED for a
+ * KeyboardInterrupt (the agent's SIGINT), else ERROR with the pickled
+ * exception and its traceback. */
+static void set_error(worker_t *w, outcome_t *o) {
+  if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+    PyErr_Clear();
+    set_text(o, SH_ST_CANCELLED, "cancelled while running");
+    return;
+  }
+  PyObject *exc = take_exception();
+  o->status = SH_ST_ERROR;
+  o->payload = exc ? PyObject_CallOneArg(w->dumps_exc, exc) : NULL;
+  Py_XDECREF(exc);
+  if (!o->payload) {
+    PyErr_Clear();
+    set_text(o, SH_ST_BAD_REQUEST, "the task failed and its exception could not be pickled");
+  }
+}
+
+/* The callable registered as fn_id, unpickled on first use. NULL with no
+ * exception when it was never registered. */
+static PyObject *get_fn(worker_t *w, uint64_t fn_id, entry_t **out) {
+  entry_t *e = sh_map_get(&w->fns, fn_id);
+  *out = e;
+  if (!e) return NULL;
+  if (PyBytes_CheckExact(e->obj)) {
+    PyObject *fn = PyObject_CallOneArg(w->loads, e->obj);
+    if (!fn) return NULL; /* the blob stays: a later request tries again */
+    Py_SETREF(e->obj, fn);
+  }
+  return Py_NewRef(e->obj);
+}
+
+/* Dependencies of one request: walked once, unpickled on first reference. */
+typedef struct deps_s {
+  uint32_t n;
+  sh_exec_dep_t *dep;
+  PyObject **val;
+} deps_t;
+
+/* Replaces a DepRef by its dependency's value; other objects come back as a
+ * new reference of themselves. */
+static PyObject *resolve(worker_t *w, deps_t *d, PyObject *o, int *bad) {
+  if (!PyObject_TypeCheck(o, (PyTypeObject *)w->depref)) return Py_NewRef(o);
+  PyObject *io = PyObject_GetAttr(o, w->st->s_i);
+  if (!io) return NULL;
+  long i = PyLong_AsLong(io);
+  Py_DECREF(io);
+  if (i == -1 && PyErr_Occurred()) return NULL;
+  if (i < 0 || (uint32_t)i >= d->n) {
+    *bad = 1;
+    return NULL;
+  }
+  if (!d->val[i]) {
+    PyObject *b = PyBytes_FromStringAndSize((const char *)d->dep[i].data, d->dep[i].len);
+    d->val[i] = b ? PyObject_CallOneArg(w->loads, b) : NULL;
+    Py_XDECREF(b);
+    if (!d->val[i]) return NULL;
+  }
+  return Py_NewRef(d->val[i]);
+}
+
+/* Unpickles (args, kwargs) and puts dependency values in place of DepRefs.
+ * Returns 0, -1 with an exception, or 1 for malformed arguments. */
+static int load_args(worker_t *w, const sh_exec_t *e, deps_t *d, PyObject **args,
+                     PyObject **kwargs) {
+  PyObject *blob = PyBytes_FromStringAndSize((const char *)e->args, e->args_len);
+  PyObject *pair = blob ? PyObject_CallOneArg(w->loads, blob) : NULL;
+  Py_XDECREF(blob);
+  if (!pair) return -1;
+  int rc = 1, bad = 0;
+  if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) goto done;
+  PyObject *a = PyTuple_GET_ITEM(pair, 0), *k = PyTuple_GET_ITEM(pair, 1);
+  if (!PyTuple_Check(a) || (k != Py_None && !PyDict_Check(k))) goto done;
+  Py_ssize_t n = PyTuple_GET_SIZE(a);
+  rc = -1;
+  if (!(*args = PyTuple_New(n))) goto done;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *v = resolve(w, d, PyTuple_GET_ITEM(a, i), &bad);
+    if (!v) goto done;
+    PyTuple_SET_ITEM(*args, i, v);
+  }
+  if (k != Py_None && PyDict_GET_SIZE(k)) {
+    /* pickle made this dict for us alone: values are replaced in place */
+    PyObject *key, *val;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(k, &pos, &key, &val)) {
+      PyObject *v = resolve(w, d, val, &bad);
+      if (!v || PyDict_SetItem(k, key, v) < 0) {
+        Py_XDECREF(v);
+        goto done;
+      }
+      Py_DECREF(v);
+    }
+    *kwargs = Py_NewRef(k);
+  }
+  rc = 0;
+done:
+  if (bad) {
+    PyErr_Clear();
+    rc = 1;
+  }
+  if (rc) {
+    Py_CLEAR(*args);
+    Py_CLEAR(*kwargs);
+  }
+  Py_DECREF(pair);
+  return rc;
+}
+
+/* Runs a decoded EXEC; fills the outcome. Returns -1 only for errors that
+ * must end the worker (out of memory in the engine). */
+static int run(worker_t *w, uint64_t task_id, const sh_exec_t *e, deps_t *d,
+               entry_t **timed, outcome_t *o) {
+  PyObject *target = NULL, *args = NULL, *kwargs = NULL, *value = NULL;
+  uint64_t actor_id = e->actor_id ? e->actor_id : task_id;
+  if (e->kind == SH_KIND_ACTOR_CALL) {
+    entry_t *a = sh_map_get(&w->actors, actor_id);
+    *timed = a;
+    if (!a) {
+      set_text(o, SH_ST_ACTOR_DIED, "actor %#llx does not live in this worker (pid %d)",
+               (unsigned long long)actor_id, (int)getpid());
+      return 0;
+    }
+    PyObject *name = PyUnicode_DecodeUTF8(e->method, e->method_len, "strict");
+    target = name ? PyObject_GetAttr(a->obj, name) : NULL;
+    Py_XDECREF(name);
+  } else {
+    target = get_fn(w, e->fn_id, timed);
+    if (!target && !PyErr_Occurred()) {
+      set_text(o, SH_ST_BAD_REQUEST,
+               "function %#llx was never registered with this worker (no FUNC frame)",
+               (unsigned long long)e->fn_id);
+      return 0;
+    }
+  }
+  int rc = target ? load_args(w, e, d, &args, &kwargs) : -1;
+  if (rc == 1) {
+    set_text(o, SH_ST_BAD_REQUEST, "the arguments of task %#llx are malformed",
+             (unsigned long long)task_id);
+    Py_DECREF(target);
+    return 0;
+  }
+  if (rc == 0) value = PyObject_Call(target, args, kwargs);
+  if (value && e->kind == SH_KIND_ACTOR_CREATE) {
+    if (map_store(&w->actors, actor_id, value) < 0) {
+      value = NULL;
+    } else {
+      value = Py_NewRef(Py_None);
+    }
+  }
+  if (value) {
+    o->status = SH_ST_OK;
+    o->payload = PyObject_CallOneArg(w->dumps, value);
+  }
+  if (!value || !o->payload) set_error(w, o);
+  Py_XDECREF(value);
+  Py_XDECREF(args);
+  Py_XDECREF(kwargs);
+  Py_XDECREF(target);
+  return 0;
+}
+
+/* Queues the RESULT of one request. 0 or -1 (out of memory). */
+static int queue_result(worker_t *w, uint64_t task_id, outcome_t *o) {
+  if (!o->payload) return -1;
+  Py_ssize_t n = PyBytes_GET_SIZE(o->payload);
+  if ((size_t)n > SH_FRAME_MAX_DEFAULT - 8) {
+    Py_DECREF(o->payload);
+    set_text(o, SH_ST_BAD_REQUEST,
+             "the result is %zd bytes, over the %u-byte frame limit", n,
+             SH_FRAME_MAX_DEFAULT - 8);
+    if (!o->payload) return -1;
+    n = PyBytes_GET_SIZE(o->payload);
+  }
+  if (!sh_buf_avail(&w->wbuf)) w->held_since = now_s();
+  int rc = sh_result_append(&w->wbuf, task_id, o->status, 0,
+                            PyBytes_AS_STRING(o->payload), (size_t)n);
+  Py_CLEAR(o->payload);
+  if (rc) PyErr_NoMemory();
+  return rc ? -1 : 0;
+}
+
+/* Handles one EXEC frame. 0, -1 with an exception, 1 when the agent left. */
+static int exec_frame(worker_t *w, uint64_t task_id, const uint8_t *body, uint32_t len) {
+  sh_exec_t e;
+  if (sh_exec_decode(body, len, &e)) fatal(w, "malformed EXEC frame for task %#llx",
+                                           (unsigned long long)task_id);
+  if (e.ndeps > e.deps_len / 4) fatal(w, "malformed dependency list in EXEC");
+  deps_t d = {.n = e.ndeps};
+  sh_exec_dep_t dep_small[8];
+  PyObject *val_small[8] = {NULL};
+  d.dep = e.ndeps <= 8 ? dep_small : sh_try_malloc(e.ndeps * sizeof *d.dep);
+  d.val = e.ndeps <= 8 ? val_small : sh_try_malloc(e.ndeps * sizeof *d.val);
+  if (!d.dep || !d.val) fatal(w, "out of memory for %u dependencies", e.ndeps);
+  sh_rd_t r;
+  sh_rd_init(&r, e.deps, e.deps_len);
+  for (uint32_t i = 0; i < e.ndeps; i++) {
+    d.val[i] = NULL;
+    if (sh_exec_dep_next(&r, &d.dep[i]) != 1) fatal(w, "malformed dependency list in EXEC");
+  }
+  if (sh_rd_left(&r)) fatal(w, "malformed dependency list in EXEC");
+
+  /* Flush held results first when this request may run past the bound. */
+  entry_t *hint = e.kind == SH_KIND_ACTOR_CALL ? sh_map_get(&w->actors, e.actor_id ? e.actor_id : task_id)
+                                               : sh_map_get(&w->fns, e.fn_id);
+  double t0 = now_s();
+  int rc = 0;
+  if (sh_buf_avail(&w->wbuf) &&
+      (!hint || hint->avg < 0 || t0 - w->held_since + hint->avg > HOLD_S))
+    rc = flush_out(w);
+  if (rc == 0) rc = signals_while_idle(); /* a stale SIGINT is not for this task */
+  outcome_t o = {0, NULL};
+  entry_t *timed = NULL;
+  if (rc == 0) rc = run(w, task_id, &e, &d, &timed, &o);
+  if (timed) { /* entries are never freed while the worker runs */
+    double dt = now_s() - t0;
+    timed->avg = timed->avg < 0 ? dt : 0.8 * timed->avg + 0.2 * dt;
+  }
+  for (uint32_t i = 0; i < e.ndeps; i++) Py_XDECREF(d.val[i]);
+  if (d.dep != dep_small) sh_free(d.dep);
+  if (d.val != val_small) sh_free(d.val);
+  if (rc) {
+    Py_XDECREF(o.payload);
+    return rc;
+  }
+  flush_stdio(w);
+  return queue_result(w, task_id, &o);
+}
+
+/* ---- the loop and the entry point ---- */
+
+/* Handles every whole frame in rbuf. 0, -1 with an exception, 1 when the
+ * agent left. */
+static int run_ready(worker_t *w) {
+  for (;;) {
+    sh_frame_t f;
+    size_t used;
+    int rc = sh_frame_parse(sh_buf_head(&w->rbuf), sh_buf_avail(&w->rbuf),
+                            SH_FRAME_MAX_DEFAULT, &f, &used);
+    if (rc == 0) {
+      w->want = used;
+      return 0;
+    }
+    if (rc < 0) fatal(w, "malformed frame from the agent: %s", sh_strerror(rc));
+    if (f.hdr.type == SH_MSG_FUNC) {
+      PyObject *blob = PyBytes_FromStringAndSize((const char *)f.body, f.hdr.len);
+      rc = blob ? map_store(&w->fns, f.hdr.id, blob) : -1;
+    } else if (f.hdr.type == SH_MSG_EXEC) {
+      rc = exec_frame(w, f.hdr.id, f.body, f.hdr.len);
+    } /* other types are not for workers: ignored */
+    sh_buf_consume(&w->rbuf, used);
+    if (rc) return rc;
+    if (sh_buf_avail(&w->wbuf) && now_s() - w->held_since > HOLD_S &&
+        (rc = flush_out(w)) != 0)
+      return rc;
+  }
+}
+
+/* 0 at end of file, -1 with an exception. */
+static int loop(worker_t *w) {
+  for (;;) {
+    int rc = run_ready(w);
+    if (rc) return rc > 0 ? 0 : -1;
+    if (sh_buf_avail(&w->wbuf) &&
+        (now_s() - w->held_since > HOLD_S || !readable_now(w)) &&
+        (rc = flush_out(w)) != 0)
+      return rc > 0 ? 0 : -1;
+    rc = fill(w);
+    if (rc) {
+      if (rc > 0 && flush_out(w) < 0) return -1;
+      return rc > 0 ? 0 : -1;
+    }
+  }
+}
+
+static int setup(worker_t *w, PyObject *module, PyObject *support) {
+  w->st = PyModule_GetState(module);
+  w->loads = PyObject_GetAttr(support, w->st->s_loads);
+  w->dumps = w->loads ? PyObject_GetAttr(support, w->st->s_dumps) : NULL;
+  w->dumps_exc = w->dumps ? PyObject_GetAttr(support, w->st->s_dumps_exception) : NULL;
+  w->depref = w->dumps_exc ? PyObject_GetAttr(support, w->st->s_DepRef) : NULL;
+  if (!w->depref) return -1;
+  if (!PyType_Check(w->depref)) {
+    PyErr_SetString(PyExc_TypeError, "worker_main: support.DepRef must be a class");
+    return -1;
+  }
+  /* Blocking reads, and no user subprocess inherits the agent's socket. */
+  int fl = fcntl(w->fd, F_GETFL);
+  if (fl < 0 || fcntl(w->fd, F_SETFL, fl & ~O_NONBLOCK) < 0 ||
+      fcntl(w->fd, F_SETFD, FD_CLOEXEC) < 0) {
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+  }
+  return 0;
+}
+
+PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "worker_main(fd, support) takes 2 arguments");
+    return NULL;
+  }
+  int fd = PyLong_AsLong(args[0]);
+  if (fd == -1 && PyErr_Occurred()) return NULL;
+  /* Never outlive the agent: die with it, and go now if it is already gone
+   * (we were reparented before the prctl took effect). */
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+  if (getppid() == 1) Py_RETURN_NONE;
+  worker_t w = {.fd = fd};
+  sh_map_init(&w.fns);
+  sh_map_init(&w.actors);
+  sh_buf_init(&w.rbuf);
+  sh_buf_init(&w.wbuf);
+  int rc = setup(&w, module, args[1]);
+  if (rc == 0) rc = loop(&w);
+  map_clear(&w.fns);
+  map_clear(&w.actors);
+  sh_buf_close(&w.rbuf);
+  sh_buf_close(&w.wbuf);
+  Py_XDECREF(w.loads);
+  Py_XDECREF(w.dumps);
+  Py_XDECREF(w.dumps_exc);
+  Py_XDECREF(w.depref);
+  if (rc < 0) return NULL;
+  Py_RETURN_NONE;
+}
