@@ -209,20 +209,23 @@ class Executor(concurrent.futures.Executor):
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:
-            for f in self._tracked.pending():
+            # Newest first: those are the likeliest to be still queued.
+            for f in reversed(self._tracked.pending()):
                 f.cancel()
         if wait:
             concurrent.futures.wait(self._tracked.pending())
 
 
 def _single_results(fs, deadline):
+    # As concurrent.futures: a future that timed out is cancelled with the rest.
     try:
         fs.reverse()
         while fs:
             if deadline is None:
-                yield fs.pop().result()
+                yield fs[-1].result()
             else:
-                yield fs.pop().result(max(0.0, deadline - time.monotonic()))
+                yield fs[-1].result(max(0.0, deadline - time.monotonic()))
+            fs.pop()
     finally:
         for f in fs:
             f.cancel()

@@ -1,0 +1,144 @@
+"""Actors: creation, ordered calls, kill, constructor errors, validation."""
+
+import os
+import time
+
+import pytest
+
+import shoal
+from _helpers import NUM_WORKERS, cluster, pool_pids, wait_pool_full, wait_until  # noqa: F401
+
+T = 30
+
+
+@shoal.remote
+class Counter:
+    def __init__(self, start=0):
+        self.n = start
+
+    def incr(self, k=1):
+        self.n += k
+        return self.n
+
+    def get(self):
+        return self.n
+
+    def pid(self):
+        return os.getpid()
+
+    def fail(self):
+        raise KeyError("nope")
+
+    def slow(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+    @staticmethod
+    def static(x):
+        return x * 2
+
+
+@shoal.remote
+class Broken:
+    def __init__(self):
+        raise RuntimeError("constructor failed")
+
+    def f(self):
+        return 1
+
+
+@pytest.mark.asan
+def test_actor_calls_run_in_order(cluster):  # noqa: F811
+    c = Counter.remote(0)
+    futs = [c.incr.remote() for _ in range(1000)]
+    assert shoal.get(futs, timeout=T) == list(range(1, 1001))
+    assert c.get.remote().result(timeout=T) == 1000
+    shoal.kill(c)
+
+
+def test_actor_state_args_and_futures(cluster):  # noqa: F811
+    start = shoal.put(5)
+    c = Counter.remote(start)                   # a Future as constructor argument
+    assert c.incr.remote(k=shoal.put(10)).result(timeout=T) == 15
+    assert c.static.remote(21).result(timeout=T) == 42
+    with pytest.raises(KeyError):
+        c.fail.remote().result(timeout=T)
+    assert c.get.remote().result(timeout=T) == 15     # an exception does not kill the actor
+    shoal.kill(c)
+
+
+def test_actor_has_own_worker(cluster):  # noqa: F811
+    before = pool_pids(wait_pool_full())
+    c = Counter.remote()
+    pid = c.pid.remote().result(timeout=T)
+    assert pid not in before
+    assert len(pool_pids(wait_pool_full())) == NUM_WORKERS      # the pool keeps its size
+    shoal.kill(c)
+
+
+def test_two_actors_are_independent(cluster):  # noqa: F811
+    a, b = Counter.remote(0), Counter.remote(100)
+    fa = [a.incr.remote() for _ in range(50)]
+    fb = [b.incr.remote() for _ in range(50)]
+    assert shoal.get(fa, timeout=T)[-1] == 50
+    assert shoal.get(fb, timeout=T)[-1] == 150
+    shoal.kill(a)
+    shoal.kill(b)
+
+
+@pytest.mark.asan
+def test_kill_actor(cluster):  # noqa: F811
+    c = Counter.remote()
+    pid = c.pid.remote().result(timeout=T)
+    pending = c.slow.remote(20)
+    shoal.kill(c)
+    with pytest.raises(shoal.ActorDiedError):
+        pending.result(timeout=T)
+    with pytest.raises(shoal.ActorDiedError):
+        c.incr.remote().result(timeout=T)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
+               open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
+               10, 0.05, "the actor's worker to exit")
+
+
+def test_actor_crash_fails_calls(cluster):  # noqa: F811
+    c = Counter.remote()
+    c.incr.remote().result(timeout=T)
+
+    @shoal.remote
+    def noop():
+        return None
+    pid = c.pid.remote().result(timeout=T)
+    os.kill(pid, 9)
+    with pytest.raises(shoal.ActorDiedError):
+        c.incr.remote().result(timeout=T)
+    assert noop.remote().result(timeout=T) is None
+
+
+def test_constructor_raises(cluster):  # noqa: F811
+    b = Broken.remote()
+    with pytest.raises(RuntimeError, match="constructor failed"):
+        b._shoal_created.result(timeout=T)
+    with pytest.raises(shoal.ActorDiedError):
+        b.f.remote().result(timeout=T)
+
+
+def test_actor_validation(cluster):  # noqa: F811
+    c = Counter.remote()
+    with pytest.raises(AttributeError, match="no method 'incrr'"):
+        c.incrr.remote()
+    with pytest.raises(TypeError, match="Counter.remote"):
+        Counter()
+    with pytest.raises(TypeError):
+        c.incr()
+    with pytest.raises(TypeError):
+        shoal.kill("not an actor")
+    with pytest.raises(TypeError, match="timeout"):
+        shoal.remote(timeout=3)(type("X", (), {}))
+    assert Counter.options(num_cpus=0.5).remote(1).incr.remote().result(timeout=T) == 2
+    shoal.kill(c)
+
+
+def test_actor_with_resources_is_infeasible(cluster):  # noqa: F811
+    with pytest.raises(shoal.InfeasibleResourcesError):
+        Counter.options(resources={"unicorn": 1}).remote()._shoal_created.result(timeout=5)
