@@ -27,7 +27,9 @@ FLOOR = None
 WARMUP_ROUND = False
 
 SYSTEMS = [
-    System("unix_pingpong", "Unix-socket ping-pong round trip", n=20_000, unit="µs", better="lower",
+    System("unix_pingpong", "Unix-socket ping-pong round trip (Python)", n=20_000, unit="µs", better="lower",
+           role="floor", timeout=120),
+    System("unix_pingpong_c", "Unix-socket ping-pong round trip (C)", n=20_000, unit="µs", better="lower",
            role="floor", timeout=120),
     System("memcpy", "memcpy (numpy copy, 256 MiB)", n=256 << 20, unit="GB/s", role="floor", timeout=120),
     System("tcp_loopback", "loopback TCP bulk (1 GiB)", n=1 << 30, unit="GB/s", role="floor", timeout=120),
@@ -37,7 +39,7 @@ MSG = 64
 
 
 def expected(system, params):
-    if system == "unix_pingpong":
+    if system in ("unix_pingpong", "unix_pingpong_c"):
         return digest(params["n"])
     if system == "memcpy":
         return "equal"
@@ -93,6 +95,24 @@ def pingpong(n, warm=1000):
         a.close()
         os.waitpid(pid, 0)
     return times, got
+
+
+def pingpong_c(n, warm=1000):
+    """The same ping-pong from bench/pingpong.c, compiled with the system's cc
+    (ImportError, reported as "not installed", when there is no compiler)."""
+    import shutil
+    import subprocess
+    import tempfile
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise ImportError("no C compiler (cc) for the C ping-pong")
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pingpong.c")
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as d:
+        exe = os.path.join(d, "pingpong")
+        subprocess.run([cc, "-O2", "-o", exe, src], check=True, capture_output=True)
+        out = subprocess.run([exe, str(n), str(warm), str(MSG)], check=True, capture_output=True,
+                             text=True).stdout.split()
+    return float(out[0]), float(out[1]), int(out[2])
 
 
 def _memcpy(nbytes):
@@ -169,6 +189,9 @@ def measure(system, params):
         ok = got == list(range(n))
         return {"value": statistics.median(times), "check": digest(n) if ok else "mismatch",
                 "extra": {"mean_us": statistics.fmean(times)}}
+    if system == "unix_pingpong_c":
+        med, mean, checked = pingpong_c(n)
+        return {"value": med, "check": digest(checked), "extra": {"mean_us": mean}}
     if system == "memcpy":
         rate, check = _memcpy(n)
         return {"value": rate, "check": check}

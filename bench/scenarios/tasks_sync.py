@@ -25,7 +25,10 @@ SYSTEMS = [
     System("ppe", "ProcessPoolExecutor.submit().result()", n=N, unit="µs", better="lower", timeout=180),
     System("ray", "Ray ray.get(f.remote(i))", n=N, unit="µs", better="lower", timeout=180),
     System("dask", "Dask client.submit().result()", n=N, unit="µs", better="lower", timeout=180),
-    System("floor", "floor: Unix-socket ping-pong", n=N, unit="µs", better="lower", role="floor", timeout=60),
+    System("floor", "floor: Unix-socket ping-pong (Python)", n=N, unit="µs", better="lower", role="floor",
+           timeout=60),
+    System("floor_c", "Unix-socket ping-pong (C, reference)", n=N, unit="µs", better="lower", role="floor",
+           timeout=60),
 ]
 
 
@@ -68,6 +71,11 @@ def measure(system, params):
     elif system == "floor":
         from scenarios.floor import pingpong
         times, res = pingpong(n, warm=200)
+    elif system == "floor_c":
+        from scenarios.floor import pingpong_c
+        med, mean, checked = pingpong_c(n, warm=200)
+        ok = checked == n
+        return {"value": med, "check": digest(list(range(n))) if ok else "mismatch", "extra": {"mean_us": mean}}
     else:
         raise ValueError(system)
     return {"value": statistics.median(times), "check": digest(res),
