@@ -225,6 +225,14 @@ def _version(dist):
         return None
 
 
+def loadavg():
+    """The 1-minute load average (other work on this shared machine skews numbers)."""
+    try:
+        return float(_read("/proc/loadavg").split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
 def machine_info():
     cpu = "unknown"
     for line in _read("/proc/cpuinfo").splitlines():

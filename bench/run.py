@@ -66,7 +66,7 @@ def params_for(system, args):
 
 def run_scenario(mod, args, log_path):
     systems = [s for s in mod.SYSTEMS if not args.systems or s.name in args.systems
-               or s.role == "floor" or s.name == mod.PRIMARY]
+               or s.role in ("floor", "shoal")]
     state = {s.name: {"values": [], "extras": [], "status": None, "message": "", "left": []}
              for s in systems}
     expected = {s.name: mod.expected(s.name, params_for(s, args)) for s in systems}
@@ -110,8 +110,7 @@ def median_extras(extras):
 def records_for(mod, systems, state, args):
     recs = []
     summ = {s.name: harness.summarize(state[s.name]["values"]) for s in systems}
-    shoal_sys = next((s for s in systems if s.name == mod.PRIMARY), None)
-    shoal_med = summ[shoal_sys.name]["median"] if shoal_sys and summ.get(shoal_sys.name) else None
+    shoal_systems = [s for s in systems if s.role == "shoal"]
     floor_sys = next((s for s in systems if s.name == mod.FLOOR), None) if mod.FLOOR else None
     floor_med = summ[floor_sys.name]["median"] if floor_sys and summ.get(floor_sys.name) else None
     for s in systems:
@@ -132,9 +131,16 @@ def records_for(mod, systems, state, args):
         if status != OK:
             # A system that failed in any repetition reports no time.
             rec["median"] = rec["min"] = rec["max"] = None
-        comparable = shoal_sys is not None and s.unit == shoal_sys.unit
-        rec["ratio_to_shoal"] = (harness.speedup(shoal_med, rec["median"], s.better)
-                                 if comparable and rec["median"] is not None else None)
+        # ratios[x]: how many times faster shoal system x is than this row;
+        # for peers only (a floor row has its own column).
+        rec["ratios"] = {}
+        for sh in shoal_systems:
+            sh_med = summ[sh.name]["median"] if summ.get(sh.name) and state[sh.name]["status"] in (None, OK) else None
+            if s.role == "peer" and s.unit == sh.unit and rec["median"] is not None:
+                rec["ratios"][sh.name] = harness.speedup(sh_med, rec["median"], s.better)
+            elif s.name == sh.name and rec["median"] is not None:
+                rec["ratios"][sh.name] = 1.0
+        rec["ratio_to_shoal"] = rec["ratios"].get(mod.PRIMARY)
         rec["floor"] = floor_med
         rec["x_floor"] = (rec["median"] / floor_med if floor_med and rec["median"] is not None
                           and floor_sys.unit == s.unit else None)
@@ -162,9 +168,13 @@ def markdown(machine, meta, scen_mods, records, target_rows):
         rows = [r for r in records if r["scenario"] == mod.NAME]
         if not rows:
             continue
-        out += ["", f"## {mod.TITLE}", "", mod.DESCRIPTION, ""]
+        out += ["", f"## {mod.TITLE}", "", mod.DESCRIPTION,
+                "", f"Load average (1 min) at start / end: {rows[0]['load_start']} / {rows[0]['load_end']}.", ""]
         has_floor = any(r["x_floor"] is not None for r in rows)
-        head = "| system | n | median | min | max | shoal × |" + (" × floor |" if has_floor else "") + " note |"
+        shoal_rows = [r for r in rows if r["role"] == "shoal"]
+        ratio_heads = ["shoal ×"] if len(shoal_rows) <= 1 else [f"{r['label']} ×" for r in shoal_rows]
+        head = ("| system | n | median | min | max | " + " | ".join(ratio_heads) + " |" +
+                (" × floor |" if has_floor else "") + " note |")
         out.append(head)
         out.append("|" + "---|" * (head.count("|") - 1))
         for r in rows:
@@ -180,7 +190,7 @@ def markdown(machine, meta, scen_mods, records, target_rows):
             if r.get("left_behind"):
                 note = (note + "; " if note else "") + f"left {len(r['left_behind'])} process(es) behind"
             line = f"| {r['label']} | {harness.fmt_n(r['n'])} | " + " | ".join(cells)
-            line += f" | {harness.fmt_ratio(r['ratio_to_shoal'])} |"
+            line += " | " + " | ".join(harness.fmt_ratio(r["ratios"].get(sr["system"])) for sr in shoal_rows) + " |"
             if has_floor:
                 line += f" {harness.fmt_ratio(r['x_floor'])} |"
             line += f" {note} |"
@@ -214,9 +224,13 @@ def main(argv=None):
     done_mods = []
     t0 = time.monotonic()
     for mod in mods:
-        log(f"[{mod.NAME}]")
+        load0 = harness.loadavg()
+        log(f"[{mod.NAME}] load average {load0}")
         systems, state = run_scenario(mod, args, log_path)
-        records += records_for(mod, systems, state, args)
+        recs = records_for(mod, systems, state, args)
+        for r in recs:
+            r["load_start"], r["load_end"] = load0, harness.loadavg()
+        records += recs
         done_mods.append(mod)
         target_rows = targets.evaluate(records)
         doc = {"machine": machine, "meta": meta, "results": records, "targets": target_rows}
