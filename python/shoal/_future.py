@@ -70,19 +70,21 @@ class Future(concurrent.futures.Future):
     that call wait for it and receive its value.
     """
 
+    # Defaults live on the class so that creating a Future sets three
+    # attributes; the lists concurrent.futures keeps per future are made on
+    # first use, like the Condition.
+    _state = PENDING
+    _result = None
+    _exception = None
+    _raw = None
+    _value = _UNSET
+
     def __init__(self, task_id=0, client=None, name=None):
         # concurrent.futures.Future.__init__ is deliberately not called: it
         # builds a Condition per future, which we create only on demand.
         self._id = task_id
         self._client = client
         self._name = name
-        self._state = PENDING
-        self._result = None
-        self._exception = None
-        self._waiters = []
-        self._done_callbacks = []
-        self._raw = None
-        self._value = _UNSET
 
     @property
     def _condition(self):
@@ -90,6 +92,20 @@ class Future(concurrent.futures.Future):
         if cond is None:
             cond = self.__dict__.setdefault("_cond", threading.Condition())
         return cond
+
+    @property
+    def _waiters(self):
+        w = self.__dict__.get("_waiters_")
+        if w is None:
+            w = self.__dict__.setdefault("_waiters_", [])
+        return w
+
+    @property
+    def _done_callbacks(self):
+        cbs = self.__dict__.get("_callbacks_")
+        if cbs is None:
+            cbs = self.__dict__.setdefault("_callbacks_", [])
+        return cbs
 
     @property
     def id(self):
@@ -109,8 +125,8 @@ class Future(concurrent.futures.Future):
         # Order matters: publish the state, then look for waiters. A waiter
         # creates the Condition before it reads the state (see the module doc).
         self._state = FINISHED
-        cond = self.__dict__.get("_cond")
-        if cond is None and not self._done_callbacks:
+        d = self.__dict__
+        if "_cond" not in d and not d.get("_callbacks_"):
             return
         with self._condition:
             for w in self._waiters:
@@ -175,17 +191,29 @@ class Future(concurrent.futures.Future):
         return self._value_or_raise()
 
     def exception(self, timeout=None):
-        """The exception the task failed with, or None if it succeeded."""
+        """The exception the task failed with.
+
+        Args:
+            timeout: seconds to wait, or None to wait for ever.
+        Returns:
+            The exception (the task's own, or a shoal error such as
+            ``TaskCancelledError``), or None if the task succeeded.
+        Raises:
+            GetTimeoutError: the task did not finish in time.
+        """
         self._wait(timeout)
         return self._error()
 
     def done(self):
+        """Returns: whether the task finished (succeeded, failed or was cancelled)."""
         return self._state == FINISHED
 
     def running(self):
+        """Returns: False; the driver does not track when a task starts."""
         return False
 
     def cancelled(self):
+        """Returns: whether the task finished by being cancelled."""
         return self._state == FINISHED and self._raw[0] == ST_CANCELLED
 
     def cancel(self):
@@ -203,12 +231,31 @@ class Future(concurrent.futures.Future):
         return _api._cancel_future(self, force=False) == 1
 
     def set_running_or_notify_cancel(self):
+        """For executors (concurrent.futures protocol).
+
+        Returns:
+            False if the future already finished (e.g. was cancelled), else True.
+        """
         return self._state != FINISHED
 
     def set_result(self, result):
+        """Completes the future locally with ``result`` (concurrent.futures protocol).
+
+        Args:
+            result: the value.
+        Returns:
+            None.
+        """
         self._set_local(result)
 
     def set_exception(self, exception):
+        """Fails the future locally with ``exception`` (concurrent.futures protocol).
+
+        Args:
+            exception: the exception ``result()`` raises.
+        Returns:
+            None.
+        """
         self._exception = exception
         self._complete(ST_ERROR, 0, None)
 
@@ -231,6 +278,8 @@ class Future(concurrent.futures.Future):
 
 
 def _load_exception(payload):
+    if payload is None:
+        return exc.RemoteError("unknown", "a dependency failed with an exception set locally")
     try:
         err, tb = pickle.loads(payload)
     except Exception as e:  # the exception's class cannot be rebuilt here

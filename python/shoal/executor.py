@@ -69,7 +69,7 @@ class _Tracked:
     """The futures an executor or pool submitted and that were not yet seen
     done; pruned as it grows, so it costs one append per submit."""
 
-    __slots__ = ("items", "limit", "lock")
+    __slots__ = ("items", "limit", "lock")  # items: anything with done()
 
     def __init__(self):
         self.items = []

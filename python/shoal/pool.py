@@ -34,20 +34,26 @@ def _timeout_error(timeout):
 
 class AsyncResult:
     """The result of ``apply_async`` (and, as ``MapResult``, of the map_async
-    methods): ``get``, ``wait``, ``ready``, ``successful``."""
+    methods): ``get``, ``wait``, ``ready``, ``successful``.
+
+    With a callback, the result becomes ready after the callback ran (as in
+    multiprocessing); without one, as soon as its tasks finished.
+    """
 
     def __init__(self, futures, callback=None, error_callback=None, single=True):
         self._futures = futures
         self._single = single
         self._callback = callback
         self._error_callback = error_callback
-        self._left = len(futures)
-        self._lock = threading.Lock()
-        self._event = threading.Event()
-        if not futures:
-            self._finish()
-        for f in futures:
-            f.add_done_callback(self._one_done)
+        self._event = None
+        if callback is not None or error_callback is not None:
+            self._event = threading.Event()
+            self._left = len(futures)
+            self._lock = threading.Lock()
+            if not futures:
+                self._finish()
+            for f in futures:
+                f.add_done_callback(self._one_done)
 
     def _one_done(self, _f):
         with self._lock:
@@ -57,15 +63,15 @@ class AsyncResult:
             self._finish()
 
     def _finish(self):
-        self._event.set()
-        if self._callback is None and self._error_callback is None:
-            return
-        err = self._first_error()
-        if err is None:
-            if self._callback is not None:
-                self._callback(self._value())
-        elif self._error_callback is not None:
-            self._error_callback(err)
+        try:
+            err = self._first_error()
+            if err is None:
+                if self._callback is not None:
+                    self._callback(self._value())
+            elif self._error_callback is not None:
+                self._error_callback(err)
+        finally:
+            self._event.set()
 
     def _first_error(self):
         for f in self._futures:
@@ -84,7 +90,11 @@ class AsyncResult:
 
     def ready(self):
         """Returns: whether the call has finished (successfully or not)."""
-        return self._event.is_set()
+        if self._event is not None:
+            return self._event.is_set()
+        return all(f.done() for f in self._futures)
+
+    done = ready  # so that a pool can track results like futures
 
     def successful(self):
         """Returns: whether the call finished without raising.
@@ -104,7 +114,16 @@ class AsyncResult:
         Returns:
             None.
         """
-        self._event.wait(timeout)
+        if self._event is not None:
+            self._event.wait(timeout)
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for f in self._futures:
+            if not f.done():
+                try:
+                    f._wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                except GetTimeoutError:
+                    return
 
     def get(self, timeout=None):
         """The result, or the exception the function raised.
@@ -118,7 +137,8 @@ class AsyncResult:
                 (``PoolTimeoutError``, also a ``shoal.GetTimeoutError``).
             The function's own exception, or a shoal engine error.
         """
-        if not self._event.wait(timeout):
+        self.wait(timeout)
+        if not self.ready():
             raise _timeout_error(timeout)
         err = self._first_error()
         if err is not None:
@@ -253,7 +273,8 @@ class Pool:
         if initializer is not None:
             self._init = (os.urandom(8).hex(), initializer, tuple(initargs))
         self._state = RUN
-        self._tracked = _Tracked()
+        self._tracked = _Tracked()      # futures of every task submitted
+        self._with_callbacks = _Tracked()  # results whose callbacks join waits for
         self._runners = {}
 
     def _workers(self):
@@ -328,7 +349,12 @@ class Pool:
         self._check_running()
         f = self._remote(func).remote(*args, **kwds)
         self._tracked.add(f)
-        return AsyncResult([f], callback, error_callback)
+        return self._result(AsyncResult([f], callback, error_callback))
+
+    def _result(self, r):
+        if r._event is not None:
+            self._with_callbacks.add(r)
+        return r
 
     def map(self, func, iterable, chunksize=None):
         """``list(map(func, iterable))``, in chunks of tasks.
@@ -357,8 +383,8 @@ class Pool:
         Raises:
             ValueError: the pool is closed, or chunksize < 1.
         """
-        return MapResult(self._map_futures(func, iterable, chunksize, False), callback,
-                         error_callback)
+        return self._result(MapResult(self._map_futures(func, iterable, chunksize, False),
+                                      callback, error_callback))
 
     def starmap(self, func, iterable, chunksize=None):
         """Like ``map``, calling ``func(*item)`` for each item.
@@ -386,8 +412,8 @@ class Pool:
         Raises:
             ValueError: the pool is closed, or chunksize < 1.
         """
-        return MapResult(self._map_futures(func, iterable, chunksize, True), callback,
-                         error_callback)
+        return self._result(MapResult(self._map_futures(func, iterable, chunksize, True),
+                                      callback, error_callback))
 
     def imap(self, func, iterable, chunksize=None):
         """Like ``map``, returning an iterator over results in input order.
@@ -450,7 +476,10 @@ class Pool:
         if self._state == RUN:
             raise ValueError("Pool is still running")
         import concurrent.futures
+        deadline = None if timeout is None else time.monotonic() + timeout
         concurrent.futures.wait(self._tracked.pending(), timeout)
+        for r in self._with_callbacks.pending():   # their callbacks have run
+            r.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self):
         self._check_running()

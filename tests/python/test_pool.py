@@ -158,6 +158,23 @@ def test_initializer_runs_once_per_worker(cluster):  # noqa: F811
         assert pool.apply(read_init)[0] == "ready"
 
 
+def test_join_waits_for_callbacks(cluster):  # noqa: F811
+    results = []
+
+    def slow_append(v):
+        time.sleep(0.05)
+        results.append(v)
+    pool = shoal.Pool()
+    for i in range(6):
+        pool.apply_async(square, (i,), callback=slow_append)
+    pool.map_async(square, range(3), callback=slow_append)
+    pool.close()
+    pool.join()
+    # every callback ran before join returned
+    assert sorted(r for r in results if not isinstance(r, list)) == [i * i for i in range(6)]
+    assert [0, 1, 4] in results and len(results) == 7
+
+
 def test_close_join_terminate(cluster):  # noqa: F811
     pool = shoal.Pool()
     r = pool.map_async(slow, range(4), chunksize=1)
