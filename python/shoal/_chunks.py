@@ -17,7 +17,7 @@ import time
 
 from . import _remote
 
-__all__ = ["ChunkRunner", "submit_chunks", "iter_results", "choose_chunksize"]
+__all__ = ["ChunkRunner", "submit_chunks", "iter_chunks", "choose_chunksize"]
 
 TARGET = 0.010            # seconds of work per chunk (5-20 ms is the aim)
 PROBE_ITEMS = 32          # items sent with the probe chunk
@@ -141,15 +141,15 @@ def submit_chunks(remote_fn, items, chunksize, workers, deadline=None):
     return futures
 
 
-def iter_results(futures, deadline=None):
-    """Yields the items' results in order, chunk by chunk, dropping each chunk
-    once it was yielded.
+def iter_chunks(futures, deadline=None):
+    """Yields the chunks' result lists in order, dropping each chunk's future
+    once its results were handed out.
 
     Args:
         futures: the list ``submit_chunks`` returned (consumed from the front).
         deadline: ``time.monotonic()`` deadline, or None.
     Yields:
-        Results in item order.
+        Lists of results, in item order.
     Raises:
         GetTimeoutError: the deadline passed.
         The function's exception, or an engine error, of the first failed chunk.
@@ -163,7 +163,7 @@ def iter_results(futures, deadline=None):
             results, _ = f.result(max(0.0, deadline - time.monotonic()))
         futures.pop()
         del f
-        yield from results
+        yield results
 
 
 def remote_runner(fn, star=False, init=None):

@@ -1,6 +1,7 @@
 """shoal.Executor: a concurrent.futures.Executor that runs calls as shoal tasks."""
 
 import concurrent.futures
+import itertools
 import threading
 import time
 import types
@@ -185,13 +186,15 @@ class Executor(concurrent.futures.Executor):
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         deadline = None if timeout is None else time.monotonic() + timeout
-        items = list(zip(*iterables))
+        # One iterable: items travel bare, not as 1-tuples (less to pickle).
+        star = len(iterables) != 1
+        items = list(zip(*iterables)) if star else list(iterables[0])
         if chunksize == 1:
             rf = remote_for(fn)
-            fs = [rf.remote(*args) for args in items]
+            fs = [rf.remote(*args) for args in items] if star else [rf.remote(x) for x in items]
             self._tracked.extend(fs)
             return _single_results(fs, deadline)
-        rf = _runner_for(fn, True)
+        rf = _runner_for(fn, star)
         fs = _chunks.submit_chunks(rf, items, chunksize, self._workers(), deadline)
         self._tracked.extend(fs)
         return _chunk_results(fs, deadline)
@@ -232,8 +235,13 @@ def _single_results(fs, deadline):
 
 
 def _chunk_results(fs, deadline):
+    # chain() hands out the items in C; this generator runs once per chunk.
+    return itertools.chain.from_iterable(_chunk_lists(fs, deadline))
+
+
+def _chunk_lists(fs, deadline):
     try:
-        yield from _chunks.iter_results(fs, deadline)
+        yield from _chunks.iter_chunks(fs, deadline)
     finally:
         for f in fs:
             f.cancel()

@@ -190,13 +190,14 @@ def test_infeasible_gpu(cluster):  # noqa: F811
         pytest.skip("this machine has GPUs")
     with pytest.raises(shoal.InfeasibleResourcesError) as ei:
         sleep_then.options(num_gpus=1).remote(0, None).result(timeout=5)
-    assert "GPU" in str(ei.value)
+    assert "GPU: 1" in str(ei.value) and "GPU: 0" in str(ei.value)   # asked, and what exists
 
 
 def test_infeasible_custom_resource(cluster):  # noqa: F811
     with pytest.raises(shoal.InfeasibleResourcesError) as ei:
         sleep_then.options(resources={"foo": 1}).remote(0, None).result(timeout=5)
-    assert "foo" in str(ei.value)
+    assert "foo: 1" in str(ei.value)
+    assert f"CPU: {cluster.client.node_info['CPU']:g}" in str(ei.value)      # what exists
 
 
 def test_infeasible_memory(cluster):  # noqa: F811
