@@ -11,6 +11,8 @@ import threading
 
 from . import _api
 
+_state = _api._state  # the process's connection (one object, never replaced)
+
 __all__ = ["remote", "RemoteFunction", "ActorClass", "ActorHandle", "ActorMethod"]
 
 KIND_TASK, KIND_ACTOR_CREATE, KIND_ACTOR_CALL = 0, 1, 2
@@ -179,7 +181,7 @@ class RemoteFunction:
             TypeError: an argument cannot be pickled.
         """
         client, spec = self._bound
-        if client is not _api._state.client or client is None:
+        if client is not _state.client or client is None:
             client, spec = self._bind()
         return client.submit(spec, args, kwargs or None)
 
@@ -260,7 +262,7 @@ class ActorClass:
             TypeError: an argument cannot be pickled.
         """
         client, spec = self._bound
-        if client is not _api._state.client or client is None:
+        if client is not _state.client or client is None:
             client, spec = self._bind()
         actor_id = client.new_id()
         created = client.submit(spec, args, kwargs or None, actor_id)

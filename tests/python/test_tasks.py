@@ -177,7 +177,7 @@ def test_exception_type_and_remote_traceback(cluster):  # noqa: F811
     f = divide.remote(1, 0)
     with pytest.raises(ZeroDivisionError) as ei:
         f.result(timeout=T)
-    text = "".join(traceback.format_exception(ei.value))
+    text = "".join(traceback.format_exception(type(ei.value), ei.value, ei.value.__traceback__))
     assert "divide" in text and "a / b" in text        # the worker's traceback
     assert isinstance(f.exception(), ZeroDivisionError)
     with pytest.raises(ZeroDivisionError):
