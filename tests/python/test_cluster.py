@@ -304,3 +304,30 @@ def test_bad_frames_close_only_that_connection(cluster, payload):  # noqa: F811
         pass
     bystander.close()
     assert cluster.daemon.process.poll() is None
+
+
+def test_daemon_start_failure_is_reported(fresh, tmp_path, monkeypatch):  # noqa: F811
+    fake = tmp_path / "fake-shoal"
+    fake.write_text("#!/bin/sh\necho 'fake daemon: cannot bind' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("SHOAL_BINARY", str(fake))
+    t0 = time.monotonic()
+    with pytest.raises(shoal.ShoalError) as ei:
+        shoal.init()
+    assert time.monotonic() - t0 < 10
+    assert "exit status 3" in str(ei.value) and "cannot bind" in str(ei.value)
+    assert not shoal.is_initialized()
+    monkeypatch.setenv("SHOAL_BINARY", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="SHOAL_BINARY"):
+        shoal.init()
+
+
+def test_workers_import_what_the_driver_imports(fresh, tmp_path, monkeypatch):  # noqa: F811
+    """Modules importable in the driver (its sys.path) import in the workers
+    of a private cluster, as with multiprocessing's spawn."""
+    (tmp_path / "shoal_test_helper_mod.py").write_text("def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import shoal_test_helper_mod
+    shoal.init(num_workers=1)
+    f = shoal.remote(shoal_test_helper_mod.triple)
+    assert f.remote(5).result(timeout=T) == 15
