@@ -60,16 +60,16 @@ def test_submit_registers_callable_once(cluster):  # noqa: F811
 @pytest.mark.parametrize("chunksize", [None, 1, 3, 1000])
 def test_map(cluster, chunksize):  # noqa: F811
     with shoal.Executor() as ex:
-        got = list(ex.map(power, range(50), [2] * 50, chunksize=chunksize))
+        got = list(ex.map(power, range(50), [2] * 50, chunksize=chunksize, timeout=T))
         assert got == [i ** 2 for i in range(50)]
-        assert list(ex.map(double, [], chunksize=chunksize)) == []
+        assert list(ex.map(double, [], chunksize=chunksize, timeout=T)) == []
 
 
 def test_map_measured_chunksize_uses_few_tasks(cluster):  # noqa: F811
     n = 20_000
     with shoal.Executor() as ex:
         before = shoal.status()["tasks"]["submitted"]
-        assert list(ex.map(double, range(n))) == [2 * i for i in range(n)]
+        assert list(ex.map(double, range(n), timeout=T)) == [2 * i for i in range(n)]
         tasks = shoal.status()["tasks"]["submitted"] - before
     # Fast items: one probe plus at least CHUNKS_PER_WORKER chunks per worker,
     # and far fewer tasks than items.
@@ -85,14 +85,14 @@ def test_choose_chunksize():
 
 def test_map_is_lazy_and_ordered(cluster):  # noqa: F811
     with shoal.Executor() as ex:
-        it = ex.map(slow, [0.3, 0.0, 0.0], ["a", "b", "c"], chunksize=1)
+        it = ex.map(slow, [0.3, 0.0, 0.0], ["a", "b", "c"], chunksize=1, timeout=T)
         assert next(it) == "a"
         assert list(it) == ["b", "c"]
 
 
 def test_map_error_and_timeout(cluster):  # noqa: F811
     with shoal.Executor() as ex:
-        it = ex.map(fails_on, range(10), [5] * 10, chunksize=2)
+        it = ex.map(fails_on, range(10), [5] * 10, chunksize=2, timeout=T)
         got = []
         with pytest.raises(ValueError, match="bad item 5"):
             for x in it:

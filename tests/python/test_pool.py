@@ -169,7 +169,7 @@ def test_join_waits_for_callbacks(cluster):  # noqa: F811
         pool.apply_async(square, (i,), callback=slow_append)
     pool.map_async(square, range(3), callback=slow_append)
     pool.close()
-    pool.join()
+    pool.join(timeout=T)
     # every callback ran before join returned
     assert sorted(r for r in results if not isinstance(r, list)) == [i * i for i in range(6)]
     assert [0, 1, 4] in results and len(results) == 7
@@ -183,7 +183,7 @@ def test_close_join_terminate(cluster):  # noqa: F811
     pool.close()
     with pytest.raises(ValueError, match="not running"):
         pool.apply(square, (1,))
-    pool.join()
+    pool.join(timeout=T)
     assert r.ready() and r.get(timeout=0) == list(range(4))
 
     wait_pool_full()
@@ -191,7 +191,7 @@ def test_close_join_terminate(cluster):  # noqa: F811
     long = pool.starmap_async(slow, [(i, 30) for i in range(6)], chunksize=1)
     t0 = time.monotonic()
     pool.terminate()
-    pool.join()
+    pool.join(timeout=T)
     assert time.monotonic() - t0 < 15
     with pytest.raises(shoal.TaskCancelledError):
         long.get(timeout=T)
