@@ -277,7 +277,13 @@ static void shutdown_client(sh_client_obj_t *c, const char *msg) {
 }
 
 void sh_client_close_all(sh_core_state_t *st) {
-  while (st->open) shutdown_client(st->open, "shoal was shut down");
+  while (st->open) {
+    /* The list holds no reference: while the join below runs without the
+     * GIL, the I/O thread may drop the last one and free the client. */
+    sh_client_obj_t *c = (sh_client_obj_t *)Py_NewRef(st->open);
+    shutdown_client(c, "shoal was shut down");
+    Py_DECREF(c);
+  }
 }
 
 static void init_sync(sh_client_obj_t *c) {

@@ -15,6 +15,8 @@
 #define SH_CLIENT_MAX_BODY SH_FRAME_MAX_DEFAULT
 /* Queued RELEASE ids that force a wake of the I/O thread. */
 #define SH_CLIENT_RELEASE_BATCH 4096
+/* Larger write buffers are freed once written (a one-off huge frame). */
+#define SH_CLIENT_KEEP_BUF (64u << 20)
 /* How long the idle I/O thread sleeps before it looks at queued releases. */
 #define SH_CLIENT_TICK_MS 50
 

@@ -310,8 +310,9 @@ static int write_some(sh_client_obj_t *c) {
       return -errno;
     }
   }
-  /* Keep big one-off buffers from pinning memory for ever. */
-  if (c->wbuf.cap > (16u << 20)) sh_buf_close(&c->wbuf);
+  /* Keep the capacity (reallocating per batch costs page faults) unless a
+   * one-off huge frame made it big. */
+  if (c->wbuf.cap > SH_CLIENT_KEEP_BUF) sh_buf_close(&c->wbuf);
   return 0;
 }
 

@@ -2,19 +2,22 @@
  * from the agent on one socket, runs each request in order and answers with
  * RESULT frames written in batches.
  *
- * Sections: state and helpers; reading and writing; running one request;
- * the loop and the entry point.
+ * Sections: state and helpers; writing (and the flusher thread); reading;
+ * running one request; the loop and the entry point.
  *
  * Batching: results are held while more requests are already waiting, and
- * written when the input runs dry or the oldest held result is 1 ms old. A
- * request whose function is expected (moving average) to run past that bound
- * flushes the held results before it starts, so a long task never delays the
- * results of the short ones before it. */
+ * written when the input runs dry or the oldest held result is 1 ms old. The
+ * main thread checks the age between requests; while it runs user code with
+ * results held, a small flusher thread (no Python) writes them when they turn
+ * 1 ms old, so a long task never delays the results of the short ones before
+ * it. The flusher is armed at most once per batch, never in the one-request
+ * ping-pong case. */
 #include "core.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,22 +33,24 @@
 
 /* ---- state and helpers ---- */
 
-/* A registered function or class, or a live actor. */
-typedef struct entry_s {
-  PyObject *obj; /* FUNC: the blob (bytes) until first use, then the callable */
-  double avg;    /* moving average run time in seconds; < 0 unknown */
-} entry_t;
-
 typedef struct worker_s {
   int fd;
   sh_core_state_t *st;
   PyObject *loads, *dumps, *dumps_exc, *depref; /* from the support module */
-  sh_map_t fns;    /* fn_id -> entry_t* */
-  sh_map_t actors; /* actor_id -> entry_t* (obj: the instance) */
+  sh_map_t fns;    /* fn_id -> PyObject*: the blob (bytes) until first use, then the callable */
+  sh_map_t actors; /* actor_id -> PyObject*: the instance */
   sh_buf_t rbuf;   /* bytes read, not yet handled */
-  sh_buf_t wbuf;   /* RESULT frames held for the next write */
   size_t want;     /* bytes the partial frame in rbuf needs in all */
-  double held_since; /* when the oldest result in wbuf was queued */
+  /* Shared with the flusher thread, under mu; every write to fd holds mu. */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;  /* CLOCK_MONOTONIC; signalled to arm or stop the flusher */
+  sh_buf_t wbuf;      /* RESULT frames held for the next write */
+  double held_since;  /* when the oldest result in wbuf was queued */
+  int armed;          /* the flusher watches the held results */
+  int stop;           /* the flusher must exit */
+  int gone;           /* a write failed: the agent closed its end */
+  pthread_t flusher;
+  int flusher_started;
 } worker_t;
 
 static double now_s(void) {
@@ -90,66 +95,152 @@ static int signals_while_idle(void) {
   return 0;
 }
 
-static void entry_free(entry_t *e) {
-  Py_XDECREF(e->obj);
-  sh_free(e);
-}
-
 static void map_clear(sh_map_t *m) {
   size_t i = 0;
   uint64_t k;
   void *v;
-  while (sh_map_next(m, &i, &k, &v)) entry_free(v);
+  while (sh_map_next(m, &i, &k, &v)) Py_DECREF((PyObject *)v);
   sh_map_close(m);
 }
 
-/* Stores obj (stolen) under id, replacing an older entry. 0 or -1. */
+/* Stores obj (stolen) under id, replacing an older one. 0 or -1. */
 static int map_store(sh_map_t *m, uint64_t id, PyObject *obj) {
-  entry_t *e = sh_map_get(m, id);
-  if (e) {
-    Py_SETREF(e->obj, obj);
-    e->avg = -1;
-    return 0;
-  }
-  e = sh_malloc(sizeof *e);
-  e->obj = obj;
-  e->avg = -1;
-  if (sh_map_put(m, id, e) < 0) {
-    entry_free(e);
-    PyErr_NoMemory();
+  PyObject *old = sh_map_get(m, id);
+  int rc = sh_map_put(m, id, obj);
+  if (rc < 0) {
+    Py_DECREF(obj);
+    sh_core_raise(rc, "worker: cannot store id %llu", (unsigned long long)id);
     return -1;
   }
+  Py_XDECREF(old); /* last: its __del__ may run Python code */
   return 0;
 }
 
-/* ---- reading and writing (the GIL is released only around syscalls) ---- */
+/* ---- writing (the GIL is released only around syscalls) ---- */
+
+/* Writes all of wbuf (mu held, no GIL). 0, -EINTR (call again after the
+ * signal handlers ran), or -EPIPE when the agent is gone. */
+static int write_locked(worker_t *w) {
+  while (sh_buf_avail(&w->wbuf) && !w->gone) {
+    ssize_t n = write(w->fd, sh_buf_head(&w->wbuf), sh_buf_avail(&w->wbuf));
+    if (n > 0) {
+      sh_buf_consume(&w->wbuf, (size_t)n);
+    } else if (n < 0 && errno == EINTR) {
+      return -EINTR;
+    } else if (n < 0 && errno == EAGAIN) {
+      struct pollfd p = {.fd = w->fd, .events = POLLOUT};
+      (void)poll(&p, 1, -1);
+    } else {
+      w->gone = 1; /* EPIPE, ECONNRESET: the agent closed its end */
+    }
+  }
+  sh_buf_reset(&w->wbuf);
+  if (w->wbuf.cap > (64u << 20)) sh_buf_close(&w->wbuf); /* a one-off huge result */
+  return w->gone ? -EPIPE : 0;
+}
 
 /* Writes every held result. 0, 1 when the agent is gone, -1 on a Python
  * error (from a signal handler). */
 static int flush_out(worker_t *w) {
-  while (sh_buf_avail(&w->wbuf)) {
-    ssize_t n;
+  for (;;) {
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    n = write(w->fd, sh_buf_head(&w->wbuf), sh_buf_avail(&w->wbuf));
+    pthread_mutex_lock(&w->mu);
+    rc = write_locked(w);
+    pthread_mutex_unlock(&w->mu);
     Py_END_ALLOW_THREADS
-    if (n > 0) {
-      sh_buf_consume(&w->wbuf, (size_t)n);
-    } else if (n < 0 && errno == EINTR) {
-      if (signals_while_idle() < 0) return -1;
-    } else if (n < 0 && errno == EAGAIN) {
-      struct pollfd p = {.fd = w->fd, .events = POLLOUT};
-      Py_BEGIN_ALLOW_THREADS
-      n = poll(&p, 1, -1);
-      Py_END_ALLOW_THREADS
-    } else {
-      sh_buf_reset(&w->wbuf);
-      return 1; /* EPIPE, ECONNRESET: the agent closed its end */
-    }
+    if (rc != -EINTR) return rc ? 1 : 0;
+    if (signals_while_idle() < 0) return -1;
   }
-  sh_buf_reset(&w->wbuf);
-  if (w->wbuf.cap > (16u << 20)) sh_buf_close(&w->wbuf);
+}
+
+/* Whether results are held (the main thread only appends, so a stale
+ * answer is only ever "yes" for a batch the flusher just wrote). */
+static int holding(worker_t *w) {
+  pthread_mutex_lock(&w->mu);
+  int n = sh_buf_avail(&w->wbuf) > 0;
+  pthread_mutex_unlock(&w->mu);
+  return n;
+}
+
+static double held_age(worker_t *w) {
+  pthread_mutex_lock(&w->mu);
+  double age = sh_buf_avail(&w->wbuf) ? now_s() - w->held_since : 0;
+  pthread_mutex_unlock(&w->mu);
+  return age;
+}
+
+/* The flusher: sleeps until armed, then writes the held results once they
+ * are HOLD_S old unless the main thread wrote them first. */
+static void *flusher_main(void *arg) {
+  worker_t *w = arg;
+  pthread_mutex_lock(&w->mu);
+  while (!w->stop) {
+    if (!w->armed || !sh_buf_avail(&w->wbuf) || w->gone) {
+      w->armed = 0;
+      pthread_cond_wait(&w->cv, &w->mu);
+      continue;
+    }
+    double due = w->held_since + HOLD_S, now = now_s();
+    if (now >= due) {
+      while (write_locked(w) == -EINTR) {
+      }
+      continue;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long ns = ts.tv_nsec + (long)((due - now) * 1e9) + 1;
+    ts.tv_sec += ns / 1000000000L;
+    ts.tv_nsec = ns % 1000000000L;
+    pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+  }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+/* Before user code runs: let the flusher watch results held meanwhile. */
+static void arm_flusher(worker_t *w) {
+  pthread_mutex_lock(&w->mu);
+  if (sh_buf_avail(&w->wbuf) && !w->armed) {
+    w->armed = 1;
+    pthread_cond_signal(&w->cv);
+  }
+  pthread_mutex_unlock(&w->mu);
+}
+
+static int start_flusher(worker_t *w) {
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&w->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  sigset_t all, old;
+  sigfillset(&all); /* signals are the main thread's (SIGINT cancels a task) */
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(&w->flusher, NULL, flusher_main, w);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc) {
+    errno = rc;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+  }
+  w->flusher_started = 1;
   return 0;
 }
+
+static void stop_flusher(worker_t *w) {
+  if (!w->flusher_started) return;
+  Py_BEGIN_ALLOW_THREADS
+  pthread_mutex_lock(&w->mu);
+  w->stop = 1;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  pthread_join(w->flusher, NULL);
+  Py_END_ALLOW_THREADS
+}
+
+/* ---- reading ---- */
 
 /* Whether more bytes can be read right now. */
 static int readable_now(worker_t *w) {
@@ -245,16 +336,14 @@ static void set_error(worker_t *w, outcome_t *o) {
 
 /* The callable registered as fn_id, unpickled on first use. NULL with no
  * exception when it was never registered. */
-static PyObject *get_fn(worker_t *w, uint64_t fn_id, entry_t **out) {
-  entry_t *e = sh_map_get(&w->fns, fn_id);
-  *out = e;
-  if (!e) return NULL;
-  if (PyBytes_CheckExact(e->obj)) {
-    PyObject *fn = PyObject_CallOneArg(w->loads, e->obj);
-    if (!fn) return NULL; /* the blob stays: a later request tries again */
-    Py_SETREF(e->obj, fn);
-  }
-  return Py_NewRef(e->obj);
+static PyObject *get_fn(worker_t *w, uint64_t fn_id) {
+  PyObject *obj = sh_map_get(&w->fns, fn_id);
+  if (!obj) return NULL;
+  if (!PyBytes_CheckExact(obj)) return Py_NewRef(obj);
+  PyObject *fn = PyObject_CallOneArg(w->loads, obj);
+  if (!fn) return NULL; /* the blob stays: a later request tries again */
+  if (map_store(&w->fns, fn_id, Py_NewRef(fn)) < 0) Py_CLEAR(fn);
+  return fn;
 }
 
 /* Dependencies of one request: walked once, unpickled on first reference. */
@@ -337,22 +426,21 @@ done:
 /* Runs a decoded EXEC; fills the outcome. Returns -1 only for errors that
  * must end the worker (out of memory in the engine). */
 static int run(worker_t *w, uint64_t task_id, const sh_exec_t *e, deps_t *d,
-               entry_t **timed, outcome_t *o) {
+               outcome_t *o) {
   PyObject *target = NULL, *args = NULL, *kwargs = NULL, *value = NULL;
   uint64_t actor_id = e->actor_id ? e->actor_id : task_id;
   if (e->kind == SH_KIND_ACTOR_CALL) {
-    entry_t *a = sh_map_get(&w->actors, actor_id);
-    *timed = a;
+    PyObject *a = sh_map_get(&w->actors, actor_id);
     if (!a) {
       set_text(o, SH_ST_ACTOR_DIED, "actor %#llx does not live in this worker (pid %d)",
                (unsigned long long)actor_id, (int)getpid());
       return 0;
     }
     PyObject *name = PyUnicode_DecodeUTF8(e->method, e->method_len, "strict");
-    target = name ? PyObject_GetAttr(a->obj, name) : NULL;
+    target = name ? PyObject_GetAttr(a, name) : NULL;
     Py_XDECREF(name);
   } else {
-    target = get_fn(w, e->fn_id, timed);
+    target = get_fn(w, e->fn_id);
     if (!target && !PyErr_Occurred()) {
       set_text(o, SH_ST_BAD_REQUEST,
                "function %#llx was never registered with this worker (no FUNC frame)",
@@ -393,15 +481,16 @@ static int queue_result(worker_t *w, uint64_t task_id, outcome_t *o) {
   Py_ssize_t n = PyBytes_GET_SIZE(o->payload);
   if ((size_t)n > SH_FRAME_MAX_DEFAULT - 8) {
     Py_DECREF(o->payload);
-    set_text(o, SH_ST_BAD_REQUEST,
-             "the result is %zd bytes, over the %u-byte frame limit", n,
+    set_text(o, SH_ST_BAD_REQUEST, "the result is %zd bytes, over the %u-byte frame limit", n,
              SH_FRAME_MAX_DEFAULT - 8);
     if (!o->payload) return -1;
     n = PyBytes_GET_SIZE(o->payload);
   }
+  pthread_mutex_lock(&w->mu);
   if (!sh_buf_avail(&w->wbuf)) w->held_since = now_s();
   int rc = sh_result_append(&w->wbuf, task_id, o->status, 0,
                             PyBytes_AS_STRING(o->payload), (size_t)n);
+  pthread_mutex_unlock(&w->mu);
   Py_CLEAR(o->payload);
   if (rc) PyErr_NoMemory();
   return rc ? -1 : 0;
@@ -410,8 +499,8 @@ static int queue_result(worker_t *w, uint64_t task_id, outcome_t *o) {
 /* Handles one EXEC frame. 0, -1 with an exception, 1 when the agent left. */
 static int exec_frame(worker_t *w, uint64_t task_id, const uint8_t *body, uint32_t len) {
   sh_exec_t e;
-  if (sh_exec_decode(body, len, &e)) fatal(w, "malformed EXEC frame for task %#llx",
-                                           (unsigned long long)task_id);
+  if (sh_exec_decode(body, len, &e))
+    fatal(w, "malformed EXEC frame for task %#llx", (unsigned long long)task_id);
   if (e.ndeps > e.deps_len / 4) fatal(w, "malformed dependency list in EXEC");
   deps_t d = {.n = e.ndeps};
   sh_exec_dep_t dep_small[8];
@@ -427,22 +516,10 @@ static int exec_frame(worker_t *w, uint64_t task_id, const uint8_t *body, uint32
   }
   if (sh_rd_left(&r)) fatal(w, "malformed dependency list in EXEC");
 
-  /* Flush held results first when this request may run past the bound. */
-  entry_t *hint = e.kind == SH_KIND_ACTOR_CALL ? sh_map_get(&w->actors, e.actor_id ? e.actor_id : task_id)
-                                               : sh_map_get(&w->fns, e.fn_id);
-  double t0 = now_s();
-  int rc = 0;
-  if (sh_buf_avail(&w->wbuf) &&
-      (!hint || hint->avg < 0 || t0 - w->held_since + hint->avg > HOLD_S))
-    rc = flush_out(w);
-  if (rc == 0) rc = signals_while_idle(); /* a stale SIGINT is not for this task */
+  arm_flusher(w);
+  int rc = signals_while_idle(); /* a stale SIGINT is not for this task */
   outcome_t o = {0, NULL};
-  entry_t *timed = NULL;
-  if (rc == 0) rc = run(w, task_id, &e, &d, &timed, &o);
-  if (timed) { /* entries are never freed while the worker runs */
-    double dt = now_s() - t0;
-    timed->avg = timed->avg < 0 ? dt : 0.8 * timed->avg + 0.2 * dt;
-  }
+  if (rc == 0) rc = run(w, task_id, &e, &d, &o);
   for (uint32_t i = 0; i < e.ndeps; i++) Py_XDECREF(d.val[i]);
   if (d.dep != dep_small) sh_free(d.dep);
   if (d.val != val_small) sh_free(d.val);
@@ -477,9 +554,7 @@ static int run_ready(worker_t *w) {
     } /* other types are not for workers: ignored */
     sh_buf_consume(&w->rbuf, used);
     if (rc) return rc;
-    if (sh_buf_avail(&w->wbuf) && now_s() - w->held_since > HOLD_S &&
-        (rc = flush_out(w)) != 0)
-      return rc;
+    if (held_age(w) > HOLD_S && (rc = flush_out(w)) != 0) return rc;
   }
 }
 
@@ -488,8 +563,7 @@ static int loop(worker_t *w) {
   for (;;) {
     int rc = run_ready(w);
     if (rc) return rc > 0 ? 0 : -1;
-    if (sh_buf_avail(&w->wbuf) &&
-        (now_s() - w->held_since > HOLD_S || !readable_now(w)) &&
+    if (holding(w) && (held_age(w) > HOLD_S || !readable_now(w)) &&
         (rc = flush_out(w)) != 0)
       return rc > 0 ? 0 : -1;
     rc = fill(w);
@@ -538,11 +612,17 @@ PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nar
   sh_buf_init(&w.rbuf);
   sh_buf_init(&w.wbuf);
   int rc = setup(&w, module, args[1]);
+  if (rc == 0) rc = start_flusher(&w);
   if (rc == 0) rc = loop(&w);
+  stop_flusher(&w);
   map_clear(&w.fns);
   map_clear(&w.actors);
   sh_buf_close(&w.rbuf);
   sh_buf_close(&w.wbuf);
+  if (w.flusher_started) {
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
+  }
   Py_XDECREF(w.loads);
   Py_XDECREF(w.dumps);
   Py_XDECREF(w.dumps_exc);
