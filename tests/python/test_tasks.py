@@ -301,3 +301,22 @@ def test_print_in_task_reaches_driver(cluster, capfd):  # noqa: F811
     assert "oops from task-xyz" in err
     line = next(x for x in out.splitlines() if "hello from task-xyz" in x)
     assert str(pid) in line or "worker" in line      # prefixed with who printed it
+
+
+def test_submit_from_many_threads(cluster):  # noqa: F811
+    @shoal.remote
+    def ident(x):
+        return x
+
+    def work(k):
+        return shoal.get([ident.remote((k, i)) for i in range(500)], timeout=T)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8), timeout=T))
+    assert results == [[(k, i) for i in range(500)] for k in range(8)]
+
+
+def test_large_arguments_and_results(cluster):  # noqa: F811
+    blob = os.urandom(8 << 20)
+    assert shoal.remote(len).remote(blob).result(timeout=T) == len(blob)
+    big = shoal.remote(lambda n: b"z" * n).remote(16 << 20).result(timeout=T)
+    assert len(big) == 16 << 20 and big[:1] == b"z"
