@@ -91,7 +91,7 @@ def resolve_address(address):
         if not _is_socket(path):
             raise ConnectionError(f"no shoal daemon is listening at {path}: the socket does not exist")
         return path
-    if "/" in address or address.startswith("."):
+    if "/" in address or address.startswith(".") or os.path.exists(address):
         path = os.path.abspath(address)
         if os.path.isdir(path):
             path = os.path.join(path, SOCKET_NAME)
