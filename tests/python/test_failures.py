@@ -86,6 +86,21 @@ def test_default_max_retries_is_three(cluster, tmp_path):  # noqa: F811
     assert _count(path) == 4
 
 
+def test_repeated_crashes_are_not_a_startup_failure(cluster, tmp_path):  # noqa: F811
+    """A task that kills each fresh worker it runs on is that task's problem:
+    it uses up its own retries, and queued tasks of others still run."""
+    wait_pool_full()
+    path = str(tmp_path / "attempts")
+    f = crash.options(max_retries=5).remote("exit", path)
+    others = [sleep_then.remote(0.2, i) for i in range(6)]
+    with pytest.raises(shoal.WorkerCrashedError) as ei:
+        f.result(timeout=T)
+    assert _count(path) == 6, str(ei.value)
+    assert "cannot start" not in str(ei.value)
+    assert shoal.get(others, timeout=T) == list(range(6))
+    wait_pool_full()
+
+
 @pytest.mark.asan
 def test_timeout_kills_and_replaces_worker(cluster):  # noqa: F811
     before = pool_pids(wait_pool_full())
