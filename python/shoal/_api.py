@@ -348,13 +348,14 @@ def put(value):
     return f
 
 
-def _cancel_future(fut, force=False):
+def _cancel_future(fut, force=False, queued_only=False):
     """Cancels ``fut``'s task. Returns what the daemon found: 0 nothing to
     cancel, 1 it was queued (the future is now cancelled), 2 it was running
-    (it is being interrupted, or killed with ``force``)."""
+    (it is being interrupted, or killed with ``force``; left alone with
+    ``queued_only``, as ``Future.cancel()`` asks)."""
     if fut.done() or fut._client is None:
         return 0
-    rc = fut._client.cancel(fut._id, bool(force))
+    rc = fut._client.cancel(fut._id, bool(force), queued_only=bool(queued_only))
     if rc == 1:
         fut._complete(ST_CANCELLED, 0, b"cancelled by shoal.cancel() before it started")
     return rc

@@ -228,7 +228,7 @@ class Future(concurrent.futures.Future):
         if self._client is None:
             return False
         from . import _api
-        return _api._cancel_future(self, force=False) == 1
+        return _api._cancel_future(self, force=False, queued_only=True) == 1
 
     def set_running_or_notify_cancel(self):
         """For executors (concurrent.futures protocol).

@@ -234,7 +234,7 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
       for (uint32_t i = 0; i < len; i += 8) sh_sched_release(a, sh_get_u64(body + i));
       return;
     case SH_MSG_CANCEL: {
-      int outcome = sh_sched_cancel(a, id, f->hdr.flags & SH_CANCEL_FORCE);
+      int outcome = sh_sched_cancel(a, id, f->hdr.flags);
       uint8_t p[4];
       sh_put_u32(p, (uint32_t)outcome);
       sh_frame_append(&c->out, SH_MSG_CANCEL_REPLY, 0, id, p, 4);
@@ -265,6 +265,10 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
 }
 
 static void handle_worker(sh_conn_t *c, const sh_frame_t *f) {
+  if (f->hdr.type == SH_MSG_HELLO && !c->worker->hello) {
+    c->worker->hello = 1;
+    return;
+  }
   if (f->hdr.type != SH_MSG_RESULT) {
     char why[96];
     snprintf(why, sizeof why, "unexpected %s frame from a worker", sh_msg_name(f->hdr.type));

@@ -142,6 +142,7 @@ struct sh_worker_s {
   pid_t pid;
   int index;             /* stable number for logs */
   int exited;
+  int hello;             /* the process said HELLO: it started */
   int kill_reason;
   int open_handles;      /* uv handles still to close before free */
   sh_conn_t *conn;       /* the fd-3 channel */
@@ -219,7 +220,8 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
 void sh_sched_func(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n);
 void sh_sched_put(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n);
 void sh_sched_release(sh_agent_t *a, uint64_t id);
-int sh_sched_cancel(sh_agent_t *a, uint64_t id, int force);
+/* flags: SH_CANCEL_*. Returns an SH_CANCEL_ outcome. */
+int sh_sched_cancel(sh_agent_t *a, uint64_t id, unsigned flags);
 void sh_sched_kill_actor(sh_agent_t *a, uint64_t id);
 void sh_sched_client_gone(sh_agent_t *a, uint32_t client_id);
 void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result_t *r);

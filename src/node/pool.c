@@ -16,7 +16,6 @@
 
 extern char **environ;
 
-#define EARLY_EXIT_NS 5000000000ull /* died this soon after spawn with no task done */
 #define EARLY_EXIT_LIMIT 3          /* consecutive early exits before failing work */
 #define LINE_MAX_BYTES 8192
 
@@ -138,15 +137,16 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig) {
   }
   const char *why = NULL;
   char tail[600];
-  int early = !w->actor && !w->kill_reason && w->done == 0 &&
-              sh_now_ns() - w->spawned_ns < EARLY_EXIT_NS;
+  /* A worker that never said HELLO failed to start (bad interpreter, shoal
+   * not importable); one that dies later was killed by what it ran. */
+  int early = !w->actor && !w->kill_reason && !w->hello;
   if (early) {
     a->early_exits++;
     snprintf(tail, sizeof tail, "the worker died right after starting; its last output: %.*s",
              (int)w->err_tail_len, w->err_tail);
     snprintf(a->worker_error, sizeof a->worker_error, "%s", tail);
     why = tail;
-  } else if (!w->actor) {
+  } else if (!w->actor && w->hello) {
     a->early_exits = 0;
   }
   if (!w->kill_reason) {

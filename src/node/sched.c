@@ -578,7 +578,7 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
   sh_queue_init(&redo);
   /* The first task left is the one that was running, unless the agent
    * already took the running one off (force cancel, departed driver). */
-  int first = w->kill_reason != SH_KILL_CANCEL && w->kill_reason != SH_KILL_OWNER_GONE;
+  int first = w->hello && w->kill_reason != SH_KILL_CANCEL && w->kill_reason != SH_KILL_OWNER_GONE;
   while (!sh_queue_empty(&w->inflight)) {
     sh_task_t *t = sh_queue_data(sh_queue_head(&w->inflight), sh_task_t, link);
     int head = first;
@@ -631,7 +631,8 @@ void sh_sched_fail_ready(sh_agent_t *a, const char *why) {
 
 /* ---- cancel, kill, client departure ---- */
 
-int sh_sched_cancel(sh_agent_t *a, uint64_t id, int force) {
+int sh_sched_cancel(sh_agent_t *a, uint64_t id, unsigned flags) {
+  int force = flags & SH_CANCEL_FORCE;
   sh_task_t *t = sh_map_get(&a->tasks, id);
   if (!t) return SH_CANCEL_NONE;
   if (t->state != SH_TASK_SENT) {
@@ -641,6 +642,7 @@ int sh_sched_cancel(sh_agent_t *a, uint64_t id, int force) {
     return SH_CANCEL_QUEUED;
   }
   sh_worker_t *w = t->worker;
+  if (flags & SH_CANCEL_QUEUED_ONLY) return SH_CANCEL_RUNNING;
   if (&t->link != sh_queue_head(&w->inflight)) return SH_CANCEL_RUNNING; /* sent ahead; cannot recall */
   if (force && !w->actor) {
     sh_queue_remove(&t->link);

@@ -35,6 +35,7 @@ static sh_worker_t *fake_worker(void) {
   w->index = ++fx.a.worker_seq;
   w->pid = 0x7ffffff0; /* no such process: a kill is harmless */
   w->proc.pid = w->pid;
+  w->hello = 1;
   w->out_fd[0] = w->out_fd[1] = -1;
   sh_queue_init(&w->inflight);
   sh_map_init(&w->funcs_sent);

@@ -739,19 +739,21 @@ static int get_timeout(PyObject *o, double *t) {
 
 static PyObject *client_cancel(sh_client_obj_t *c, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames) {
-  static const char *const names[] = {"task_id", "force", "timeout"};
-  PyObject *a[3] = {NULL, NULL, NULL};
+  static const char *const names[] = {"task_id", "force", "timeout", "queued_only"};
+  PyObject *a[4] = {NULL, NULL, NULL, NULL};
   uint64_t id;
   double timeout = 10.0;
-  if (parse_args("cancel", names, 3, 1, args, nargs, kwnames, a) < 0 ||
+  if (parse_args("cancel", names, 4, 1, args, nargs, kwnames, a) < 0 ||
       get_id(a[0], "cancel(): task_id", &id) < 0 || get_timeout(a[2], &timeout) < 0)
     return NULL;
   int force = a[1] ? PyObject_IsTrue(a[1]) : 0;
-  if (force < 0) return NULL;
+  int queued_only = a[3] ? PyObject_IsTrue(a[3]) : 0;
+  if (force < 0 || queued_only < 0) return NULL;
+  unsigned flags = (force ? SH_CANCEL_FORCE : 0) | (queued_only ? SH_CANCEL_QUEUED_ONLY : 0);
   sh_waiter_t w;
   char what[64];
   snprintf(what, sizeof what, "cancel(%#llx)", (unsigned long long)id);
-  if (request(c, SH_MSG_CANCEL, force ? SH_CANCEL_FORCE : 0, id, SH_MSG_CANCEL_REPLY,
+  if (request(c, SH_MSG_CANCEL, flags, id, SH_MSG_CANCEL_REPLY,
               timeout, &w, what) < 0)
     return NULL;
   uint32_t outcome = sh_get_u32(w.body); /* length checked by the I/O thread */

@@ -595,6 +595,26 @@ static int setup(worker_t *w, PyObject *module, PyObject *support) {
   return 0;
 }
 
+/* Tells the agent this process came up (imports done, loop starting): a
+ * worker that dies after this is not a start-up failure. 0 or -1 with a
+ * Python exception set. */
+static int send_hello(int fd) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  sh_hello_t h = {SH_ROLE_WORKER, (uint32_t)getpid(), 0};
+  int rc = sh_hello_append(&b, &h);
+  size_t off = 0;
+  while (rc == 0 && off < b.len) {
+    ssize_t n = write(fd, b.data + off, b.len - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) rc = -1;
+    else off += (size_t)n;
+  }
+  sh_buf_close(&b);
+  if (rc) PyErr_SetString(PyExc_OSError, "worker: cannot reach the agent on its channel");
+  return rc;
+}
+
 PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
   if (nargs != 2) {
     PyErr_SetString(PyExc_TypeError, "worker_main(fd, support) takes 2 arguments");
@@ -612,6 +632,7 @@ PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nar
   sh_buf_init(&w.rbuf);
   sh_buf_init(&w.wbuf);
   int rc = setup(&w, module, args[1]);
+  if (rc == 0) rc = send_hello(fd);
   if (rc == 0) rc = start_flusher(&w);
   if (rc == 0) rc = loop(&w);
   stop_flusher(&w);
