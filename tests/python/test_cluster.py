@@ -331,3 +331,55 @@ def test_workers_import_what_the_driver_imports(fresh, tmp_path, monkeypatch):  
     shoal.init(num_workers=1)
     f = shoal.remote(shoal_test_helper_mod.triple)
     assert f.remote(5).result(timeout=T) == 15
+
+
+SHARED_DRIVER = textwrap.dedent("""
+    import sys, time
+    import shoal
+    shoal.init(sys.argv[1])
+
+    @shoal.remote
+    def forever(i):
+        time.sleep(120)
+
+    futs = [forever.remote(i) for i in range(10)]
+    while shoal.status()["tasks"]["running"] < 2:
+        time.sleep(0.02)
+    print("READY", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_killed_driver_tasks_are_cancelled_on_shared_daemon(fresh, tmp_path):  # noqa: F811
+    d = ExternalDaemon()
+    try:
+        script = tmp_path / "driver.py"
+        script.write_text(SHARED_DRIVER)
+        p = subprocess.Popen([sys.executable, str(script), d.sock], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env_with_shoal())
+        try:
+            line = p.stdout.readline()
+            assert line.startswith("READY"), line + (p.stderr.read() if p.poll() is not None else "")
+            shoal.init(d.sock)
+            before = [w["pid"] for w in shoal.status()["workers"]["list"]]
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=T)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=T)
+
+        def settled():
+            st = shoal.status()
+            t = st["tasks"]
+            pool = [w for w in st["workers"]["list"] if w["state"] != "actor"]
+            return (t["queued"] == 0 and t["running"] == 0 and len(pool) == NUM_WORKERS and
+                    all(w["state"] == "idle" for w in pool) and st["drivers"] == 1 and
+                    not set(before) & {w["pid"] for w in pool})   # workers were replaced
+        wait_until(settled, 15, 0.05, "the dead driver's tasks to be cancelled")
+        wait_until(lambda: not any(proc_alive(x) for x in before), 10, 0.05, "old workers to exit")
+        assert square.remote(6).result(timeout=T) == 36   # the daemon serves the others
+        shoal.shutdown()
+        assert d.proc.poll() is None
+    finally:
+        d.stop()
