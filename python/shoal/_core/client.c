@@ -845,9 +845,11 @@ static PyMethodDef client_methods[] = {
     {"release", (PyCFunction)client_release, METH_O,
      "release(obj_id)\n--\n\nQueues obj_id for RELEASE; never blocks or raises."},
     {"cancel", FAST(client_cancel), METH_FASTCALL | METH_KEYWORDS,
-     "cancel(task_id, force=False, timeout=10.0)\n--\n\n"
+     "cancel(task_id, force=False, timeout=10.0, queued_only=False)\n--\n\n"
      "Cancels a task; returns 0 (nothing to cancel), 1 (was queued) or 2 (was\n"
-     "running).\n\nRaises:\n    GetTimeoutError: no reply in time.\n"
+     "running). A running task is interrupted (SIGINT in its worker), its worker\n"
+     "killed with force, or left alone with queued_only (Future.cancel).\n\n"
+     "Raises:\n    GetTimeoutError: no reply in time.\n"
      "    ConnectionError: the connection is closed or lost."},
     {"kill_actor", FAST(client_kill_actor), METH_FASTCALL | METH_KEYWORDS,
      "kill_actor(actor_id, no_restart=True)\n--\n\nStops an actor (KILL_ACTOR)."},

@@ -524,8 +524,12 @@ static void *io_main(void *arg) {
   PyGILState_STATE g = PyGILState_Ensure();
   PyThreadState *ts = PyEval_SaveThread();
   char reason[1024] = "";
-  int rc;
-  while ((rc = io_turn(c, &ts, reason, sizeof reason)) == 0) {
+  const char *what = NULL;
+  /* Frames that came in the same read as HELLO_OK. */
+  int rc = dispatch(c, &ts, &c->want, &what);
+  if (rc < 0)
+    snprintf(reason, sizeof reason, "it sent a malformed frame: %s", sh_strerror(rc));
+  while (rc == 0 && (rc = io_turn(c, &ts, reason, sizeof reason)) == 0) {
   }
   PyEval_RestoreThread(ts);
   if (rc < 0) io_lost(c, reason);

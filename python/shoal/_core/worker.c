@@ -5,6 +5,10 @@
  * Sections: state and helpers; writing (and the flusher thread); reading;
  * running one request; the loop and the entry point.
  *
+ * The worker's first frame is a HELLO (role WORKER, its pid) once its imports
+ * are done, so the agent can tell a worker that failed to start from one
+ * that a task killed.
+ *
  * Batching: results are held while more requests are already waiting, and
  * written when the input runs dry or the oldest held result is 1 ms old. The
  * main thread checks the age between requests; while it runs user code with
