@@ -134,7 +134,7 @@ build: deps
 	done
 	[ $$found = 1 ] || echo "    no build/_core*.so: no extension sources in python/shoal/_core yet"
 
-build-asan: build
+build-asan: $(if $(BUILT),deps,build)
 	@$(CONFIGURE_FN)
 	echo "==> build-asan: build-asan/ (ASan+UBSan, no extension)"
 	configure build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHOAL_SANITIZE=ON -DSHOAL_PYTHON=OFF
@@ -142,15 +142,19 @@ build-asan: build
 
 # ---------------------------------------------------------------- tests
 
+# Runs every stage even when an earlier test stage failed (not when the build
+# did), then prints each stage's outcome and time; fails if any stage failed.
 test:
-	@times=()
-	report() { echo "==> test: stage times"; for t in "$${times[@]}"; do echo "    $$t"; done; }
+	@lines=(); failed=""
+	report() { echo "==> test: stages"; for l in "$${lines[@]}"; do echo "    $$l"; done; }
 	trap report EXIT
 	for stage in build test-c test-python test-asan test-fuzz; do
-	  start=$$SECONDS
-	  $(MAKE) --no-print-directory $$stage || { times+=("$$stage FAILED after $$((SECONDS - start))s"); exit 1; }
-	  times+=("$$(printf '%-12s %4ds' $$stage $$((SECONDS - start)))")
+	  start=$$SECONDS; rc=0
+	  $(MAKE) --no-print-directory $$stage BUILT=1 || rc=$$?
+	  lines+=("$$(printf '%-12s %-6s %4ds' $$stage $$([ $$rc = 0 ] && echo ok || echo FAILED) $$((SECONDS - start)))")
+	  if [ $$rc != 0 ]; then failed="$$failed $$stage"; [ $$stage != build ] || break; fi
 	done
+	if [ -n "$$failed" ]; then echo "make test: failed:$$failed" >&2; exit 1; fi
 	echo "==> test: all stages passed"
 
 # ctest DIR: the unit tests of DIR (everything but the fuzz label), output
@@ -165,12 +169,12 @@ run_ctest() {
 }
 endef
 
-test-c: build
+test-c: $(if $(BUILT),,build)
 	@$(CTEST_FN)
 	echo "==> test-c: C unit tests (ctest, build/)"
 	run_ctest build
 
-test-python: build
+test-python: $(if $(BUILT),,build)
 	@echo "==> test-python: pytest tests/python (timeout $(PYTEST_TIMEOUT)s per test)"
 	if ! find tests/python -name 'test_*.py' -o -name '*_test.py' 2>/dev/null | grep -q .; then
 	  echo "    no Python tests yet"; exit 0
@@ -227,7 +231,7 @@ libfuzzer_run() {
 }
 endef
 
-test-fuzz: build
+test-fuzz: $(if $(BUILT),,build)
 	@$(CONFIGURE_FN)
 	$(LIBFUZZER_FN)
 	echo "==> test-fuzz: replay fuzz/corpus/frame $(FUZZ_DIRS) (ASan+UBSan, gcc)"
