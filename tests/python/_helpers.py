@@ -5,6 +5,7 @@ Every wait here is bounded.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,7 +168,8 @@ class ExternalDaemon:
             time.sleep(0.02)
 
     def stop(self):
-        """Stops the daemon (SIGTERM, then SIGKILL); returns (stdout, stderr)."""
+        """Stops the daemon (SIGTERM, then SIGKILL) and removes its socket
+        directory; returns (stdout, stderr)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -175,4 +177,5 @@ class ExternalDaemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
         return out, err
