@@ -292,7 +292,11 @@ class ActorClass:
 
 class ActorHandle:
     """A live actor. ``handle.method.remote(...)`` calls a method; one caller's
-    calls run in the order they were made. ``shoal.kill(handle)`` stops it."""
+    calls run in the order they were made. ``shoal.kill(handle)`` stops it.
+
+    An actor lives until it is killed or its driver disconnects (``shutdown``
+    or exit): dropping the last handle does not stop it.
+    """
 
     def __init__(self, client, actor_id, class_name, methods, created):
         self._shoal_client = client
