@@ -163,6 +163,38 @@ void sh_client_deliver(sh_client_obj_t *c, unsigned type, uint64_t id,
   pthread_mutex_unlock(&c->rep_mu);
 }
 
+static void unlink_waiter_locked(sh_client_obj_t *c, sh_waiter_t *w) {
+  for (sh_waiter_t **p = &c->waiters; *p; p = &(*p)->next)
+    if (*p == w) {
+      *p = w->next;
+      break;
+    }
+}
+
+/* Waits without the GIL until w is answered, failed or the timeout passes,
+ * then unlinks it; for a failure copies the reason into dead. */
+static void wait_reply(sh_client_obj_t *c, sh_waiter_t *w, double timeout,
+                       char *dead, size_t deadlen) {
+  struct timespec dl;
+  clock_gettime(CLOCK_MONOTONIC, &dl);
+  double whole = timeout > 1e9 ? 1e9 : timeout;
+  dl.tv_sec += (time_t)whole;
+  dl.tv_nsec += (long)((whole - (double)(time_t)whole) * 1e9);
+  if (dl.tv_nsec >= 1000000000L) {
+    dl.tv_sec++;
+    dl.tv_nsec -= 1000000000L;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  pthread_mutex_lock(&c->rep_mu);
+  if (c->rep_dead && !w->done) w->done = -1;
+  while (!w->done)
+    if (pthread_cond_timedwait(&c->rep_cv, &c->rep_mu, &dl) == ETIMEDOUT) break;
+  unlink_waiter_locked(c, w);
+  if (w->done == -1) snprintf(dead, deadlen, "%s", c->rep_dead ? c->rep_dead : "closed");
+  pthread_mutex_unlock(&c->rep_mu);
+  Py_END_ALLOW_THREADS
+}
+
 /* Sends a request and waits (GIL released) for its reply. On success w->body
  * holds the reply (caller frees). Returns 0 or -1 with an exception set. */
 static int request(sh_client_obj_t *c, unsigned type, unsigned flags,
@@ -187,29 +219,14 @@ static int request(sh_client_obj_t *c, unsigned type, unsigned flags,
   c->waiters = w;
   pthread_mutex_unlock(&c->rep_mu);
   int rc = send_frame(c, type, flags, id, NULL, 0);
-  struct timespec dl;
-  clock_gettime(CLOCK_MONOTONIC, &dl);
-  double whole = timeout > 1e9 ? 1e9 : timeout;
-  dl.tv_sec += (time_t)whole;
-  dl.tv_nsec += (long)((whole - (double)(time_t)whole) * 1e9);
-  if (dl.tv_nsec >= 1000000000L) {
-    dl.tv_sec++;
-    dl.tv_nsec -= 1000000000L;
-  }
   char dead[1536] = "";
-  Py_BEGIN_ALLOW_THREADS
-  pthread_mutex_lock(&c->rep_mu);
-  if (c->rep_dead && !w->done) w->done = -1;
-  while (!rc && !w->done)
-    if (pthread_cond_timedwait(&c->rep_cv, &c->rep_mu, &dl) == ETIMEDOUT) break;
-  for (sh_waiter_t **p = &c->waiters; *p; p = &(*p)->next)
-    if (*p == w) {
-      *p = w->next;
-      break;
-    }
-  if (w->done == -1) snprintf(dead, sizeof dead, "%s", c->rep_dead ? c->rep_dead : "closed");
-  pthread_mutex_unlock(&c->rep_mu);
-  Py_END_ALLOW_THREADS
+  if (!rc) {
+    wait_reply(c, w, timeout, dead, sizeof dead);
+  } else {
+    pthread_mutex_lock(&c->rep_mu);
+    unlink_waiter_locked(c, w);
+    pthread_mutex_unlock(&c->rep_mu);
+  }
   if (rc || w->done == -2) {
     sh_core_raise(-ENOMEM, NULL);
     return -1;
@@ -296,6 +313,14 @@ static void init_sync(sh_client_obj_t *c) {
   pthread_condattr_destroy(&ca);
 }
 
+/* The node described by HELLO_OK, as Client.node_info shows it. */
+static PyObject *node_info(const sh_hello_ok_t *ok) {
+  return Py_BuildValue("{s:I,s:I,s:d,s:d,s:K}", "node_id", ok->node_id, "num_workers",
+                       ok->num_workers, "CPU", (double)ok->cpu_milli / 1000.0, "GPU",
+                       (double)ok->gpu_milli / 1000.0, "memory",
+                       (unsigned long long)ok->memory);
+}
+
 static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"address", "owner", "timeout", "future_type",
                            "dep_type", "dumps", NULL};
@@ -339,12 +364,7 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     goto fail;
   }
   c->client_id = ok.client_id;
-  c->node_info = Py_BuildValue("{s:I,s:I,s:d,s:d,s:K}", "node_id", ok.node_id,
-                               "num_workers", ok.num_workers, "CPU",
-                               (double)ok.cpu_milli / 1000.0, "GPU",
-                               (double)ok.gpu_milli / 1000.0, "memory",
-                               (unsigned long long)ok.memory);
-  if (!c->node_info) goto fail;
+  if (!(c->node_info = node_info(&ok))) goto fail;
   if ((rc = sh_client_start(c)) < 0) {
     sh_core_raise(rc, "could not start the shoal client's I/O thread: %s", sh_strerror(rc));
     goto fail;
@@ -601,22 +621,56 @@ static int append_submit(sh_client_obj_t *c, const sh_spec_obj_t *spec,
   return rc;
 }
 
+/* Puts fut in `pending` and queues its SUBMIT frame. 0, or -1 with an
+ * exception and nothing changed. */
+static int publish(sh_client_obj_t *c, const sh_spec_obj_t *spec, uint64_t task_id,
+                   int explicit_id, const deps_t *d, const Py_buffer *view, PyObject *fut) {
+  /* dumps and the Future constructor ran Python code, during which the
+   * connection may have been lost or closed: check again, then publish with
+   * no Python code (so no GIL switch) until the frame is queued. */
+  if (check_usable(c) < 0) return -1;
+  if (explicit_id && sh_map_get(&c->pending, task_id)) {
+    PyErr_Format(PyExc_ValueError, "submit(): task id %llu is already pending",
+                 (unsigned long long)task_id);
+    return -1;
+  }
+  int rc = sh_map_put(&c->pending, task_id, fut);
+  if (rc < 0) {
+    sh_core_raise(rc, NULL);
+    return -1;
+  }
+  if ((rc = append_submit(c, spec, task_id, d, view)) < 0) {
+    sh_map_del(&c->pending, task_id);
+    sh_core_raise(rc, NULL);
+    return -1;
+  }
+  Py_INCREF(fut); /* the map's reference */
+  return 0;
+}
+
+/* Checks submit's arguments. Returns the spec, or NULL with TypeError. */
+static const sh_spec_obj_t *check_submit_args(sh_client_obj_t *c, PyObject **a) {
+  if (!Py_IS_TYPE(a[0], (PyTypeObject *)c->st->spec_type))
+    PyErr_Format(PyExc_TypeError, "submit(): spec must be a TaskSpec, not %.100s",
+                 Py_TYPE(a[0])->tp_name);
+  else if (!PyTuple_Check(a[1]))
+    PyErr_Format(PyExc_TypeError, "submit(): args must be a tuple, not %.100s",
+                 Py_TYPE(a[1])->tp_name);
+  else if (a[2] != Py_None && !PyDict_Check(a[2]))
+    PyErr_Format(PyExc_TypeError, "submit(): kwargs must be a dict or None, not %.100s",
+                 Py_TYPE(a[2])->tp_name);
+  else
+    return (const sh_spec_obj_t *)a[0];
+  return NULL;
+}
+
 static PyObject *client_submit(sh_client_obj_t *c, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames) {
   static const char *const names[] = {"spec", "args", "kwargs", "task_id"};
   PyObject *a[4] = {NULL, NULL, Py_None, NULL};
   if (parse_args("submit", names, 4, 2, args, nargs, kwnames, a) < 0) return NULL;
-  if (check_usable(c) < 0) return NULL;
-  if (!Py_IS_TYPE(a[0], (PyTypeObject *)c->st->spec_type))
-    return PyErr_Format(PyExc_TypeError, "submit(): spec must be a TaskSpec, not %.100s",
-                        Py_TYPE(a[0])->tp_name);
-  if (!PyTuple_Check(a[1]))
-    return PyErr_Format(PyExc_TypeError, "submit(): args must be a tuple, not %.100s",
-                        Py_TYPE(a[1])->tp_name);
-  if (a[2] != Py_None && !PyDict_Check(a[2]))
-    return PyErr_Format(PyExc_TypeError, "submit(): kwargs must be a dict or None, not %.100s",
-                        Py_TYPE(a[2])->tp_name);
-  const sh_spec_obj_t *spec = (const sh_spec_obj_t *)a[0];
+  const sh_spec_obj_t *spec;
+  if (check_usable(c) < 0 || !(spec = check_submit_args(c, a))) return NULL;
   uint64_t task_id = 0;
   if (a[3] && get_id(a[3], "submit(): task_id", &task_id) < 0) return NULL;
   int explicit_id = task_id != 0;
@@ -643,24 +697,7 @@ static PyObject *client_submit(sh_client_obj_t *c, PyObject *const *args,
                SH_SUBMIT_FIXED + 8 * (size_t)d.n + 2048) < 0)
     goto done;
   if (!(fut = make_future(c, task_id, spec->name))) goto done;
-  /* dumps and the Future constructor ran Python code, during which the
-   * connection may have been lost or closed: check again, then publish. */
-  int rc = check_usable(c) < 0 ? -1 : 0;
-  if (!rc && explicit_id && sh_map_get(&c->pending, task_id)) {
-    PyErr_Format(PyExc_ValueError, "submit(): task id %llu is already pending",
-                 (unsigned long long)task_id);
-    rc = -1;
-  }
-  if (!rc && (rc = sh_map_put(&c->pending, task_id, fut)) < 0) sh_core_raise(rc, NULL);
-  if (!rc) {
-    Py_INCREF(fut); /* the map's reference */
-    if ((rc = append_submit(c, spec, task_id, &d, &view)) < 0) {
-      sh_map_del(&c->pending, task_id);
-      Py_DECREF(fut);
-      sh_core_raise(rc, NULL);
-    }
-  }
-  if (rc) Py_CLEAR(fut);
+  if (publish(c, spec, task_id, explicit_id, &d, &view, fut) < 0) Py_CLEAR(fut);
 done:
   if (view.obj) PyBuffer_Release(&view);
   Py_XDECREF(blob);

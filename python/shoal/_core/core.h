@@ -58,10 +58,12 @@ typedef struct sh_spec_obj_s {
   PyObject *custom; /* tuple of (name, milli) as given, normalized */
 } sh_spec_obj_t;
 
+/* Creates the TaskSpec type into st and adds it to module m. 0 or -1. */
 int sh_spec_add_type(PyObject *m, sh_core_state_t *st);
 
 /* ---- client.c / io.c ---- */
 
+/* Creates the Client type into st and adds it to module m. 0 or -1. */
 int sh_client_add_type(PyObject *m, sh_core_state_t *st);
 /* Closes every open client of the module (atexit, module free). */
 void sh_client_close_all(sh_core_state_t *st);
@@ -74,6 +76,8 @@ PyObject *sh_mpack_to_py(const uint8_t *p, size_t n);
 
 /* ---- worker.c ---- */
 
+/* worker_main(fd, support): the worker loop (see its docstring in module.c).
+ * Returns None at end of file, or NULL with an exception. */
 PyObject *sh_worker_main(PyObject *module, PyObject *const *args,
                          Py_ssize_t nargs);
 
