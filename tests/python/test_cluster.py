@@ -383,3 +383,15 @@ def test_killed_driver_tasks_are_cancelled_on_shared_daemon(fresh, tmp_path):  #
         assert d.proc.poll() is None
     finally:
         d.stop()
+
+
+def test_init_from_a_thread_that_exits(fresh):  # noqa: F811
+    """The private cluster belongs to the process: it survives the thread that
+    happened to call init() (e.g. the first use was in a worker thread)."""
+    import threading
+    t = threading.Thread(target=shoal.init, kwargs={"num_workers": 1})
+    t.start()
+    t.join(timeout=T)
+    time.sleep(0.5)
+    assert _api._state.daemon.process.poll() is None, "the daemon died with the thread"
+    assert square.remote(7).result(timeout=T) == 49
