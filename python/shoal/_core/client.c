@@ -253,6 +253,25 @@ static void unlink_open(sh_client_obj_t *c) {
   c->prev = c->next = NULL;
 }
 
+/* Joins the stopping I/O thread without the GIL. A done-callback it runs may
+ * block on something the closing thread holds (a lock around close()): after
+ * SH_CLIENT_JOIN_S the thread is detached instead. That is safe because it
+ * holds its own reference to the client and closes the fds itself. */
+static void join_io_thread(sh_client_obj_t *c) {
+  struct timespec dl;
+  clock_gettime(CLOCK_REALTIME, &dl); /* pthread_timedjoin_np's clock */
+  dl.tv_sec += SH_CLIENT_JOIN_S;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = pthread_timedjoin_np(c->thread, NULL, &dl);
+  Py_END_ALLOW_THREADS
+  if (rc == 0) return;
+  pthread_detach(c->thread);
+  PySys_WriteStderr("shoal: the client's I/O thread did not stop within %d s (is a "
+                    "Future done-callback blocked?); closing without it\n",
+                    SH_CLIENT_JOIN_S);
+}
+
 /* Closes the client (GIL held; idempotent): stops and joins the I/O thread
  * (detaches it when called on that thread, from a callback), then fails
  * reply waiters and pending futures with `msg`. */
@@ -280,9 +299,7 @@ static void shutdown_client(sh_client_obj_t *c, const char *msg) {
       c->joinable = 0;
     } else {
       c->joinable = 0;
-      Py_BEGIN_ALLOW_THREADS
-      pthread_join(c->thread, NULL);
-      Py_END_ALLOW_THREADS
+      join_io_thread(c);
     }
   } else {
     if (c->fd >= 0) close(c->fd);

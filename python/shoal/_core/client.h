@@ -17,6 +17,8 @@
 #define SH_CLIENT_RELEASE_BATCH 4096
 /* Larger write buffers are freed once written (a one-off huge frame). */
 #define SH_CLIENT_KEEP_BUF (64u << 20)
+/* How long close() waits for the I/O thread before detaching it. */
+#define SH_CLIENT_JOIN_S 5
 /* How long the idle I/O thread sleeps before it looks at queued releases. */
 #define SH_CLIENT_TICK_MS 50
 
