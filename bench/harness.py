@@ -60,6 +60,26 @@ def digest(obj):
     return hashlib.sha1(repr(obj).encode()).hexdigest()[:16]
 
 
+def repeat_timed(run, min_total_s=1.0, max_runs=3):
+    """Calls run() -> (result, seconds, extra dict) until min_total_s of timed
+    work has accumulated or max_runs calls were made (so short measurements
+    get a median of 3, long ones are not tripled). Returns (seconds, check,
+    extra) of the median run; check is the digest of the results, or
+    "mismatch" if the runs disagreed."""
+    runs = []
+    while True:
+        res, secs, extra = run()
+        runs.append((secs, digest(res), extra))
+        del res
+        if sum(r[0] for r in runs) >= min_total_s or len(runs) >= max_runs:
+            break
+    checks = {r[1] for r in runs}
+    runs.sort(key=lambda r: r[0])
+    secs, check, extra = runs[len(runs) // 2]
+    extra = dict(extra, inner_runs=len(runs))
+    return secs, (check if len(checks) == 1 else "mismatch"), extra
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -254,6 +274,14 @@ def machine_info():
         commit = ""
     versions = {d: _version(d) for d in
                 ("shoal", "ray", "dask", "distributed", "joblib", "numpy", "pandas", "cloudpickle")}
+    if not versions["shoal"]:
+        # Importable from a source tree or PYTHONPATH without package metadata?
+        try:
+            out = subprocess.run([sys.executable, "-c", "import shoal; print(getattr(shoal, '__version__', '') or 'source')"],
+                                 capture_output=True, text=True, timeout=60, env=child_env())
+            versions["shoal"] = out.stdout.strip() if out.returncode == 0 else None
+        except Exception:
+            pass
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
