@@ -185,7 +185,13 @@ static void handle_hello(sh_conn_t *c, const sh_frame_t *f) {
   if (h.role == SH_ROLE_DRIVER) {
     c->client_id = a->next_client_id++;
     sh_map_put(&a->clients, c->client_id, c);
-    if (h.flags & SH_HELLO_OWNER) a->owner_seen = 1;
+    if (h.flags & SH_HELLO_OWNER) {
+      a->owner_seen = 1;
+      /* From now on the owner connection says when the driver is gone. The
+       * parent-death signal must go: Linux sends it when the *thread* that
+       * started us exits, and a driver may call init() from a short thread. */
+      if (a->opts.embedded) prctl(PR_SET_PDEATHSIG, 0);
+    }
   }
   snprintf(c->desc, sizeof c->desc, "%s pid %u",
            h.role == SH_ROLE_DRIVER ? "driver" : "cli", h.pid);
