@@ -91,7 +91,9 @@ endef
 deps:
 	@$(APT_INSTALL_FN)
 	missing=""
-	for p in $(APT_PKGS); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done
+	for p in $(APT_PKGS); do
+	  dpkg -s "$$p" 2>/dev/null | grep -qx 'Status: install ok installed' || missing="$$missing $$p"
+	done
 	command -v python3 >/dev/null || { echo "make: python3 not found" >&2; exit 2; }
 	if [ ! -x "$(PY)" ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
 	  missing="$$missing python3-venv" # Debian's own python3 splits venv out
@@ -234,7 +236,7 @@ endef
 test-fuzz: $(if $(BUILT),,build)
 	@$(CONFIGURE_FN)
 	$(LIBFUZZER_FN)
-	echo "==> test-fuzz: replay fuzz/corpus/frame $(FUZZ_DIRS) (ASan+UBSan, gcc)"
+	echo "==> test-fuzz: replay $(strip fuzz/corpus/frame $(FUZZ_DIRS)) (ASan+UBSan, gcc)"
 	if ! ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	     build/fuzz/frame_replay fuzz/corpus/frame $(FUZZ_DIRS) >build/fuzz-replay.log 2>&1; then
 	  tail -40 build/fuzz-replay.log; exit 1
