@@ -294,8 +294,9 @@ class ActorHandle:
     """A live actor. ``handle.method.remote(...)`` calls a method; one caller's
     calls run in the order they were made. ``shoal.kill(handle)`` stops it.
 
-    An actor lives until it is killed or its driver disconnects (``shutdown``
-    or exit): dropping the last handle does not stop it.
+    An actor lives until it is killed, its driver disconnects (``shutdown``
+    or exit), or its handle is garbage collected: then it stops once the calls
+    already made have run (their futures still complete).
     """
 
     def __init__(self, client, actor_id, class_name, methods, created):
@@ -312,9 +313,15 @@ class ActorHandle:
             known = ", ".join(sorted(self._shoal_methods)) or "none"
             raise AttributeError(f"actor class {self._shoal_class} has no method {name!r} "
                                  f"(its methods: {known})")
-        method = ActorMethod(self, name)
-        self.__dict__[name] = method
-        return method
+        # Specs are cached on the handle; the method object is made per access
+        # so that it can keep the handle alive without a reference cycle.
+        specs = self.__dict__.setdefault("_shoal_specs", {})
+        spec = specs.get(name)
+        if spec is None:
+            spec = specs[name] = _core().TaskSpec(
+                0, KIND_ACTOR_CALL, actor_id=self._shoal_actor_id, method=name, cpu_milli=0,
+                max_retries=0, name=f"{self._shoal_class}.{name}")
+        return ActorMethod(self, spec)
 
     @property
     def actor_id(self):
@@ -328,17 +335,26 @@ class ActorHandle:
         raise TypeError("an actor handle cannot be passed to a task or pickled yet; call its "
                         "methods from the driver that created it")
 
+    def __del__(self):
+        client = self.__dict__.get("_shoal_client")
+        if client is None:
+            return
+        try:
+            client.kill_actor(self._shoal_actor_id, when_idle=True)
+        except Exception:
+            pass  # the connection is closed: the actor went with it
+
 
 class ActorMethod:
     """One method of an actor; ``.remote(...)`` calls it."""
 
-    __slots__ = ("_client", "_spec", "_label")
+    __slots__ = ("_client", "_spec", "_label", "_handle")
 
-    def __init__(self, handle, name):
+    def __init__(self, handle, spec):
+        self._handle = handle  # a bound method keeps its actor alive
         self._client = handle._shoal_client
-        self._label = f"{handle._shoal_class}.{name}"
-        self._spec = _core().TaskSpec(0, KIND_ACTOR_CALL, actor_id=handle._shoal_actor_id,
-                                      method=name, cpu_milli=0, max_retries=0, name=self._label)
+        self._spec = spec
+        self._label = spec.name
 
     def remote(self, *args, **kwargs):
         """Calls the method on the actor.

@@ -21,6 +21,9 @@ enum { SH_KIND_TASK = 0, SH_KIND_ACTOR_CREATE = 1, SH_KIND_ACTOR_CALL = 2 };
 /* CANCEL / KILL_ACTOR frame flags. */
 #define SH_CANCEL_FORCE 0x1u
 #define SH_CANCEL_QUEUED_ONLY 0x2u /* leave a running task alone (Future.cancel) */
+/* KILL_ACTOR frame flags. */
+#define SH_KILL_NO_RESTART 0x1u
+#define SH_KILL_WHEN_IDLE 0x2u /* after the calls already submitted (last handle dropped) */
 /* CANCEL_REPLY outcomes. */
 enum { SH_CANCEL_NONE = 0, SH_CANCEL_QUEUED = 1, SH_CANCEL_RUNNING = 2 };
 

@@ -140,7 +140,7 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
   if (c->role == SH_ROLE_WORKER && c->worker) {
     c->worker->conn = NULL;
     /* The process exit callback does the bookkeeping; make sure it comes. */
-    if (!c->worker->exited && !a->stopping) sh_pool_kill(c->worker, SH_KILL_NONE);
+    if (!c->worker->exited && !a->stopping) sh_pool_kill(c->worker, SH_REASON_NONE);
   }
   if (c->role == SH_ROLE_DRIVER && c->client_id) {
     sh_map_del(&a->clients, c->client_id);
@@ -247,7 +247,9 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
       sh_conn_mark_dirty(c);
       return;
     }
-    case SH_MSG_KILL_ACTOR: sh_sched_kill_actor(a, id); return;
+    case SH_MSG_KILL_ACTOR:
+      if ((uint32_t)(id >> 40) == c->client_id) sh_sched_kill_actor(a, id, f->hdr.flags);
+      return;
     case SH_MSG_STATUS: {
       long at = sh_frame_begin(&c->out, SH_MSG_STATUS_REPLY, 0, id);
       if (at < 0 || sh_status_encode(a, &c->out)) {

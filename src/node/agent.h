@@ -119,17 +119,18 @@ struct sh_actor_s {
   char *dead_reason;     /* why calls fail, once dead */
   sh_res_t held;         /* resources held while alive */
   int holds;             /* held is valid */
+  int kill_when_idle;    /* its last handle is gone: stop once its calls ran */
   sh_queue_t dirty;      /* agent->actors_dirty: has calls that may be sendable */
 };
 
 /* Why the agent killed a worker, which decides what its tasks see. */
 enum {
-  SH_KILL_NONE = 0,
-  SH_KILL_TIMEOUT,     /* running task exceeded its timeout */
-  SH_KILL_CANCEL,      /* running task force-cancelled */
-  SH_KILL_OWNER_GONE,  /* the running task's driver disconnected */
-  SH_KILL_ACTOR,       /* actor killed */
-  SH_KILL_SHUTDOWN,
+  SH_REASON_NONE = 0,
+  SH_REASON_TIMEOUT,     /* running task exceeded its timeout */
+  SH_REASON_CANCEL,      /* running task force-cancelled */
+  SH_REASON_OWNER_GONE,  /* the running task's driver disconnected */
+  SH_REASON_ACTOR,       /* actor killed */
+  SH_REASON_SHUTDOWN,
 };
 
 struct sh_worker_s {
@@ -150,7 +151,8 @@ struct sh_worker_s {
   uint32_t ninflight;
   sh_res_t held;         /* resources held by the in-flight tasks */
   int holds;             /* held is valid */
-  sh_actor_t *actor;     /* dedicated actor worker, or NULL for the pool */
+  sh_actor_t *actor;     /* the actor it serves, NULL once that actor is freed */
+  int dedicated;         /* spawned for an actor, not part of the pool */
   sh_map_t funcs_sent;   /* fn ids already sent to this process */
   uint64_t spawned_ns, last_done_ns;
   uint64_t done;         /* tasks completed */
@@ -222,7 +224,8 @@ void sh_sched_put(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, ui
 void sh_sched_release(sh_agent_t *a, uint64_t id);
 /* flags: SH_CANCEL_*. Returns an SH_CANCEL_ outcome. */
 int sh_sched_cancel(sh_agent_t *a, uint64_t id, unsigned flags);
-void sh_sched_kill_actor(sh_agent_t *a, uint64_t id);
+/* flags: SH_KILL_NO_RESTART, SH_KILL_WHEN_IDLE. */
+void sh_sched_kill_actor(sh_agent_t *a, uint64_t id, unsigned flags);
 void sh_sched_client_gone(sh_agent_t *a, uint32_t client_id);
 void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result_t *r);
 void sh_sched_run(sh_agent_t *a);

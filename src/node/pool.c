@@ -130,7 +130,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig) {
   for (int i = 0; i < 2; i++) forward_lines(w, i, 1);
   if (w->conn) sh_conn_close(w->conn, NULL);
   sh_queue_remove(&w->link);
-  if (!w->actor) a->pool_size--;
+  if (!w->dedicated) a->pool_size--;
   if (a->stopping) {
     worker_close_handles(w);
     return;
@@ -139,14 +139,14 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig) {
   char tail[600];
   /* A worker that never said HELLO failed to start (bad interpreter, shoal
    * not importable); one that dies later was killed by what it ran. */
-  int early = !w->actor && !w->kill_reason && !w->hello;
+  int early = !w->dedicated && !w->kill_reason && !w->hello;
   if (early) {
     a->early_exits++;
     snprintf(tail, sizeof tail, "the worker died right after starting; its last output: %.*s",
              (int)w->err_tail_len, w->err_tail);
     snprintf(a->worker_error, sizeof a->worker_error, "%s", tail);
     why = tail;
-  } else if (!w->actor && w->hello) {
+  } else if (!w->dedicated && w->hello) {
     a->early_exits = 0;
   }
   if (!w->kill_reason) {
@@ -155,7 +155,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig) {
             sig ? "signal" : "exit status", sig ? sig : (int)status);
   }
   sh_sched_worker_died(a, w, sig, status, why);
-  int was_pool = !w->actor;
+  int was_pool = !w->dedicated;
   worker_close_handles(w);
   if (!was_pool) return;
   if (a->early_exits >= EARLY_EXIT_LIMIT) {
@@ -172,7 +172,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig) {
 
 static void timeout_cb(uv_timer_t *h) {
   sh_worker_t *w = h->data;
-  sh_pool_kill(w, SH_KILL_TIMEOUT);
+  sh_pool_kill(w, SH_REASON_TIMEOUT);
 }
 
 int sh_pool_timeout_start(sh_worker_t *w, uint64_t ms) {
@@ -241,6 +241,7 @@ sh_worker_t *sh_pool_spawn(sh_agent_t *a, sh_actor_t *actor) {
   w->agent = a;
   w->index = ++a->worker_seq;
   w->actor = actor;
+  w->dedicated = actor != NULL;
   w->out_fd[0] = outp[0];
   w->out_fd[1] = errp[0];
   sh_queue_init(&w->inflight);
@@ -314,7 +315,7 @@ void sh_pool_stop_all(sh_agent_t *a) {
     sh_worker_t *w = sh_queue_data(sh_queue_head(&a->workers), sh_worker_t, link);
     sh_queue_remove(&w->link);
     if (!w->exited) {
-      w->kill_reason = SH_KILL_SHUTDOWN;
+      w->kill_reason = SH_REASON_SHUTDOWN;
       uv_process_kill(&w->proc, SIGKILL);
     }
     if (w->conn) sh_conn_close(w->conn, NULL);

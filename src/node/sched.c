@@ -102,6 +102,8 @@ void sh_sched_release(sh_agent_t *a, uint64_t id) {
 
 static void make_ready(sh_agent_t *a, sh_task_t *t);
 static void actor_die(sh_agent_t *a, sh_actor_t *ac, const char *why);
+static void actor_free(sh_agent_t *a, sh_actor_t *ac);
+static int actor_retire_if_idle(sh_agent_t *a, sh_actor_t *ac);
 
 /* Removes t from the waiter list of `dep`; 1 if it was there. */
 static int unwait(sh_agent_t *a, uint64_t dep, sh_task_t *t) {
@@ -369,7 +371,7 @@ static uint32_t depth_for(sh_agent_t *a, uint64_t fn_id) {
 }
 
 static int worker_usable(const sh_worker_t *w) {
-  return w->conn && !w->exited && !w->kill_reason && !w->actor;
+  return w->conn && !w->exited && !w->kill_reason && !w->dedicated;
 }
 
 static sh_worker_t *idle_worker(sh_agent_t *a) {
@@ -422,7 +424,7 @@ static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t) {
   if (rc) {
     /* Out of memory: the worker cannot be told consistently; replace it. */
     sh_warn("out of memory sending task %#llx to worker %d", (unsigned long long)t->id, w->index);
-    sh_pool_kill(w, SH_KILL_NONE);
+    sh_pool_kill(w, SH_REASON_NONE);
   }
   t->state = SH_TASK_SENT;
   t->worker = w;
@@ -551,6 +553,7 @@ void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result
     return;
   }
   finish(a, t, r->status, r->code, r->payload, r->payload_len);
+  if (w->dedicated && w->actor) actor_retire_if_idle(a, w->actor);
 }
 
 static void signal_text(char *buf, size_t n, int sig, int64_t status) {
@@ -564,8 +567,9 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
   signal_text(how, sizeof how, sig, status);
   sh_pool_timeout_stop(w);
   worker_release(a, w);
-  if (w->actor) {
+  if (w->dedicated) {
     sh_actor_t *ac = w->actor;
+    if (!ac) return;
     if (ac->state != SH_ACTOR_DEAD) {
       snprintf(msg, sizeof msg, "the actor's worker process (pid %d) died: %s%s%s", (int)w->pid, how,
                why ? "; " : "", why ? why : "");
@@ -578,7 +582,7 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
   sh_queue_init(&redo);
   /* The first task left is the one that was running, unless the agent
    * already took the running one off (force cancel, departed driver). */
-  int first = w->hello && w->kill_reason != SH_KILL_CANCEL && w->kill_reason != SH_KILL_OWNER_GONE;
+  int first = w->hello && w->kill_reason != SH_REASON_CANCEL && w->kill_reason != SH_REASON_OWNER_GONE;
   while (!sh_queue_empty(&w->inflight)) {
     sh_task_t *t = sh_queue_data(sh_queue_head(&w->inflight), sh_task_t, link);
     int head = first;
@@ -590,7 +594,7 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
       finish(a, t, SH_ST_CANCELLED, 0, (const uint8_t *)"", 0);
       continue;
     }
-    if (head && w->kill_reason == SH_KILL_TIMEOUT) {
+    if (head && w->kill_reason == SH_REASON_TIMEOUT) {
       snprintf(msg, sizeof msg, "task exceeded its timeout of %.3g s; its worker (pid %d) was "
                "killed and replaced", t->timeout_ms / 1000.0, (int)w->pid);
       sh_task_fail(a, t, SH_ST_TIMEOUT, 0, msg);
@@ -644,12 +648,12 @@ int sh_sched_cancel(sh_agent_t *a, uint64_t id, unsigned flags) {
   sh_worker_t *w = t->worker;
   if (flags & SH_CANCEL_QUEUED_ONLY) return SH_CANCEL_RUNNING;
   if (&t->link != sh_queue_head(&w->inflight)) return SH_CANCEL_RUNNING; /* sent ahead; cannot recall */
-  if (force && !w->actor) {
+  if (force && !w->dedicated) {
     sh_queue_remove(&t->link);
     w->ninflight--;
     sh_task_fail(a, t, SH_ST_CANCELLED, 0, "the task was cancelled while running (force=True): "
                  "its worker was killed and replaced");
-    sh_pool_kill(w, SH_KILL_CANCEL);
+    sh_pool_kill(w, SH_REASON_CANCEL);
     return SH_CANCEL_RUNNING;
   }
   /* Interrupt only when nothing else is queued on that worker, so the signal
@@ -692,7 +696,7 @@ static void actor_die(sh_agent_t *a, sh_actor_t *ac, const char *why) {
   if (ac->worker) {
     sh_pool_timeout_stop(ac->worker);
     fail_queue(a, &ac->worker->inflight, SH_ST_ACTOR_DIED, why);
-    if (!ac->worker->exited) sh_pool_kill(ac->worker, SH_KILL_ACTOR);
+    if (!ac->worker->exited) sh_pool_kill(ac->worker, SH_REASON_ACTOR);
   }
 }
 
@@ -703,9 +707,29 @@ static void actor_free(sh_agent_t *a, sh_actor_t *ac) {
   sh_free(ac);
 }
 
-void sh_sched_kill_actor(sh_agent_t *a, uint64_t id) {
+/* Stops an actor whose last handle is gone once nothing is left for it to
+ * run, and forgets it: nobody can address it any more. 1 if it went. */
+static int actor_retire_if_idle(sh_agent_t *a, sh_actor_t *ac) {
+  if (!ac->kill_when_idle || !sh_queue_empty(&ac->calls) || ac->create) return 0;
+  if (ac->worker && ac->worker->ninflight) return 0;
+  actor_die(a, ac, "the actor's last handle was dropped");
+  actor_free(a, ac);
+  return 1;
+}
+
+void sh_sched_kill_actor(sh_agent_t *a, uint64_t id, unsigned flags) {
   sh_actor_t *ac = sh_map_get(&a->actors, id);
-  if (ac) actor_die(a, ac, "the actor was killed by shoal.kill()");
+  if (!ac) return;
+  if (!(flags & SH_KILL_WHEN_IDLE)) {
+    actor_die(a, ac, "the actor was killed by shoal.kill()");
+    return;
+  }
+  if (ac->state == SH_ACTOR_DEAD) {
+    actor_free(a, ac);
+    return;
+  }
+  ac->kill_when_idle = 1;
+  actor_retire_if_idle(a, ac);
 }
 
 void sh_sched_client_gone(sh_agent_t *a, uint32_t cid) {
@@ -734,7 +758,7 @@ void sh_sched_client_gone(sh_agent_t *a, uint32_t cid) {
       sh_queue_remove(&t->link);
       w->ninflight--;
       finish(a, t, SH_ST_CANCELLED, 0, (const uint8_t *)"", 0);
-      sh_pool_kill(w, SH_KILL_OWNER_GONE);
+      sh_pool_kill(w, SH_REASON_OWNER_GONE);
     }
   }
   for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {

@@ -46,7 +46,7 @@ static void pack_workers(msgpack_packer *pk, sh_agent_t *a) {
   sh_queue_foreach(q, &a->workers) {
     sh_worker_t *w = sh_queue_data(q, sh_worker_t, link);
     n++;
-    if (w->actor) actors++;
+    if (w->dedicated) actors++;
     else if (w->ninflight) busy++;
     else idle++;
   }
@@ -64,7 +64,7 @@ static void pack_workers(msgpack_packer *pk, sh_agent_t *a) {
     msgpack_pack_map(pk, 5);
     kv_u64(pk, "index", (uint64_t)w->index);
     kv_u64(pk, "pid", (uint64_t)w->pid);
-    kv_str(pk, "state", w->actor ? "actor" : w->ninflight ? "busy" : "idle");
+    kv_str(pk, "state", w->dedicated ? "actor" : w->ninflight ? "busy" : "idle");
     kv_u64(pk, "inflight", w->ninflight);
     kv_u64(pk, "done", w->done);
   }

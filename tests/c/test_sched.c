@@ -372,6 +372,7 @@ static void actor_calls_keep_order_behind_a_dependency(void **state) {
   ac->create = NULL;
   ac->worker = fake_worker();
   ac->worker->actor = ac;
+  ac->worker->dedicated = 1;
   fx.a.pool_size--;
   uint8_t dep[8];
   sh_put_u64(dep, tid(5));
@@ -390,7 +391,7 @@ static void actor_calls_keep_order_behind_a_dependency(void **state) {
   sh_sched_run(&fx.a);
   /* 21 goes; 22 waits for its dependency and 23 waits behind it. */
   assert_int_equal(ac->worker->ninflight, 1);
-  sh_sched_kill_actor(&fx.a, tid(20));
+  sh_sched_kill_actor(&fx.a, tid(20), SH_KILL_NO_RESTART);
   assert_int_equal(driver_result(tid(21)).status, SH_ST_ACTOR_DIED);
   assert_int_equal(driver_result(tid(22)).status, SH_ST_ACTOR_DIED);
   assert_int_equal(driver_result(tid(23)).status, SH_ST_ACTOR_DIED);
@@ -417,7 +418,7 @@ static void client_gone_drops_its_work(void **state) {
   assert_int_equal(fx.a.tasks.count, 0);
   assert_int_equal(fx.a.objects.count, 0);
   assert_int_equal(fx.a.funcs.count, 0);
-  assert_int_equal(fx.w[0]->kill_reason, SH_KILL_OWNER_GONE);
+  assert_int_equal(fx.w[0]->kill_reason, SH_REASON_OWNER_GONE);
   fx.driver->client_id = 0;
   teardown();
 }

@@ -142,3 +142,37 @@ def test_actor_validation(cluster):  # noqa: F811
 def test_actor_with_resources_is_infeasible(cluster):  # noqa: F811
     with pytest.raises(shoal.InfeasibleResourcesError):
         Counter.options(resources={"unicorn": 1}).remote()._shoal_created.result(timeout=5)
+
+
+def test_dropped_handle_stops_actor_after_its_calls(cluster):  # noqa: F811
+    """Like Ray: when the last handle goes, the actor stops once the calls
+    already made have run; their futures still complete."""
+    import gc
+
+    @shoal.remote
+    class Slow:
+        def work(self, i):
+            import time
+            time.sleep(0.01)
+            return i
+
+    def actors_alive():
+        return shoal.status()["actors"]["alive"]
+
+    before = actors_alive()
+    h = Slow.remote()
+    futs = [h.work.remote(i) for i in range(20)]
+    method = h.work
+    del h
+    gc.collect()
+    assert shoal.get(futs, timeout=30) == list(range(20))
+    # A method object keeps its actor alive.
+    assert method.remote(99).result(timeout=30) == 99
+    del method
+    gc.collect()
+    deadline = time.monotonic() + 20
+    while actors_alive() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert actors_alive() == before
+    st = shoal.status()
+    assert st["workers"]["actors"] <= before

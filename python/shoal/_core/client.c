@@ -834,15 +834,17 @@ static PyObject *client_status(sh_client_obj_t *c, PyObject *const *args,
 
 static PyObject *client_kill_actor(sh_client_obj_t *c, PyObject *const *args,
                                    Py_ssize_t nargs, PyObject *kwnames) {
-  static const char *const names[] = {"actor_id", "no_restart"};
-  PyObject *a[2] = {NULL, NULL};
+  static const char *const names[] = {"actor_id", "no_restart", "when_idle"};
+  PyObject *a[3] = {NULL, NULL, NULL};
   uint64_t id;
-  if (parse_args("kill_actor", names, 2, 1, args, nargs, kwnames, a) < 0 ||
+  if (parse_args("kill_actor", names, 3, 1, args, nargs, kwnames, a) < 0 ||
       get_id(a[0], "kill_actor(): actor_id", &id) < 0 || check_usable(c) < 0)
     return NULL;
   int no_restart = a[1] ? PyObject_IsTrue(a[1]) : 1;
-  if (no_restart < 0) return NULL;
-  int rc = send_frame(c, SH_MSG_KILL_ACTOR, no_restart ? 1 : 0, id, NULL, 0);
+  int when_idle = a[2] ? PyObject_IsTrue(a[2]) : 0;
+  if (no_restart < 0 || when_idle < 0) return NULL;
+  unsigned flags = (no_restart ? SH_KILL_NO_RESTART : 0) | (when_idle ? SH_KILL_WHEN_IDLE : 0);
+  int rc = send_frame(c, SH_MSG_KILL_ACTOR, flags, id, NULL, 0);
   if (rc) return sh_core_raise(rc, NULL);
   Py_RETURN_NONE;
 }
@@ -906,7 +908,8 @@ static PyMethodDef client_methods[] = {
      "Raises:\n    GetTimeoutError: no reply in time.\n"
      "    ConnectionError: the connection is closed or lost."},
     {"kill_actor", FAST(client_kill_actor), METH_FASTCALL | METH_KEYWORDS,
-     "kill_actor(actor_id, no_restart=True)\n--\n\nStops an actor (KILL_ACTOR)."},
+     "kill_actor(actor_id, no_restart=True, when_idle=False)\n--\n\nStops an actor (KILL_ACTOR); "
+     "with when_idle, once the calls already sent to it have run."},
     {"status", FAST(client_status), METH_FASTCALL | METH_KEYWORDS,
      "status(timeout=10.0)\n--\n\nThe node's state as a dict.\n\n"
      "Raises:\n    GetTimeoutError: no reply in time.\n"
