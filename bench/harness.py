@@ -205,6 +205,14 @@ def run_child(scenario, system, params, timeout, log_path):
             except ProcessLookupError:
                 pass
             proc.wait()
+        except BaseException:  # Ctrl-C: leave nothing running
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            cleanup(proc.pid, grace=0.0)
+            raise
     stopped = cleanup(proc.pid, grace=0.5 if timed_out else 5.0)
     wall = time.monotonic() - t0
     if timed_out:
