@@ -12,6 +12,7 @@ This is splitting input, not scheduling: every chunk is submitted at once
 and the engine places them.
 """
 
+import itertools
 import math
 import time
 
@@ -67,9 +68,9 @@ class ChunkRunner:
                 if time.perf_counter() - t0 >= budget:
                     break
         elif self.star:
-            out = [fn(*item) for item in items]
+            out = list(itertools.starmap(fn, items))
         else:
-            out = [fn(item) for item in items]
+            out = list(map(fn, items))
         return out, time.perf_counter() - t0
 
     def __reduce__(self):
@@ -82,6 +83,21 @@ def run_initializer(init):
     if token not in _initialized:
         initializer(*initargs)
         _initialized.add(token)
+
+
+def as_sequence(iterable):
+    """The items of a map as something ``len()`` and slicing work on.
+
+    A range, list or tuple (and a numpy array) is kept as it is: slicing a
+    range gives a range, which travels as three numbers instead of a list of
+    items. Anything else (generators, sets, ...) is read into a list.
+    """
+    if isinstance(iterable, (range, list, tuple)):
+        return iterable
+    t = type(iterable)
+    if t.__name__ == "ndarray" and t.__module__ == "numpy":
+        return iterable
+    return list(iterable)
 
 
 def choose_chunksize(per_item, nitems, workers):

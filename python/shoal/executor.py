@@ -188,7 +188,7 @@ class Executor(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         # One iterable: items travel bare, not as 1-tuples (less to pickle).
         star = len(iterables) != 1
-        items = list(zip(*iterables)) if star else list(iterables[0])
+        items = list(zip(*iterables)) if star else _chunks.as_sequence(iterables[0])
         if chunksize == 1:
             rf = remote_for(fn)
             fs = [rf.remote(*args) for args in items] if star else [rf.remote(x) for x in items]

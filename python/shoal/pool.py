@@ -312,7 +312,7 @@ class Pool:
             raise TypeError(f"{func!r} is not callable")
         rf = self._cached(("map", func, star), func,
                           lambda: _chunks.remote_runner(func, star, self._init))
-        fs = _chunks.submit_chunks(rf, list(iterable), chunksize, self._workers())
+        fs = _chunks.submit_chunks(rf, _chunks.as_sequence(iterable), chunksize, self._workers())
         self._tracked.extend(fs)
         return fs
 
