@@ -90,13 +90,17 @@ int sh_frame_append(sh_buf_t *b, unsigned type, unsigned flags, uint64_t id,
 long sh_frame_begin(sh_buf_t *b, unsigned type, unsigned flags, uint64_t id) {
   int rc = sh_buf_reserve(b, SH_FRAME_HDR);
   if (rc) return rc;
-  long at = (long)b->len;
+  /* Relative to the unconsumed front: a later reserve may move the bytes. */
+  long at = (long)(b->len - b->off);
   sh_frame_hdr_encode(b->data + b->len, type, flags, id, 0);
   b->len += SH_FRAME_HDR;
   return at;
 }
 
 void sh_frame_finish(sh_buf_t *b, long at) {
-  size_t body = b->len - (size_t)at - SH_FRAME_HDR;
-  sh_put_u32(b->data + at + 16, (uint32_t)body);
+  size_t start = b->off + (size_t)at;
+  size_t body = b->len - start - SH_FRAME_HDR;
+  sh_put_u32(b->data + start + 16, (uint32_t)body);
 }
+
+void sh_frame_abort(sh_buf_t *b, long at) { b->len = b->off + (size_t)at; }

@@ -90,10 +90,14 @@ int sh_frame_parse(const uint8_t *p, size_t n, size_t max_body, sh_frame_t *out,
 int sh_frame_append(sh_buf_t *b, unsigned type, unsigned flags, uint64_t id,
                     const void *body, size_t len);
 
-/* Appends a header for a body the caller appends next; returns the offset of
- * the header so sh_frame_finish can patch the length. -ENOMEM on failure. */
+/* Appends a header for a body the caller appends next; returns the header's
+ * position (relative to the buffer's unconsumed front, so it stays valid when
+ * appending moves the bytes) for sh_frame_finish. -ENOMEM on failure. Nothing
+ * may be consumed from `b` between begin and finish or abort. */
 long sh_frame_begin(sh_buf_t *b, unsigned type, unsigned flags, uint64_t id);
 /* Patches the length of the frame begun at `at` to cover all bytes since. */
 void sh_frame_finish(sh_buf_t *b, long at);
+/* Drops the frame begun at `at` and everything appended after it. */
+void sh_frame_abort(sh_buf_t *b, long at);
 
 #endif

@@ -17,8 +17,13 @@ const char *sh_status_name(unsigned status) {
 
 int sh_submit_append(sh_buf_t *b, uint64_t task_id, const sh_submit_t *s) {
   size_t custom_len = 0;
-  for (uint32_t i = 0; i < s->ncustom; i++)
-    custom_len += 4 + strlen(s->custom[i].name) + 8;
+  if (s->ncustom > SH_MAX_CUSTOM) return -EINVAL;
+  for (uint32_t i = 0; i < s->ncustom; i++) {
+    /* Write only what sh_submit_decode accepts. */
+    size_t n = strnlen(s->custom[i].name, SH_NAME_MAX);
+    if (n == 0 || n >= SH_NAME_MAX) return -EINVAL;
+    custom_len += 4 + n + 8;
+  }
   size_t len = SH_SUBMIT_FIXED + (size_t)s->ndeps * 8 + custom_len +
                s->method_len + s->args_len;
   if (len > UINT32_MAX) return -E2BIG;
@@ -125,7 +130,7 @@ long sh_exec_begin(sh_buf_t *b, uint64_t task_id, uint64_t fn_id,
   if (at < 0) return at;
   int rc = sh_buf_reserve(b, SH_EXEC_FIXED);
   if (rc) {
-    b->len = (size_t)at;
+    sh_frame_abort(b, at);
     return rc;
   }
   uint8_t *p = b->data + b->len;
@@ -148,7 +153,7 @@ int sh_exec_add_dep(sh_buf_t *b, const void *data, uint32_t len) {
 
 int sh_exec_finish(sh_buf_t *b, long at, const char *method, uint32_t method_len,
                    const void *args, uint32_t args_len) {
-  size_t fixed_end = (size_t)at + SH_FRAME_HDR + SH_EXEC_FIXED;
+  size_t fixed_end = b->off + (size_t)at + SH_FRAME_HDR + SH_EXEC_FIXED;
   sh_put_u32(b->data + fixed_end - 4, (uint32_t)(b->len - fixed_end));
   int rc = sh_buf_append(b, method, method_len);
   if (!rc) rc = sh_buf_append(b, args, args_len);
@@ -231,7 +236,7 @@ int sh_output_append(sh_buf_t *b, uint64_t task_id, uint32_t pid,
   if (!rc) rc = sh_buf_u32(b, stream);
   if (!rc) rc = sh_buf_append(b, data, len);
   if (rc) {
-    b->len = (size_t)at;
+    sh_frame_abort(b, at);
     return rc;
   }
   sh_frame_finish(b, at);
@@ -244,7 +249,7 @@ int sh_error_append(sh_buf_t *b, int code, const char *text) {
   int rc = sh_buf_u32(b, (uint32_t)code);
   if (!rc) rc = sh_buf_append(b, text, strlen(text));
   if (rc) {
-    b->len = (size_t)at;
+    sh_frame_abort(b, at);
     return rc;
   }
   sh_frame_finish(b, at);

@@ -92,7 +92,9 @@ typedef struct sh_submit_s {
 
 #define SH_SUBMIT_FIXED 72
 
-/* Appends a whole SUBMIT frame. 0 or -ENOMEM/-E2BIG (b unchanged). */
+/* Appends a whole SUBMIT frame. 0, or -ENOMEM/-E2BIG, or -EINVAL for more
+ * than SH_MAX_CUSTOM custom resources or a name that is empty or too long
+ * (b unchanged). */
 int sh_submit_append(sh_buf_t *b, uint64_t task_id, const sh_submit_t *s);
 /* Decodes a SUBMIT body. 0 or SH_EBODY (malformed, too many custom
  * resources, a custom name that is empty or too long). */

@@ -253,6 +253,7 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
     case SH_MSG_STATUS: {
       long at = sh_frame_begin(&c->out, SH_MSG_STATUS_REPLY, 0, id);
       if (at < 0 || sh_status_encode(a, &c->out)) {
+        if (at >= 0) sh_frame_abort(&c->out, at);
         conn_fail(c, -ENOMEM, "out of memory building the status reply");
         return;
       }

@@ -421,6 +421,7 @@ static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t) {
     rc = o ? sh_exec_add_dep(&c->out, o->data, o->len) : sh_exec_add_dep(&c->out, "", 0);
   }
   if (!rc) rc = sh_exec_finish(&c->out, at, sh_task_method(t), t->method_len, sh_task_args(t), t->args_len);
+  if (rc && at >= 0) sh_frame_abort(&c->out, at);
   if (rc) {
     /* Out of memory: the worker cannot be told consistently; replace it. */
     sh_warn("out of memory sending task %#llx to worker %d", (unsigned long long)t->id, w->index);

@@ -359,7 +359,7 @@ static const struct CMUnitTest tests[] = {
     SH_TEST(several_frames_in_one_buffer),
     SH_TEST(flags_are_not_the_codecs_business),
     SH_TEST(begin_finish_patches_length),
-    SH_KNOWN_BUG(begin_finish_after_consumed_front),
+    SH_TEST(begin_finish_after_consumed_front),
     SH_TEST(append_rejects_4gib_bodies),
     SH_TEST(fault_loop_append),
     SH_TEST(strerror_texts),

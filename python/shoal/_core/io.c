@@ -270,7 +270,7 @@ static void flush_releases_locked(sh_client_obj_t *c) {
   long at = sh_frame_begin(&c->out, SH_MSG_RELEASE, 0, 0);
   if (at < 0) return;
   if (sh_buf_reserve(&c->out, c->nrel * 8)) {
-    c->out.len = (size_t)at;
+    sh_frame_abort(&c->out, at);
     return;
   }
   for (size_t i = 0; i < c->nrel; i++) sh_put_u64(c->out.data + c->out.len + 8 * i, c->rel[i]);
