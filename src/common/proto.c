@@ -177,6 +177,14 @@ int sh_exec_decode(const uint8_t *body, size_t len, sh_exec_t *e) {
   e->args = sh_rd_bytes(&r, e->args_len);
   if (r.err || sh_rd_left(&r) != 0 || e->kind > SH_KIND_ACTOR_CALL)
     return SH_EBODY;
+  /* The dependency list must hold exactly ndeps well-formed entries. */
+  sh_rd_t d;
+  sh_exec_dep_t dep;
+  sh_rd_init(&d, e->deps, e->deps_len);
+  uint32_t n = 0;
+  int rc;
+  while ((rc = sh_exec_dep_next(&d, &dep)) == 1) n++;
+  if (rc < 0 || n != e->ndeps) return SH_EBODY;
   return 0;
 }
 
