@@ -15,22 +15,6 @@ for you on first use. ``Executor`` and ``Pool`` follow ``concurrent.futures``
 and ``multiprocessing``.
 """
 
-from ._api import cancel, get, init, is_initialized, kill, put, shutdown, status, wait
-from ._future import Future
-from ._remote import remote
-from .exceptions import (
-    ActorDiedError,
-    ConnectionLostError,
-    GetTimeoutError,
-    InfeasibleResourcesError,
-    ObjectLostError,
-    RemoteError,
-    ShoalError,
-    TaskCancelledError,
-    TaskTimeoutError,
-    WorkerCrashedError,
-)
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -61,17 +45,29 @@ __all__ = [
 ]
 
 
+# Every public name is loaded on first use (PEP 562): `import shoal` stays
+# cheap, and a worker process (`python -m shoal.worker`), which needs none of
+# the driver's API, does not pay for it at start-up.
+_LAZY = {
+    "init": "_boot", "shutdown": "_api", "is_initialized": "_api", "get": "_api",
+    "wait": "_api", "put": "_api", "cancel": "_api", "kill": "_api", "status": "_api",
+    "Future": "_future", "remote": "_remote", "Executor": "executor", "Pool": "pool",
+}
+_LAZY.update({name: "exceptions" for name in (
+    "ShoalError", "WorkerCrashedError", "TaskTimeoutError", "TaskCancelledError",
+    "GetTimeoutError", "InfeasibleResourcesError", "ActorDiedError", "ObjectLostError",
+    "ConnectionLostError", "RemoteError")})
+
+
 def __getattr__(name):
-    # Executor and Pool import concurrent.futures/multiprocessing machinery:
-    # loaded on first use.
-    if name == "Executor":
-        from .executor import Executor
-        return Executor
-    if name == "Pool":
-        from .pool import Pool
-        return Pool
-    raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__():
-    return sorted(set(globals()) | {"Executor", "Pool"})
+    return sorted(set(globals()) | set(_LAZY))

@@ -62,7 +62,8 @@ def _info():
     }
 
 
-def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False):
+def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
+         _daemon=None):
     """Connects this process to a shoal cluster, starting a private one if needed.
 
     With no ``address`` and no ``SHOAL_ADDRESS`` in the environment, starts a
@@ -80,6 +81,9 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
             what the machine has; other names are custom resources that tasks
             ask for with ``@remote(resources={...})``.
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+        _daemon: internal: a private daemon ``shoal.init`` already started (not
+            yet waited for), used when a private cluster is what this call
+            starts and killed otherwise.
     Returns:
         A dict describing the connection: ``address``, ``client_id``,
         ``embedded``, ``daemon_pid`` and ``node`` (node id, workers, CPU, GPU,
@@ -93,6 +97,16 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
         ShoalError: the private daemon failed to start (its stderr is quoted).
         FileNotFoundError: the ``shoal`` binary is missing.
     """
+    try:
+        return _init(address, num_workers, resources, ignore_reinit_error, _daemon)
+    finally:
+        if _daemon is not None and _state.daemon is not _daemon:
+            _daemon.kill()  # started early, but this call did not use it
+            import shutil
+            shutil.rmtree(_daemon.socket_dir, ignore_errors=True)
+
+
+def _init(address, num_workers, resources, ignore_reinit_error, early):
     with _lock:
         if _state.client is not None:
             if ignore_reinit_error:
@@ -121,7 +135,11 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
             client = _connect(core, _cluster.resolve_address(address), owner=False)
             daemon = None
         else:
-            daemon = _cluster.EmbeddedDaemon(num_workers, resources)
+            if early is not None:
+                daemon = early
+                daemon.wait_ready()
+            else:
+                daemon = _cluster.EmbeddedDaemon(num_workers, resources)
             try:
                 client = _connect(core, daemon.address, owner=True)
             except BaseException:

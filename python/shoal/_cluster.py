@@ -7,18 +7,25 @@ binary and turns user-facing addresses into the string ``_core.Client`` takes
 directory and addresses".
 """
 
-import json
 import math
 import os
 import select
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 
-from .exceptions import ShoalError
+# This module runs first in a private cluster's start-up (see _boot.py), so it
+# imports little: json, shutil, tempfile and subprocess are loaded where used
+# or replaced (the daemon is started with os.posix_spawn).
+
+SIGTERM = 15
+SIGKILL = 9
+
+
+def ShoalError(message):  # noqa: N802 - stands for the class, imported on first error
+    """shoal.exceptions.ShoalError(message), imported only when an error is raised:
+    this module runs before the heavier imports so the daemon starts early."""
+    from .exceptions import ShoalError as cls
+    return cls(message)
 
 __all__ = ["binary_path", "resolve_address", "EmbeddedDaemon"]
 
@@ -159,6 +166,7 @@ def resources_json(resources):
         if not math.isfinite(amount) or amount < 0:
             raise ValueError(f"resources[{name!r}] must be a finite number >= 0, not {amount!r}")
         out[name] = amount
+    import json
     return json.dumps(out)
 
 
@@ -186,22 +194,23 @@ class EmbeddedDaemon:
     Attributes:
         socket_dir: the session's 0700 socket directory.
         address: the agent's unix socket path.
-        process: the ``subprocess.Popen`` of the daemon.
+        process: the daemon's process (a ``_Child``).
     """
 
-    def __init__(self, num_workers=None, resources=None):
-        """Starts the daemon and waits until it listens.
+    def __init__(self, num_workers=None, resources=None, wait=True):
+        """Starts the daemon and (unless ``wait`` is false) waits until it listens.
 
         Args:
             num_workers: pool workers (default: the daemon's, one per CPU).
             resources: see :func:`resources_json`.
+            wait: False only starts the process; call :meth:`wait_ready` next.
         Raises:
             FileNotFoundError: no daemon binary.
             ShoalError: the daemon exited or did not become ready in time; the
                 message carries its exit status and stderr.
         """
         binary = binary_path()
-        self.socket_dir = tempfile.mkdtemp(prefix="session-", dir=_private_base())
+        self.socket_dir = _make_session_dir(_private_base())
         self.address = os.path.join(self.socket_dir, SOCKET_NAME)
         if len(self.address.encode()) > _UNIX_PATH_MAX:
             raise ShoalError(f"socket path too long for a unix socket: {self.address}")
@@ -213,20 +222,27 @@ class EmbeddedDaemon:
             argv += ["--resources", resources_json(resources)]
         # The daemon's log goes to an unlinked file: quiet in normal use, and
         # quoted in the error when the daemon fails to start.
-        self.log = tempfile.TemporaryFile(prefix="shoal-daemon-")
         try:
-            self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log,
-                env=_worker_env(), close_fds=True)
+            self.log = _anonymous_file(self.socket_dir)
+            self.process = _Child(argv, _worker_env(), self.log)
         except BaseException:
-            self.log.close()
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self._close_files()
+            _rmtree(self.socket_dir)
             raise
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self):
+        """Waits until the daemon listens (see ``__init__`` for the errors); on
+        failure the daemon is killed and its directory removed."""
+        # The daemon and its workers boot on the other core meanwhile.
+        from . import _serial
+        _serial.preload()
         try:
             self._wait_ready()
         except BaseException:
             self.kill()
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            _rmtree(self.socket_dir)
             raise
 
     @property
@@ -237,15 +253,13 @@ class EmbeddedDaemon:
     def log_text(self, limit=8192):
         """The last ``limit`` bytes the daemon wrote to stderr, as text."""
         try:
-            self.log.flush()
-            size = os.fstat(self.log.fileno()).st_size
-            self.log.seek(max(0, size - limit))
-            return self.log.read().decode("utf-8", "replace")
-        except (OSError, ValueError):
+            size = os.fstat(self.log).st_size
+            return os.pread(self.log, limit, max(0, size - limit)).decode("utf-8", "replace")
+        except (OSError, TypeError):
             return ""
 
     def _wait_ready(self):
-        fd = self.process.stdout.fileno()
+        fd = self.process.stdout
         deadline = time.monotonic() + READY_TIMEOUT
         buf = b""
         while b"\n" not in buf:
@@ -259,7 +273,7 @@ class EmbeddedDaemon:
             if not chunk:
                 try:
                     self.process.wait(2.0)
-                except subprocess.TimeoutExpired:
+                except TimeoutError:
                     pass
                 raise ShoalError(self._failure("closed its stdout before it was ready"))
             buf += chunk
@@ -289,27 +303,126 @@ class EmbeddedDaemon:
         """
         try:
             self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except TimeoutError:
             self.kill()
         self._close_files()
         return self.process.returncode
 
     def kill(self):
         """Stops the daemon now: SIGTERM, then SIGKILL after 2 seconds."""
-        if self.process.poll() is None:
+        process = getattr(self, "process", None)
+        if process is not None and process.poll() is None:
             try:
-                self.process.send_signal(signal.SIGTERM)
-                self.process.wait(2.0)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5.0)
+                process.send_signal(SIGTERM)
+                process.wait(2.0)
+            except TimeoutError:
+                process.kill()
+                try:
+                    process.wait(5.0)
+                except TimeoutError:
+                    pass
             except ProcessLookupError:
                 pass
         self._close_files()
 
     def _close_files(self):
-        for f in (self.process.stdout, self.log):
+        process = getattr(self, "process", None)
+        for fd in (process.stdout if process else None, getattr(self, "log", None)):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if process is not None:
+            process.stdout = None
+        self.log = None
+
+
+def _rmtree(path):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_session_dir(base):
+    """A new 0700 directory ``base/session-XXXXXXXX`` (what tempfile.mkdtemp
+    does, without importing tempfile and random)."""
+    for _ in range(100):
+        path = os.path.join(base, "session-" + os.urandom(5).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free session directory name under {base}")
+
+
+def _anonymous_file(directory):
+    """A read-write file descriptor of a file with no name (O_TMPFILE, or a
+    file unlinked at once where the file system lacks O_TMPFILE)."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except (OSError, AttributeError):
+        path = os.path.join(directory, "daemon-log-" + os.urandom(5).hex())
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        os.unlink(path)
+        return fd
+
+
+class _Child:
+    """The daemon's process, started with ``os.posix_spawn``: what this module
+    needs of ``subprocess.Popen`` (pid, args, stdout, poll, wait, signals),
+    without importing subprocess on the start-up path.
+
+    Attributes:
+        pid: the process id.
+        args: the argument list.
+        stdout: the read end (a file descriptor) of the pipe that is the
+            child's stdout, or None once closed.
+        returncode: None while running; the exit status, or minus the signal.
+    """
+
+    def __init__(self, argv, env, stderr_fd):
+        r, w = os.pipe()
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_DUP2, w, 1),
+                   (os.POSIX_SPAWN_DUP2, stderr_fd, 2)]
+        try:
+            self.pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+        self.args = argv
+        self.stdout = r
+        self.returncode = None
+
+    def poll(self):
+        """The exit status if the process has exited (reaping it), else None."""
+        if self.returncode is None:
             try:
-                f.close()
-            except (OSError, AttributeError):
-                pass
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = 0  # reaped elsewhere; its status is lost
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        """Waits for the exit; TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"process {self.pid} still running after {timeout}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(SIGKILL)

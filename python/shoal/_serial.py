@@ -6,13 +6,26 @@ plain pickle cannot handle (lambdas, closures, classes defined in __main__).
 """
 
 import pickle
-import traceback
-
-import cloudpickle
-
-from .exceptions import RemoteError
 
 PROTOCOL = 5
+
+# cloudpickle is imported on first need (it costs tens of milliseconds, and
+# plain pickle handles most values): see preload().
+_cloudpickle = None
+
+
+def _cp():
+    global _cloudpickle
+    if _cloudpickle is None:
+        import cloudpickle
+        _cloudpickle = cloudpickle
+    return _cloudpickle
+
+
+def preload():
+    """Imports cloudpickle now: called while something else (the daemon, the
+    agent's first request) is being waited for, so that start-up overlaps."""
+    _cp()
 
 
 class DepRef:
@@ -33,7 +46,7 @@ def dumps(value):
     try:
         return pickle.dumps(value, PROTOCOL)
     except Exception:
-        return cloudpickle.dumps(value, PROTOCOL)
+        return _cp().dumps(value, PROTOCOL)
 
 
 loads = pickle.loads
@@ -41,17 +54,21 @@ loads = pickle.loads
 
 def dumps_function(fn):
     """Pickles a function or class definition once, by value when needed."""
-    return cloudpickle.dumps(fn, PROTOCOL)
+    return _cp().dumps(fn, PROTOCOL)
 
 
 def dumps_exception(err):
     """Pickles (exception, traceback text) for the driver; an exception that
     cannot be pickled (or unpickled) travels as a RemoteError with the same text."""
+    import traceback
+
+    from .exceptions import RemoteError
+
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     try:
-        data = cloudpickle.dumps((err, tb), PROTOCOL)
+        data = _cp().dumps((err, tb), PROTOCOL)
         pickle.loads(data)  # must round-trip, or the driver would fail later
         return data
     except Exception:
         name = f"{type(err).__module__}.{type(err).__qualname__}"
-        return cloudpickle.dumps((RemoteError(name, str(err), tb), tb), PROTOCOL)
+        return _cp().dumps((RemoteError(name, str(err), tb), tb), PROTOCOL)

@@ -16,6 +16,9 @@ import sys
 if __name__ == "__main__":
     from . import _core, _serial
 
+    # Functions defined in a driver's __main__ travel by value and need
+    # cloudpickle to load: import it before the first request arrives.
+    _serial.preload()
     _core.worker_main(3, _serial)
     for _stream in (sys.stdout, sys.stderr):
         try:

@@ -1,0 +1,60 @@
+"""``shoal.init``: starts a private daemon before the rest of shoal is imported.
+
+Importing the API (``concurrent.futures``, cloudpickle, ...) takes tens of
+milliseconds; a private daemon and its workers take about as long to boot.
+So when ``init`` is going to start a private cluster, this module (which
+imports nothing heavy) launches the daemon first and lets ``_api.init`` wait
+for it while the imports run on the other core. Everything else, checks and
+errors included, is ``_api.init``'s.
+"""
+
+import os
+import sys
+
+
+def _prestart(address, num_workers, resources):
+    """The private daemon, started but not waited for; None when ``init`` will
+    not start one, or when anything about the request is off (``_api.init``
+    then reports it the usual way)."""
+    if address is not None or os.environ.get("SHOAL_ADDRESS"):
+        return None
+    api = sys.modules.get(__package__ + "._api")
+    if api is not None and api._state.client is not None:
+        return None  # already initialized: _api.init answers
+    if num_workers is not None and (type(num_workers) is not int or num_workers < 1):
+        return None
+    try:
+        from . import _cluster
+        if resources is not None:
+            _cluster.resources_json(resources)
+        return _cluster.EmbeddedDaemon(num_workers, resources, wait=False)
+    except Exception:
+        return None
+
+
+def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False):
+    daemon = _prestart(address, num_workers, resources)
+    from . import _api
+    return _api.init(address, num_workers=num_workers, resources=resources,
+                     ignore_reinit_error=ignore_reinit_error, _daemon=daemon)
+
+
+init.__doc__ = """Connects this process to a shoal cluster, starting a private one if needed.
+
+    With no ``address`` and no ``SHOAL_ADDRESS`` in the environment, starts a
+    private cluster (a head and node agent in one daemon) sized to this
+    machine; it stops when this process exits, also when it is killed.
+
+    Args:
+        address: ``"auto"`` (the running local cluster: ``$SHOAL_SOCKET_DIR``
+            or ``/tmp/shoal-<uid>/default``), a socket directory, a socket path,
+            ``unix:PATH`` or ``HOST:PORT``. Defaults to ``$SHOAL_ADDRESS``.
+        num_workers: worker processes of a private cluster (default: one per CPU).
+        resources: resources of a private cluster, a dict of name to amount.
+        ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+    Returns:
+        A dict describing the connection (see ``shoal._api.init``).
+    Raises:
+        RuntimeError, ValueError, TypeError, ConnectionError, ShoalError,
+        FileNotFoundError: as ``shoal._api.init`` documents.
+    """
