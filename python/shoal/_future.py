@@ -165,6 +165,11 @@ class Future(concurrent.futures.Future):
     def _wait(self, timeout):
         if self._state == FINISHED:
             return
+        client = self._client
+        # First read the answer on this thread for a moment (C, no thread
+        # switch): a short task's result usually comes within that.
+        if client is not None and client.wait_io(self._id, timeout) and self._state == FINISHED:
+            return
         with self._condition:
             if self._state != FINISHED:
                 self._condition.wait(timeout)

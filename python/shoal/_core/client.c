@@ -102,6 +102,7 @@ static void complete(sh_client_obj_t *c, PyObject *fut, uint32_t status,
 void sh_client_complete(sh_client_obj_t *c, uint64_t id, const sh_result_t *r) {
   PyObject *fut = sh_map_del(&c->pending, id);
   if (!fut) return; /* completed locally already (close, cancel) */
+  if (id == c->wait_id) c->wait_done = 1;
   PyObject *payload = PyBytes_FromStringAndSize((const char *)r->payload, r->payload_len);
   if (payload) {
     complete(c, fut, r->status, r->code, payload);
@@ -322,6 +323,7 @@ void sh_client_close_all(sh_core_state_t *st) {
 
 static void init_sync(sh_client_obj_t *c) {
   pthread_mutex_init(&c->out_mu, NULL);
+  pthread_mutex_init(&c->rd_mu, NULL);
   pthread_mutex_init(&c->rep_mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
@@ -433,6 +435,7 @@ static void client_dealloc(sh_client_obj_t *c) {
   sh_free(c->lost);
   sh_free(c->rep_dead);
   pthread_mutex_destroy(&c->out_mu);
+  pthread_mutex_destroy(&c->rd_mu);
   pthread_mutex_destroy(&c->rep_mu);
   pthread_cond_destroy(&c->rep_cv);
   tp->tp_free((PyObject *)c);
@@ -634,6 +637,22 @@ static int append_submit(sh_client_obj_t *c, const sh_spec_obj_t *spec,
   s.args_len = (uint32_t)blob->len;
   pthread_mutex_lock(&c->out_mu);
   int rc = sh_submit_append(&c->out, task_id, &s);
+  /* A submit that comes alone (the last one was a while ago: one call, then
+   * a wait for its result) is written right here, which costs the same one
+   * syscall as waking the I/O thread and no thread switch. Submits in a burst
+   * are left to the I/O thread, which writes them in batches. */
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  uint64_t ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+  int alone = ns - c->last_submit_ns > SH_CLIENT_ALONE_NS;
+  c->last_submit_ns = ns;
+  if (alone && !c->awake && !rc) {
+    sh_client_flush_direct_locked(c);
+    if (sh_buf_avail(&c->out) == 0) {
+      pthread_mutex_unlock(&c->out_mu);
+      return 0;
+    }
+  }
   out_unlock_wake(c);
   return rc;
 }
@@ -849,6 +868,19 @@ static PyObject *client_kill_actor(sh_client_obj_t *c, PyObject *const *args,
   Py_RETURN_NONE;
 }
 
+static PyObject *client_wait_io(sh_client_obj_t *c, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames) {
+  static const char *const names[] = {"task_id", "timeout"};
+  PyObject *a[2] = {NULL, NULL};
+  uint64_t id;
+  double timeout = 1.0;
+  if (parse_args("wait_io", names, 2, 1, args, nargs, kwnames, a) < 0 ||
+      get_id(a[0], "wait_io(): task_id", &id) < 0)
+    return NULL;
+  if (a[1] && a[1] != Py_None && get_timeout(a[1], &timeout) < 0) return NULL;
+  return PyBool_FromLong(sh_client_wait_io(c, id, timeout));
+}
+
 static PyObject *client_close(sh_client_obj_t *c, PyObject *unused) {
   shutdown_client(c, "shoal was shut down");
   Py_RETURN_NONE;
@@ -907,6 +939,10 @@ static PyMethodDef client_methods[] = {
      "killed with force, or left alone with queued_only (Future.cancel).\n\n"
      "Raises:\n    GetTimeoutError: no reply in time.\n"
      "    ConnectionError: the connection is closed or lost."},
+    {"wait_io", FAST(client_wait_io), METH_FASTCALL | METH_KEYWORDS,
+     "wait_io(task_id, timeout=None)\n--\n\nWaits briefly for a result by reading the "
+     "socket on this thread (no thread switch). True when the future is complete; False "
+     "when the caller must wait on the future as usual."},
     {"kill_actor", FAST(client_kill_actor), METH_FASTCALL | METH_KEYWORDS,
      "kill_actor(actor_id, no_restart=True, when_idle=False)\n--\n\nStops an actor (KILL_ACTOR); "
      "with when_idle, once the calls already sent to it have run."},

@@ -21,6 +21,12 @@
 #define SH_CLIENT_JOIN_S 5
 /* How long the idle I/O thread sleeps before it looks at queued releases. */
 #define SH_CLIENT_TICK_MS 50
+/* How long a thread blocked on one result reads the socket itself before it
+ * hands reading back to the I/O thread (see sh_client_wait_io). */
+#define SH_CLIENT_WAIT_SLICE_US 2000
+/* A submit this long after the previous one is written by the submitting
+ * thread itself (see append_submit). */
+#define SH_CLIENT_ALONE_NS 20000u
 
 /* A thread blocked in cancel() or status() waiting for a reply frame. Lives
  * on that thread's stack; linked into the client's list under rep_mu. */
@@ -66,17 +72,25 @@ struct sh_client_obj_s {
   uint64_t *rel;               /* queued RELEASE ids */
   size_t nrel, rel_cap;
   int awake;                   /* the I/O thread is not asleep: no wake needed */
+  int writing;                 /* wbuf holds bytes the I/O thread is writing */
+  uint64_t last_submit_ns;     /* CLOCK_MONOTONIC time of the last submit */
   int stop;                    /* the I/O thread must exit */
   /* Protected by rep_mu. */
   pthread_mutex_t rep_mu;
   pthread_cond_t rep_cv;       /* CLOCK_MONOTONIC; broadcast on each reply */
   sh_waiter_t *waiters;
   char *rep_dead;              /* replies cannot come any more: why */
-  /* I/O thread only (after construction). */
+  /* Reading and dispatching: whoever holds rd_mu (the I/O thread, or a thread
+   * waiting for one result, see sh_client_wait_io). rd_mu is only taken
+   * without the GIL; the GIL may be taken while holding it. */
+  pthread_mutex_t rd_mu;
   sh_buf_t rbuf;               /* bytes read, not yet dispatched */
-  sh_buf_t wbuf;               /* bytes being written */
   size_t want;                 /* bytes the partial frame in rbuf still needs */
   char err_text[512];          /* text of the last ERROR frame, or "" */
+  uint64_t wait_id;            /* the result a reading waiter wants (GIL) */
+  int wait_done;               /* ...and whether it came (GIL) */
+  /* I/O thread only (after construction). */
+  sh_buf_t wbuf;               /* bytes being written */
 };
 
 /* ---- io.c ---- */
@@ -94,6 +108,20 @@ int sh_client_start(sh_client_obj_t *c);
 
 /* Wakes the I/O thread (GIL held, c->evfd open). */
 void sh_client_wake(sh_client_obj_t *c);
+
+/* Waits up to min(timeout, SH_CLIENT_WAIT_SLICE_US) for the result of task
+ * `id`, reading the socket on the calling thread instead of waking it from
+ * the I/O thread: a synchronous call then costs no thread switch in this
+ * process. GIL held on entry and exit. Returns 1 when the future is
+ * complete, 0 when the caller must wait the usual way (the I/O thread is
+ * reading, the slice ran out, the connection is in trouble: the I/O thread
+ * reports that). */
+int sh_client_wait_io(sh_client_obj_t *c, uint64_t id, double timeout);
+
+/* Writes what producers appended, on the calling thread, unless the I/O
+ * thread is in the middle of a write (out_mu held, GIL held). Stops quietly
+ * when the socket is full or failing: the I/O thread deals with that. */
+void sh_client_flush_direct_locked(sh_client_obj_t *c);
 
 /* Whether the calling thread is c's I/O thread. */
 int sh_client_on_io_thread(const sh_client_obj_t *c);

@@ -282,6 +282,7 @@ static void flush_releases_locked(sh_client_obj_t *c) {
 /* Takes what producers appended (out_mu held). Returns whether there is
  * something to write; clears `awake` when there is not. */
 static int take_output_locked(sh_client_obj_t *c) {
+  c->writing = 0;
   if (sh_buf_avail(&c->wbuf) == 0) {
     flush_releases_locked(c);
     if (c->out.len) {
@@ -291,7 +292,10 @@ static int take_output_locked(sh_client_obj_t *c) {
       sh_buf_reset(&c->out);
     }
   }
-  if (sh_buf_avail(&c->wbuf)) return 1;
+  if (sh_buf_avail(&c->wbuf)) {
+    c->writing = 1;
+    return 1;
+  }
   c->awake = 0;
   return 0;
 }
@@ -504,7 +508,12 @@ static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
     pthread_mutex_unlock(&c->out_mu);
   }
   if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR))) return 0;
-  return read_turn(c, ts, reason, rlen);
+  /* A waiting thread may be reading (sh_client_wait_io); it is done within
+   * a slice, and then what it left is read here. */
+  pthread_mutex_lock(&c->rd_mu);
+  rc = read_turn(c, ts, reason, rlen);
+  pthread_mutex_unlock(&c->rd_mu);
+  return rc;
 }
 
 /* The connection is gone (GIL held): fail what waits on it, make later calls
@@ -519,6 +528,62 @@ static void io_lost(sh_client_obj_t *c, const char *reason) {
   sh_client_fail_pending(c, msg);
 }
 
+void sh_client_flush_direct_locked(sh_client_obj_t *c) {
+  if (c->writing || c->fd < 0) return;
+  while (sh_buf_avail(&c->out)) {
+    ssize_t w = send(c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out),
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w > 0) sh_buf_consume(&c->out, (size_t)w);
+    else if (w < 0 && errno == EINTR) continue;
+    else break; /* full or failing: the I/O thread deals with it */
+  }
+}
+
+int sh_client_wait_io(sh_client_obj_t *c, uint64_t id, double timeout) {
+  if (c->closed || c->lost || c->fd < 0 || sh_client_on_io_thread(c)) return 0;
+  if (!sh_map_get(&c->pending, id)) return 1;
+  pthread_mutex_lock(&c->out_mu);
+  sh_client_flush_direct_locked(c);
+  pthread_mutex_unlock(&c->out_mu);
+  double slice = SH_CLIENT_WAIT_SLICE_US / 1e6;
+  if (timeout < slice) slice = timeout;
+  PyThreadState *ts = PyEval_SaveThread();
+  if (pthread_mutex_trylock(&c->rd_mu) != 0) {
+    PyEval_RestoreThread(ts);
+    return 0;
+  }
+  PyEval_RestoreThread(ts);
+  c->wait_id = id;
+  c->wait_done = !sh_map_get(&c->pending, id);
+  int fd = c->fd;
+  ts = PyEval_SaveThread();
+  struct timespec t0, now;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  char reason[256];
+  for (;;) {
+    /* wait_done is written under the GIL by this thread's own dispatch. */
+    if (c->wait_done) break;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double left = slice - ((now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9);
+    if (left <= 0) break;
+    struct timespec tmo = {(time_t)left, (long)((left - (time_t)left) * 1e9)};
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int n = ppoll(&p, 1, &tmo, NULL);
+    if (n < 0 && errno != EINTR) break;
+    if (n <= 0) continue;
+    if (p.revents & (POLLHUP | POLLERR)) break; /* the I/O thread reports it */
+    if (read_turn(c, &ts, reason, sizeof reason) != 0) break;
+  }
+  PyEval_RestoreThread(ts);
+  int done = c->wait_done;
+  c->wait_id = 0;
+  c->wait_done = 0;
+  ts = PyEval_SaveThread();
+  pthread_mutex_unlock(&c->rd_mu);
+  PyEval_RestoreThread(ts);
+  return done;
+}
+
 static void *io_main(void *arg) {
   sh_client_obj_t *c = arg;
   PyGILState_STATE g = PyGILState_Ensure();
@@ -526,7 +591,9 @@ static void *io_main(void *arg) {
   char reason[1024] = "";
   const char *what = NULL;
   /* Frames that came in the same read as HELLO_OK. */
+  pthread_mutex_lock(&c->rd_mu);
   int rc = dispatch(c, &ts, &c->want, &what);
+  pthread_mutex_unlock(&c->rd_mu);
   if (rc < 0)
     snprintf(reason, sizeof reason, "it sent a malformed frame: %s", sh_strerror(rc));
   while (rc == 0 && (rc = io_turn(c, &ts, reason, sizeof reason)) == 0) {
