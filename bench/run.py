@@ -39,8 +39,8 @@ def parse_args(argv):
     p.add_argument("--scenario", action="append", default=[],
                    help=f"scenario(s) to run (default: all of {', '.join(scenarios.ORDER)})")
     p.add_argument("--systems", default="", help="comma-separated system names to run (default: all)")
-    p.add_argument("--reps", type=int, default=5, help="measured repetitions (default 5, at least 5 "
-                   "for reportable numbers)")
+    p.add_argument("--reps", type=int, default=None, help="measured repetitions (default: the "
+                   "scenario's, 5 or more; at least 5 for reportable numbers)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply every n by this (e.g. 0.1 while developing; reported)")
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every time limit")
@@ -58,6 +58,10 @@ def parse_args(argv):
     return args
 
 
+def reps_for(mod, args):
+    return args.reps if args.reps is not None else getattr(mod, "REPS", 5)
+
+
 def params_for(system, args):
     if system.n is None:
         return {}
@@ -72,7 +76,7 @@ def run_scenario(mod, args, log_path):
     expected = {s.name: mod.expected(s.name, params_for(s, args)) for s in systems}
 
     rounds = [("warm-up", i) for i in range(1 if mod.WARMUP_ROUND else 0)]
-    rounds += [("rep", i) for i in range(args.reps)]
+    rounds += [("rep", i) for i in range(reps_for(mod, args))]
     for kind, i in rounds:
         k = i % len(systems)
         order = systems[k:] + systems[:k]  # rotate so no system always goes first
@@ -158,8 +162,9 @@ def markdown(machine, meta, scen_mods, records, target_rows):
     missing = ", ".join(k for k, v in machine["versions"].items() if not v)
     out.append(f"Versions: {vers}" + (f"; not installed: {missing}" if missing else "") +
                f". shoal commit {machine['shoal_commit'] or '?'}.")
-    out.append(f"Repetitions: {meta['reps']} measured per system (median, min, max), systems "
-               f"alternating, each repetition a fresh process" +
+    reps = sorted(set(meta["reps"].values()))
+    out.append(f"Repetitions: {'/'.join(map(str, reps))} measured per system (median, min, max; "
+               f"see each scenario), systems alternating, each repetition a fresh process" +
                (f"; n scaled by {meta['scale']}" if meta["scale"] != 1 else "") + ".")
     out.append("")
     out.append("\"shoal ×\": how many times faster shoal is than that row (>1: shoal faster). "
@@ -169,7 +174,8 @@ def markdown(machine, meta, scen_mods, records, target_rows):
         if not rows:
             continue
         out += ["", f"## {mod.TITLE}", "", mod.DESCRIPTION,
-                "", f"Load average (1 min) at start / end: {rows[0]['load_start']} / {rows[0]['load_end']}.", ""]
+                "", f"{meta['reps'][mod.NAME]} repetitions. Load average (1 min) at start / end: "
+                f"{rows[0]['load_start']} / {rows[0]['load_end']}.", ""]
         has_floor = any(r["x_floor"] is not None for r in rows)
         shoal_rows = [r for r in rows if r["role"] == "shoal"]
         ratio_heads = ["shoal ×"] if len(shoal_rows) <= 1 else [f"{r['label']} ×" for r in shoal_rows]
@@ -209,7 +215,7 @@ def main(argv=None):
         for m in mods:
             print(f"{m.NAME}: " + ", ".join(s.name for s in m.SYSTEMS))
         return 0
-    if args.reps < 5:
+    if args.reps is not None and args.reps < 5:
         log(f"note: --reps {args.reps} is below the 5 that BENCH.md asks for reportable numbers")
     harness.become_subreaper()
     os.makedirs(args.out, exist_ok=True)
@@ -217,7 +223,8 @@ def main(argv=None):
     log_path = os.path.join(args.out, f"{stamp}.log")
     json_path = os.path.join(args.out, f"{stamp}.json")
     machine = harness.machine_info()
-    meta = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "reps": args.reps,
+    meta = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "reps": {m.NAME: reps_for(m, args) for m in mods},
             "scale": args.scale, "argv": sys.argv[1:]}
     log(f"shoal bench: {', '.join(args.scenario)}; log {log_path}")
     records = []
