@@ -325,17 +325,24 @@ static void conn_parse(sh_conn_t *c) {
   }
 }
 
+/* Reads what the socket holds and handles every whole frame. A worker's
+ * output needs no draining first: the worker flushes stdout and stderr before
+ * it writes a result, so both pipes are ready in the same poll as the socket
+ * and their OUTPUT frames go out in the same write as the RESULT. */
 static void conn_read(sh_conn_t *c) {
-  if (c->worker) sh_pool_drain_output(c->worker);
   for (int rounds = 0; rounds < 64 && !c->closing; rounds++) {
     if (sh_buf_reserve(&c->in, 65536)) {
       conn_fail(c, -ENOMEM, "no memory for input");
       return;
     }
-    ssize_t n = read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+    size_t room = c->in.cap - c->in.len;
+    ssize_t n = read(c->fd, c->in.data + c->in.len, room);
     if (n > 0) {
       c->in.len += (size_t)n;
       conn_parse(c);
+      /* A short read emptied the socket: the poll says when there is more,
+       * which saves a read that would return EAGAIN. */
+      if ((size_t)n < room) return;
       continue;
     }
     if (n == 0) {

@@ -530,6 +530,8 @@ static void io_lost(sh_client_obj_t *c, const char *reason) {
 
 void sh_client_flush_direct_locked(sh_client_obj_t *c) {
   if (c->writing || c->fd < 0) return;
+  /* Released ids ride along instead of costing the I/O thread a write. */
+  if (c->nrel) flush_releases_locked(c);
   while (sh_buf_avail(&c->out)) {
     ssize_t w = send(c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out),
                      MSG_NOSIGNAL | MSG_DONTWAIT);
