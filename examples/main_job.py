@@ -144,7 +144,7 @@ def merge(results):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=2000, help="Monte Carlo tasks")
+    parser.add_argument("--tasks", type=int, default=500, help="Monte Carlo tasks")
     parser.add_argument("--samples", type=int, default=100_000_000 if np else 4_000_000,
                         help="Monte Carlo samples in all")
     parser.add_argument("--docs", type=int, default=1000, help="documents in the corpus")
