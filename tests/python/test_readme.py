@@ -27,3 +27,15 @@ def test_readme_example_runs(index, tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_main_job_runs_small(tmp_path):
+    """`make run`'s job, on small inputs: it must keep working as the engine changes."""
+    job = README.parent / "examples" / "main_job.py"
+    env = dict(os.environ)
+    env.pop("SHOAL_ADDRESS", None)
+    proc = subprocess.run([sys.executable, str(job), "--tasks", "20", "--samples", "200000",
+                           "--docs", "40"], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pi ~ 3.1" in proc.stdout
+    assert "speed-up" in proc.stdout and "Cluster status" in proc.stdout
