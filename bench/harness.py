@@ -275,11 +275,18 @@ def machine_info():
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
+    commit = ""
     try:
         commit = subprocess.run(["git", "-C", REPO_DIR, "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        # The measured engine is the working tree: say when it differs from the commit.
+        st = subprocess.run(["git", "-C", REPO_DIR, "status", "--porcelain", "--untracked-files=no",
+                             "--", "src", "python", "CMakeLists.txt", "pyproject.toml"],
+                            capture_output=True, text=True, timeout=10).stdout.splitlines()
+        if st:
+            commit += f" + uncommitted changes in {len(st)} engine file(s)"
     except Exception:
-        commit = ""
+        pass
     versions = {d: _version(d) for d in
                 ("shoal", "ray", "dask", "distributed", "joblib", "numpy", "pandas", "cloudpickle")}
     if not versions["shoal"]:
