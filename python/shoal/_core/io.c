@@ -488,8 +488,15 @@ static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
     }
     if (sh_buf_avail(&c->wbuf) == 0) timeout = 0; /* look for more at once */
   }
+  /* While a thread waiting for a result reads the socket itself
+   * (sh_client_wait_io), watching it here too would only wake this thread for
+   * nothing on every result: look again at least every millisecond instead. */
+  int waiter = pthread_mutex_trylock(&c->rd_mu) != 0;
+  if (!waiter) pthread_mutex_unlock(&c->rd_mu);
+  else if (timeout < 0 || timeout > 1) timeout = 1;
+  short events = (short)((waiter ? 0 : POLLIN) | (sh_buf_avail(&c->wbuf) ? POLLOUT : 0));
   struct pollfd p[2] = {
-      {.fd = c->fd, .events = (short)(POLLIN | (sh_buf_avail(&c->wbuf) ? POLLOUT : 0))},
+      {.fd = events ? c->fd : -1, .events = events},
       {.fd = c->evfd, .events = POLLIN},
   };
   if (poll(p, 2, timeout) < 0 && errno != EINTR) {
