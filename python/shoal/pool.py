@@ -124,6 +124,10 @@ class AsyncResult:
                     f._wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 except GetTimeoutError:
                     return
+            # Unpickle each chunk as it arrives, while later ones still run,
+            # instead of all of them once the last is done.
+            if f._error() is None:
+                f._value_or_raise()
 
     def get(self, timeout=None):
         """The result, or the exception the function raised.
