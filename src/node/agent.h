@@ -239,7 +239,6 @@ void sh_task_fail(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
 /* pool.c */
 sh_worker_t *sh_pool_spawn(sh_agent_t *a, sh_actor_t *actor);
 void sh_pool_kill(sh_worker_t *w, int reason);
-void sh_pool_drain_output(sh_worker_t *w);
 void sh_pool_stop_all(sh_agent_t *a);
 void sh_pool_respawn(sh_agent_t *a);
 int sh_pool_timeout_start(sh_worker_t *w, uint64_t ms);

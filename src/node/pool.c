@@ -110,7 +110,7 @@ static void output_cb(uv_poll_t *h, int status, int events) {
   if (status < 0 || !read_output(w, i)) uv_poll_stop(h);
 }
 
-void sh_pool_drain_output(sh_worker_t *w) {
+static void drain_output(sh_worker_t *w) {
   for (int i = 0; i < 2; i++)
     if (w->out_fd[i] >= 0) read_output(w, i);
 }
@@ -126,7 +126,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig) {
   sh_worker_t *w = p->data;
   sh_agent_t *a = w->agent;
   w->exited = 1;
-  sh_pool_drain_output(w);
+  drain_output(w);
   for (int i = 0; i < 2; i++) forward_lines(w, i, 1);
   if (w->conn) sh_conn_close(w->conn, NULL);
   sh_queue_remove(&w->link);
