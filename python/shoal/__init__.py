@@ -39,6 +39,7 @@ __all__ = [
     "InfeasibleResourcesError",
     "ActorDiedError",
     "ObjectLostError",
+    "ObjectStoreFullError",
     "ConnectionLostError",
     "RemoteError",
     "__version__",
@@ -56,7 +57,7 @@ _LAZY = {
 _LAZY.update({name: "exceptions" for name in (
     "ShoalError", "WorkerCrashedError", "TaskTimeoutError", "TaskCancelledError",
     "GetTimeoutError", "InfeasibleResourcesError", "ActorDiedError", "ObjectLostError",
-    "ConnectionLostError", "RemoteError")})
+    "ObjectStoreFullError", "ConnectionLostError", "RemoteError")})
 
 
 def __getattr__(name):

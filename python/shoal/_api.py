@@ -47,8 +47,10 @@ def _load_core():
 
 def _connect(core, address, owner):
     from . import _serial
-    return core.Client(address, owner=owner, timeout=10.0, future_type=Future,
-                       dep_type=_serial.DepRef, dumps=_serial.dumps)
+    client = core.Client(address, owner=owner, timeout=10.0, future_type=Future,
+                         dep_type=_serial.DepRef, dumps=_serial.dumps_args)
+    _serial.configure(client.node_info)
+    return client
 
 
 def _info():
@@ -63,7 +65,7 @@ def _info():
 
 
 def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
-         _daemon=None):
+         object_store_memory=None, _daemon=None):
     """Connects this process to a shoal cluster, starting a private one if needed.
 
     With no ``address`` and no ``SHOAL_ADDRESS`` in the environment, starts a
@@ -81,6 +83,9 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
             what the machine has; other names are custom resources that tasks
             ask for with ``@remote(resources={...})``.
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+        object_store_memory: bytes of shared memory for large objects in a
+            private cluster (default: 30% of the machine's memory); beyond
+            it, objects spill to disk.
         _daemon: internal: a private daemon ``shoal.init`` already started (not
             yet waited for), used when a private cluster is what this call
             starts and killed otherwise.
@@ -98,7 +103,8 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
         FileNotFoundError: the ``shoal`` binary is missing.
     """
     try:
-        return _init(address, num_workers, resources, ignore_reinit_error, _daemon)
+        return _init(address, num_workers, resources, ignore_reinit_error, _daemon,
+                     object_store_memory)
     finally:
         if _daemon is not None and _state.daemon is not _daemon:
             _daemon.kill()  # started early, but this call did not use it
@@ -106,7 +112,16 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
             shutil.rmtree(_daemon.socket_dir, ignore_errors=True)
 
 
-def _init(address, num_workers, resources, ignore_reinit_error, early):
+def _check_store_memory(v):
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"object_store_memory must be a number of bytes (an int), not {v!r}")
+    if v < (1 << 20):
+        raise ValueError(f"object_store_memory must be at least 1 MiB, not {v}")
+
+
+def _init(address, num_workers, resources, ignore_reinit_error, early, object_store_memory=None):
     with _lock:
         if _state.client is not None:
             if ignore_reinit_error:
@@ -120,6 +135,7 @@ def _init(address, num_workers, resources, ignore_reinit_error, early):
                 raise TypeError(f"num_workers must be an int, not {num_workers!r}")
             if num_workers < 1:
                 raise ValueError(f"num_workers must be at least 1, not {num_workers}")
+        _check_store_memory(object_store_memory)
         from . import _cluster
         if resources is not None:
             _cluster.resources_json(resources)  # validates before anything starts
@@ -127,11 +143,11 @@ def _init(address, num_workers, resources, ignore_reinit_error, early):
             address = os.environ.get("SHOAL_ADDRESS") or None
         core = _load_core()
         if address is not None:
-            if num_workers is not None or resources is not None:
+            if num_workers is not None or resources is not None or object_store_memory is not None:
                 raise ValueError(
-                    "num_workers and resources describe a private cluster; they cannot be "
-                    f"used when connecting to an existing one (address={address!r}). Pass them "
-                    "to `shoal start` instead")
+                    "num_workers, resources and object_store_memory describe a private cluster; "
+                    "they cannot be used when connecting to an existing one "
+                    f"(address={address!r}). Pass them to `shoal start` instead")
             client = _connect(core, _cluster.resolve_address(address), owner=False)
             daemon = None
         else:
@@ -139,7 +155,8 @@ def _init(address, num_workers, resources, ignore_reinit_error, early):
                 daemon = early
                 daemon.wait_ready()
             else:
-                daemon = _cluster.EmbeddedDaemon(num_workers, resources)
+                daemon = _cluster.EmbeddedDaemon(num_workers, resources,
+                                                 object_store_memory=object_store_memory)
             try:
                 client = _connect(core, daemon.address, owner=True)
             except BaseException:
@@ -190,6 +207,8 @@ def shutdown():
         client, daemon = _state.client, _state.daemon
         _state.client, _state.daemon, _state.embedded = None, None, False
         if client is not None:
+            from . import _serial
+            _serial.configure({})
             try:
                 client.close()
             except Exception:
@@ -358,11 +377,32 @@ def put(value):
         raise TypeError("shoal.put() of a shoal.Future: pass the Future itself to remote calls")
     from . import _serial
     c = _client()
-    blob = _serial.dumps(value)
+    if _serial.store_info()[0] is not None:
+        stream, blob, _ = _serial._stored(value)
+        if stream is not None:
+            return _put_stored_parts(stream, blob, c)
+    else:
+        blob = _serial.dumps(value)
     oid = c.new_id()
     c.put(oid, blob)
     f = Future(oid, c, None)
     f._set_local(value)
+    return f
+
+
+def _put_stored_parts(stream, buffers, c=None):
+    """Writes a pickled value (stream and out-of-band buffers) into the object
+    store and has the daemon seal it; returns its finished Future."""
+    from . import _serial
+    from ._future import CODE_STORED, ST_OK, _engine_error
+    c = c or _client()
+    oid = c.new_id()
+    size = _serial._write_segment(oid, stream, buffers)
+    status, text = c.put_stored(oid, size)
+    if status != 0:
+        raise _engine_error(status, 0, text)
+    f = Future(oid, c, None)
+    f._complete(ST_OK, CODE_STORED, b"")
     return f
 
 

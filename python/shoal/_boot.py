@@ -12,7 +12,7 @@ import os
 import sys
 
 
-def _prestart(address, num_workers, resources):
+def _prestart(address, num_workers, resources, object_store_memory=None):
     """The private daemon, started but not waited for; None when ``init`` will
     not start one, or when anything about the request is off (``_api.init``
     then reports it the usual way)."""
@@ -23,20 +23,26 @@ def _prestart(address, num_workers, resources):
         return None  # already initialized: _api.init answers
     if num_workers is not None and (type(num_workers) is not int or num_workers < 1):
         return None
+    if object_store_memory is not None and (type(object_store_memory) is not int
+                                            or object_store_memory < (1 << 20)):
+        return None
     try:
         from . import _cluster
         if resources is not None:
             _cluster.resources_json(resources)
-        return _cluster.EmbeddedDaemon(num_workers, resources, wait=False)
+        return _cluster.EmbeddedDaemon(num_workers, resources, wait=False,
+                                       object_store_memory=object_store_memory)
     except Exception:
         return None
 
 
-def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False):
-    daemon = _prestart(address, num_workers, resources)
+def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
+         object_store_memory=None):
+    daemon = _prestart(address, num_workers, resources, object_store_memory)
     from . import _api
     return _api.init(address, num_workers=num_workers, resources=resources,
-                     ignore_reinit_error=ignore_reinit_error, _daemon=daemon)
+                     ignore_reinit_error=ignore_reinit_error,
+                     object_store_memory=object_store_memory, _daemon=daemon)
 
 
 init.__doc__ = """Connects this process to a shoal cluster, starting a private one if needed.
@@ -52,6 +58,8 @@ init.__doc__ = """Connects this process to a shoal cluster, starting a private o
         num_workers: worker processes of a private cluster (default: one per CPU).
         resources: resources of a private cluster, a dict of name to amount.
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+        object_store_memory: shared memory for large objects in a private
+            cluster, in bytes (default: 30% of the machine's memory).
     Returns:
         A dict describing the connection (see ``shoal._api.init``).
     Raises:

@@ -197,13 +197,14 @@ class EmbeddedDaemon:
         process: the daemon's process (a ``_Child``).
     """
 
-    def __init__(self, num_workers=None, resources=None, wait=True):
+    def __init__(self, num_workers=None, resources=None, wait=True, object_store_memory=None):
         """Starts the daemon and (unless ``wait`` is false) waits until it listens.
 
         Args:
             num_workers: pool workers (default: the daemon's, one per CPU).
             resources: see :func:`resources_json`.
             wait: False only starts the process; call :meth:`wait_ready` next.
+            object_store_memory: the object store's capacity in bytes.
         Raises:
             FileNotFoundError: no daemon binary.
             ShoalError: the daemon exited or did not become ready in time; the
@@ -220,6 +221,8 @@ class EmbeddedDaemon:
             argv += ["--workers", str(num_workers)]
         if resources:
             argv += ["--resources", resources_json(resources)]
+        if object_store_memory is not None:
+            argv += ["--object-store-memory", str(int(object_store_memory))]
         # The daemon's log goes to an unlinked file: quiet in normal use, and
         # quoted in the error when the daemon fails to start.
         try:

@@ -25,7 +25,10 @@ ST_INFEASIBLE = 5
 ST_ACTOR_DIED = 6
 ST_LOST = 7
 ST_BAD_REQUEST = 8
+ST_STORE_FULL = 9
 ST_DISCONNECTED = 100  # client-side only: the daemon connection was lost
+
+CODE_STORED = 1  # RESULT code of a value that lives in the object store
 
 _UNSET = object()
 
@@ -56,6 +59,8 @@ def _engine_error(status, code, message):
         return exc.ActorDiedError(message)
     if status == ST_LOST:
         return exc.ObjectLostError(message)
+    if status == ST_STORE_FULL:
+        return exc.ObjectStoreFullError(message)
     if status == ST_DISCONNECTED:
         return exc.ConnectionLostError(message)
     return exc.ShoalError(message)
@@ -159,6 +164,12 @@ class Future(concurrent.futures.Future):
         if err is not None:
             raise err
         if self._value is _UNSET:
+            if self._raw[1] == CODE_STORED:
+                # In the object store: mapped afresh on each call, so the
+                # mapping lives as long as the value the caller keeps, not
+                # as long as this Future (an unused object can be spilled).
+                from . import _serial
+                return _serial.load_mapped(self._client, self._id)
             self._value = pickle.loads(self._raw[2])
         return self._value
 

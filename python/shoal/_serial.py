@@ -5,6 +5,7 @@ use the standard pickle (protocol 5), falling back to cloudpickle for values
 plain pickle cannot handle (lambdas, closures, classes defined in __main__).
 """
 
+import os
 import pickle
 
 PROTOCOL = 5
@@ -72,3 +73,161 @@ def dumps_exception(err):
     except Exception:
         name = f"{type(err).__module__}.{type(err).__qualname__}"
         return _cp().dumps((RemoteError(name, str(err), tb), tb), PROTOCOL)
+
+
+# ---- the object store ----
+#
+# A value whose pickle (stream plus out-of-band buffers, protocol 5) comes to
+# the inline threshold or more is written as one segment file in the node's
+# object store (STORE_DIR/<16 hex digits of the object id>) instead of
+# travelling in a message; readers map that file and get numpy arrays and
+# other buffers back as zero-copy, read-only views. Workers learn the store
+# from their environment, drivers from the daemon's HELLO_OK (configure()).
+
+_store_dir = os.environ.get("SHOAL_STORE_DIR") or None
+try:
+    _threshold = int(os.environ.get("SHOAL_INLINE_THRESHOLD") or 65536)
+except ValueError:
+    _threshold = 65536
+
+
+def configure(node_info):
+    """Takes the store directory and inline threshold a driver's daemon
+    announced. A daemon whose store this process cannot see (another host)
+    means no store: values then travel inline."""
+    global _store_dir, _threshold
+    d = node_info.get("store_dir") or None
+    _store_dir = d if d and os.path.isdir(d) else None
+    _threshold = int(node_info.get("inline_threshold") or 65536)
+
+
+def store_info():
+    """(store directory or None, inline threshold in bytes)."""
+    return _store_dir, _threshold
+
+
+def _segment_path(oid):
+    return f"{_store_dir}/{oid:016x}"
+
+
+def _oob(value):
+    """Pickles value with out-of-band buffers: (stream, buffers, total size)."""
+    bufs = []
+    try:
+        stream = pickle.dumps(value, PROTOCOL, buffer_callback=bufs.append)
+    except Exception:
+        bufs = []
+        try:
+            stream = _mv_pickler_dumps(value, bufs)
+        except Exception:
+            bufs = []
+            stream = _cp().dumps(value, PROTOCOL, buffer_callback=bufs.append)
+    size = len(stream)
+    for b in bufs:
+        size += b.raw().nbytes
+    return stream, bufs, size
+
+
+def _reduce_memoryview(m):
+    return (memoryview, (pickle.PickleBuffer(m),))
+
+
+def _mv_pickler_dumps(value, bufs):
+    """Pickles values holding memoryviews (plain pickle refuses them)."""
+    import copyreg
+    import io
+
+    out = io.BytesIO()
+    p = pickle.Pickler(out, PROTOCOL, buffer_callback=bufs.append)
+    p.dispatch_table = copyreg.dispatch_table.copy()
+    p.dispatch_table[memoryview] = _reduce_memoryview
+    p.dump(value)
+    return out.getvalue()
+
+
+def _write_segment(oid, stream, bufs):
+    """Writes the segment of object oid; returns its size. A full store
+    (tmpfs) raises ObjectStoreFullError."""
+    import errno
+
+    from . import _core
+    from .exceptions import ObjectStoreFullError
+    try:
+        return _core.store_write(_segment_path(oid), stream, bufs)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise ObjectStoreFullError(
+                f"no room to write object {oid:#x} into the object store {_store_dir}: "
+                f"{e.strerror}; free objects you no longer need, or give the store's "
+                "file system (a tmpfs) more room") from None
+        raise
+
+
+def _stored(value):
+    """(stream, buffers, size) when value belongs in the store, else None
+    and the inline pickle: returns (None, blob, size)."""
+    stream, bufs, size = _oob(value)
+    if size >= _threshold:
+        return stream, bufs, size
+    return None, (stream if not bufs else dumps(value)), size
+
+
+def dumps_args(pair):
+    """The C client's pickler for (args, kwargs): bytes, or, when they are
+    too big for a message, a Future of their stored copy (the task then
+    depends on it)."""
+    if _store_dir is None:
+        return dumps(pair)
+    stream, blob, _ = _stored(pair)
+    if stream is None:
+        return blob
+    from . import _api
+    return _api._put_stored_parts(stream, blob)
+
+
+def dumps_result(value, task_id):
+    """The worker's pickler for a task's value: bytes, or the segment size
+    (an int) after writing it to the store under the task's id."""
+    if _store_dir is None:
+        return dumps(value)
+    stream, blob, _ = _stored(value)
+    if stream is None:
+        return blob
+    return _write_segment(task_id, stream, blob)
+
+
+def _load_segment(seg):
+    stream, bufs = seg.parts()
+    return pickle.loads(stream, buffers=bufs)
+
+
+def load_stored(oid, size):
+    """The worker's loader for a dependency in the store (the agent keeps it
+    in memory while the task runs)."""
+    from . import _core
+    if _store_dir is None:
+        raise RuntimeError("this worker has no object store (SHOAL_STORE_DIR is not set)")
+    return _load_segment(_core.store_map(_segment_path(oid)))
+
+
+def load_mapped(client, oid):
+    """The driver's loader for a stored object: asks the daemon to make it
+    resident and count the mapping, which ends when the last view of the
+    value is gone."""
+    from . import _core
+    from ._future import _engine_error
+    if client is None or _store_dir is None:
+        from .exceptions import ObjectLostError
+        raise ObjectLostError(f"object {oid:#x} is in an object store this process cannot "
+                              "reach (shoal was shut down, or the daemon is on another host)")
+    status, _, text = client.map(oid)
+    if status != 0:
+        raise _engine_error(status, 0, text)
+    try:
+        seg = _core.store_map(_segment_path(oid))
+    except BaseException:
+        client.unmap(oid)
+        raise
+    unmap = client.unmap
+    seg.on_release = lambda: unmap(oid)
+    return _load_segment(seg)

@@ -15,6 +15,7 @@ __all__ = [
     "InfeasibleResourcesError",
     "ActorDiedError",
     "ObjectLostError",
+    "ObjectStoreFullError",
     "ConnectionLostError",
     "RemoteError",
 ]
@@ -67,6 +68,12 @@ class ActorDiedError(ShoalError):
 
 class ObjectLostError(ShoalError):
     """An object a task needs is unknown to the cluster or was released."""
+
+
+class ObjectStoreFullError(ShoalError, MemoryError):
+    """The object store cannot take a value: memory is full of objects in use
+    and spilling to disk cannot make room (the disk is full, or the value is
+    bigger than the whole store). Nothing was stored; nothing was corrupted."""
 
 
 class ConnectionLostError(ShoalError):

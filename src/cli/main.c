@@ -37,6 +37,7 @@ static const char *usage_main =
     "commands:\n"
     "  start    start a daemon (head and node agent)\n"
     "  status   show nodes, workers, resources and tasks of a running daemon\n"
+    "  memory   list the objects a running daemon holds: size, where, who holds them\n"
     "  stop     stop a running daemon\n"
     "\n"
     "options:\n"
@@ -65,11 +66,30 @@ static const char *usage_start =
     "  --block                stay in the foreground (for supervisors)\n"
     "  --embedded             private cluster of one driver: exit when it disconnects\n"
     "  --max-frame BYTES      largest accepted message (default 1 GiB)\n"
+    "  --object-store-memory BYTES  shared memory for large objects; beyond it\n"
+    "                         they spill to disk (default: 30% of physical memory)\n"
+    "  --object-store-dir DIR where object segments live, a tmpfs (default /dev/shm)\n"
+    "  --spill-dir DIR        where spilled objects go (default: SOCKET_DIR)\n"
+    "  --inline-threshold BYTES  values this big or bigger go to the object store;\n"
+    "                         smaller ones travel inside messages (default 64K)\n"
     "  --log-level LEVEL      debug, info, warn or error (default info)\n"
     "  -h, --help             show this help\n";
 
 static const char *usage_status =
     "usage: shoal status [options]\n"
+    "\n"
+    "options:\n"
+    "  --socket-dir DIR       the daemon's directory (default as for start)\n"
+    "  --address ADDR         unix:PATH, a socket path, or HOST:PORT\n"
+    "  --json                 print JSON for scripts\n"
+    "  --timeout SECONDS      how long to wait for an answer (default 10)\n"
+    "  -h, --help             show this help\n";
+
+static const char *usage_memory =
+    "usage: shoal memory [options]\n"
+    "\n"
+    "Lists every object the daemon holds (size, in memory / spilled / inline, the\n"
+    "driver that owns it, tasks and mappings using it) and totals per node.\n"
     "\n"
     "options:\n"
     "  --socket-dir DIR       the daemon's directory (default as for start)\n"
@@ -368,14 +388,70 @@ static void print_status(const msgpack_object *st) {
          num(t, "done"), num(t, "failed"), num(t, "retried"));
   printf("  actors:    %.0f alive, %.0f dead\n", num(ac, "alive"), num(ac, "dead"));
   printf("  drivers:   %.0f connected\n", num(st, "drivers"));
-  printf("  objects:   %.0f held (%.1f KiB)\n", num(o, "count"), num(o, "bytes") / 1024);
+  printf("  objects:   %.0f held (%.1f KiB inline)\n", num(o, "count"), num(o, "bytes") / 1024);
+  const msgpack_object *so = get(st, "store");
+  printf("  store:     %.1f of %.1f MiB in memory, %.1f MiB spilled (%.0f objects, %.0f spilled)\n",
+         num(so, "used") / (1 << 20), num(so, "capacity") / (1 << 20),
+         num(so, "spilled_bytes") / (1 << 20), num(so, "objects"), num(so, "spilled_objects"));
+}
+
+static void fmt_size(double v, char *buf, size_t n) {
+  if (v >= 1073741824.0) snprintf(buf, n, "%.2f GiB", v / 1073741824.0);
+  else if (v >= 1048576.0) snprintf(buf, n, "%.1f MiB", v / 1048576.0);
+  else if (v >= 1024.0) snprintf(buf, n, "%.1f KiB", v / 1024.0);
+  else snprintf(buf, n, "%.0f B", v);
+}
+
+static void str_of(const msgpack_object *m, const char *k, char *buf, size_t n) {
+  const msgpack_object *v = get(m, k);
+  if (v && v->type == MSGPACK_OBJECT_STR) snprintf(buf, n, "%.*s", (int)v->via.str.size, v->via.str.ptr);
+  else snprintf(buf, n, "?");
+}
+
+static void print_memory(const msgpack_object *st) {
+  const msgpack_object *so = get(st, "store"), *list = get(st, "object_list");
+  char dir[300], spill[300], a[32], b[32], c[32];
+  str_of(so, "dir", dir, sizeof dir);
+  str_of(so, "spill_dir", spill, sizeof spill);
+  printf("%-18s %10s  %-7s  %-8s %-10s %5s %7s %7s %5s\n", "OBJECT", "SIZE", "WHERE", "STATUS",
+         "OWNER", "HELD", "PENDING", "RUNNING", "MAPS");
+  double inl = 0, mem = 0, sp = 0;
+  uint32_t n = list && list->type == MSGPACK_OBJECT_ARRAY ? list->via.array.size : 0;
+  for (uint32_t i = 0; i < n; i++) {
+    const msgpack_object *o = &list->via.array.ptr[i];
+    char where[16], status[16], owner[32];
+    str_of(o, "where", where, sizeof where);
+    str_of(o, "status", status, sizeof status);
+    if (num(o, "owner_pid") > 0) snprintf(owner, sizeof owner, "pid %.0f", num(o, "owner_pid"));
+    else snprintf(owner, sizeof owner, "client %.0f", num(o, "owner_client"));
+    fmt_size(num(o, "size"), a, sizeof a);
+    const msgpack_object *held = get(o, "held_by_owner");
+    printf("%016llx   %10s  %-7s  %-8s %-10s %5s %7.0f %7.0f %5.0f\n",
+           (unsigned long long)num(o, "id"), a, where, status, owner,
+           held && held->type == MSGPACK_OBJECT_BOOLEAN && held->via.boolean ? "yes" : "no",
+           num(o, "pending_tasks"), num(o, "running_tasks"), num(o, "mappings"));
+    if (!strcmp(where, "inline")) inl += num(o, "size");
+    else if (!strcmp(where, "spilled")) sp += num(o, "size");
+    else mem += num(o, "size");
+  }
+  fmt_size(mem, a, sizeof a);
+  fmt_size(num(so, "capacity"), b, sizeof b);
+  fmt_size(sp, c, sizeof c);
+  printf("\nnode %.0f: %u objects; %s of %s in shared memory (%s), %s spilled (%s)", num(st, "node_id"),
+         n, a, b, dir, c, spill);
+  fmt_size(inl, a, sizeof a);
+  printf(", %s inline\n", a);
+  printf("  store: %.0f spills, %.0f restores, %.0f times full; values of %.0f bytes or more go "
+         "to the store\n", num(so, "spills"), num(so, "restores"), num(so, "full"),
+         num(so, "inline_threshold"));
 }
 
 /* ---- commands ---- */
 
 enum { OPT_HEAD = 256, OPT_SOCKET_DIR, OPT_PORT, OPT_WORKERS, OPT_NUM_CPUS, OPT_NUM_GPUS,
        OPT_MEMORY, OPT_RESOURCES, OPT_PYTHON, OPT_BLOCK, OPT_EMBEDDED, OPT_MAX_FRAME,
-       OPT_LOG_LEVEL, OPT_ADDRESS, OPT_JSON, OPT_TIMEOUT };
+       OPT_LOG_LEVEL, OPT_ADDRESS, OPT_JSON, OPT_TIMEOUT, OPT_STORE_MEMORY, OPT_STORE_DIR,
+       OPT_SPILL_DIR, OPT_INLINE_THRESHOLD };
 
 /* Runs the agent in a detached child; returns once it listens. */
 static int start_background(sh_agent_opts_t *o) {
@@ -438,6 +514,10 @@ static int cmd_start(int argc, char **argv) {
       {"python", required_argument, 0, OPT_PYTHON}, {"block", no_argument, 0, OPT_BLOCK},
       {"embedded", no_argument, 0, OPT_EMBEDDED},   {"max-frame", required_argument, 0, OPT_MAX_FRAME},
       {"log-level", required_argument, 0, OPT_LOG_LEVEL}, {"help", no_argument, 0, 'h'},
+      {"object-store-memory", required_argument, 0, OPT_STORE_MEMORY},
+      {"object-store-dir", required_argument, 0, OPT_STORE_DIR},
+      {"spill-dir", required_argument, 0, OPT_SPILL_DIR},
+      {"inline-threshold", required_argument, 0, OPT_INLINE_THRESHOLD},
       {0, 0, 0, 0}};
   static char dir[4096];
   default_socket_dir(dir, sizeof dir);
@@ -490,6 +570,19 @@ static int cmd_start(int argc, char **argv) {
         o.max_frame = (size_t)mf;
         break;
       }
+      case OPT_STORE_MEMORY:
+        if (parse_bytes(optarg, &o.store_memory) || o.store_memory < (1u << 20))
+          return usage_error(usage_start, "--object-store-memory needs a size of at least 1M, "
+                             "like 4G, got '%s'", optarg);
+        break;
+      case OPT_STORE_DIR: o.store_dir = optarg; break;
+      case OPT_SPILL_DIR: o.spill_dir = optarg; break;
+      case OPT_INLINE_THRESHOLD:
+        if (parse_bytes(optarg, &o.inline_threshold) || o.inline_threshold < 1 ||
+            o.inline_threshold > (64u << 20))
+          return usage_error(usage_start, "--inline-threshold needs a size from 1 byte to 64M, "
+                             "like 64K, got '%s'", optarg);
+        break;
       case OPT_LOG_LEVEL:
         if (!strcmp(optarg, "debug")) level = SH_LOG_DEBUG;
         else if (!strcmp(optarg, "info")) level = SH_LOG_INFO;
@@ -554,14 +647,16 @@ static int parse_client_opts(int argc, char **argv, const char *usage, int allow
   return 0;
 }
 
-static int cmd_status(int argc, char **argv) {
+/* status and memory: one STATUS request, printed by `print` or as JSON. */
+static int query_status(int argc, char **argv, const char *usage, unsigned flags,
+                        void (*print)(const msgpack_object *)) {
   char dir[4096], desc[4200];
   default_socket_dir(dir, sizeof dir);
   const char *address = getenv("SHOAL_ADDRESS");
   if (address && (!*address || !strcmp(address, "auto"))) address = NULL;
   int json = 0;
   double timeout = 10;
-  int rc = parse_client_opts(argc, argv, usage_status, 1, &address, dir, sizeof dir, &json, &timeout);
+  int rc = parse_client_opts(argc, argv, usage, 1, &address, dir, sizeof dir, &json, &timeout);
   if (rc) return rc < 0 ? 0 : rc;
   int fd = connect_daemon(address, dir, desc, sizeof desc);
   if (fd < 0) return 1;
@@ -571,7 +666,7 @@ static int cmd_status(int argc, char **argv) {
   sh_buf_init(&body);
   rc = hello_cli(fd, &in, timeout);
   if (!rc) {
-    sh_frame_append(&out, SH_MSG_STATUS, 0, 1, NULL, 0);
+    sh_frame_append(&out, SH_MSG_STATUS, flags, 1, NULL, 0);
     rc = write_all(fd, out.data, out.len);
   }
   if (!rc) rc = read_frame(fd, SH_MSG_STATUS_REPLY, &in, &body, timeout);
@@ -584,7 +679,7 @@ static int cmd_status(int argc, char **argv) {
         print_json(&u.data);
         printf("\n");
       } else {
-        print_status(&u.data);
+        print(&u.data);
       }
     } else {
       fprintf(stderr, "shoal: the status reply does not decode\n");
@@ -596,6 +691,14 @@ static int cmd_status(int argc, char **argv) {
   sh_buf_close(&out);
   sh_buf_close(&body);
   return rc ? 1 : 0;
+}
+
+static int cmd_status(int argc, char **argv) {
+  return query_status(argc, argv, usage_status, 0, print_status);
+}
+
+static int cmd_memory(int argc, char **argv) {
+  return query_status(argc, argv, usage_memory, SH_STATUS_OBJECTS, print_memory);
 }
 
 static int cmd_stop(int argc, char **argv) {
@@ -664,5 +767,6 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "start")) return cmd_start(argc - 1, argv + 1);
   if (!strcmp(cmd, "status")) return cmd_status(argc - 1, argv + 1);
   if (!strcmp(cmd, "stop")) return cmd_stop(argc - 1, argv + 1);
+  if (!strcmp(cmd, "memory")) return cmd_memory(argc - 1, argv + 1);
   return usage_error(usage_main, "unknown command '%s'", cmd);
 }

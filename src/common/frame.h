@@ -32,7 +32,10 @@
   X(STOP, 13, "ask the daemon to shut down")                                  \
   X(OUTPUT, 14, "a worker's stdout or stderr bytes for a driver")             \
   X(EXEC, 15, "agent asks a worker to run a task")                            \
-  X(ERROR, 16, "connection-level error text before the peer closes")
+  X(ERROR, 16, "connection-level error text before the peer closes")          \
+  X(PUT_REPLY, 17, "outcome of a PUT of a stored object (status, text)")       \
+  X(MAP, 18, "a driver maps a stored object: make it resident, count it")     \
+  X(MAP_REPLY, 19, "outcome of MAP (status, segment size, text)")
 
 typedef enum {
 #define SH_X(name, val, doc) SH_MSG_##name = val,

@@ -151,6 +151,12 @@ int sh_exec_add_dep(sh_buf_t *b, const void *data, uint32_t len) {
   return sh_buf_append(b, data, len);
 }
 
+int sh_exec_add_stored_dep(sh_buf_t *b, uint64_t id, uint64_t size) {
+  int rc = sh_buf_u32(b, SH_DEP_STORED | 16u);
+  if (!rc) rc = sh_buf_u64(b, id);
+  return rc ? rc : sh_buf_u64(b, size);
+}
+
 int sh_exec_finish(sh_buf_t *b, long at, const char *method, uint32_t method_len,
                    const void *args, uint32_t args_len) {
   size_t fixed_end = b->off + (size_t)at + SH_FRAME_HDR + SH_EXEC_FIXED;
@@ -190,8 +196,18 @@ int sh_exec_decode(const uint8_t *body, size_t len, sh_exec_t *e) {
 
 int sh_exec_dep_next(sh_rd_t *r, sh_exec_dep_t *d) {
   if (sh_rd_left(r) == 0) return 0;
-  d->len = sh_rd_u32(r);
-  d->data = sh_rd_bytes(r, d->len);
+  uint32_t w = sh_rd_u32(r);
+  d->stored = (w & SH_DEP_STORED) != 0;
+  d->len = w & ~SH_DEP_STORED;
+  if (d->stored) {
+    if (d->len != 16) return SH_EBODY;
+    d->id = sh_rd_u64(r);
+    d->size = sh_rd_u64(r);
+    d->data = NULL;
+  } else {
+    d->id = d->size = 0;
+    d->data = sh_rd_bytes(r, d->len);
+  }
   return r->err ? SH_EBODY : 1;
 }
 
@@ -214,7 +230,8 @@ int sh_hello_decode(const uint8_t *body, size_t len, sh_hello_t *h) {
 }
 
 int sh_hello_ok_append(sh_buf_t *b, const sh_hello_ok_t *h) {
-  uint8_t p[40];
+  size_t dl = strnlen(h->store_dir, SH_STORE_DIR_MAX - 1);
+  uint8_t p[60 + SH_STORE_DIR_MAX];
   sh_put_u32(p, h->client_id);
   sh_put_u32(p + 4, h->node_id);
   sh_put_u32(p + 8, h->num_workers);
@@ -222,17 +239,28 @@ int sh_hello_ok_append(sh_buf_t *b, const sh_hello_ok_t *h) {
   sh_put_u64(p + 16, h->cpu_milli);
   sh_put_u64(p + 24, h->gpu_milli);
   sh_put_u64(p + 32, h->memory);
-  return sh_frame_append(b, SH_MSG_HELLO_OK, 0, 0, p, sizeof p);
+  sh_put_u64(p + 40, h->inline_threshold);
+  sh_put_u64(p + 48, h->store_capacity);
+  sh_put_u32(p + 56, (uint32_t)dl);
+  memcpy(p + 60, h->store_dir, dl);
+  return sh_frame_append(b, SH_MSG_HELLO_OK, 0, 0, p, 60 + dl);
 }
 
 int sh_hello_ok_decode(const uint8_t *body, size_t len, sh_hello_ok_t *h) {
-  if (len != 40) return SH_EBODY;
+  if (len < 60) return SH_EBODY;
+  uint32_t dl = sh_get_u32(body + 56);
+  if (dl >= SH_STORE_DIR_MAX || len != 60 + (size_t)dl || memchr(body + 60, 0, dl))
+    return SH_EBODY;
   h->client_id = sh_get_u32(body);
   h->node_id = sh_get_u32(body + 4);
   h->num_workers = sh_get_u32(body + 8);
   h->cpu_milli = sh_get_u64(body + 16);
   h->gpu_milli = sh_get_u64(body + 24);
   h->memory = sh_get_u64(body + 32);
+  h->inline_threshold = sh_get_u64(body + 40);
+  h->store_capacity = sh_get_u64(body + 48);
+  memcpy(h->store_dir, body + 60, dl);
+  h->store_dir[dl] = 0;
   return 0;
 }
 
@@ -243,6 +271,34 @@ int sh_output_append(sh_buf_t *b, uint64_t task_id, uint32_t pid,
   int rc = sh_buf_u32(b, pid);
   if (!rc) rc = sh_buf_u32(b, stream);
   if (!rc) rc = sh_buf_append(b, data, len);
+  if (rc) {
+    sh_frame_abort(b, at);
+    return rc;
+  }
+  sh_frame_finish(b, at);
+  return 0;
+}
+
+int sh_put_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, const char *text) {
+  long at = sh_frame_begin(b, SH_MSG_PUT_REPLY, 0, id);
+  if (at < 0) return (int)at;
+  int rc = sh_buf_u32(b, status);
+  if (!rc) rc = sh_buf_append(b, text, strlen(text));
+  if (rc) {
+    sh_frame_abort(b, at);
+    return rc;
+  }
+  sh_frame_finish(b, at);
+  return 0;
+}
+
+int sh_map_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size,
+                        const char *text) {
+  long at = sh_frame_begin(b, SH_MSG_MAP_REPLY, 0, id);
+  if (at < 0) return (int)at;
+  int rc = sh_buf_u32(b, status);
+  if (!rc) rc = sh_buf_u64(b, size);
+  if (!rc) rc = sh_buf_append(b, text, strlen(text));
   if (rc) {
     sh_frame_abort(b, at);
     return rc;

@@ -27,6 +27,18 @@ enum { SH_KIND_TASK = 0, SH_KIND_ACTOR_CREATE = 1, SH_KIND_ACTOR_CALL = 2 };
 /* CANCEL_REPLY outcomes. */
 enum { SH_CANCEL_NONE = 0, SH_CANCEL_QUEUED = 1, SH_CANCEL_RUNNING = 2 };
 
+/* Object store. A value above the inline threshold lives in a segment file,
+ * STORE_DIR/<16 hex digits of its id>, that the writer (driver or worker)
+ * creates and the agent then seals, spills and frees. */
+#define SH_PUT_STORED 0x1u    /* PUT flag: body is u64 segment size; PUT_REPLY follows */
+#define SH_RELEASE_UNMAP 0x1u /* RELEASE flag: the ids are mappings dropped, not handles */
+#define SH_STATUS_OBJECTS 0x1u /* STATUS flag: include the object list */
+#define SH_CODE_STORED 1      /* RESULT code of an OK value that is in the store:
+                               * payload is its u64 segment size */
+#define SH_DEP_STORED 0x80000000u /* EXEC dependency length bit: stored, u64 id and
+                                   * u64 segment size follow */
+#define SH_STORE_DIR_MAX 256
+
 /* OUTPUT streams. */
 enum { SH_STREAM_STDOUT = 1, SH_STREAM_STDERR = 2 };
 
@@ -40,7 +52,8 @@ enum { SH_STREAM_STDOUT = 1, SH_STREAM_STDERR = 2 };
   X(INFEASIBLE, 5, "no node can ever satisfy the resource request")           \
   X(ACTOR_DIED, 6, "the actor the call was for is dead")                      \
   X(LOST, 7, "an object the task needs is unknown or was released")           \
-  X(BAD_REQUEST, 8, "the request was malformed; payload says how")
+  X(BAD_REQUEST, 8, "the request was malformed; payload says how")           \
+  X(STORE_FULL, 9, "the object store is full and nothing more can be spilled")
 
 typedef enum {
 #define SH_X(name, val, doc) SH_ST_##name = val,
@@ -68,6 +81,9 @@ typedef struct sh_hello_s {
 typedef struct sh_hello_ok_s {
   uint32_t client_id, node_id, num_workers;
   uint64_t cpu_milli, gpu_milli, memory;
+  uint64_t inline_threshold;  /* values at or above this many bytes go to the store */
+  uint64_t store_capacity;    /* object store memory in bytes */
+  char store_dir[SH_STORE_DIR_MAX]; /* NUL-terminated; "" when there is no store */
 } sh_hello_ok_t;
 
 /* SUBMIT body view. Header id is the task id (the actor id for
@@ -114,8 +130,10 @@ int sh_result_decode(const uint8_t *body, size_t len, sh_result_t *r);
 
 /* EXEC body (agent to worker). Dependencies travel resolved, in order. */
 typedef struct sh_exec_dep_s {
-  const uint8_t *data; /* pickled value */
+  const uint8_t *data; /* pickled value (NULL when stored) */
   uint32_t len;
+  int stored;          /* the value is the dependency's segment in the store */
+  uint64_t id, size;   /* the object and its segment size, when stored */
 } sh_exec_dep_t;
 
 typedef struct sh_exec_s {
@@ -136,6 +154,8 @@ long sh_exec_begin(sh_buf_t *b, uint64_t task_id, uint64_t fn_id,
                    uint64_t actor_id, uint32_t kind, uint32_t ndeps,
                    uint32_t method_len, uint32_t args_len);
 int sh_exec_add_dep(sh_buf_t *b, const void *data, uint32_t len);
+/* A dependency whose value is its segment in the store. */
+int sh_exec_add_stored_dep(sh_buf_t *b, uint64_t id, uint64_t size);
 int sh_exec_finish(sh_buf_t *b, long at, const char *method, uint32_t method_len,
                    const void *args, uint32_t args_len);
 int sh_exec_decode(const uint8_t *body, size_t len, sh_exec_t *e);
@@ -151,6 +171,12 @@ int sh_hello_ok_decode(const uint8_t *body, size_t len, sh_hello_ok_t *h);
 /* OUTPUT body: u32 pid, u32 stream, bytes. */
 int sh_output_append(sh_buf_t *b, uint64_t task_id, uint32_t pid,
                      uint32_t stream, const void *data, size_t len);
+
+/* PUT_REPLY body: u32 status, UTF-8 text. MAP_REPLY body: u32 status, u64
+ * segment size, UTF-8 text. */
+int sh_put_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, const char *text);
+int sh_map_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size,
+                        const char *text);
 
 /* ERROR body: u32 code, UTF-8 text. */
 int sh_error_append(sh_buf_t *b, int code, const char *text);

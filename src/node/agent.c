@@ -145,6 +145,7 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
   if (c->role == SH_ROLE_DRIVER && c->client_id) {
     sh_map_del(&a->clients, c->client_id);
     sh_sched_client_gone(a, c->client_id);
+    sh_store_reap(a, c->client_id, c->pid);
     if (a->opts.embedded && (c->flags & SH_HELLO_OWNER))
       sh_agent_stop(a, "the driver that owns this embedded cluster disconnected");
   }
@@ -201,6 +202,9 @@ static void handle_hello(sh_conn_t *c, const sh_frame_t *f) {
   ok.cpu_milli = a->opts.resources.cpu_milli;
   ok.gpu_milli = a->opts.resources.gpu_milli;
   ok.memory = a->opts.resources.memory;
+  ok.inline_threshold = a->store.inline_threshold;
+  ok.store_capacity = a->store.capacity;
+  snprintf(ok.store_dir, sizeof ok.store_dir, "%s", a->store.dir);
   sh_hello_ok_append(&c->out, &ok);
   sh_conn_mark_dirty(c);
   sh_debug("%s connected (client %u)", c->desc, c->client_id);
@@ -231,13 +235,20 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
       return;
     }
     case SH_MSG_FUNC: sh_sched_func(a, c, id, body, len); return;
-    case SH_MSG_PUT: sh_sched_put(a, c, id, body, len); return;
+    case SH_MSG_PUT:
+      if (f->hdr.flags & SH_PUT_STORED) sh_sched_put_stored(a, c, id, body, len);
+      else sh_sched_put(a, c, id, body, len);
+      return;
+    case SH_MSG_MAP: sh_sched_map(a, c, id); return;
     case SH_MSG_RELEASE:
       if (len % 8) {
         conn_fail(c, SH_EBODY, "RELEASE body is not a list of u64 ids");
         return;
       }
-      for (uint32_t i = 0; i < len; i += 8) sh_sched_release(a, sh_get_u64(body + i));
+      for (uint32_t i = 0; i < len; i += 8) {
+        if (f->hdr.flags & SH_RELEASE_UNMAP) sh_sched_unmap(a, sh_get_u64(body + i));
+        else sh_sched_release(a, sh_get_u64(body + i));
+      }
       return;
     case SH_MSG_CANCEL: {
       int outcome = sh_sched_cancel(a, id, f->hdr.flags);
@@ -252,7 +263,7 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
       return;
     case SH_MSG_STATUS: {
       long at = sh_frame_begin(&c->out, SH_MSG_STATUS_REPLY, 0, id);
-      if (at < 0 || sh_status_encode(a, &c->out)) {
+      if (at < 0 || sh_status_encode(a, &c->out, f->hdr.flags)) {
         if (at >= 0) sh_frame_abort(&c->out, at);
         conn_fail(c, -ENOMEM, "out of memory building the status reply");
         return;
@@ -529,6 +540,12 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   }
   int rc = setup_listeners(a);
   if (rc) return 1;
+  char err[512];
+  if (sh_store_open(a, err, sizeof err)) {
+    fprintf(stderr, "shoal: %s\n", err);
+    cleanup_files(a);
+    return 1;
+  }
   sh_sched_init(a);
   uv_signal_init(a->loop, &a->sig_term);
   uv_signal_init(a->loop, &a->sig_int);
@@ -558,6 +575,7 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   sh_info("listening on %s%s, %d workers, resources %s", a->sock_path,
           opts->port ? " and 127.0.0.1" : "", opts->num_workers, res);
   uv_run(a->loop, UV_RUN_DEFAULT);
+  sh_store_close(a);
   cleanup_files(a);
   /* Close remaining handles so the sanitizer build sees a clean exit. */
   uv_walk(a->loop, close_walk_cb, NULL);

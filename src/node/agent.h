@@ -4,6 +4,7 @@
  *   agent.c    loop, listeners, connections, frame dispatch, shutdown
  *   sched.c    tasks, dependencies, objects, actors, placement on workers
  *   pool.c     worker processes: spawn, output, exit, replacement
+ *   store.c    the object store: segments, sealing, spilling, freeing
  *   status.c   the STATUS reply (msgpack)
  * Everything here runs on the loop thread; nothing takes a lock. */
 #ifndef SH_AGENT_H
@@ -36,6 +37,10 @@ typedef struct sh_agent_opts_s {
   sh_res_t resources;      /* what this node offers */
   int ready_fd;            /* where "shoal: ready PATH" goes (stdout: 1) */
   const char *log_path;    /* after ready, stdout and stderr go here (daemon mode) */
+  uint64_t store_memory;   /* object store capacity in bytes; 0: 30% of RAM */
+  uint64_t inline_threshold; /* values this big or bigger go to the store */
+  const char *store_dir;   /* where segments live (a tmpfs); NULL: /dev/shm */
+  const char *spill_dir;   /* where spilled objects go; NULL: SOCKET_DIR/spill */
 } sh_agent_opts_t;
 
 /* One connection: a driver, a command-line client or a worker's channel. */
@@ -91,15 +96,39 @@ static inline const uint8_t *sh_task_args(const sh_task_t *t) {
   return t->data + (size_t)t->ndeps * 8 + t->method_len;
 }
 
-/* A value the agent keeps: a task's result or a put. */
+/* A value the agent keeps: a task's result or a put. Small values are kept
+ * in `data`; a stored one is a segment file in the object store (len 0). */
 typedef struct sh_obj_s {
+  uint64_t id;
   uint32_t status;  /* SH_ST_*: failed results are kept too, for dependents */
-  int32_t code;
+  int32_t code;     /* SH_CODE_STORED for a stored value */
   uint32_t len;
   uint32_t pins;    /* waiting or running tasks that need it */
-  uint8_t released; /* the owner dropped it: free when pins reach 0 */
+  uint32_t busy;    /* tasks on a worker now that read its segment: not spillable */
+  uint32_t maps;    /* the owner's live mappings (MAP minus unmapped) */
+  uint8_t released; /* the owner dropped it: free when pins and maps reach 0 */
+  uint8_t stored;   /* the value is a segment in the store */
+  uint8_t spilled;  /* that segment was moved to the spill directory */
+  uint64_t size;    /* segment bytes when stored */
+  uint64_t last_use_ns;
+  sh_queue_t lru;   /* store.lru while stored and resident, least recent first */
   uint8_t data[];
 } sh_obj_t;
+
+/* The node's object store: one segment file per object in a tmpfs
+ * directory, written by drivers and workers, sealed, spilled (least recently
+ * used first, never while in use) and freed by the agent. */
+typedef struct sh_store_s {
+  char dir[SH_STORE_DIR_MAX];   /* "" when the store could not be opened */
+  char spill_dir[4096];
+  int dir_fd, spill_fd;         /* -1 when closed / not yet created */
+  uint64_t capacity, inline_threshold;
+  uint64_t used;                /* bytes resident in dir */
+  uint64_t spilled;             /* bytes in spill_dir */
+  uint64_t nstored, nspilled;   /* objects in the store, of which spilled */
+  uint64_t n_spills, n_restores, n_full;
+  sh_queue_t lru;
+} sh_store_t;
 
 /* A registered function or class. */
 typedef struct sh_func_s {
@@ -195,6 +224,7 @@ struct sh_agent_s {
   sh_queue_t ready;  /* plain tasks and actor creations ready to place */
   sh_queue_t actors_dirty; /* actors whose queued calls may be sendable */
   sh_res_t avail;    /* free resources on this node */
+  sh_store_t store;
   int need_schedule;
   int pool_size;     /* pool workers alive or starting */
   int worker_seq;
@@ -221,6 +251,13 @@ void sh_sched_close(sh_agent_t *a);
 void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t *s);
 void sh_sched_func(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n);
 void sh_sched_put(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n);
+/* PUT with SH_PUT_STORED: seals the driver's segment and answers PUT_REPLY. */
+void sh_sched_put_stored(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
+                         uint32_t n);
+/* MAP: makes a stored object resident, counts the mapping, answers MAP_REPLY. */
+void sh_sched_map(sh_agent_t *a, sh_conn_t *c, uint64_t id);
+/* A mapping counted by MAP was dropped. */
+void sh_sched_unmap(sh_agent_t *a, uint64_t id);
 void sh_sched_release(sh_agent_t *a, uint64_t id);
 /* flags: SH_CANCEL_*. Returns an SH_CANCEL_ outcome. */
 int sh_sched_cancel(sh_agent_t *a, uint64_t id, unsigned flags);
@@ -244,7 +281,29 @@ void sh_pool_respawn(sh_agent_t *a);
 int sh_pool_timeout_start(sh_worker_t *w, uint64_t ms);
 void sh_pool_timeout_stop(sh_worker_t *w);
 
+/* store.c */
+/* Creates the store and spill directories (removing those of dead agents).
+ * 0, or -1 with a message in err. */
+int sh_store_open(sh_agent_t *a, char *err, size_t n);
+/* Removes both directories and everything in them. */
+void sh_store_close(sh_agent_t *a);
+/* Takes the segment a writer made for o (o->id) into the store: checks it,
+ * counts it, spills others (or o itself) to stay within capacity. SH_ST_OK,
+ * or a status with a message in why (the segment is then removed). */
+uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, size_t n);
+/* Brings a spilled object back into memory (spilling others) and marks it
+ * used now. SH_ST_OK or SH_ST_STORE_FULL / SH_ST_LOST with a message. */
+uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n);
+/* Removes o's segment (resident or spilled) and its accounting. */
+void sh_store_free(sh_agent_t *a, sh_obj_t *o);
+/* Removes the segment file named for `id` that was never sealed, if any. */
+void sh_store_discard(sh_agent_t *a, uint64_t id);
+/* A writer went away: removes its unfinished segments (pid's *.tmp files)
+ * and, when client_id is not 0, that client's segments never sealed. */
+void sh_store_reap(sh_agent_t *a, uint32_t client_id, uint32_t pid);
+
 /* status.c */
-int sh_status_encode(sh_agent_t *a, sh_buf_t *out);
+/* flags: SH_STATUS_OBJECTS adds the list of objects. */
+int sh_status_encode(sh_agent_t *a, sh_buf_t *out, unsigned flags);
 
 #endif

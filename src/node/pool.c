@@ -155,6 +155,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig) {
             sig ? "signal" : "exit status", sig ? sig : (int)status);
   }
   sh_sched_worker_died(a, w, sig, status, why);
+  sh_store_reap(a, 0, (uint32_t)w->pid); /* segments it was writing */
   int was_pool = !w->dedicated;
   worker_close_handles(w);
   if (!was_pool) return;
@@ -192,14 +193,15 @@ void sh_pool_kill(sh_worker_t *w, int reason) {
 /* Builds the worker's environment: ours, with shoal's variables set. */
 static char **worker_env(sh_agent_t *a, int index, char *store, size_t storecap) {
   static const char *const ours[] = {"SHOAL_WORKER_ID=", "SHOAL_NODE_ID=", "SHOAL_ADDRESS=",
-                                     "PYTHONUNBUFFERED="};
+                                     "PYTHONUNBUFFERED=", "SHOAL_STORE_DIR=",
+                                     "SHOAL_INLINE_THRESHOLD="};
   size_t n = 0;
   while (environ[n]) n++;
-  char **env = sh_calloc(n + 5, sizeof(char *));
+  char **env = sh_calloc(n + 7, sizeof(char *));
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
     int skip = 0;
-    for (size_t j = 0; j < 4; j++)
+    for (size_t j = 0; j < 6; j++)
       if (!strncmp(environ[i], ours[j], strlen(ours[j]))) skip = 1;
     if (!skip) env[k++] = environ[i];
   }
@@ -210,6 +212,11 @@ static char **worker_env(sh_agent_t *a, int index, char *store, size_t storecap)
   off += snprintf(store + off, storecap - (size_t)off, "SHOAL_NODE_ID=%u", a->node_id) + 1;
   env[k++] = store + off;
   off += snprintf(store + off, storecap - (size_t)off, "SHOAL_ADDRESS=unix:%s", a->sock_path) + 1;
+  env[k++] = store + off;
+  off += snprintf(store + off, storecap - (size_t)off, "SHOAL_STORE_DIR=%s", a->store.dir) + 1;
+  env[k++] = store + off;
+  off += snprintf(store + off, storecap - (size_t)off, "SHOAL_INLINE_THRESHOLD=%llu",
+                  (unsigned long long)a->store.inline_threshold) + 1;
   env[k++] = store + off;
   snprintf(store + off, storecap - (size_t)off, "PYTHONUNBUFFERED=1");
   env[k] = NULL;

@@ -40,25 +40,30 @@ static void task_free(sh_task_t *t) {
 static void obj_free(sh_agent_t *a, uint64_t id, sh_obj_t *o) {
   sh_map_del(&a->objects, id);
   a->obj_bytes -= o->len;
+  sh_store_free(a, o);
   sh_free(o);
 }
+
+/* Nothing refers to o any more: no handle, no pending task, no mapping. */
+static int obj_unused(const sh_obj_t *o) { return o->released && !o->pins && !o->maps; }
 
 static void obj_unpin(sh_agent_t *a, uint64_t id) {
   sh_obj_t *o = sh_map_get(&a->objects, id);
   if (!o) return;
   if (o->pins) o->pins--;
-  if (!o->pins && o->released) obj_free(a, id, o);
+  if (obj_unused(o)) obj_free(a, id, o);
 }
 
 static sh_obj_t *obj_store(sh_agent_t *a, uint64_t id, uint32_t status, int32_t code,
                            const uint8_t *p, uint32_t n) {
   sh_obj_t *o = sh_try_malloc(sizeof *o + n);
   if (!o) return NULL;
+  memset(o, 0, sizeof *o);
+  o->id = id;
   o->status = status;
   o->code = code;
   o->len = n;
-  o->pins = 0;
-  o->released = 0;
+  sh_queue_init(&o->lru);
   if (n) memcpy(o->data, p, n);
   if (sh_map_put(&a->objects, id, o)) {
     sh_free(o);
@@ -72,6 +77,55 @@ void sh_sched_put(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, ui
   if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) return;
   if (!obj_store(a, id, SH_ST_OK, 0, p, n))
     sh_warn("out of memory storing a %u-byte object from %s", n, c->desc);
+}
+
+void sh_sched_put_stored(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
+                         uint32_t n) {
+  char why[768] = "";
+  uint32_t st = SH_ST_OK;
+  sh_obj_t *o = NULL;
+  if (n != 8) {
+    st = SH_ST_BAD_REQUEST;
+    snprintf(why, sizeof why, "a stored PUT carries the u64 segment size, not %u bytes", n);
+    sh_store_discard(a, id);
+  } else if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) {
+    st = SH_ST_BAD_REQUEST; /* the segment is the existing object's: leave it */
+    snprintf(why, sizeof why, "object id %#llx is already in use", (unsigned long long)id);
+  } else if (!(o = obj_store(a, id, SH_ST_OK, 0, NULL, 0))) {
+    st = SH_ST_STORE_FULL;
+    snprintf(why, sizeof why, "the agent is out of memory");
+    sh_store_discard(a, id);
+  } else if ((st = sh_store_seal(a, o, sh_get_u64(p), why, sizeof why)) != SH_ST_OK) {
+    obj_free(a, id, o);
+  }
+  if (sh_put_reply_append(&c->out, id, st, why)) sh_conn_close(c, "out of memory queuing a reply");
+  else sh_conn_mark_dirty(c);
+}
+
+void sh_sched_map(sh_agent_t *a, sh_conn_t *c, uint64_t id) {
+  char why[768] = "";
+  uint32_t st = SH_ST_OK;
+  sh_obj_t *o = sh_map_get(&a->objects, id);
+  if (!o) {
+    st = SH_ST_LOST;
+    snprintf(why, sizeof why, "object %#llx is unknown to the cluster: it was released (its "
+             "Future was garbage collected) or never existed", (unsigned long long)id);
+  } else if (!o->stored || o->status != SH_ST_OK) {
+    st = SH_ST_BAD_REQUEST;
+    snprintf(why, sizeof why, "object %#llx is not in the object store", (unsigned long long)id);
+  } else if ((st = sh_store_resident(a, o, why, sizeof why)) == SH_ST_OK) {
+    o->maps++;
+  }
+  if (sh_map_reply_append(&c->out, id, st, st == SH_ST_OK ? o->size : 0, why))
+    sh_conn_close(c, "out of memory queuing a reply");
+  else sh_conn_mark_dirty(c);
+}
+
+void sh_sched_unmap(sh_agent_t *a, uint64_t id) {
+  sh_obj_t *o = sh_map_get(&a->objects, id);
+  if (!o || !o->maps) return;
+  o->maps--;
+  if (obj_unused(o)) obj_free(a, id, o);
 }
 
 void sh_sched_func(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n) {
@@ -91,7 +145,7 @@ void sh_sched_release(sh_agent_t *a, uint64_t id) {
   sh_obj_t *o = sh_map_get(&a->objects, id);
   if (o) {
     o->released = 1;
-    if (!o->pins) obj_free(a, id, o);
+    if (obj_unused(o)) obj_free(a, id, o);
     return;
   }
   sh_task_t *t = sh_map_get(&a->tasks, id);
@@ -121,10 +175,20 @@ static int unwait(sh_agent_t *a, uint64_t dep, sh_task_t *t) {
   return 0;
 }
 
+/* t left its worker: its stored dependencies may be spilled again. */
+static void deps_unbusy(sh_agent_t *a, sh_task_t *t) {
+  const uint8_t *d = sh_task_deps(t);
+  for (uint32_t i = 0; i < t->ndeps; i++) {
+    sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
+    if (o && o->stored && o->busy) o->busy--;
+  }
+}
+
 /* Drops what t holds on its dependencies: a pin on each available one, a
  * place on the waiter list of each missing one. */
 static void release_deps(sh_agent_t *a, sh_task_t *t) {
   const uint8_t *d = sh_task_deps(t);
+  if (t->state == SH_TASK_SENT) deps_unbusy(a, t);
   for (uint32_t i = 0; i < t->ndeps; i++) {
     uint64_t dep = sh_get_u64(d + 8 * i);
     if (t->missing && unwait(a, dep, t)) continue;
@@ -139,17 +203,41 @@ static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
                    const uint8_t *p, uint32_t n) {
   uint64_t id = t->id;
   sh_map_del(&a->tasks, id);
+  sh_conn_t *c = t->orphan ? NULL : sh_agent_client(a, id);
+  sh_waiters_t *wl = sh_map_del(&a->waiters, id);
+  int keep = wl || (!t->released && !t->orphan && c);
+  char why[768];
+  sh_obj_t *o = NULL;
+  if (status == SH_ST_OK && code == SH_CODE_STORED) {
+    /* The value is a segment the worker wrote: seal it, or drop it. */
+    uint32_t st = n == 8 ? SH_ST_OK : SH_ST_BAD_REQUEST;
+    if (st) snprintf(why, sizeof why, "the worker sent a malformed stored result");
+    if (!st && keep && !(o = obj_store(a, id, status, code, NULL, 0))) {
+      st = SH_ST_STORE_FULL;
+      snprintf(why, sizeof why, "the agent is out of memory");
+    }
+    if (o && (st = sh_store_seal(a, o, sh_get_u64(p), why, sizeof why)) != SH_ST_OK) {
+      obj_free(a, id, o);
+      o = NULL;
+    }
+    if (!o) sh_store_discard(a, id);
+    if (st) {
+      status = st;
+      code = 0;
+      p = (const uint8_t *)why;
+      n = (uint32_t)strlen(why);
+    }
+  } else if (status == SH_ST_CRASHED || status == SH_ST_TIMEOUT || status == SH_ST_CANCELLED) {
+    sh_store_discard(a, id); /* a segment the dead attempt may have left */
+  }
   if (status == SH_ST_OK) a->n_done++;
   else a->n_failed++;
-  sh_conn_t *c = t->orphan ? NULL : sh_agent_client(a, id);
   if (c) {
     if (sh_result_append(&c->out, id, status, code, p, n))
       sh_conn_close(c, "out of memory queuing a result");
     else sh_conn_mark_dirty(c);
   }
-  sh_waiters_t *wl = sh_map_del(&a->waiters, id);
-  sh_obj_t *o = NULL;
-  if (wl || (!t->released && !t->orphan && c)) o = obj_store(a, id, status, code, p, n);
+  if (keep && !o) o = obj_store(a, id, status, code, p, n);
   if (o && !c) o->released = 1; /* nobody can release it later */
   release_deps(a, t);
   if (t->kind == SH_KIND_ACTOR_CREATE && status != SH_ST_OK) {
@@ -184,7 +272,7 @@ static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
            o ? n : 34);
   }
   sh_free(wl);
-  if (o && !o->pins && o->released) obj_free(a, id, o);
+  if (o && obj_unused(o)) obj_free(a, id, o);
 }
 
 void sh_task_fail(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code, const char *msg) {
@@ -399,6 +487,22 @@ static sh_worker_t *pipeline_worker(sh_agent_t *a, const sh_task_t *t) {
   return best;
 }
 
+/* Brings t's stored dependencies into memory before t goes to a worker.
+ * 0, or -1 after failing t (it must be on no queue). */
+static int ensure_deps(sh_agent_t *a, sh_task_t *t) {
+  const uint8_t *d = sh_task_deps(t);
+  char why[768];
+  for (uint32_t i = 0; i < t->ndeps; i++) {
+    sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
+    if (!o || !o->stored) continue;
+    uint32_t st = sh_store_resident(a, o, why, sizeof why);
+    if (st == SH_ST_OK) continue;
+    sh_task_fail(a, t, st, 0, why);
+    return -1;
+  }
+  return 0;
+}
+
 static void task_started(sh_worker_t *w, sh_task_t *t) {
   t->sent_ns = sh_now_ns();
   if (t->timeout_ms) sh_pool_timeout_start(w, t->timeout_ms);
@@ -418,7 +522,12 @@ static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t) {
   int rc = at < 0 ? (int)at : 0;
   for (uint32_t i = 0; i < t->ndeps && !rc; i++) {
     sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
-    rc = o ? sh_exec_add_dep(&c->out, o->data, o->len) : sh_exec_add_dep(&c->out, "", 0);
+    if (o && o->stored) {
+      o->busy++; /* ensure_deps made it resident; it stays so while t runs */
+      rc = sh_exec_add_stored_dep(&c->out, o->id, o->size);
+    } else {
+      rc = o ? sh_exec_add_dep(&c->out, o->data, o->len) : sh_exec_add_dep(&c->out, "", 0);
+    }
   }
   if (!rc) rc = sh_exec_finish(&c->out, at, sh_task_method(t), t->method_len, sh_task_args(t), t->args_len);
   if (rc && at >= 0) sh_frame_abort(&c->out, at);
@@ -436,6 +545,7 @@ static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t) {
 }
 
 static void place_actor(sh_agent_t *a, sh_task_t *t) {
+  if (t->ndeps && ensure_deps(a, t)) return;
   sh_actor_t *ac = sh_map_get(&a->actors, t->id);
   sh_req_t req = task_req(t);
   sh_res_sub(&a->avail, &req);
@@ -463,6 +573,7 @@ static void run_actors(sh_agent_t *a) {
       sh_task_t *t = sh_queue_data(sh_queue_head(&ac->calls), sh_task_t, link);
       if (t->missing) break; /* later calls wait: one caller's calls run in order */
       sh_queue_remove(&t->link);
+      if (t->ndeps && ensure_deps(a, t)) continue;
       send_task(a, ac->worker, t);
     }
   }
@@ -486,18 +597,19 @@ void sh_sched_run(sh_agent_t *a) {
       continue;
     }
     sh_worker_t *w = fits ? idle_worker(a) : NULL;
-    if (w) {
-      sh_res_sub(&a->avail, &req);
-      sh_res_from_req(&w->held, &req);
-      w->holds = 1;
-    } else if (pipelinable(t)) {
-      w = pipeline_worker(a, t);
-    }
+    int idle = w != NULL;
+    if (!w && pipelinable(t)) w = pipeline_worker(a, t);
     if (!w) {
       scanned++;
       continue;
     }
     sh_queue_remove(&t->link);
+    if (t->ndeps && ensure_deps(a, t)) continue;
+    if (idle) {
+      sh_res_sub(&a->avail, &req);
+      sh_res_from_req(&w->held, &req);
+      w->holds = 1;
+    }
     send_task(a, w, t);
   }
   run_actors(a);
@@ -546,6 +658,7 @@ void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result
   a->need_schedule = 1;
   if (r->status == SH_ST_ERROR && (t->flags & SH_SUBMIT_RETRY_EXC) && t->kind == SH_KIND_TASK &&
       t->attempts < t->max_retries && !t->orphan) {
+    deps_unbusy(a, t);
     t->attempts++;
     a->n_retried++;
     t->state = SH_TASK_READY;
@@ -612,6 +725,7 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
       t->attempts++;
       a->n_retried++;
     }
+    deps_unbusy(a, t);
     t->state = SH_TASK_READY;
     sh_queue_insert_tail(&redo, &t->link);
   }
@@ -766,7 +880,8 @@ void sh_sched_client_gone(sh_agent_t *a, uint32_t cid) {
     if ((uint32_t)(id >> 40) != cid) continue;
     sh_obj_t *o = v;
     o->released = 1;
-    if (!o->pins) obj_free(a, id, o);
+    o->maps = 0; /* its mappings went with it */
+    if (obj_unused(o)) obj_free(a, id, o);
   }
   for (size_t i = 0; sh_map_next(&a->funcs, &i, &id, &v);) {
     if ((uint32_t)(id >> 40) != cid) continue;

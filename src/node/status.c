@@ -89,7 +89,49 @@ static void pack_tasks(msgpack_packer *pk, sh_agent_t *a) {
   kv_u64(pk, "submitted", a->n_submitted);
 }
 
-int sh_status_encode(sh_agent_t *a, sh_buf_t *out) {
+static void pack_store(msgpack_packer *pk, sh_agent_t *a) {
+  const sh_store_t *s = &a->store;
+  msgpack_pack_map(pk, 11);
+  kv_str(pk, "dir", s->dir);
+  kv_str(pk, "spill_dir", s->spill_dir);
+  kv_u64(pk, "capacity", s->capacity);
+  kv_u64(pk, "inline_threshold", s->inline_threshold);
+  kv_u64(pk, "used", s->used);
+  kv_u64(pk, "spilled_bytes", s->spilled);
+  kv_u64(pk, "objects", s->nstored);
+  kv_u64(pk, "spilled_objects", s->nspilled);
+  kv_u64(pk, "spills", s->n_spills);
+  kv_u64(pk, "restores", s->n_restores);
+  kv_u64(pk, "full", s->n_full);
+}
+
+/* Every object the agent keeps: what `shoal memory` lists. */
+static void pack_object_list(msgpack_packer *pk, sh_agent_t *a) {
+  uint64_t id, now = sh_now_ns();
+  void *v;
+  msgpack_pack_array(pk, a->objects.count);
+  for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
+    const sh_obj_t *o = v;
+    const sh_conn_t *c = sh_agent_client(a, id);
+    msgpack_pack_map(pk, 12);
+    kv_u64(pk, "id", id);
+    kv_u64(pk, "node_id", a->node_id);
+    kv_u64(pk, "size", o->stored ? o->size : o->len);
+    kv_str(pk, "where", !o->stored ? "inline" : o->spilled ? "spilled" : "memory");
+    kv_str(pk, "status", sh_status_name(o->status));
+    kv_u64(pk, "owner_client", (uint32_t)(id >> 40));
+    kv_u64(pk, "owner_pid", c ? c->pid : 0);
+    key(pk, "held_by_owner");
+    o->released ? msgpack_pack_false(pk) : msgpack_pack_true(pk);
+    kv_u64(pk, "pending_tasks", o->pins);
+    kv_u64(pk, "running_tasks", o->busy);
+    kv_u64(pk, "mappings", o->maps);
+    key(pk, "idle_s");
+    msgpack_pack_double(pk, o->last_use_ns ? (now - o->last_use_ns) / 1e9 : 0.0);
+  }
+}
+
+int sh_status_encode(sh_agent_t *a, sh_buf_t *out, unsigned flags) {
   size_t start = out->len;
   msgpack_packer pk;
   msgpack_packer_init(&pk, out, write_cb);
@@ -99,7 +141,7 @@ int sh_status_encode(sh_agent_t *a, sh_buf_t *out) {
   void *v;
   for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);)
     ((sh_actor_t *)v)->state == SH_ACTOR_DEAD ? dead++ : alive++;
-  msgpack_pack_map(&pk, 10);
+  msgpack_pack_map(&pk, (flags & SH_STATUS_OBJECTS) ? 12 : 11);
   kv_u64(&pk, "node_id", a->node_id);
   kv_u64(&pk, "pid", (uint64_t)getpid());
   kv_str(&pk, "socket", a->sock_path);
@@ -127,6 +169,12 @@ int sh_status_encode(sh_agent_t *a, sh_buf_t *out) {
   msgpack_pack_map(&pk, 2);
   kv_u64(&pk, "count", a->objects.count);
   kv_u64(&pk, "bytes", a->obj_bytes);
+  key(&pk, "store");
+  pack_store(&pk, a);
+  if (flags & SH_STATUS_OBJECTS) {
+    key(&pk, "object_list");
+    pack_object_list(&pk, a);
+  }
   key(&pk, "actors");
   msgpack_pack_map(&pk, 2);
   kv_u64(&pk, "alive", alive);

@@ -198,9 +198,9 @@ static void wait_reply(sh_client_obj_t *c, sh_waiter_t *w, double timeout,
 
 /* Sends a request and waits (GIL released) for its reply. On success w->body
  * holds the reply (caller frees). Returns 0 or -1 with an exception set. */
-static int request(sh_client_obj_t *c, unsigned type, unsigned flags,
-                   uint64_t id, unsigned reply, double timeout, sh_waiter_t *w,
-                   const char *what) {
+static int request_body(sh_client_obj_t *c, unsigned type, unsigned flags,
+                        uint64_t id, const void *body, size_t len, unsigned reply,
+                        double timeout, sh_waiter_t *w, const char *what) {
   if (check_usable(c) < 0) return -1;
   if (sh_client_on_io_thread(c)) {
     PyErr_Format(PyExc_RuntimeError,
@@ -219,7 +219,7 @@ static int request(sh_client_obj_t *c, unsigned type, unsigned flags,
   w->next = c->waiters;
   c->waiters = w;
   pthread_mutex_unlock(&c->rep_mu);
-  int rc = send_frame(c, type, flags, id, NULL, 0);
+  int rc = send_frame(c, type, flags, id, body, len);
   char dead[1536] = "";
   if (!rc) {
     wait_reply(c, w, timeout, dead, sizeof dead);
@@ -243,6 +243,12 @@ static int request(sh_client_obj_t *c, unsigned type, unsigned flags,
     return -1;
   }
   return 0;
+}
+
+static int request(sh_client_obj_t *c, unsigned type, unsigned flags,
+                   uint64_t id, unsigned reply, double timeout, sh_waiter_t *w,
+                   const char *what) {
+  return request_body(c, type, flags, id, NULL, 0, reply, timeout, w, what);
 }
 
 /* ---- construction and teardown ---- */
@@ -334,10 +340,12 @@ static void init_sync(sh_client_obj_t *c) {
 
 /* The node described by HELLO_OK, as Client.node_info shows it. */
 static PyObject *node_info(const sh_hello_ok_t *ok) {
-  return Py_BuildValue("{s:I,s:I,s:d,s:d,s:K}", "node_id", ok->node_id, "num_workers",
-                       ok->num_workers, "CPU", (double)ok->cpu_milli / 1000.0, "GPU",
-                       (double)ok->gpu_milli / 1000.0, "memory",
-                       (unsigned long long)ok->memory);
+  return Py_BuildValue("{s:I,s:I,s:d,s:d,s:K,s:s,s:K,s:K}", "node_id", ok->node_id,
+                       "num_workers", ok->num_workers, "CPU", (double)ok->cpu_milli / 1000.0,
+                       "GPU", (double)ok->gpu_milli / 1000.0, "memory",
+                       (unsigned long long)ok->memory, "store_dir", ok->store_dir,
+                       "inline_threshold", (unsigned long long)ok->inline_threshold,
+                       "store_capacity", (unsigned long long)ok->store_capacity);
 }
 
 static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
@@ -431,6 +439,7 @@ static void client_dealloc(sh_client_obj_t *c) {
   sh_buf_close(&c->rbuf);
   sh_buf_close(&c->wbuf);
   sh_free(c->rel);
+  sh_free(c->unmap);
   sh_free(c->addr);
   sh_free(c->lost);
   sh_free(c->rep_dead);
@@ -519,16 +528,21 @@ static PyObject *resolve_future(sh_client_obj_t *c, PyObject *f, deps_t *d,
     if (!raw) return NULL;
     long status = PyTuple_Check(raw) && PyTuple_GET_SIZE(raw) == 3
                       ? PyLong_AsLong(PyTuple_GET_ITEM(raw, 0)) : -1;
+    long code = status == 0 ? PyLong_AsLong(PyTuple_GET_ITEM(raw, 1)) : 0;
     Py_DECREF(raw);
-    if (status == -1 && PyErr_Occurred()) return NULL;
-    if (status == 0) return PyObject_CallMethodNoArgs(f, st->s_result);
-    *failed = Py_NewRef(f);
-    return NULL;
+    if ((status == -1 || code == -1) && PyErr_Occurred()) return NULL;
+    if (status != 0) {
+      *failed = Py_NewRef(f);
+      return NULL;
+    }
+    /* A small value travels inline; a stored one stays in the store and
+     * the task reads it there (the object is still held by f). */
+    if (code != SH_CODE_STORED) return PyObject_CallMethodNoArgs(f, st->s_result);
   }
   PyObject *owner = PyObject_GetAttr(f, st->s_client);
   if (!owner) return NULL;
   Py_DECREF(owner); /* only compared */
-  if (owner != (PyObject *)c) {
+  if (owner != (PyObject *)c && !done) {
     PyErr_Format(PyExc_TypeError,
                  "%R belongs to another shoal client (or none) and is not done: "
                  "only futures of this client can be passed as arguments while "
@@ -717,7 +731,7 @@ static PyObject *client_submit(sh_client_obj_t *c, PyObject *const *args,
   deps_t d = {.cap = 8};
   d.p = d.small;
   PyObject *failed = NULL, *targs = NULL, *tkw = NULL, *pair = NULL, *blob = NULL,
-           *fut = NULL;
+           *fut = NULL, *holder = NULL;
   Py_buffer view = {.obj = NULL};
   targs = scan_tuple(c, a[1], &d, &failed);
   if (targs && a[2] != Py_None) tkw = scan_dict(c, a[2], &d, &failed);
@@ -729,6 +743,19 @@ static PyObject *client_submit(sh_client_obj_t *c, PyObject *const *args,
   if (!tkw) goto done;
   if (!(pair = PyTuple_Pack(2, targs, tkw))) goto done;
   if (!(blob = PyObject_CallOneArg(c->dumps, pair))) goto done;
+  if (PyObject_TypeCheck(blob, (PyTypeObject *)c->future_type)) {
+    /* dumps put big arguments in the object store: the task depends on that
+     * object, and its arguments are "dependency i" (held until sent). */
+    holder = blob;
+    blob = NULL;
+    PyObject *ref = resolve_future(c, holder, &d, &failed);
+    PyObject *wrapped = ref ? PyTuple_Pack(1, ref) : NULL;
+    Py_XDECREF(ref);
+    if (!wrapped) goto done;
+    blob = PyObject_CallOneArg(c->dumps, wrapped);
+    Py_DECREF(wrapped);
+    if (!blob) goto done;
+  }
   if (get_blob(blob, &view, "the pickled arguments",
                SH_SUBMIT_FIXED + 8 * (size_t)d.n + 2048) < 0)
     goto done;
@@ -737,6 +764,7 @@ static PyObject *client_submit(sh_client_obj_t *c, PyObject *const *args,
 done:
   if (view.obj) PyBuffer_Release(&view);
   Py_XDECREF(blob);
+  Py_XDECREF(holder);
   Py_XDECREF(pair);
   Py_XDECREF(tkw);
   Py_XDECREF(targs);
@@ -775,30 +803,6 @@ static PyObject *client_put(sh_client_obj_t *c, PyObject *const *args, Py_ssize_
   return send_blob(c, SH_MSG_PUT, "put", args, nargs);
 }
 
-/* Never raises and never waits for I/O: called from Future.__del__. */
-static PyObject *client_release(sh_client_obj_t *c, PyObject *arg) {
-  uint64_t id = PyLong_AsUnsignedLongLong(arg);
-  if (id == (uint64_t)-1 && PyErr_Occurred()) PyErr_Clear();
-  if (!id || id == (uint64_t)-1 || c->fork_gen != sh_core_fork_gen() || c->closed ||
-      c->lost)
-    Py_RETURN_NONE;
-  pthread_mutex_lock(&c->out_mu);
-  if (c->nrel == c->rel_cap) {
-    size_t cap = c->rel_cap ? c->rel_cap * 2 : 256;
-    uint64_t *p = sh_try_realloc(c->rel, cap * sizeof *p);
-    if (!p) { /* dropped: the daemon frees it when this driver goes */
-      pthread_mutex_unlock(&c->out_mu);
-      Py_RETURN_NONE;
-    }
-    c->rel = p;
-    c->rel_cap = cap;
-  }
-  c->rel[c->nrel++] = id;
-  if (c->nrel >= SH_CLIENT_RELEASE_BATCH) out_unlock_wake(c);
-  else pthread_mutex_unlock(&c->out_mu);
-  Py_RETURN_NONE;
-}
-
 static int get_timeout(PyObject *o, double *t) {
   if (!o) return 0;
   *t = PyFloat_AsDouble(o);
@@ -808,6 +812,92 @@ static int get_timeout(PyObject *o, double *t) {
     return -1;
   }
   return 0;
+}
+
+/* Appends id to a list the I/O thread sends as RELEASE frames. Never
+ * raises; an id dropped for want of memory is freed when the driver goes. */
+static void queue_id(sh_client_obj_t *c, uint64_t **list, size_t *n, size_t *cap,
+                     uint64_t id) {
+  pthread_mutex_lock(&c->out_mu);
+  if (*n == *cap) {
+    size_t ncap = *cap ? *cap * 2 : 256;
+    uint64_t *p = sh_try_realloc(*list, ncap * sizeof *p);
+    if (!p) {
+      pthread_mutex_unlock(&c->out_mu);
+      return;
+    }
+    *list = p;
+    *cap = ncap;
+  }
+  (*list)[(*n)++] = id;
+  if (*n >= SH_CLIENT_RELEASE_BATCH) out_unlock_wake(c);
+  else pthread_mutex_unlock(&c->out_mu);
+}
+
+/* Never raises and never waits for I/O: called from Future.__del__. */
+static PyObject *client_release(sh_client_obj_t *c, PyObject *arg) {
+  uint64_t id = PyLong_AsUnsignedLongLong(arg);
+  if (id == (uint64_t)-1 && PyErr_Occurred()) PyErr_Clear();
+  if (!id || id == (uint64_t)-1 || c->fork_gen != sh_core_fork_gen() || c->closed ||
+      c->lost)
+    Py_RETURN_NONE;
+  queue_id(c, &c->rel, &c->nrel, &c->rel_cap, id);
+  Py_RETURN_NONE;
+}
+
+/* Never raises and never waits for I/O: called when a mapping is freed. */
+static PyObject *client_unmap(sh_client_obj_t *c, PyObject *arg) {
+  uint64_t id = PyLong_AsUnsignedLongLong(arg);
+  if (id == (uint64_t)-1 && PyErr_Occurred()) PyErr_Clear();
+  if (!id || id == (uint64_t)-1 || c->fork_gen != sh_core_fork_gen() || c->closed ||
+      c->lost)
+    Py_RETURN_NONE;
+  queue_id(c, &c->unmap, &c->nunmap, &c->unmap_cap, id);
+  Py_RETURN_NONE;
+}
+
+/* PUT of a segment already in the store; waits for PUT_REPLY. */
+static PyObject *client_put_stored(sh_client_obj_t *c, PyObject *const *args,
+                                   Py_ssize_t nargs, PyObject *kwnames) {
+  static const char *const names[] = {"obj_id", "size", "timeout"};
+  PyObject *a[3] = {NULL, NULL, NULL};
+  uint64_t id, size;
+  double timeout = 60.0;
+  if (parse_args("put_stored", names, 3, 2, args, nargs, kwnames, a) < 0 ||
+      get_id(a[0], "put_stored(): obj_id", &id) < 0 ||
+      get_timeout(a[2], &timeout) < 0)
+    return NULL;
+  size = PyLong_AsUnsignedLongLong(a[1]);
+  if (size == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+  uint8_t body[8];
+  sh_put_u64(body, size);
+  sh_waiter_t w;
+  if (request_body(c, SH_MSG_PUT, SH_PUT_STORED, id, body, 8, SH_MSG_PUT_REPLY, timeout, &w,
+                   "put()") < 0)
+    return NULL;
+  PyObject *r = Py_BuildValue("(Is#)", sh_get_u32(w.body), (const char *)w.body + 4,
+                              (Py_ssize_t)(w.len - 4));
+  sh_free(w.body);
+  return r;
+}
+
+/* MAP: the object is made resident and counted as mapped; (status, size, text). */
+static PyObject *client_map(sh_client_obj_t *c, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+  static const char *const names[] = {"obj_id", "timeout"};
+  PyObject *a[2] = {NULL, NULL};
+  uint64_t id;
+  double timeout = 60.0;
+  if (parse_args("map", names, 2, 1, args, nargs, kwnames, a) < 0 ||
+      get_id(a[0], "map(): obj_id", &id) < 0 || get_timeout(a[1], &timeout) < 0)
+    return NULL;
+  sh_waiter_t w;
+  if (request(c, SH_MSG_MAP, 0, id, SH_MSG_MAP_REPLY, timeout, &w, "get()") < 0) return NULL;
+  PyObject *r = Py_BuildValue("(IKs#)", sh_get_u32(w.body),
+                              (unsigned long long)sh_get_u64(w.body + 4),
+                              (const char *)w.body + 12, (Py_ssize_t)(w.len - 12));
+  sh_free(w.body);
+  return r;
 }
 
 static PyObject *client_cancel(sh_client_obj_t *c, PyObject *const *args,
@@ -932,6 +1022,16 @@ static PyMethodDef client_methods[] = {
      "put(obj_id, blob)\n--\n\nStores a pickled value under obj_id (PUT)."},
     {"release", (PyCFunction)client_release, METH_O,
      "release(obj_id)\n--\n\nQueues obj_id for RELEASE; never blocks or raises."},
+    {"unmap", (PyCFunction)client_unmap, METH_O,
+     "unmap(obj_id)\n--\n\nQueues a RELEASE (UNMAP) of one mapping of a stored object; "
+     "never blocks or raises."},
+    {"put_stored", FAST(client_put_stored), METH_FASTCALL | METH_KEYWORDS,
+     "put_stored(obj_id, size, timeout=60.0)\n--\n\nAsks the daemon to take the segment "
+     "STORE_DIR/<obj_id> of `size` bytes into the object store. Returns (status, text):\n"
+     "status 0 when it was stored."},
+    {"map", FAST(client_map), METH_FASTCALL | METH_KEYWORDS,
+     "map(obj_id, timeout=60.0)\n--\n\nAsks the daemon to make a stored object resident\n"
+     "and count one mapping of it (undo with unmap). Returns (status, size, text)."},
     {"cancel", FAST(client_cancel), METH_FASTCALL | METH_KEYWORDS,
      "cancel(task_id, force=False, timeout=10.0, queued_only=False)\n--\n\n"
      "Cancels a task; returns 0 (nothing to cancel), 1 (was queued) or 2 (was\n"

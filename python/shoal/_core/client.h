@@ -71,6 +71,8 @@ struct sh_client_obj_s {
   sh_buf_t out;                /* frames waiting for the I/O thread */
   uint64_t *rel;               /* queued RELEASE ids */
   size_t nrel, rel_cap;
+  uint64_t *unmap;             /* queued RELEASE (SH_RELEASE_UNMAP) ids */
+  size_t nunmap, unmap_cap;
   int awake;                   /* the I/O thread is not asleep: no wake needed */
   int writing;                 /* wbuf holds bytes the I/O thread is writing */
   uint64_t last_submit_ns;     /* CLOCK_MONOTONIC time of the last submit */

@@ -265,18 +265,23 @@ int sh_client_on_io_thread(const sh_client_obj_t *c) {
 
 /* Appends queued RELEASE ids to c->out as one frame (out_mu held). On
  * -ENOMEM they stay queued for a later turn. */
-static void flush_releases_locked(sh_client_obj_t *c) {
-  if (!c->nrel) return;
-  long at = sh_frame_begin(&c->out, SH_MSG_RELEASE, 0, 0);
-  if (at < 0) return;
-  if (sh_buf_reserve(&c->out, c->nrel * 8)) {
+/* Appends one RELEASE frame of ids; 0 or -ENOMEM (ids kept for later). */
+static int append_release(sh_client_obj_t *c, unsigned flags, const uint64_t *ids, size_t n) {
+  long at = sh_frame_begin(&c->out, SH_MSG_RELEASE, flags, 0);
+  if (at < 0) return (int)at;
+  if (sh_buf_reserve(&c->out, n * 8)) {
     sh_frame_abort(&c->out, at);
-    return;
+    return -ENOMEM;
   }
-  for (size_t i = 0; i < c->nrel; i++) sh_put_u64(c->out.data + c->out.len + 8 * i, c->rel[i]);
-  c->out.len += c->nrel * 8;
+  for (size_t i = 0; i < n; i++) sh_put_u64(c->out.data + c->out.len + 8 * i, ids[i]);
+  c->out.len += n * 8;
   sh_frame_finish(&c->out, at);
-  c->nrel = 0;
+  return 0;
+}
+
+static void flush_releases_locked(sh_client_obj_t *c) {
+  if (c->nrel && !append_release(c, 0, c->rel, c->nrel)) c->nrel = 0;
+  if (c->nunmap && !append_release(c, SH_RELEASE_UNMAP, c->unmap, c->nunmap)) c->nunmap = 0;
 }
 
 /* Takes what producers appended (out_mu held). Returns whether there is
@@ -404,7 +409,12 @@ static int handle_frame(sh_client_obj_t *c, const sh_frame_t *f) {
       snprintf(c->err_text, sizeof c->err_text, "%.*s", (int)(len - 4), (const char *)b + 4);
       return 0;
     case SH_MSG_CANCEL_REPLY:
+    case SH_MSG_PUT_REPLY:
       if (len < 4) return SH_EBODY;
+      sh_client_deliver(c, f->hdr.type, f->hdr.id, b, len);
+      return 0;
+    case SH_MSG_MAP_REPLY:
+      if (len < 12) return SH_EBODY;
       /* fall through */
     case SH_MSG_STATUS_REPLY:
       sh_client_deliver(c, f->hdr.type, f->hdr.id, b, len);

@@ -41,6 +41,7 @@ typedef struct worker_s {
   int fd;
   sh_core_state_t *st;
   PyObject *loads, *dumps, *dumps_exc, *depref; /* from the support module */
+  PyObject *load_stored; /* support.load_stored(id, size): a dependency in the store */
   sh_map_t fns;    /* fn_id -> PyObject*: the blob (bytes) until first use, then the callable */
   sh_map_t actors; /* actor_id -> PyObject*: the instance */
   sh_buf_t rbuf;   /* bytes read, not yet handled */
@@ -292,7 +293,8 @@ static int fill(worker_t *w) {
 /* The outcome of one request: a status and a payload (bytes). */
 typedef struct outcome_s {
   uint32_t status;
-  PyObject *payload;
+  int32_t code;      /* SH_CODE_STORED: the value went to the store */
+  PyObject *payload; /* bytes; an int (the segment size) when stored */
 } outcome_t;
 
 static void set_text(outcome_t *o, uint32_t status, const char *fmt, ...) {
@@ -370,7 +372,11 @@ static PyObject *resolve(worker_t *w, deps_t *d, PyObject *o, int *bad) {
     *bad = 1;
     return NULL;
   }
-  if (!d->val[i]) {
+  if (!d->val[i] && d->dep[i].stored) {
+    d->val[i] = PyObject_CallFunction(w->load_stored, "KK", (unsigned long long)d->dep[i].id,
+                                      (unsigned long long)d->dep[i].size);
+    if (!d->val[i]) return NULL;
+  } else if (!d->val[i]) {
     PyObject *b = PyBytes_FromStringAndSize((const char *)d->dep[i].data, d->dep[i].len);
     d->val[i] = b ? PyObject_CallOneArg(w->loads, b) : NULL;
     Py_XDECREF(b);
@@ -388,6 +394,18 @@ static int load_args(worker_t *w, const sh_exec_t *e, deps_t *d, PyObject **args
   Py_XDECREF(blob);
   if (!pair) return -1;
   int rc = 1, bad = 0;
+  /* Arguments too big to travel inline are a stored dependency: (DepRef,). */
+  if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 1 &&
+      PyObject_TypeCheck(PyTuple_GET_ITEM(pair, 0), (PyTypeObject *)w->depref)) {
+    PyObject *real = resolve(w, d, PyTuple_GET_ITEM(pair, 0), &bad);
+    Py_DECREF(pair);
+    if (!real) {
+      if (!bad) return -1;
+      PyErr_Clear();
+      return 1;
+    }
+    pair = real;
+  }
   if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) goto done;
   PyObject *a = PyTuple_GET_ITEM(pair, 0), *k = PyTuple_GET_ITEM(pair, 1);
   if (!PyTuple_Check(a) || (k != Py_None && !PyDict_Check(k))) goto done;
@@ -469,7 +487,12 @@ static int run(worker_t *w, uint64_t task_id, const sh_exec_t *e, deps_t *d,
   }
   if (value) {
     o->status = SH_ST_OK;
-    o->payload = PyObject_CallOneArg(w->dumps, value);
+    o->payload = PyObject_CallFunction(w->dumps, "OK", value, (unsigned long long)task_id);
+    if (o->payload && PyLong_Check(o->payload)) o->code = SH_CODE_STORED;
+    else if (o->payload && !PyBytes_Check(o->payload)) {
+      Py_CLEAR(o->payload);
+      PyErr_SetString(PyExc_TypeError, "dumps_result must return bytes or an int");
+    }
   }
   if (!value || !o->payload) set_error(w, o);
   Py_XDECREF(value);
@@ -482,6 +505,17 @@ static int run(worker_t *w, uint64_t task_id, const sh_exec_t *e, deps_t *d,
 /* Queues the RESULT of one request. 0 or -1 (out of memory). */
 static int queue_result(worker_t *w, uint64_t task_id, outcome_t *o) {
   if (!o->payload) return -1;
+  if (o->code == SH_CODE_STORED) {
+    uint8_t size[8];
+    sh_put_u64(size, PyLong_AsUnsignedLongLong(o->payload));
+    Py_CLEAR(o->payload);
+    pthread_mutex_lock(&w->mu);
+    if (!sh_buf_avail(&w->wbuf)) w->held_since = now_s();
+    int rc = sh_result_append(&w->wbuf, task_id, SH_ST_OK, SH_CODE_STORED, size, 8);
+    pthread_mutex_unlock(&w->mu);
+    if (rc) PyErr_NoMemory();
+    return rc ? -1 : 0;
+  }
   Py_ssize_t n = PyBytes_GET_SIZE(o->payload);
   if ((size_t)n > SH_FRAME_MAX_DEFAULT - 8) {
     Py_DECREF(o->payload);
@@ -522,7 +556,7 @@ static int exec_frame(worker_t *w, uint64_t task_id, const uint8_t *body, uint32
 
   arm_flusher(w);
   int rc = signals_while_idle(); /* a stale SIGINT is not for this task */
-  outcome_t o = {0, NULL};
+  outcome_t o = {0, 0, NULL};
   if (rc == 0) rc = run(w, task_id, &e, &d, &o);
   for (uint32_t i = 0; i < e.ndeps; i++) Py_XDECREF(d.val[i]);
   if (d.dep != dep_small) sh_free(d.dep);
@@ -581,8 +615,9 @@ static int loop(worker_t *w) {
 static int setup(worker_t *w, PyObject *module, PyObject *support) {
   w->st = PyModule_GetState(module);
   w->loads = PyObject_GetAttr(support, w->st->s_loads);
-  w->dumps = w->loads ? PyObject_GetAttr(support, w->st->s_dumps) : NULL;
-  w->dumps_exc = w->dumps ? PyObject_GetAttr(support, w->st->s_dumps_exception) : NULL;
+  w->dumps = w->loads ? PyObject_GetAttrString(support, "dumps_result") : NULL;
+  w->load_stored = w->dumps ? PyObject_GetAttrString(support, "load_stored") : NULL;
+  w->dumps_exc = w->load_stored ? PyObject_GetAttr(support, w->st->s_dumps_exception) : NULL;
   w->depref = w->dumps_exc ? PyObject_GetAttr(support, w->st->s_DepRef) : NULL;
   if (!w->depref) return -1;
   if (!PyType_Check(w->depref)) {
@@ -650,6 +685,7 @@ PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nar
   }
   Py_XDECREF(w.loads);
   Py_XDECREF(w.dumps);
+  Py_XDECREF(w.load_stored);
   Py_XDECREF(w.dumps_exc);
   Py_XDECREF(w.depref);
   if (rc < 0) return NULL;

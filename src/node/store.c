@@ -1,0 +1,387 @@
+/* The object store: one segment file per object in a tmpfs directory. A
+ * writer (driver or worker) creates STORE_DIR/<id>.<pid>.tmp, fills it and
+ * renames it to STORE_DIR/<id> (16 hex digits), so a reader never sees a
+ * partial object; the agent then seals it (counts it against the capacity),
+ * spills the least recently used segments nobody is reading to the spill
+ * directory when memory runs short, brings them back when they are needed,
+ * and removes them when the last reference is gone. The agent never reads a
+ * segment's contents: the layout is the writer's and readers' business
+ * (python/shoal/_core/store.c). All on the loop thread. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "node/agent.h"
+
+#define DEFAULT_THRESHOLD (64u * 1024u)
+#define DEFAULT_FRACTION 0.30
+
+static void seg_name(uint64_t id, char *buf) {
+  snprintf(buf, 24, "%016llx", (unsigned long long)id);
+}
+
+static void fmt_bytes(uint64_t v, char *buf, size_t n) {
+  if (v >= (1ull << 30)) snprintf(buf, n, "%.2f GiB", v / 1073741824.0);
+  else if (v >= (1ull << 20)) snprintf(buf, n, "%.1f MiB", v / 1048576.0);
+  else snprintf(buf, n, "%llu bytes", (unsigned long long)v);
+}
+
+/* ---- directories ---- */
+
+/* Removes every entry of the flat directory `path`, then the directory. */
+static void remove_tree(const char *path) {
+  DIR *d = opendir(path);
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(dirfd(d), e->d_name, 0);
+  closedir(d);
+  if (rmdir(path) < 0 && errno != ENOENT) sh_warn("could not remove %s: %s", path, strerror(errno));
+}
+
+/* Removes `base/<prefix><pid>-XXXXXX` directories whose agent is dead. */
+static void reap_stale(const char *base, const char *prefix) {
+  DIR *d = opendir(base);
+  if (!d) return;
+  size_t pl = strlen(prefix);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, prefix, pl)) continue;
+    char *end;
+    long pid = strtol(e->d_name + pl, &end, 10);
+    if (pid <= 0 || *end != '-' || pid == getpid()) continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", base, e->d_name);
+    sh_info("removing the object store %s left by agent pid %ld, which is gone", path, pid);
+    remove_tree(path);
+  }
+  closedir(d);
+}
+
+static int is_dir(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* mkdtemp(base/<prefix><pid>-XXXXXX) into out. 0 or -1 with errno. */
+static int make_dir(const char *base, const char *prefix, char *out, size_t n) {
+  int w = snprintf(out, n, "%s/%s%d-XXXXXX", base, prefix, (int)getpid());
+  if (w < 0 || (size_t)w >= n) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  return mkdtemp(out) ? 0 : -1;
+}
+
+int sh_store_open(sh_agent_t *a, char *err, size_t n) {
+  sh_store_t *s = &a->store;
+  memset(s, 0, sizeof *s);
+  s->dir_fd = s->spill_fd = -1;
+  sh_queue_init(&s->lru);
+  s->inline_threshold = a->opts.inline_threshold ? a->opts.inline_threshold : DEFAULT_THRESHOLD;
+  s->capacity = a->opts.store_memory;
+  if (!s->capacity) {
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    s->capacity = (uint64_t)((double)pages * (double)psz * DEFAULT_FRACTION);
+  }
+  const char *base = a->opts.store_dir ? a->opts.store_dir : "/dev/shm";
+  char fallback[4096];
+  if (!a->opts.store_dir && !is_dir(base)) {
+    snprintf(fallback, sizeof fallback, "%s", a->opts.socket_dir);
+    sh_warn("/dev/shm does not exist: the object store lives in %s, which may be disk-backed "
+            "(pass --object-store-dir to choose a tmpfs)", fallback);
+    base = fallback;
+  }
+  reap_stale(base, "shoal-");
+  if (make_dir(base, "shoal-", s->dir, sizeof s->dir) < 0) {
+    snprintf(err, n, "cannot create the object store directory in %s: %s (choose another "
+             "with --object-store-dir)", base, strerror(errno));
+    s->dir[0] = 0;
+    return -1;
+  }
+  struct statvfs vf;
+  if (statvfs(s->dir, &vf) == 0) {
+    uint64_t room = (uint64_t)vf.f_bavail * vf.f_frsize;
+    if (room < s->capacity) {
+      char want[32], have[32];
+      fmt_bytes(s->capacity, want, sizeof want);
+      fmt_bytes(room, have, sizeof have);
+      sh_warn("the object store asks for %s but %s has only %s free: using %s", want, base, have,
+              have);
+      s->capacity = room;
+    }
+  }
+  const char *sbase = a->opts.spill_dir ? a->opts.spill_dir : a->opts.socket_dir;
+  if (a->opts.spill_dir && mkdir(sbase, 0700) < 0 && errno != EEXIST) {
+    snprintf(err, n, "cannot create the spill directory %s: %s", sbase, strerror(errno));
+    goto fail;
+  }
+  reap_stale(sbase, "shoal-spill-");
+  if (make_dir(sbase, "shoal-spill-", s->spill_dir, sizeof s->spill_dir) < 0) {
+    snprintf(err, n, "cannot create the spill directory in %s: %s (choose another with "
+             "--spill-dir)", sbase, strerror(errno));
+    s->spill_dir[0] = 0;
+    goto fail;
+  }
+  s->dir_fd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  s->spill_fd = open(s->spill_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (s->dir_fd < 0 || s->spill_fd < 0) {
+    snprintf(err, n, "cannot open the object store directories: %s", strerror(errno));
+    goto fail;
+  }
+  char cap[32];
+  fmt_bytes(s->capacity, cap, sizeof cap);
+  sh_info("object store %s (%s), spilling to %s", s->dir, cap, s->spill_dir);
+  return 0;
+fail:
+  sh_store_close(a);
+  return -1;
+}
+
+void sh_store_close(sh_agent_t *a) {
+  sh_store_t *s = &a->store;
+  if (s->dir_fd >= 0) close(s->dir_fd);
+  if (s->spill_fd >= 0) close(s->spill_fd);
+  s->dir_fd = s->spill_fd = -1;
+  if (s->dir[0]) remove_tree(s->dir);
+  if (s->spill_dir[0]) remove_tree(s->spill_dir);
+  s->dir[0] = s->spill_dir[0] = 0;
+}
+
+/* ---- moving bytes ---- */
+
+/* Copies all of `src` (size bytes) into `dst`. 0 or -errno. */
+static int copy_fd(int dst, int src, uint64_t size) {
+  off_t off = 0;
+  while ((uint64_t)off < size) {
+    size_t chunk = size - (uint64_t)off > (1u << 30) ? (1u << 30) : (size_t)(size - (uint64_t)off);
+    ssize_t w = sendfile(dst, src, &off, chunk);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return -errno;
+    if (w == 0) return -EIO; /* the source is shorter than it should be */
+  }
+  return 0;
+}
+
+static int spillable(const sh_obj_t *o) {
+  return o->stored && !o->spilled && !o->busy && !o->maps;
+}
+
+/* Moves o's segment to the spill directory. 0, or -1 with a message. */
+static int spill(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
+  sh_store_t *s = &a->store;
+  char name[24];
+  seg_name(o->id, name);
+  int src = openat(s->dir_fd, name, O_RDONLY | O_CLOEXEC);
+  int dst = src < 0 ? -1 : openat(s->spill_fd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  int rc = src < 0 || dst < 0 ? -errno : copy_fd(dst, src, o->size);
+  if (dst >= 0 && close(dst) < 0 && !rc) rc = -errno;
+  if (src >= 0) close(src);
+  if (rc) {
+    unlinkat(s->spill_fd, name, 0);
+    char sz[32];
+    fmt_bytes(o->size, sz, sizeof sz);
+    snprintf(why, n, "spilling object %#llx (%s) to %s failed: %s", (unsigned long long)o->id,
+             sz, s->spill_dir, strerror(-rc));
+    return -1;
+  }
+  unlinkat(s->dir_fd, name, 0);
+  sh_queue_remove(&o->lru);
+  s->used -= o->size;
+  s->spilled += o->size;
+  s->nspilled++;
+  s->n_spills++;
+  o->spilled = 1;
+  sh_debug("spilled object %#llx (%llu bytes)", (unsigned long long)o->id,
+           (unsigned long long)o->size);
+  return 0;
+}
+
+/* Spills least recently used segments, never `keep`, until `need` more
+ * bytes fit. 0, or -1 with a message. */
+static int make_room(sh_agent_t *a, uint64_t need, const sh_obj_t *keep, char *why, size_t n) {
+  sh_store_t *s = &a->store;
+  while (s->used + need > s->capacity) {
+    sh_obj_t *victim = NULL;
+    sh_queue_t *q;
+    sh_queue_foreach(q, &s->lru) {
+      sh_obj_t *o = sh_queue_data(q, sh_obj_t, lru);
+      if (o != keep && spillable(o)) {
+        victim = o;
+        break;
+      }
+    }
+    if (!victim) {
+      char used[32], cap[32], want[32];
+      fmt_bytes(s->used, used, sizeof used);
+      fmt_bytes(s->capacity, cap, sizeof cap);
+      fmt_bytes(need, want, sizeof want);
+      snprintf(why, n, "the object store is full: %s of %s in memory is in use (mapped by a "
+               "driver or read by a running task) and cannot be spilled to make room for %s; "
+               "drop references to objects you no longer need, or start the cluster with a "
+               "larger --object-store-memory", used, cap, want);
+      return -1;
+    }
+    if (spill(a, victim, why, n)) return -1;
+  }
+  return 0;
+}
+
+/* ---- the object lifecycle ---- */
+
+uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, size_t n) {
+  sh_store_t *s = &a->store;
+  char name[24];
+  seg_name(o->id, name);
+  if (s->dir_fd < 0) {
+    snprintf(why, n, "this node has no object store");
+    return SH_ST_BAD_REQUEST;
+  }
+  struct stat st;
+  if (fstatat(s->dir_fd, name, &st, 0) < 0) {
+    snprintf(why, n, "the segment of object %#llx is missing from %s: %s",
+             (unsigned long long)o->id, s->dir, strerror(errno));
+    return SH_ST_LOST;
+  }
+  if ((uint64_t)st.st_size != size) {
+    unlinkat(s->dir_fd, name, 0);
+    snprintf(why, n, "the segment of object %#llx is %lld bytes, not the %llu announced",
+             (unsigned long long)o->id, (long long)st.st_size, (unsigned long long)size);
+    return SH_ST_BAD_REQUEST;
+  }
+  if (size > s->capacity) {
+    unlinkat(s->dir_fd, name, 0);
+    s->n_full++;
+    char sz[32], cap[32];
+    fmt_bytes(size, sz, sizeof sz);
+    fmt_bytes(s->capacity, cap, sizeof cap);
+    snprintf(why, n, "object %#llx is %s, larger than the whole object store (%s): start "
+             "the cluster with a larger --object-store-memory (shoal.init(object_store_memory="
+             "...))", (unsigned long long)o->id, sz, cap);
+    return SH_ST_STORE_FULL;
+  }
+  o->stored = 1;
+  o->spilled = 0;
+  o->code = SH_CODE_STORED;
+  o->size = size;
+  o->last_use_ns = sh_now_ns();
+  sh_queue_insert_tail(&s->lru, &o->lru);
+  s->used += size;
+  s->nstored++;
+  if (s->used <= s->capacity) return SH_ST_OK;
+  if (make_room(a, 0, o, why, n) == 0) return SH_ST_OK;
+  /* Nothing else can go: put the new object itself on disk, if it can. */
+  char why2[512];
+  if (spillable(o) && spill(a, o, why2, sizeof why2) == 0) return SH_ST_OK;
+  sh_store_free(a, o);
+  o->stored = 0;
+  o->code = 0;
+  s->n_full++;
+  return SH_ST_STORE_FULL;
+}
+
+uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
+  sh_store_t *s = &a->store;
+  o->last_use_ns = sh_now_ns();
+  if (!o->spilled) {
+    sh_queue_remove(&o->lru);
+    sh_queue_insert_tail(&s->lru, &o->lru);
+    return SH_ST_OK;
+  }
+  if (make_room(a, o->size, o, why, n)) {
+    s->n_full++;
+    return SH_ST_STORE_FULL;
+  }
+  char name[24], tmp[40];
+  seg_name(o->id, name);
+  snprintf(tmp, sizeof tmp, "%s.restore", name);
+  int src = openat(s->spill_fd, name, O_RDONLY | O_CLOEXEC);
+  if (src < 0) {
+    snprintf(why, n, "spilled object %#llx is missing from %s: %s", (unsigned long long)o->id,
+             s->spill_dir, strerror(errno));
+    return SH_ST_LOST;
+  }
+  int dst = openat(s->dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  int rc = dst < 0 ? -errno : copy_fd(dst, src, o->size);
+  if (dst >= 0 && close(dst) < 0 && !rc) rc = -errno;
+  close(src);
+  if (!rc && renameat(s->dir_fd, tmp, s->dir_fd, name) < 0) rc = -errno;
+  if (rc) {
+    unlinkat(s->dir_fd, tmp, 0);
+    s->n_full++;
+    snprintf(why, n, "bringing spilled object %#llx back into %s failed: %s",
+             (unsigned long long)o->id, s->dir, strerror(-rc));
+    return rc == -ENOSPC ? SH_ST_STORE_FULL : SH_ST_LOST;
+  }
+  unlinkat(s->spill_fd, name, 0);
+  o->spilled = 0;
+  s->spilled -= o->size;
+  s->nspilled--;
+  s->used += o->size;
+  s->n_restores++;
+  sh_queue_insert_tail(&s->lru, &o->lru);
+  return SH_ST_OK;
+}
+
+void sh_store_free(sh_agent_t *a, sh_obj_t *o) {
+  sh_store_t *s = &a->store;
+  if (!o->stored) return;
+  char name[24];
+  seg_name(o->id, name);
+  if (o->spilled) {
+    if (s->spill_fd >= 0) unlinkat(s->spill_fd, name, 0);
+    s->spilled -= o->size;
+    s->nspilled--;
+  } else {
+    if (s->dir_fd >= 0) unlinkat(s->dir_fd, name, 0);
+    sh_queue_remove(&o->lru);
+    s->used -= o->size;
+  }
+  s->nstored--;
+  o->stored = 0;
+}
+
+void sh_store_discard(sh_agent_t *a, uint64_t id) {
+  if (a->store.dir_fd < 0) return;
+  char name[24];
+  seg_name(id, name);
+  unlinkat(a->store.dir_fd, name, 0);
+}
+
+void sh_store_reap(sh_agent_t *a, uint32_t client_id, uint32_t pid) {
+  sh_store_t *s = &a->store;
+  if (s->dir_fd < 0) return;
+  int fd = dup(s->dir_fd);
+  DIR *d = fd < 0 ? NULL : fdopendir(fd);
+  if (!d) {
+    if (fd >= 0) close(fd);
+    return;
+  }
+  rewinddir(d);
+  char suffix[32];
+  int sl = snprintf(suffix, sizeof suffix, ".%u.tmp", pid);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    size_t len = strlen(e->d_name);
+    if (pid && len > (size_t)sl && strcmp(e->d_name + len - (size_t)sl, suffix) == 0) {
+      unlinkat(s->dir_fd, e->d_name, 0);
+      continue;
+    }
+    if (!client_id || len != 16) continue;
+    char *end;
+    uint64_t id = strtoull(e->d_name, &end, 16);
+    if (*end || (uint32_t)(id >> 40) != client_id || sh_map_get(&a->objects, id)) continue;
+    unlinkat(s->dir_fd, e->d_name, 0);
+  }
+  closedir(d);
+}
