@@ -30,6 +30,7 @@ typedef struct sh_client_obj_s sh_client_obj_t;
 typedef struct sh_core_state_s {
   PyObject *spec_type;   /* TaskSpec */
   PyObject *client_type; /* Client */
+  PyObject *segment_type; /* Segment */
   PyObject *s_complete, *s_result, *s_state, *s_raw, *s_client, *s_id,
       *s_finished, *s_write, *s_flush, *s_i, *s_loads, *s_dumps,
       *s_dumps_exception, *s_DepRef;
@@ -67,6 +68,12 @@ int sh_spec_add_type(PyObject *m, sh_core_state_t *st);
 int sh_client_add_type(PyObject *m, sh_core_state_t *st);
 /* Closes every open client of the module (atexit, module free). */
 void sh_client_close_all(sh_core_state_t *st);
+
+/* ---- store.c ---- */
+
+/* Creates the Segment type into st and adds it, store_write and store_map to
+ * module m. 0 or -1. */
+int sh_store_add_type(PyObject *m, sh_core_state_t *st);
 
 /* ---- mpack.c ---- */
 

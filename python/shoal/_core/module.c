@@ -122,6 +122,7 @@ static int module_exec(PyObject *m) {
   if (intern_names(st) < 0) return -1;
   if (sh_spec_add_type(m, st) < 0) return -1;
   if (sh_client_add_type(m, st) < 0) return -1;
+  if (sh_store_add_type(m, st) < 0) return -1;
   if (PyModule_AddIntConstant(m, "ST_DISCONNECTED", SH_ST_DISCONNECTED) < 0)
     return -1;
   if (!atfork_registered) {
@@ -139,6 +140,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   if (!st) return 0;
   Py_VISIT(st->spec_type);
   Py_VISIT(st->client_type);
+  Py_VISIT(st->segment_type);
   return 0;
 }
 
@@ -147,6 +149,7 @@ static int module_clear(PyObject *m) {
   if (!st) return 0;
   Py_CLEAR(st->spec_type);
   Py_CLEAR(st->client_type);
+  Py_CLEAR(st->segment_type);
   PyObject **names[] = {&st->s_complete, &st->s_result, &st->s_state,
                         &st->s_raw, &st->s_client, &st->s_id, &st->s_finished,
                         &st->s_write, &st->s_flush, &st->s_i, &st->s_loads,
