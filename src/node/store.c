@@ -208,7 +208,10 @@ static int spill(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
 }
 
 /* Spills least recently used segments, never `keep`, until `need` more
- * bytes fit. 0, or -1 with a message. */
+ * bytes fit. 0, or with a message ROOM_IN_USE (nothing left that may be
+ * spilled) or ROOM_IO (a spill failed: the spill disk is full). */
+enum { ROOM_IN_USE = -1, ROOM_IO = -2 };
+
 static int make_room(sh_agent_t *a, uint64_t need, const sh_obj_t *keep, char *why, size_t n) {
   sh_store_t *s = &a->store;
   while (s->used + need > s->capacity) {
@@ -230,9 +233,9 @@ static int make_room(sh_agent_t *a, uint64_t need, const sh_obj_t *keep, char *w
                "driver or read by a running task) and cannot be spilled to make room for %s; "
                "drop references to objects you no longer need, or start the cluster with a "
                "larger --object-store-memory", used, cap, want);
-      return -1;
+      return ROOM_IN_USE;
     }
-    if (spill(a, victim, why, n)) return -1;
+    if (spill(a, victim, why, n)) return ROOM_IO;
   }
   return 0;
 }
@@ -298,7 +301,11 @@ uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
     sh_queue_insert_tail(&s->lru, &o->lru);
     return SH_ST_OK;
   }
-  if (make_room(a, o->size, o, why, n)) {
+  /* When the spill disk is full, restoring first frees this object's spill
+   * file, which then makes room for the victims: memory runs over by one
+   * object for a moment instead of the object being unreachable. */
+  int room = make_room(a, o->size, o, why, n);
+  if (room == ROOM_IN_USE) {
     s->n_full++;
     return SH_ST_STORE_FULL;
   }
@@ -330,6 +337,9 @@ uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
   s->used += o->size;
   s->n_restores++;
   sh_queue_insert_tail(&s->lru, &o->lru);
+  if (room == ROOM_IO && make_room(a, 0, o, why, n))
+    sh_warn("object store over capacity after bringing %#llx back: %s", (unsigned long long)o->id,
+            why);
   return SH_ST_OK;
 }
 

@@ -66,11 +66,13 @@ static void hello_ok_round_trip(void **state) {
   sh_buf_t b;
   sh_buf_init(&b);
   sh_hello_ok_t in = {.client_id = 7, .node_id = 1, .num_workers = 16,
-                      .cpu_milli = 16000, .gpu_milli = 0, .memory = 1ull << 40},
+                      .cpu_milli = 16000, .gpu_milli = 0, .memory = 1ull << 40,
+                      .inline_threshold = 65536, .store_capacity = 1ull << 32,
+                      .store_dir = "/dev/shm/shoal-1-abc"},
                 out;
   assert_int_equal(sh_hello_ok_append(&b, &in), 0);
   sh_frame_t f = one_frame(&b, SH_MSG_HELLO_OK, 0);
-  assert_int_equal(f.hdr.len, 40);
+  assert_int_equal(f.hdr.len, 60 + strlen(in.store_dir));
   assert_int_equal(sh_hello_ok_decode(f.body, f.hdr.len, &out), 0);
   assert_int_equal(out.client_id, 7);
   assert_int_equal(out.node_id, 1);
@@ -78,7 +80,11 @@ static void hello_ok_round_trip(void **state) {
   assert_int_equal(out.cpu_milli, 16000);
   assert_int_equal(out.gpu_milli, 0);
   assert_int_equal(out.memory, 1ull << 40);
-  assert_int_equal(sh_hello_ok_decode(f.body, 39, &out), SH_EBODY);
+  assert_int_equal(out.inline_threshold, 65536);
+  assert_int_equal(out.store_capacity, 1ull << 32);
+  assert_string_equal(out.store_dir, "/dev/shm/shoal-1-abc");
+  assert_int_equal(sh_hello_ok_decode(f.body, f.hdr.len - 1, &out), SH_EBODY);
+  assert_int_equal(sh_hello_ok_decode(f.body, 59, &out), SH_EBODY);
   assert_int_equal(sh_hello_ok_decode(f.body, 0, &out), SH_EBODY);
   sh_buf_close(&b);
 }

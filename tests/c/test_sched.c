@@ -4,8 +4,13 @@
  * (socketpairs; no processes are spawned). */
 #include "sh_test.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/frame.h"
@@ -19,6 +24,8 @@ typedef struct fixture_s {
   int driver_peer;
   sh_worker_t *w[4];
   int nworkers;
+  char tmp[64];       /* socket dir and store base of this test */
+  char store_base[96];
 } fixture_t;
 
 static fixture_t fx;
@@ -60,6 +67,17 @@ static void setup(int nworkers, uint64_t cpus) {
   a->opts.resources.memory = 1ull << 30;
   a->avail = a->opts.resources;
   a->stopping = 1; /* no respawns from pool code */
+  /* A real store in a private temporary directory, small enough to spill. */
+  snprintf(fx.tmp, sizeof fx.tmp, "/tmp/sh-sched-XXXXXX");
+  assert_non_null(mkdtemp(fx.tmp));
+  snprintf(fx.store_base, sizeof fx.store_base, "%s/shm", fx.tmp);
+  assert_int_equal(mkdir(fx.store_base, 0700), 0);
+  a->opts.socket_dir = fx.tmp;
+  a->opts.store_dir = fx.store_base;
+  a->opts.store_memory = 10000;
+  a->opts.inline_threshold = 100;
+  char err[256];
+  assert_int_equal(sh_store_open(a, err, sizeof err), 0);
   sh_queue_init(&a->conns);
   sh_queue_init(&a->dirty);
   sh_queue_init(&a->workers);
@@ -101,6 +119,9 @@ static void teardown(void) {
   close(fx.driver_peer);
   uv_run(&fx.loop, UV_RUN_NOWAIT);
   sh_sched_close(a);
+  sh_store_close(a);
+  assert_int_equal(rmdir(fx.store_base), 0); /* empty: the store removed its own */
+  assert_int_equal(rmdir(fx.tmp), 0);
 
   sh_map_close(&a->clients);
   assert_int_equal(uv_loop_close(&fx.loop), 0);
@@ -423,6 +444,183 @@ static void client_gone_drops_its_work(void **state) {
   teardown();
 }
 
+/* ---- the object store ---- */
+
+/* Writes a segment the way a writer does (bytes only: the agent never
+ * parses them) for object id, filled with `fill`. */
+static void write_segment(uint64_t id, size_t size, int fill) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/%016llx", fx.a.store.dir, (unsigned long long)id);
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  assert_true(fd >= 0);
+  uint8_t *buf = sh_calloc(1, size);
+  memset(buf, fill, size);
+  assert_int_equal(write(fd, buf, size), (ssize_t)size);
+  sh_free(buf);
+  close(fd);
+}
+
+static int seg_exists(const char *dir, uint64_t id) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%016llx", dir, (unsigned long long)id);
+  return access(path, F_OK) == 0;
+}
+
+static void put_stored(uint64_t id, uint64_t size) {
+  uint8_t b[8];
+  sh_put_u64(b, size);
+  sh_sched_put_stored(&fx.a, fx.driver, id, b, 8);
+}
+
+/* Status of the last PUT_REPLY / MAP_REPLY for id. */
+static uint32_t reply_status(unsigned type, uint64_t id) {
+  uint32_t st = 0xffffffff;
+  for (int i = 0;; i++) {
+    uint64_t got = 0;
+    sh_frame_t f;
+    if (count_frames(&fx.driver->out, type, i, &got, &f) <= i) break;
+    if (got == id) st = sh_get_u32(f.body);
+  }
+  assert_int_not_equal(st, 0xffffffff);
+  return st;
+}
+
+static void store_seals_spills_restores_and_frees(void **state) {
+  setup(1, 1);
+  sh_store_t *st = &fx.a.store;
+  for (int i = 0; i < 3; i++) { /* 3 x 4000 bytes: the third goes over 10000 */
+    write_segment(tid(100 + i), 4000, 'a' + i);
+    put_stored(tid(100 + i), 4000);
+    assert_int_equal(reply_status(SH_MSG_PUT_REPLY, tid(100 + i)), SH_ST_OK);
+  }
+  assert_int_equal(st->nstored, 3);
+  assert_true(st->used <= st->capacity);
+  assert_int_equal(st->nspilled, 1);
+  /* The least recently used one went to disk, byte for byte. */
+  assert_false(seg_exists(st->dir, tid(100)));
+  assert_true(seg_exists(st->spill_dir, tid(100)));
+  /* MAP brings it back (spilling another) and counts the mapping. */
+  sh_sched_map(&fx.a, fx.driver, tid(100));
+  assert_int_equal(reply_status(SH_MSG_MAP_REPLY, tid(100)), SH_ST_OK);
+  assert_true(seg_exists(st->dir, tid(100)));
+  assert_int_equal(st->n_restores, 1);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%016llx", st->dir, (unsigned long long)tid(100));
+  FILE *fp = fopen(path, "rb");
+  assert_non_null(fp);
+  int c0 = fgetc(fp);
+  fseek(fp, 3999, SEEK_SET);
+  int c1 = fgetc(fp);
+  fclose(fp);
+  assert_int_equal(c0, 'a');
+  assert_int_equal(c1, 'a');
+  /* A mapped object outlives its handle until the mapping goes. */
+  sh_sched_release(&fx.a, tid(100));
+  assert_true(seg_exists(st->dir, tid(100)));
+  sh_sched_unmap(&fx.a, tid(100));
+  assert_false(seg_exists(st->dir, tid(100)));
+  sh_sched_release(&fx.a, tid(101));
+  sh_sched_release(&fx.a, tid(102));
+  assert_int_equal(st->nstored, 0);
+  assert_int_equal(st->used, 0);
+  assert_int_equal(st->spilled, 0);
+  teardown();
+}
+
+static void store_refuses_what_cannot_fit(void **state) {
+  setup(1, 1);
+  sh_store_t *st = &fx.a.store;
+  write_segment(tid(100), 20000, 'x'); /* bigger than the whole store */
+  put_stored(tid(100), 20000);
+  assert_int_equal(reply_status(SH_MSG_PUT_REPLY, tid(100)), SH_ST_STORE_FULL);
+  assert_false(seg_exists(st->dir, tid(100)));
+  write_segment(tid(101), 50, 'x'); /* a size that does not match the file */
+  put_stored(tid(101), 60);
+  assert_int_equal(reply_status(SH_MSG_PUT_REPLY, tid(101)), SH_ST_BAD_REQUEST);
+  put_stored(tid(102), 60); /* no file at all */
+  assert_int_equal(reply_status(SH_MSG_PUT_REPLY, tid(102)), SH_ST_LOST);
+  /* Two mapped objects fill memory; a third is put straight to disk, and
+   * cannot come back while the others are mapped. */
+  for (int i = 0; i < 2; i++) {
+    write_segment(tid(110 + i), 4500, 'm');
+    put_stored(tid(110 + i), 4500);
+    sh_sched_map(&fx.a, fx.driver, tid(110 + i));
+  }
+  write_segment(tid(120), 4500, 'n');
+  put_stored(tid(120), 4500);
+  assert_int_equal(reply_status(SH_MSG_PUT_REPLY, tid(120)), SH_ST_OK);
+  assert_true(seg_exists(st->spill_dir, tid(120)));
+  sh_sched_map(&fx.a, fx.driver, tid(120));
+  assert_int_equal(reply_status(SH_MSG_MAP_REPLY, tid(120)), SH_ST_STORE_FULL);
+  sh_sched_unmap(&fx.a, tid(110));
+  sh_sched_map(&fx.a, fx.driver, tid(120));
+  assert_int_equal(reply_status(SH_MSG_MAP_REPLY, tid(120)), SH_ST_OK);
+  /* Unknown ids are LOST, not a crash. */
+  sh_sched_map(&fx.a, fx.driver, tid(999));
+  assert_int_equal(reply_status(SH_MSG_MAP_REPLY, tid(999)), SH_ST_LOST);
+  teardown();
+}
+
+static void stored_dependency_is_sent_by_reference_and_busy(void **state) {
+  setup(1, 1);
+  register_fn(tid(1));
+  write_segment(tid(100), 4000, 'd');
+  put_stored(tid(100), 4000);
+  sh_submit_t s = plain(tid(1));
+  uint8_t dep[8];
+  sh_put_u64(dep, tid(100));
+  s.ndeps = 1;
+  s.deps = dep;
+  sh_sched_submit(&fx.a, fx.driver, tid(10), &s);
+  sh_sched_release(&fx.a, tid(100)); /* the driver dropped it: the task still holds it */
+  sh_sched_run(&fx.a);
+  sh_frame_t f;
+  assert_int_equal(count_frames(&fx.w[0]->conn->out, SH_MSG_EXEC, 0, NULL, &f), 1);
+  sh_exec_t e;
+  assert_int_equal(sh_exec_decode(f.body, f.hdr.len, &e), 0);
+  sh_rd_t r;
+  sh_rd_init(&r, e.deps, e.deps_len);
+  sh_exec_dep_t d;
+  assert_int_equal(sh_exec_dep_next(&r, &d), 1);
+  assert_true(d.stored);
+  assert_int_equal(d.id, tid(100));
+  assert_int_equal(d.size, 4000);
+  sh_obj_t *o = sh_map_get(&fx.a.objects, tid(100));
+  assert_int_equal(o->busy, 1);
+  /* A stored result: sealed under the task's id, sent as a reference. */
+  write_segment(tid(10), 3000, 'r');
+  uint8_t size[8];
+  sh_put_u64(size, 3000);
+  sh_result_t res = {SH_ST_OK, SH_CODE_STORED, size, 8};
+  sh_sched_result(&fx.a, fx.w[0], tid(10), &res);
+  sh_result_t got = driver_result(tid(10));
+  assert_int_equal(got.status, SH_ST_OK);
+  assert_int_equal(got.code, SH_CODE_STORED);
+  assert_null(sh_map_get(&fx.a.objects, tid(100))); /* freed with its last task */
+  assert_false(seg_exists(fx.a.store.dir, tid(100)));
+  assert_true(seg_exists(fx.a.store.dir, tid(10)));
+  /* The driver leaving frees what it owned. */
+  sh_sched_client_gone(&fx.a, CID);
+  assert_false(seg_exists(fx.a.store.dir, tid(10)));
+  assert_int_equal(fx.a.store.nstored, 0);
+  teardown();
+}
+
+static void reap_removes_unfinished_segments(void **state) {
+  setup(1, 1);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%016llx.4242.tmp", fx.a.store.dir, (unsigned long long)tid(5));
+  int fd = open(path, O_WRONLY | O_CREAT, 0600);
+  close(fd);
+  write_segment(tid(6), 10, 'z');            /* renamed, never sealed */
+  write_segment((uint64_t)9 << 40 | 6, 10, 'z'); /* another client's */
+  sh_store_reap(&fx.a, CID, 4242);
+  assert_int_equal(access(path, F_OK), -1);
+  assert_false(seg_exists(fx.a.store.dir, tid(6)));
+  assert_true(seg_exists(fx.a.store.dir, (uint64_t)9 << 40 | 6));
+  teardown();
+}
+
 static const struct CMUnitTest tests[] = {
     SH_TEST(dispatch_holds_resources_and_sends_func_once),
     SH_TEST(short_tasks_are_pipelined),
@@ -433,6 +631,10 @@ static const struct CMUnitTest tests[] = {
     SH_TEST(cancel_queued_and_release),
     SH_TEST(actor_calls_keep_order_behind_a_dependency),
     SH_TEST(client_gone_drops_its_work),
+    SH_TEST(store_seals_spills_restores_and_frees),
+    SH_TEST(store_refuses_what_cannot_fit),
+    SH_TEST(stored_dependency_is_sent_by_reference_and_busy),
+    SH_TEST(reap_removes_unfinished_segments),
 };
 
 SH_TEST_MAIN(tests)

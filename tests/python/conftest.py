@@ -67,3 +67,30 @@ def tmp_socket_dir():
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _shm_dirs():
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("shoal-")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_shared_memory_left_behind():
+    """After the whole session, no object store the tests' daemons made is
+    left in /dev/shm: each daemon removes its own, also when its driver is
+    killed; one killed with SIGKILL has its store removed by the next
+    daemon that starts."""
+    import sys
+    import time
+    before = _shm_dirs()
+    yield
+    api = sys.modules.get("shoal._api")
+    if api is not None:
+        api.shutdown()
+    deadline = time.monotonic() + 10
+    while (_shm_dirs() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = sorted(_shm_dirs() - before)
+    assert not left, f"object stores left behind in /dev/shm: {left}"

@@ -50,10 +50,13 @@ static void out_unlock_wake(sh_client_obj_t *c) {
   if (wake) sh_client_wake(c);
 }
 
-/* Appends one frame with a body and wakes the I/O thread. 0 or -ENOMEM. */
+/* Appends one frame with a body and wakes the I/O thread. 0 or -ENOMEM.
+ * Queued releases go first: a MAP or PUT that needs room in the object
+ * store must reach the daemon after the mappings this process dropped. */
 static int send_frame(sh_client_obj_t *c, unsigned type, unsigned flags,
                       uint64_t id, const void *body, size_t len) {
   pthread_mutex_lock(&c->out_mu);
+  sh_client_flush_releases_locked(c);
   int rc = sh_frame_append(&c->out, type, flags, id, body, len);
   out_unlock_wake(c);
   return rc;

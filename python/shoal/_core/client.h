@@ -108,6 +108,9 @@ int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
 /* Starts the I/O thread (GIL held); it takes a reference to c. 0 or -errno. */
 int sh_client_start(sh_client_obj_t *c);
 
+/* Appends queued RELEASE and UNMAP ids to c->out as frames (out_mu held). */
+void sh_client_flush_releases_locked(sh_client_obj_t *c);
+
 /* Wakes the I/O thread (GIL held, c->evfd open). */
 void sh_client_wake(sh_client_obj_t *c);
 

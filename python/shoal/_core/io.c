@@ -279,7 +279,7 @@ static int append_release(sh_client_obj_t *c, unsigned flags, const uint64_t *id
   return 0;
 }
 
-static void flush_releases_locked(sh_client_obj_t *c) {
+void sh_client_flush_releases_locked(sh_client_obj_t *c) {
   if (c->nrel && !append_release(c, 0, c->rel, c->nrel)) c->nrel = 0;
   if (c->nunmap && !append_release(c, SH_RELEASE_UNMAP, c->unmap, c->nunmap)) c->nunmap = 0;
 }
@@ -289,7 +289,7 @@ static void flush_releases_locked(sh_client_obj_t *c) {
 static int take_output_locked(sh_client_obj_t *c) {
   c->writing = 0;
   if (sh_buf_avail(&c->wbuf) == 0) {
-    flush_releases_locked(c);
+    sh_client_flush_releases_locked(c);
     if (c->out.len) {
       sh_buf_t t = c->wbuf;
       c->wbuf = c->out;
@@ -548,7 +548,7 @@ static void io_lost(sh_client_obj_t *c, const char *reason) {
 void sh_client_flush_direct_locked(sh_client_obj_t *c) {
   if (c->writing || c->fd < 0) return;
   /* Released ids ride along instead of costing the I/O thread a write. */
-  if (c->nrel) flush_releases_locked(c);
+  if (c->nrel || c->nunmap) sh_client_flush_releases_locked(c);
   while (sh_buf_avail(&c->out)) {
     ssize_t w = send(c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out),
                      MSG_NOSIGNAL | MSG_DONTWAIT);

@@ -1,0 +1,364 @@
+"""The object store: large values in shared memory, zero-copy reads, spilling,
+lifetime and reclaiming, with real daemons and workers."""
+
+import gc
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import shoal
+from _helpers import ExternalDaemon, binary, cluster, env_with_shoal, fresh, short_tmpdir, \
+    wait_until  # noqa: F401
+
+MiB = 1 << 20
+
+
+def store():
+    return shoal.status()["store"]
+
+
+def store_files():
+    d = shoal._serial.store_info()[0]
+    return sorted(os.listdir(d)) if d else []
+
+
+def digest(a):
+    return hashlib.sha1(memoryview(a).cast("B")).hexdigest()
+
+
+@shoal.remote
+def checksum(x):
+    return digest(x), bool(getattr(x, "flags", None) is not None and x.flags.writeable)
+
+
+@shoal.remote
+def ones(n):
+    return np.ones(n)
+
+
+@shoal.remote
+def echo(x):
+    return x
+
+
+def _segment_of(arr):
+    """The shoal._core.Segment a zero-copy array views, or None."""
+    base = arr
+    while base is not None and not isinstance(base, shoal._core.Segment):
+        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
+    return base
+
+
+@pytest.mark.asan
+def test_put_and_get_are_zero_copy_read_only_views(cluster):
+    a = np.random.default_rng(1).random(MiB)  # 8 MiB
+    ref = shoal.put(a)
+    assert f"{ref.id:016x}" in store_files()
+    b = shoal.get(ref)
+    assert np.array_equal(a, b)
+    assert not b.flags.writeable
+    assert _segment_of(b) is not None, "the driver's value is not a view of the segment"
+    with pytest.raises(ValueError):
+        b[0] = 1.0
+    # Every get maps again; the values stay equal and independent of the Future.
+    assert np.array_equal(shoal.get(ref), a)
+    # Tasks read it as a read-only view too.
+    assert checksum.remote(ref).result() == (digest(a), False)
+
+
+@pytest.mark.asan
+def test_large_arguments_and_results_go_through_the_store(cluster):
+    before = store()["objects"]
+    a = np.arange(2 * MiB, dtype=np.int64)  # 16 MiB as a plain argument
+    assert checksum.remote(a).result() == (digest(a), False)
+    r = ones.remote(MiB)
+    v = r.result()
+    assert v.shape == (MiB,) and float(v.sum()) == MiB and not v.flags.writeable
+    assert _segment_of(v) is not None
+    # A stored result passed on is read in place by the next task.
+    assert checksum.remote(r).result() == (digest(np.ones(MiB)), False)
+    # kwargs and actors take the same path.
+    assert echo.remote(x=a).result()[-1] == a[-1]
+    del v, r
+    gc.collect()
+    wait_until(lambda: store()["objects"] <= before, what="temporary objects freed")
+
+
+def test_small_values_travel_inline(cluster):
+    before = store()
+    small = np.arange(100)
+    r = echo.remote(small)
+    v = r.result()
+    assert np.array_equal(v, small) and v.flags.writeable  # an ordinary unpickled copy
+    ref = shoal.put(b"x" * 1000)
+    assert shoal.get(ref) == b"x" * 1000
+    after = store()
+    assert after["objects"] == before["objects"]
+    assert f"{ref.id:016x}" not in store_files()
+
+
+def test_bytes_bytearray_memoryview_and_frames(cluster):
+    big = os.urandom(3 * MiB)
+    for value in (big, bytearray(big), memoryview(big)):
+        ref = shoal.put(value)
+        assert f"{ref.id:016x}" in store_files(), type(value)
+        back = shoal.get(ref)
+        assert bytes(back) == big, type(value)
+        assert echo.remote(ref).result() is not None
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"a": np.arange(MiB), "b": np.random.default_rng(0).random(MiB)})
+    ref = shoal.put(df)
+    assert f"{ref.id:016x}" in store_files()
+    back = shoal.get(ref)
+    pd.testing.assert_frame_equal(back, df)
+
+
+def test_lifetime_follows_futures_and_pending_tasks(cluster):
+    a = np.zeros(2 * MiB)
+    ref = shoal.put(a)
+    name = f"{ref.id:016x}"
+
+    @shoal.remote
+    def slow_sum(x, t):
+        time.sleep(t)
+        return float(x.sum())
+
+    fut = slow_sum.remote(ref, 1.0)
+    del ref
+    gc.collect()
+    time.sleep(0.2)
+    assert name in store_files(), "freed while a pending task still needs it"
+    assert fut.result(timeout=30) == 0.0
+    wait_until(lambda: name not in store_files(), what="the object freed after its task")
+    # A mapping keeps the object alive after its Future is gone, and only that.
+    ref = shoal.put(a)
+    name = f"{ref.id:016x}"
+    view = shoal.get(ref)
+    del ref
+    gc.collect()
+    time.sleep(0.2)
+    assert name in store_files(), "freed while the driver still maps it"
+    assert float(view.sum()) == 0.0
+    del view
+    gc.collect()
+    wait_until(lambda: name not in store_files(), what="the object freed after its last view")
+
+
+def _rss(pid):
+    """(anonymous, shared-memory) resident kB of a process, from /proc."""
+    anon = shm = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                anon = int(line.split()[1])
+            elif line.startswith("RssShmem:"):
+                shm = int(line.split()[1])
+    return anon, shm
+
+
+def _meminfo(key):
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+@shoal.remote
+def touch_and_measure(x):
+    total = float(x.sum())  # reads every page of the array
+    anon, shm = _rss(os.getpid())
+    return os.getpid(), total, anon, shm
+
+
+def test_sixteen_readers_share_one_copy(fresh):
+    """16 tasks reading one array add about one array of memory, not 16:
+    measured through /proc, not through time."""
+    shoal.init(num_workers=2, object_store_memory=1024 * MiB)
+    size = 256 * MiB
+    a = np.ones(size // 8)
+    shm_before = _meminfo("Shmem")
+    ref = shoal.put(a)
+    del a
+    gc.collect()
+    out = shoal.get([touch_and_measure.remote(ref) for _ in range(16)])
+    shm_after = _meminfo("Shmem")
+    assert all(total == size // 8 for _, total, _, _ in out)
+    assert len({pid for pid, _, _, _ in out}) >= 1
+    kb = size // 1024
+    for pid, _, anon, shm in out:
+        # Each worker maps the segment (shared) and holds no private copy.
+        assert shm >= kb * 0.9, (pid, shm, kb)
+        assert anon < kb * 0.25, f"worker {pid} has {anon} kB of private memory for a {kb} kB array"
+    grew = shm_after - shm_before
+    assert grew < kb * 1.5, f"shared memory grew by {grew} kB for one {kb} kB object"
+
+
+def test_spilling_three_times_the_capacity_reads_back_identical(fresh):
+    shoal.init(num_workers=2, object_store_memory=32 * MiB)
+    refs, sums = [], []
+    for i in range(12):  # 12 x 8 MiB = 3x the capacity
+        a = np.random.default_rng(i).random(MiB)
+        refs.append(shoal.put(a))
+        sums.append(digest(a))
+    st = store()
+    assert st["used"] <= st["capacity"] and st["spilled_objects"] > 0 and st["spills"] > 0
+    for r, s in zip(refs, sums):
+        b = shoal.get(r)
+        assert digest(b) == s
+        del b
+    assert [d for d, _ in shoal.get([checksum.remote(r) for r in refs])] == sums
+    st = store()
+    assert st["restores"] > 0 and st["used"] <= st["capacity"]
+
+
+def test_object_larger_than_the_store_is_refused(fresh):
+    shoal.init(num_workers=1, object_store_memory=8 * MiB)
+    with pytest.raises(shoal.ObjectStoreFullError, match="larger than the whole object store"):
+        shoal.put(np.zeros(2 * MiB))  # 16 MiB
+    r = ones.remote(2 * MiB)
+    with pytest.raises(shoal.ObjectStoreFullError):
+        r.result(timeout=60)
+    assert store()["used"] == 0
+    assert store_files() == []
+    assert float(shoal.get(shoal.put(np.ones(1000)))[0]) == 1.0  # still serving
+
+
+def test_pinned_objects_make_a_clear_full_error(fresh):
+    shoal.init(num_workers=1, object_store_memory=24 * MiB)
+    refs = [shoal.put(np.full(MiB, i, dtype=np.float64)) for i in range(2)]  # 2 x 8 MiB
+    views = [shoal.get(r) for r in refs]  # mapped: cannot be spilled
+    big = shoal.put(np.full(2 * MiB, 7.0))  # no room in memory: it goes straight to disk
+    assert store()["spilled_objects"] == 1
+    with pytest.raises(shoal.ObjectStoreFullError, match="in use"):
+        shoal.get(big)  # bringing it back needs room the mapped views hold
+    assert [float(v[0]) for v in views] == [0.0, 1.0]
+    del views
+    gc.collect()
+    assert float(shoal.get(big)[-1]) == 7.0  # room again once the views are gone
+
+
+def _is_root():
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@pytest.mark.skipif(not _is_root(), reason="needs root to mount a small tmpfs as a full disk")
+def test_full_spill_disk_gives_store_full_error_and_no_corruption(fresh):
+    mnt = short_tmpdir("sh-spill-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", mnt], check=True)
+    d = None
+    try:
+        d = ExternalDaemon("--object-store-memory", "16M", "--spill-dir", mnt, workers=1)
+        shoal.init(address=d.dir)
+        kept, sums = [], []
+        with pytest.raises(shoal.ObjectStoreFullError):
+            for i in range(10):  # 10 x 4 MiB: 16 in memory + 12 on disk is all there is
+                a = np.random.default_rng(i).random(MiB // 2)
+                kept.append(shoal.put(a))
+                sums.append(digest(a))
+        assert len(kept) >= 4
+        for r, s in zip(kept, sums):
+            assert digest(shoal.get(r)) == s
+        shoal.shutdown()
+        assert d.proc.poll() is None, "the daemon died"
+    finally:
+        shoal.shutdown()
+        if d is not None:
+            d.stop()
+        subprocess.run(["umount", mnt], check=False)
+        os.rmdir(mnt)
+
+
+def _store_dir_of(d):
+    out = subprocess.run([binary(), "status", "--json", "--socket-dir", d.dir],
+                         capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout)["store"]["dir"]
+
+
+def test_driver_killed_mid_put_leaves_nothing(fresh):
+    d = ExternalDaemon(workers=1)
+    try:
+        sdir = _store_dir_of(d)
+        code = ("import numpy as np, shoal, sys\n"
+                f"shoal.init(address={d.dir!r})\n"
+                "a = np.ones(96 << 20)\n"  # 768 MiB: a put takes a while
+                "print('ready', flush=True)\n"
+                "while True:\n"
+                "    r = shoal.put(a); del r\n")
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             env=env_with_shoal(), text=True)
+        assert p.stdout.readline().strip() == "ready"
+        wait_until(lambda: any(n.endswith(".tmp") for n in os.listdir(sdir)), timeout=30,
+                   interval=0.002, what="a put in progress")
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)
+        wait_until(lambda: os.listdir(sdir) == [], timeout=15,
+                   what=f"the killed driver's segments reclaimed (left: {os.listdir(sdir)})")
+        shoal.init(address=d.dir)
+        assert shoal.status()["store"]["used"] == 0
+        assert float(shoal.get(shoal.put(np.ones(MiB))).sum()) == MiB
+    finally:
+        shoal.shutdown()
+        d.stop()
+
+
+@shoal.remote(max_retries=2)
+def big_result(n):
+    return np.ones(n)
+
+
+def test_worker_killed_mid_result_write_is_retried_and_reclaimed(fresh):
+    d = ExternalDaemon(workers=1)
+    try:
+        sdir = _store_dir_of(d)
+        shoal.init(address=d.dir)
+        fut = big_result.remote(96 << 20)  # 768 MiB result
+        tmp = []
+
+        def writing():
+            tmp[:] = [n for n in os.listdir(sdir) if n.endswith(".tmp")]
+            return bool(tmp)
+        wait_until(writing, timeout=60, interval=0.002, what="the result being written")
+        pid = int(tmp[0].split(".")[1])
+        os.kill(pid, signal.SIGKILL)
+        v = fut.result(timeout=120)
+        assert v.shape == (96 << 20,) and float(v[-1]) == 1.0
+        del v, fut
+        gc.collect()
+        wait_until(lambda: os.listdir(sdir) == [], timeout=15,
+                   what=f"no segment left behind (left: {os.listdir(sdir)})")
+    finally:
+        shoal.shutdown()
+        d.stop()
+
+
+def test_shoal_memory_lists_objects(fresh):
+    d = ExternalDaemon(workers=1)
+    try:
+        shoal.init(address=d.dir)
+        ref = shoal.put(np.zeros(MiB))
+        small = shoal.put(123)
+        out = subprocess.run([binary(), "memory", "--socket-dir", d.dir], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert f"{ref.id:016x}" in out.stdout and "8.0 MiB" in out.stdout
+        assert "memory" in out.stdout and f"pid {os.getpid()}" in out.stdout
+        assert "node 1:" in out.stdout
+        js = subprocess.run([binary(), "memory", "--json", "--socket-dir", d.dir],
+                            capture_output=True, text=True, timeout=30)
+        objs = {o["id"]: o for o in json.loads(js.stdout)["object_list"]}
+        assert objs[ref.id]["where"] == "memory" and objs[ref.id]["size"] >= 8 * MiB
+        assert objs[small.id]["where"] == "inline"
+        bad = subprocess.run([binary(), "memory", "--bogus"], capture_output=True, text=True)
+        assert bad.returncode == 2 and "unknown option" in bad.stderr
+    finally:
+        shoal.shutdown()
+        d.stop()
