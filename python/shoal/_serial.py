@@ -87,18 +87,20 @@ def dumps_exception(err):
 _store_dir = os.environ.get("SHOAL_STORE_DIR") or None
 try:
     _threshold = int(os.environ.get("SHOAL_INLINE_THRESHOLD") or 65536)
+    _capacity = int(os.environ.get("SHOAL_STORE_CAPACITY") or 0)
 except ValueError:
-    _threshold = 65536
+    _threshold, _capacity = 65536, 0
 
 
 def configure(node_info):
     """Takes the store directory and inline threshold a driver's daemon
     announced. A daemon whose store this process cannot see (another host)
     means no store: values then travel inline."""
-    global _store_dir, _threshold
+    global _store_dir, _threshold, _capacity
     d = node_info.get("store_dir") or None
     _store_dir = d if d and os.path.isdir(d) else None
     _threshold = int(node_info.get("inline_threshold") or 65536)
+    _capacity = int(node_info.get("store_capacity") or 0)
 
 
 def store_info():
@@ -152,6 +154,12 @@ def _write_segment(oid, stream, bufs):
 
     from . import _core
     from .exceptions import ObjectStoreFullError
+    size = len(stream) + sum(b.raw().nbytes for b in bufs)
+    if _capacity and size > _capacity:
+        raise ObjectStoreFullError(
+            f"object {oid:#x} is {size / (1 << 20):.1f} MiB, larger than the whole object "
+            f"store ({_capacity / (1 << 20):.1f} MiB): start the cluster with a larger "
+            "--object-store-memory (shoal.init(object_store_memory=...))")
     try:
         return _core.store_write(_segment_path(oid), stream, bufs)
     except OSError as e:

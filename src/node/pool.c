@@ -194,14 +194,14 @@ void sh_pool_kill(sh_worker_t *w, int reason) {
 static char **worker_env(sh_agent_t *a, int index, char *store, size_t storecap) {
   static const char *const ours[] = {"SHOAL_WORKER_ID=", "SHOAL_NODE_ID=", "SHOAL_ADDRESS=",
                                      "PYTHONUNBUFFERED=", "SHOAL_STORE_DIR=",
-                                     "SHOAL_INLINE_THRESHOLD="};
+                                     "SHOAL_INLINE_THRESHOLD=", "SHOAL_STORE_CAPACITY="};
   size_t n = 0;
   while (environ[n]) n++;
-  char **env = sh_calloc(n + 7, sizeof(char *));
+  char **env = sh_calloc(n + 8, sizeof(char *));
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
     int skip = 0;
-    for (size_t j = 0; j < 6; j++)
+    for (size_t j = 0; j < 7; j++)
       if (!strncmp(environ[i], ours[j], strlen(ours[j]))) skip = 1;
     if (!skip) env[k++] = environ[i];
   }
@@ -217,6 +217,9 @@ static char **worker_env(sh_agent_t *a, int index, char *store, size_t storecap)
   env[k++] = store + off;
   off += snprintf(store + off, storecap - (size_t)off, "SHOAL_INLINE_THRESHOLD=%llu",
                   (unsigned long long)a->store.inline_threshold) + 1;
+  env[k++] = store + off;
+  off += snprintf(store + off, storecap - (size_t)off, "SHOAL_STORE_CAPACITY=%llu",
+                  (unsigned long long)a->store.capacity) + 1;
   env[k++] = store + off;
   snprintf(store + off, storecap - (size_t)off, "PYTHONUNBUFFERED=1");
   env[k] = NULL;
