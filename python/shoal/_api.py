@@ -378,7 +378,7 @@ def put(value):
     from . import _serial
     c = _client()
     if _serial.store_info()[0] is not None:
-        stream, blob, _ = _serial._stored(value)
+        stream, blob = _serial._stored(value)
         if stream is not None:
             return _put_stored_parts(stream, blob, c)
     else:

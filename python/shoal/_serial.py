@@ -51,6 +51,7 @@ def dumps(value):
 
 
 loads = pickle.loads
+_pickle_dumps = pickle.dumps
 
 
 def dumps_function(fn):
@@ -172,12 +173,21 @@ def _write_segment(oid, stream, bufs):
 
 
 def _stored(value):
-    """(stream, buffers, size) when value belongs in the store, else None
-    and the inline pickle: returns (None, blob, size)."""
-    stream, bufs, size = _oob(value)
+    """Pickles value for the store or for a message: (stream, buffers) when
+    it belongs in the store, else (None, inline bytes)."""
+    bufs = []
+    try:
+        stream = _pickle_dumps(value, PROTOCOL, buffer_callback=bufs.append)
+    except Exception:
+        stream, bufs, _ = _oob(value)  # memoryviews, or values only cloudpickle takes
+    if not bufs and len(stream) < _threshold:
+        return None, stream  # the common case: one pickling, nothing more
+    size = len(stream)
+    for b in bufs:
+        size += b.raw().nbytes
     if size >= _threshold:
-        return stream, bufs, size
-    return None, (stream if not bufs else dumps(value)), size
+        return stream, bufs
+    return None, dumps(value)  # small buffers: in-band after all
 
 
 def dumps_args(pair):
@@ -186,7 +196,7 @@ def dumps_args(pair):
     depends on it)."""
     if _store_dir is None:
         return dumps(pair)
-    stream, blob, _ = _stored(pair)
+    stream, blob = _stored(pair)
     if stream is None:
         return blob
     from . import _api
@@ -198,7 +208,7 @@ def dumps_result(value, task_id):
     (an int) after writing it to the store under the task's id."""
     if _store_dir is None:
         return dumps(value)
-    stream, blob, _ = _stored(value)
+    stream, blob = _stored(value)
     if stream is None:
         return blob
     return _write_segment(task_id, stream, blob)
