@@ -132,6 +132,26 @@ static void fuzz_error(const sh_frame_t *f, sh_buf_t *b) {
   check_reencoded(b, SH_MSG_ERROR, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
 }
 
+static void fuzz_auth(const sh_frame_t *f, sh_buf_t *b) {
+  uint8_t n[SH_AUTH_NONCE], m[SH_AUTH_MAC];
+  switch (f->hdr.type) {
+    case SH_MSG_AUTH_CHALLENGE:
+      if (sh_auth_challenge_decode(f->body, f->hdr.len, n)) return;
+      CHECK(sh_auth_challenge_append(b, n) == 0);
+      check_reencoded(b, f->hdr.type, f->body, f->hdr.len, 4, 8); /* reserved */
+      return;
+    case SH_MSG_AUTH_RESPONSE:
+      if (sh_auth_response_decode(f->body, f->hdr.len, n, m)) return;
+      CHECK(sh_auth_response_append(b, n, m) == 0);
+      break;
+    default:
+      if (sh_auth_ok_decode(f->body, f->hdr.len, m)) return;
+      CHECK(sh_auth_ok_append(b, m) == 0);
+      break;
+  }
+  check_reencoded(b, f->hdr.type, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
+}
+
 /* Runs the decoder of the frame's type, if proto.h has one. */
 static void fuzz_body(const sh_frame_t *f) {
   sh_buf_t b;
@@ -144,6 +164,9 @@ static void fuzz_body(const sh_frame_t *f) {
     case SH_MSG_EXEC: fuzz_exec(f, &b); break;
     case SH_MSG_OUTPUT: fuzz_output(f, &b); break;
     case SH_MSG_ERROR: fuzz_error(f, &b); break;
+    case SH_MSG_AUTH_CHALLENGE:
+    case SH_MSG_AUTH_RESPONSE:
+    case SH_MSG_AUTH_OK: fuzz_auth(f, &b); break;
     default: break; /* opaque or empty bodies: nothing to decode here */
   }
   sh_buf_close(&b);

@@ -23,7 +23,9 @@ MAX_BODY = 1 << 20  # the fuzz target's limit (fuzz/frame_fuzz.c)
 
 T = dict(HELLO=1, HELLO_OK=2, FUNC=3, SUBMIT=4, RESULT=5, PUT=6, RELEASE=7,
          CANCEL=8, CANCEL_REPLY=9, KILL_ACTOR=10, STATUS=11, STATUS_REPLY=12,
-         STOP=13, OUTPUT=14, EXEC=15, ERROR=16)
+         STOP=13, OUTPUT=14, EXEC=15, ERROR=16, AUTH_CHALLENGE=17, AUTH_RESPONSE=18,
+         AUTH_OK=19)
+FIRST_UNKNOWN_TYPE = 20
 
 
 def frame(typ, body=b"", fid=0, flags=0, version=VERSION, magic=MAGIC,
@@ -86,6 +88,18 @@ def error(code, text):
     return frame(T["ERROR"], struct.pack("<i", code) + text)
 
 
+def challenge(nonce=bytes(range(32)), scheme=1):
+    return frame(T["AUTH_CHALLENGE"], struct.pack("<II", scheme, 0) + nonce)
+
+
+def auth_response(cnonce=bytes(range(100, 132)), mac=bytes(range(200, 232))):
+    return frame(T["AUTH_RESPONSE"], cnonce + mac)
+
+
+def auth_ok(mac=bytes(range(50, 82))):
+    return frame(T["AUTH_OK"], mac)
+
+
 def seeds():
     tid = 1 << 40 | 7
     full = submit(tid, kind=2, actor_id=1 << 40 | 3, fn_id=0, flags=1,
@@ -117,6 +131,9 @@ def seeds():
     s["exec"] = frame(T["EXEC"], exec_body(deps=(b"\x80\x05K\x01.", b"", b"dep")), fid=tid)
     s["exec-actor-call"] = frame(T["EXEC"], exec_body(kind=2, actor_id=3, method=b"m"), fid=tid)
     s["error"] = error(-1004, b"frame larger than the size limit")
+    s["auth-challenge"] = challenge()
+    s["auth-response"] = auth_response()
+    s["auth-ok"] = auth_ok()
     s["empty"] = b""
 
     # Several frames in one stream, as a client sends them.
@@ -126,6 +143,9 @@ def seeds():
     s["stream-worker"] = hello(role=2) + b"".join(
         frame(T["EXEC"], exec_body(deps=(b"a",) * (i % 3)), fid=i) for i in range(1, 10))
     s["stream-then-garbage"] = hello() + submit() + b"GARBAGE!" * 4
+    # A TCP client's first write (proof and HELLO), and the agent's answers.
+    s["stream-tcp-client"] = auth_response() + hello() + submit()
+    s["stream-tcp-agent"] = challenge() + auth_ok() + hello_ok()
 
     # Truncations: the parser must wait, never read past what it has.
     for cut in (1, 3, 4, 10, 23, 24, 25, 60, len(full) - 1):
@@ -139,7 +159,7 @@ def seeds():
     s["bad-version-0"] = frame(T["HELLO"], b"\0" * 16, version=0)
     s["bad-version-2"] = frame(T["HELLO"], b"\0" * 16, version=2)
     s["bad-type-0"] = frame(0)
-    s["bad-type-17"] = frame(17)
+    s[f"bad-type-{FIRST_UNKNOWN_TYPE}"] = frame(FIRST_UNKNOWN_TYPE)
     s["bad-type-255"] = frame(255)
     s["bad-reserved"] = frame(T["STATUS"], reserved=1)
     s["huge-len-max"] = frame(T["PUT"], b"x" * 8, length=0xFFFFFFFF)
@@ -171,6 +191,13 @@ def seeds():
     s["exec-ndeps-mismatch"] = frame(T["EXEC"], exec_body(deps=(b"a", b"b"), ndeps=5), fid=1)
     s["output-short"] = frame(T["OUTPUT"], b"\1\0\0", fid=1)
     s["error-with-nul"] = error(-1, b"a\0b")
+    s["auth-challenge-scheme-0"] = challenge(scheme=0)
+    s["auth-challenge-scheme-2"] = challenge(scheme=2)
+    s["auth-challenge-short"] = frame(T["AUTH_CHALLENGE"], b"\1\0\0\0" + b"\0" * 35)
+    s["auth-response-short"] = frame(T["AUTH_RESPONSE"], b"\0" * 63)
+    s["auth-response-long"] = frame(T["AUTH_RESPONSE"], b"\0" * 65)
+    s["auth-ok-empty"] = frame(T["AUTH_OK"])
+    s["auth-ok-long"] = frame(T["AUTH_OK"], b"\0" * 33)
     return s
 
 

@@ -32,7 +32,10 @@
   X(STOP, 13, "ask the daemon to shut down")                                  \
   X(OUTPUT, 14, "a worker's stdout or stderr bytes for a driver")             \
   X(EXEC, 15, "agent asks a worker to run a task")                            \
-  X(ERROR, 16, "connection-level error text before the peer closes")
+  X(ERROR, 16, "connection-level error text before the peer closes")         \
+  X(AUTH_CHALLENGE, 17, "agent's nonce: first frame on a TCP connection")     \
+  X(AUTH_RESPONSE, 18, "peer's nonce and proof that it holds the token")      \
+  X(AUTH_OK, 19, "agent's proof that it holds the token")
 
 typedef enum {
 #define SH_X(name, val, doc) SH_MSG_##name = val,
@@ -61,6 +64,7 @@ typedef struct sh_frame_hdr_s {
 #define SH_ETOOBIG (-1004)
 #define SH_ERESERVED (-1005)
 #define SH_EBODY (-1006) /* body does not decode for its type */
+#define SH_EAUTH (-1007) /* the peer did not prove it holds the cluster token */
 
 /* Human-readable text for an engine error code (frame or -errno). */
 const char *sh_strerror(int rc);
