@@ -40,6 +40,7 @@ __all__ = [
     "ActorDiedError",
     "ObjectLostError",
     "ConnectionLostError",
+    "AuthenticationError",
     "RemoteError",
     "__version__",
 ]
@@ -56,7 +57,7 @@ _LAZY = {
 _LAZY.update({name: "exceptions" for name in (
     "ShoalError", "WorkerCrashedError", "TaskTimeoutError", "TaskCancelledError",
     "GetTimeoutError", "InfeasibleResourcesError", "ActorDiedError", "ObjectLostError",
-    "ConnectionLostError", "RemoteError")})
+    "ConnectionLostError", "AuthenticationError", "RemoteError")})
 
 
 def __getattr__(name):

@@ -45,10 +45,10 @@ def _load_core():
     return _core
 
 
-def _connect(core, address, owner):
+def _connect(core, address, owner, token=None):
     from . import _serial
     return core.Client(address, owner=owner, timeout=10.0, future_type=Future,
-                       dep_type=_serial.DepRef, dumps=_serial.dumps)
+                       dep_type=_serial.DepRef, dumps=_serial.dumps, token=token)
 
 
 def _info():
@@ -63,7 +63,7 @@ def _info():
 
 
 def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
-         _daemon=None):
+         token=None, _daemon=None):
     """Connects this process to a shoal cluster, starting a private one if needed.
 
     With no ``address`` and no ``SHOAL_ADDRESS`` in the environment, starts a
@@ -81,6 +81,11 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
             what the machine has; other names are custom resources that tasks
             ask for with ``@remote(resources={...})``.
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+        token: the cluster token (str) for a ``HOST:PORT`` address: the
+            daemon and this driver prove to each other that they hold it
+            before anything else is sent. Defaults to ``$SHOAL_TOKEN``, then
+            the file named by ``$SHOAL_TOKEN_FILE``, then ``~/.shoal/token``
+            (a file must be mode 0600). Unix sockets need no token.
         _daemon: internal: a private daemon ``shoal.init`` already started (not
             yet waited for), used when a private cluster is what this call
             starts and killed otherwise.
@@ -94,11 +99,14 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
             bad value for one of them.
         TypeError: an argument of the wrong type.
         ConnectionError: no cluster listens at ``address``.
+        AuthenticationError: a ``HOST:PORT`` address and no token was found,
+            or the daemon refused it (a wrong token), or the daemon did not
+            prove it holds it; the message says where the token came from.
         ShoalError: the private daemon failed to start (its stderr is quoted).
         FileNotFoundError: the ``shoal`` binary is missing.
     """
     try:
-        return _init(address, num_workers, resources, ignore_reinit_error, _daemon)
+        return _init(address, num_workers, resources, ignore_reinit_error, token, _daemon)
     finally:
         if _daemon is not None and _state.daemon is not _daemon:
             _daemon.kill()  # started early, but this call did not use it
@@ -106,7 +114,7 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
             shutil.rmtree(_daemon.socket_dir, ignore_errors=True)
 
 
-def _init(address, num_workers, resources, ignore_reinit_error, early):
+def _init(address, num_workers, resources, ignore_reinit_error, token, early):
     with _lock:
         if _state.client is not None:
             if ignore_reinit_error:
@@ -123,8 +131,14 @@ def _init(address, num_workers, resources, ignore_reinit_error, early):
         from . import _cluster
         if resources is not None:
             _cluster.resources_json(resources)  # validates before anything starts
+        if token is not None and not isinstance(token, str):
+            raise TypeError(f"token must be a str, not {type(token).__name__}")
         if address is None:
             address = os.environ.get("SHOAL_ADDRESS") or None
+        if address is None and token is not None:
+            raise ValueError(
+                "token is for connecting to a cluster at HOST:PORT; a private cluster "
+                "(shoal.init() with no address) needs none")
         core = _load_core()
         if address is not None:
             if num_workers is not None or resources is not None:
@@ -132,7 +146,7 @@ def _init(address, num_workers, resources, ignore_reinit_error, early):
                     "num_workers and resources describe a private cluster; they cannot be "
                     f"used when connecting to an existing one (address={address!r}). Pass them "
                     "to `shoal start` instead")
-            client = _connect(core, _cluster.resolve_address(address), owner=False)
+            client = _connect(core, _cluster.resolve_address(address), owner=False, token=token)
             daemon = None
         else:
             if early is not None:

@@ -12,11 +12,11 @@ import os
 import sys
 
 
-def _prestart(address, num_workers, resources):
+def _prestart(address, num_workers, resources, token):
     """The private daemon, started but not waited for; None when ``init`` will
     not start one, or when anything about the request is off (``_api.init``
     then reports it the usual way)."""
-    if address is not None or os.environ.get("SHOAL_ADDRESS"):
+    if address is not None or os.environ.get("SHOAL_ADDRESS") or token is not None:
         return None
     api = sys.modules.get(__package__ + "._api")
     if api is not None and api._state.client is not None:
@@ -32,11 +32,12 @@ def _prestart(address, num_workers, resources):
         return None
 
 
-def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False):
-    daemon = _prestart(address, num_workers, resources)
+def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
+         token=None):
+    daemon = _prestart(address, num_workers, resources, token)
     from . import _api
     return _api.init(address, num_workers=num_workers, resources=resources,
-                     ignore_reinit_error=ignore_reinit_error, _daemon=daemon)
+                     ignore_reinit_error=ignore_reinit_error, token=token, _daemon=daemon)
 
 
 init.__doc__ = """Connects this process to a shoal cluster, starting a private one if needed.
@@ -52,9 +53,14 @@ init.__doc__ = """Connects this process to a shoal cluster, starting a private o
         num_workers: worker processes of a private cluster (default: one per CPU).
         resources: resources of a private cluster, a dict of name to amount.
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+        token: the cluster token for a ``HOST:PORT`` address. Defaults to
+            ``$SHOAL_TOKEN``, then the file ``$SHOAL_TOKEN_FILE``, then
+            ``~/.shoal/token``. Unix sockets need none.
     Returns:
         A dict describing the connection (see ``shoal._api.init``).
     Raises:
         RuntimeError, ValueError, TypeError, ConnectionError, ShoalError,
         FileNotFoundError: as ``shoal._api.init`` documents.
+        AuthenticationError: a TCP connection found no token, or the daemon
+            refused it (a wrong token), or did not prove it holds it.
     """

@@ -16,6 +16,7 @@ __all__ = [
     "ActorDiedError",
     "ObjectLostError",
     "ConnectionLostError",
+    "AuthenticationError",
     "RemoteError",
 ]
 
@@ -71,6 +72,12 @@ class ObjectLostError(ShoalError):
 
 class ConnectionLostError(ShoalError):
     """The connection to the shoal daemon was lost; pending work is unknown."""
+
+
+class AuthenticationError(ShoalError, ConnectionError):
+    """Connecting over TCP failed on the cluster token: none was found, the
+    daemon refused it (a wrong token), or the daemon did not prove that it
+    holds it. The message says where the token was looked for."""
 
 
 class RemoteError(ShoalError):
