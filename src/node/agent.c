@@ -84,14 +84,14 @@ static void format_addr(const struct sockaddr *sa, socklen_t len, char *out, siz
   snprintf(out, n, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, serv);
 }
 
-/* Listens on `bind_addr` (an IP address, or a name that resolves to one)
- * and `port`; describes the address in `desc`. Returns the fd, or -errno
- * (-EADDRNOTAVAIL when the address does not resolve). Every TCP peer must
+/* Listens on `bind_addr` (a numeric IPv4 or IPv6 address: no name lookup
+ * at start-up) and `port`; describes the address in `desc`. Returns the fd,
+ * or -errno (-EADDRNOTAVAIL, desc empty, when it is no IP address). Every TCP peer must
  * authenticate with the cluster token, loopback ones included: other users of
  * this machine can reach loopback too. */
 static int listen_tcp(const char *bind_addr, int port, char *desc, size_t dn) {
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                           .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+                           .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
   struct addrinfo *res;
   char ps[16];
   snprintf(ps, sizeof ps, "%d", port);
@@ -195,6 +195,13 @@ static void conn_fail(sh_conn_t *c, int code, const char *why) {
     (void)n;
   }
   sh_buf_close(&b);
+  /* Closing with unread input makes the kernel reset the connection, and a
+   * reset can destroy the ERROR frame before the peer reads it: read what
+   * has arrived (a bounded amount) first. */
+  shutdown(c->fd, SHUT_WR);
+  char sink[4096];
+  for (int i = 0; i < 64; i++)
+    if (read(c->fd, sink, sizeof sink) <= 0) break;
   if (c->auth) {
     sh_warn("connection from %s refused: %s", c->peer, why);
     c->auth = 0;
