@@ -224,16 +224,17 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
   return 0;
 }
 
-/* Reads frames until one of `type` arrives; its body lands in `body`. 0, or
- * -1 with a message printed (timeout, closed, bad frame, ERROR frame), -2 for
- * an ERROR frame that refuses our cluster token. */
-static int read_frame(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, double timeout_s) {
+/* Reads frames of at most `max` body bytes until one of `type` arrives; its
+ * body lands in `body`. 0, or -1 with a message printed (timeout, closed, bad
+ * frame, ERROR frame), -2 for an ERROR frame that refuses our cluster token. */
+static int read_frame_max(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, double timeout_s,
+                          size_t max) {
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (;;) {
     sh_frame_t f;
     size_t used;
-    int rc = sh_frame_parse(sh_buf_head(in), sh_buf_avail(in), SH_FRAME_MAX_DEFAULT, &f, &used);
+    int rc = sh_frame_parse(sh_buf_head(in), sh_buf_avail(in), max, &f, &used);
     if (rc < 0) {
       fprintf(stderr, "shoal: bad reply from the daemon: %s\n", sh_strerror(rc));
       return -1;
@@ -271,6 +272,14 @@ static int read_frame(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, doubl
   }
 }
 
+static int read_frame(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, double timeout_s) {
+  return read_frame_max(fd, type, in, body, timeout_s, SH_FRAME_MAX_DEFAULT);
+}
+
+/* Largest frame body read from a daemon that has not proved it holds the
+ * token: the handshake frames and an ERROR fit. */
+#define PRE_AUTH_MAX_BODY 65536
+
 /* The token handshake on a TCP connection (docs/protocol.md,
  * "Authentication"): answers the daemon's challenge with our proof and checks
  * the daemon's proof before anything else is sent. 0, or -1 with a message
@@ -281,7 +290,7 @@ static int auth_cli(int fd, sh_buf_t *in, const sh_auth_token_t *tok, const char
   sh_buf_init(&out);
   sh_buf_init(&body);
   uint8_t sn[SH_AUTH_NONCE], cn[SH_AUTH_NONCE], mac[SH_AUTH_MAC];
-  int rc = read_frame(fd, SH_MSG_AUTH_CHALLENGE, in, &body, timeout_s);
+  int rc = read_frame_max(fd, SH_MSG_AUTH_CHALLENGE, in, &body, timeout_s, PRE_AUTH_MAX_BODY);
   if (!rc && sh_auth_challenge_decode(body.data, body.len, sn)) {
     fprintf(stderr, "shoal: the daemon at %s sent a challenge this shoal does not "
             "understand (a different shoal version?)\n", desc);
@@ -294,7 +303,7 @@ static int auth_cli(int fd, sh_buf_t *in, const sh_auth_token_t *tok, const char
   }
   if (!rc) rc = write_all(fd, out.data, out.len);
   sh_buf_reset(&body);
-  if (!rc) rc = read_frame(fd, SH_MSG_AUTH_OK, in, &body, timeout_s);
+  if (!rc) rc = read_frame_max(fd, SH_MSG_AUTH_OK, in, &body, timeout_s, PRE_AUTH_MAX_BODY);
   if (rc == -2)
     fprintf(stderr, "shoal: the daemon at %s refused the cluster token from %s: use the "
             "token file the head uses (`shoal start` prints it) with --token-file, "
