@@ -162,11 +162,13 @@ int sh_auth_challenge_append(sh_buf_t *b, const uint8_t nonce[SH_AUTH_NONCE]);
  * a scheme other than SH_AUTH_SCHEME. */
 int sh_auth_challenge_decode(const uint8_t *body, size_t len,
                              uint8_t nonce[SH_AUTH_NONCE]);
+/* Appends an AUTH_RESPONSE (client nonce, client proof). 0 or -ENOMEM. */
 int sh_auth_response_append(sh_buf_t *b, const uint8_t cnonce[SH_AUTH_NONCE],
                             const uint8_t mac[SH_AUTH_MAC]);
 /* 0, or SH_EBODY for a wrong length. */
 int sh_auth_response_decode(const uint8_t *body, size_t len,
                             uint8_t cnonce[SH_AUTH_NONCE], uint8_t mac[SH_AUTH_MAC]);
+/* Appends an AUTH_OK (server proof). 0 or -ENOMEM. */
 int sh_auth_ok_append(sh_buf_t *b, const uint8_t mac[SH_AUTH_MAC]);
 /* 0, or SH_EBODY for a wrong length. */
 int sh_auth_ok_decode(const uint8_t *body, size_t len, uint8_t mac[SH_AUTH_MAC]);

@@ -86,9 +86,9 @@ static void format_addr(const struct sockaddr *sa, socklen_t len, char *out, siz
 
 /* Listens on `bind_addr` (a numeric IPv4 or IPv6 address: no name lookup
  * at start-up) and `port`; describes the address in `desc`. Returns the fd,
- * or -errno (-EADDRNOTAVAIL, desc empty, when it is no IP address). Every TCP peer must
- * authenticate with the cluster token, loopback ones included: other users of
- * this machine can reach loopback too. */
+ * or -errno (-EADDRNOTAVAIL with desc empty when it is no IP address). Every
+ * TCP peer must authenticate with the cluster token, loopback ones included:
+ * other users of this machine can reach loopback too. */
 static int listen_tcp(const char *bind_addr, int port, char *desc, size_t dn) {
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                            .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};

@@ -570,7 +570,7 @@ struct enc_ctx {
 
 static int enc_op(void *p) {
   struct enc_ctx *c = p;
-  static uint8_t payload[700];
+  static uint8_t payload[700], nonce[SH_AUTH_NONCE], mac[SH_AUTH_MAC];
   sh_submit_t s = full_submit();
   sh_hello_t h = {.role = SH_ROLE_DRIVER};
   sh_hello_ok_t ok = {.client_id = 1};
@@ -581,6 +581,9 @@ static int enc_op(void *p) {
     case 3: return sh_hello_ok_append(&c->b, &ok);
     case 4: return sh_output_append(&c->b, 1, 2, SH_STREAM_STDOUT, payload, sizeof payload);
     case 5: return sh_error_append(&c->b, SH_EBODY, "bad body");
+    case 6: return sh_auth_challenge_append(&c->b, nonce);
+    case 7: return sh_auth_response_append(&c->b, nonce, mac);
+    case 8: return sh_auth_ok_append(&c->b, mac);
     default: return build_exec(&c->b);
   }
 }
@@ -592,7 +595,7 @@ static void enc_unchanged(void *p) {
 }
 
 static void fault_loop_encoders(void **state) {
-  for (int which = 0; which <= 6; which++) {
+  for (int which = 0; which <= 9; which++) {
     struct enc_ctx c = {.which = which};
     sh_buf_init(&c.b);
     uint8_t fill[256];
