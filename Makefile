@@ -28,7 +28,7 @@ PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 
-APT_PKGS := libuv1-dev libmsgpack-dev libcmocka-dev
+APT_PKGS := libuv1-dev libmsgpack-dev libcmocka-dev libssl-dev
 PIP_PKGS := cloudpickle pytest pytest-timeout numpy cmake ninja scikit-build-core msgpack
 # The stamp's name changes with the requirements (and the checkout's path,
 # which the .pth file holds), so a change re-runs the install.

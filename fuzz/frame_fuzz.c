@@ -102,7 +102,7 @@ static void fuzz_exec(const sh_frame_t *f, sh_buf_t *b) {
   uint32_t n = 0;
   int rc;
   while ((rc = sh_exec_dep_next(&r, &d)) == 1) {
-    CHECK(d.data + d.len <= e.deps + e.deps_len);
+    CHECK(d.stored ? d.data == NULL && d.len == 16 : d.data + d.len <= e.deps + e.deps_len);
     n++;
   }
   if (rc != 0 || n != e.ndeps) return;
@@ -110,7 +110,8 @@ static void fuzz_exec(const sh_frame_t *f, sh_buf_t *b) {
                           e.method_len, e.args_len);
   CHECK(at == 0);
   sh_rd_init(&r, e.deps, e.deps_len);
-  while (sh_exec_dep_next(&r, &d) == 1) CHECK(sh_exec_add_dep(b, d.data, d.len) == 0);
+  while (sh_exec_dep_next(&r, &d) == 1)
+    CHECK((d.stored ? sh_exec_add_stored_dep(b, d.id, d.size) : sh_exec_add_dep(b, d.data, d.len)) == 0);
   CHECK(sh_exec_finish(b, at, e.method, e.method_len, e.args, e.args_len) == 0);
   check_reencoded(b, SH_MSG_EXEC, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
 }
@@ -132,6 +133,26 @@ static void fuzz_error(const sh_frame_t *f, sh_buf_t *b) {
   check_reencoded(b, SH_MSG_ERROR, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
 }
 
+static void fuzz_auth(const sh_frame_t *f, sh_buf_t *b) {
+  uint8_t n[SH_AUTH_NONCE], m[SH_AUTH_MAC];
+  switch (f->hdr.type) {
+    case SH_MSG_AUTH_CHALLENGE:
+      if (sh_auth_challenge_decode(f->body, f->hdr.len, n)) return;
+      CHECK(sh_auth_challenge_append(b, n) == 0);
+      check_reencoded(b, f->hdr.type, f->body, f->hdr.len, 4, 8); /* reserved */
+      return;
+    case SH_MSG_AUTH_RESPONSE:
+      if (sh_auth_response_decode(f->body, f->hdr.len, n, m)) return;
+      CHECK(sh_auth_response_append(b, n, m) == 0);
+      break;
+    default:
+      if (sh_auth_ok_decode(f->body, f->hdr.len, m)) return;
+      CHECK(sh_auth_ok_append(b, m) == 0);
+      break;
+  }
+  check_reencoded(b, f->hdr.type, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
+}
+
 /* Runs the decoder of the frame's type, if proto.h has one. */
 static void fuzz_body(const sh_frame_t *f) {
   sh_buf_t b;
@@ -144,6 +165,9 @@ static void fuzz_body(const sh_frame_t *f) {
     case SH_MSG_EXEC: fuzz_exec(f, &b); break;
     case SH_MSG_OUTPUT: fuzz_output(f, &b); break;
     case SH_MSG_ERROR: fuzz_error(f, &b); break;
+    case SH_MSG_AUTH_CHALLENGE:
+    case SH_MSG_AUTH_RESPONSE:
+    case SH_MSG_AUTH_OK: fuzz_auth(f, &b); break;
     default: break; /* opaque or empty bodies: nothing to decode here */
   }
   sh_buf_close(&b);

@@ -23,7 +23,9 @@ MAX_BODY = 1 << 20  # the fuzz target's limit (fuzz/frame_fuzz.c)
 
 T = dict(HELLO=1, HELLO_OK=2, FUNC=3, SUBMIT=4, RESULT=5, PUT=6, RELEASE=7,
          CANCEL=8, CANCEL_REPLY=9, KILL_ACTOR=10, STATUS=11, STATUS_REPLY=12,
-         STOP=13, OUTPUT=14, EXEC=15, ERROR=16)
+         STOP=13, OUTPUT=14, EXEC=15, ERROR=16, PUT_REPLY=17, MAP=18, MAP_REPLY=19,
+         AUTH_CHALLENGE=20, AUTH_RESPONSE=21, AUTH_OK=22)
+FIRST_UNKNOWN_TYPE = 23
 
 
 def frame(typ, body=b"", fid=0, flags=0, version=VERSION, magic=MAGIC,
@@ -36,9 +38,11 @@ def hello(role=1, pid=1234, flags=0):
     return frame(T["HELLO"], struct.pack("<IIII", role, pid, flags, 0))
 
 
-def hello_ok(client_id=1, node_id=1, workers=2, cpu=2000, gpu=0, mem=1 << 30):
+def hello_ok(client_id=1, node_id=1, workers=2, cpu=2000, gpu=0, mem=1 << 30,
+             threshold=65536, capacity=1 << 30, store_dir=b"/dev/shm/shoal-1-abcdef"):
     return frame(T["HELLO_OK"],
-                 struct.pack("<IIIIQQQ", client_id, node_id, workers, 0, cpu, gpu, mem))
+                 struct.pack("<IIIIQQQQQI", client_id, node_id, workers, 0, cpu, gpu, mem,
+                             threshold, capacity, len(store_dir)) + store_dir)
 
 
 def submit_body(fn_id=1 << 40 | 1, actor_id=0, kind=0, flags=0, retries=3,
@@ -69,7 +73,9 @@ def result(tid, status=0, code=0, payload=b"\x80\x05K*."):
 
 def exec_body(fn_id=1, actor_id=0, kind=0, deps=(), method=b"", args=b"\x80\x05).",
               ndeps=None, deps_len=None):
-    region = b"".join(struct.pack("<I", len(d)) + d for d in deps)
+    # A dependency is bytes (inline) or (object id, size) (in the store).
+    region = b"".join(struct.pack("<I", len(d)) + d if isinstance(d, bytes)
+                      else struct.pack("<IQQ", 0x80000000 | 16, *d) for d in deps)
     body = struct.pack("<QQIIIII", fn_id, actor_id, kind,
                        len(deps) if ndeps is None else ndeps,
                        len(method), len(args),
@@ -84,6 +90,18 @@ def output(tid, pid=4321, stream=1, data=b"hello from a worker\n"):
 
 def error(code, text):
     return frame(T["ERROR"], struct.pack("<i", code) + text)
+
+
+def challenge(nonce=bytes(range(32)), scheme=1):
+    return frame(T["AUTH_CHALLENGE"], struct.pack("<II", scheme, 0) + nonce)
+
+
+def auth_response(cnonce=bytes(range(100, 132)), mac=bytes(range(200, 232))):
+    return frame(T["AUTH_RESPONSE"], cnonce + mac)
+
+
+def auth_ok(mac=bytes(range(50, 82))):
+    return frame(T["AUTH_OK"], mac)
 
 
 def seeds():
@@ -115,8 +133,22 @@ def seeds():
     s["stop"] = frame(T["STOP"])
     s["output"] = output(tid)
     s["exec"] = frame(T["EXEC"], exec_body(deps=(b"\x80\x05K\x01.", b"", b"dep")), fid=tid)
+    s["exec-stored-dep"] = frame(T["EXEC"], exec_body(deps=(b"\x80\x05K\x01.", (1 << 40 | 7, 1 << 20))),
+                                 fid=tid)
+    s["result-stored"] = result(tid, status=0, code=1, payload=struct.pack("<Q", 1 << 30))
+    s["put-stored"] = frame(T["PUT"], struct.pack("<Q", 4096), fid=1 << 40 | 9, flags=1)
+    s["put-reply"] = frame(T["PUT_REPLY"], struct.pack("<I", 9) + b"the object store is full", fid=1 << 40 | 9)
+    s["map"] = frame(T["MAP"], fid=1 << 40 | 9)
+    s["map-reply"] = frame(T["MAP_REPLY"], struct.pack("<IQ", 0, 4096), fid=1 << 40 | 9)
+    s["release-unmap"] = frame(T["RELEASE"], struct.pack("<QQ", 1 << 40 | 9, 1 << 40 | 10), flags=1)
+    s["status-objects"] = frame(T["STATUS"], fid=5, flags=1)
+    s["hello-ok-no-store"] = hello_ok(store_dir=b"")
+    s["hello-ok-dir-nul"] = hello_ok(store_dir=b"/dev/shm/a\0b")
     s["exec-actor-call"] = frame(T["EXEC"], exec_body(kind=2, actor_id=3, method=b"m"), fid=tid)
     s["error"] = error(-1004, b"frame larger than the size limit")
+    s["auth-challenge"] = challenge()
+    s["auth-response"] = auth_response()
+    s["auth-ok"] = auth_ok()
     s["empty"] = b""
 
     # Several frames in one stream, as a client sends them.
@@ -126,6 +158,9 @@ def seeds():
     s["stream-worker"] = hello(role=2) + b"".join(
         frame(T["EXEC"], exec_body(deps=(b"a",) * (i % 3)), fid=i) for i in range(1, 10))
     s["stream-then-garbage"] = hello() + submit() + b"GARBAGE!" * 4
+    # A TCP client's first write (proof and HELLO), and the agent's answers.
+    s["stream-tcp-client"] = auth_response() + hello() + submit()
+    s["stream-tcp-agent"] = challenge() + auth_ok() + hello_ok()
 
     # Truncations: the parser must wait, never read past what it has.
     for cut in (1, 3, 4, 10, 23, 24, 25, 60, len(full) - 1):
@@ -139,7 +174,7 @@ def seeds():
     s["bad-version-0"] = frame(T["HELLO"], b"\0" * 16, version=0)
     s["bad-version-2"] = frame(T["HELLO"], b"\0" * 16, version=2)
     s["bad-type-0"] = frame(0)
-    s["bad-type-17"] = frame(17)
+    s[f"bad-type-{FIRST_UNKNOWN_TYPE}"] = frame(FIRST_UNKNOWN_TYPE)
     s["bad-type-255"] = frame(255)
     s["bad-reserved"] = frame(T["STATUS"], reserved=1)
     s["huge-len-max"] = frame(T["PUT"], b"x" * 8, length=0xFFFFFFFF)
@@ -171,6 +206,13 @@ def seeds():
     s["exec-ndeps-mismatch"] = frame(T["EXEC"], exec_body(deps=(b"a", b"b"), ndeps=5), fid=1)
     s["output-short"] = frame(T["OUTPUT"], b"\1\0\0", fid=1)
     s["error-with-nul"] = error(-1, b"a\0b")
+    s["auth-challenge-scheme-0"] = challenge(scheme=0)
+    s["auth-challenge-scheme-2"] = challenge(scheme=2)
+    s["auth-challenge-short"] = frame(T["AUTH_CHALLENGE"], b"\1\0\0\0" + b"\0" * 35)
+    s["auth-response-short"] = frame(T["AUTH_RESPONSE"], b"\0" * 63)
+    s["auth-response-long"] = frame(T["AUTH_RESPONSE"], b"\0" * 65)
+    s["auth-ok-empty"] = frame(T["AUTH_OK"])
+    s["auth-ok-long"] = frame(T["AUTH_OK"], b"\0" * 33)
     return s
 
 

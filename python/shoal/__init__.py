@@ -41,6 +41,7 @@ __all__ = [
     "ObjectLostError",
     "ObjectStoreFullError",
     "ConnectionLostError",
+    "AuthenticationError",
     "RemoteError",
     "__version__",
 ]
@@ -57,7 +58,7 @@ _LAZY = {
 _LAZY.update({name: "exceptions" for name in (
     "ShoalError", "WorkerCrashedError", "TaskTimeoutError", "TaskCancelledError",
     "GetTimeoutError", "InfeasibleResourcesError", "ActorDiedError", "ObjectLostError",
-    "ObjectStoreFullError", "ConnectionLostError", "RemoteError")})
+    "ObjectStoreFullError", "ConnectionLostError", "AuthenticationError", "RemoteError")})
 
 
 def __getattr__(name):

@@ -45,10 +45,10 @@ def _load_core():
     return _core
 
 
-def _connect(core, address, owner):
+def _connect(core, address, owner, token=None):
     from . import _serial
     client = core.Client(address, owner=owner, timeout=10.0, future_type=Future,
-                         dep_type=_serial.DepRef, dumps=_serial.dumps_args)
+                         dep_type=_serial.DepRef, dumps=_serial.dumps_args, token=token)
     _serial.configure(client.node_info)
     return client
 
@@ -65,7 +65,7 @@ def _info():
 
 
 def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
-         object_store_memory=None, _daemon=None):
+         token=None, object_store_memory=None, _daemon=None):
     """Connects this process to a shoal cluster, starting a private one if needed.
 
     With no ``address`` and no ``SHOAL_ADDRESS`` in the environment, starts a
@@ -83,6 +83,11 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
             what the machine has; other names are custom resources that tasks
             ask for with ``@remote(resources={...})``.
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+        token: the cluster token (str) for a ``HOST:PORT`` address: the
+            daemon and this driver prove to each other that they hold it
+            before anything else is sent. Defaults to ``$SHOAL_TOKEN``, then
+            the file named by ``$SHOAL_TOKEN_FILE``, then ``~/.shoal/token``
+            (a file must be mode 0600). Unix sockets need no token.
         object_store_memory: bytes of shared memory for large objects in a
             private cluster (default: 30% of the machine's memory); beyond
             it, objects spill to disk.
@@ -99,11 +104,14 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
             bad value for one of them.
         TypeError: an argument of the wrong type.
         ConnectionError: no cluster listens at ``address``.
+        AuthenticationError: a ``HOST:PORT`` address and no token was found,
+            or the daemon refused it (a wrong token), or the daemon did not
+            prove it holds it; the message says where the token came from.
         ShoalError: the private daemon failed to start (its stderr is quoted).
         FileNotFoundError: the ``shoal`` binary is missing.
     """
     try:
-        return _init(address, num_workers, resources, ignore_reinit_error, _daemon,
+        return _init(address, num_workers, resources, ignore_reinit_error, token, _daemon,
                      object_store_memory)
     finally:
         if _daemon is not None and _state.daemon is not _daemon:
@@ -121,7 +129,8 @@ def _check_store_memory(v):
         raise ValueError(f"object_store_memory must be at least 1 MiB, not {v}")
 
 
-def _init(address, num_workers, resources, ignore_reinit_error, early, object_store_memory=None):
+def _init(address, num_workers, resources, ignore_reinit_error, token, early,
+          object_store_memory=None):
     with _lock:
         if _state.client is not None:
             if ignore_reinit_error:
@@ -139,8 +148,14 @@ def _init(address, num_workers, resources, ignore_reinit_error, early, object_st
         from . import _cluster
         if resources is not None:
             _cluster.resources_json(resources)  # validates before anything starts
+        if token is not None and not isinstance(token, str):
+            raise TypeError(f"token must be a str, not {type(token).__name__}")
         if address is None:
             address = os.environ.get("SHOAL_ADDRESS") or None
+        if address is None and token is not None:
+            raise ValueError(
+                "token is for connecting to a cluster at HOST:PORT; a private cluster "
+                "(shoal.init() with no address) needs none")
         core = _load_core()
         if address is not None:
             if num_workers is not None or resources is not None or object_store_memory is not None:
@@ -148,7 +163,7 @@ def _init(address, num_workers, resources, ignore_reinit_error, early, object_st
                     "num_workers, resources and object_store_memory describe a private cluster; "
                     "they cannot be used when connecting to an existing one "
                     f"(address={address!r}). Pass them to `shoal start` instead")
-            client = _connect(core, _cluster.resolve_address(address), owner=False)
+            client = _connect(core, _cluster.resolve_address(address), owner=False, token=token)
             daemon = None
         else:
             if early is not None:

@@ -12,11 +12,11 @@ import os
 import sys
 
 
-def _prestart(address, num_workers, resources, object_store_memory=None):
+def _prestart(address, num_workers, resources, token, object_store_memory=None):
     """The private daemon, started but not waited for; None when ``init`` will
     not start one, or when anything about the request is off (``_api.init``
     then reports it the usual way)."""
-    if address is not None or os.environ.get("SHOAL_ADDRESS"):
+    if address is not None or os.environ.get("SHOAL_ADDRESS") or token is not None:
         return None
     api = sys.modules.get(__package__ + "._api")
     if api is not None and api._state.client is not None:
@@ -37,11 +37,11 @@ def _prestart(address, num_workers, resources, object_store_memory=None):
 
 
 def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
-         object_store_memory=None):
-    daemon = _prestart(address, num_workers, resources, object_store_memory)
+         token=None, object_store_memory=None):
+    daemon = _prestart(address, num_workers, resources, token, object_store_memory)
     from . import _api
     return _api.init(address, num_workers=num_workers, resources=resources,
-                     ignore_reinit_error=ignore_reinit_error,
+                     ignore_reinit_error=ignore_reinit_error, token=token,
                      object_store_memory=object_store_memory, _daemon=daemon)
 
 
@@ -58,6 +58,9 @@ init.__doc__ = """Connects this process to a shoal cluster, starting a private o
         num_workers: worker processes of a private cluster (default: one per CPU).
         resources: resources of a private cluster, a dict of name to amount.
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+        token: the cluster token for a ``HOST:PORT`` address. Defaults to
+            ``$SHOAL_TOKEN``, then the file ``$SHOAL_TOKEN_FILE``, then
+            ``~/.shoal/token``. Unix sockets need none.
         object_store_memory: shared memory for large objects in a private
             cluster, in bytes (default: 30% of the machine's memory).
     Returns:
@@ -65,4 +68,6 @@ init.__doc__ = """Connects this process to a shoal cluster, starting a private o
     Raises:
         RuntimeError, ValueError, TypeError, ConnectionError, ShoalError,
         FileNotFoundError: as ``shoal._api.init`` documents.
+        AuthenticationError: a TCP connection found no token, or the daemon
+            refused it (a wrong token), or did not prove it holds it.
     """

@@ -17,6 +17,7 @@ __all__ = [
     "ObjectLostError",
     "ObjectStoreFullError",
     "ConnectionLostError",
+    "AuthenticationError",
     "RemoteError",
 ]
 
@@ -78,6 +79,12 @@ class ObjectStoreFullError(ShoalError, MemoryError):
 
 class ConnectionLostError(ShoalError):
     """The connection to the shoal daemon was lost; pending work is unknown."""
+
+
+class AuthenticationError(ShoalError, ConnectionError):
+    """Connecting over TCP failed on the cluster token: none was found, the
+    daemon refused it (a wrong token), or the daemon did not prove that it
+    holds it. The message says where the token was looked for."""
 
 
 class RemoteError(ShoalError):

@@ -22,6 +22,7 @@
 #include <dirent.h>
 #include <sched.h>
 
+#include "common/auth.h"
 #include "common/frame.h"
 #include "common/log.h"
 #include "common/proto.h"
@@ -55,7 +56,13 @@ static const char *usage_start =
     "  --head                 start a head (required: joining a cluster comes later)\n"
     "  --socket-dir DIR       0700 directory for agent.sock and agent.pid\n"
     "                         (default $SHOAL_SOCKET_DIR or /tmp/shoal-UID/default)\n"
-    "  --port N               also listen on TCP 127.0.0.1:N\n"
+    "  --port N               also listen on TCP port N (on 127.0.0.1 unless --bind);\n"
+    "                         TCP peers must prove they hold the cluster token\n"
+    "  --bind ADDR            the address --port listens on, e.g. 0.0.0.0 for every\n"
+    "                         interface (default 127.0.0.1)\n"
+    "  --token-file PATH      the cluster token, created (mode 0600) if missing\n"
+    "                         (default $SHOAL_TOKEN, $SHOAL_TOKEN_FILE or ~/.shoal/token)\n"
+    "  --auth-timeout SECONDS how long a TCP peer has to authenticate (default 10)\n"
     "  --workers N            worker processes in the pool (default: CPUs)\n"
     "  --num-cpus N           CPUs this node offers (default: CPUs usable here)\n"
     "  --num-gpus N           GPUs this node offers (default: NVIDIA GPUs found)\n"
@@ -81,6 +88,8 @@ static const char *usage_status =
     "options:\n"
     "  --socket-dir DIR       the daemon's directory (default as for start)\n"
     "  --address ADDR         unix:PATH, a socket path, or HOST:PORT\n"
+    "  --token-file PATH      the cluster token for HOST:PORT (default $SHOAL_TOKEN,\n"
+    "                         $SHOAL_TOKEN_FILE or ~/.shoal/token)\n"
     "  --json                 print JSON for scripts\n"
     "  --timeout SECONDS      how long to wait for an answer (default 10)\n"
     "  -h, --help             show this help\n";
@@ -104,6 +113,8 @@ static const char *usage_stop =
     "options:\n"
     "  --socket-dir DIR       the daemon's directory (default as for start)\n"
     "  --address ADDR         unix:PATH, a socket path, or HOST:PORT\n"
+    "  --token-file PATH      the cluster token for HOST:PORT (default $SHOAL_TOKEN,\n"
+    "                         $SHOAL_TOKEN_FILE or ~/.shoal/token)\n"
     "  --timeout SECONDS      how long to wait for it to exit (default 10)\n"
     "  -h, --help             show this help\n";
 
@@ -171,10 +182,13 @@ static int count_gpus(void) {
 /* ---- a blocking client for status and stop ---- */
 
 /* Resolves --address / --socket-dir into a connected socket, or -1 with a
- * message printed. */
-static int connect_daemon(const char *address, const char *socket_dir, char *desc, size_t dn) {
+ * message printed. *tcp tells whether it is a TCP connection. */
+static int connect_daemon(const char *address, const char *socket_dir, char *desc, size_t dn,
+                          int *tcp) {
   char path[4096];
+  *tcp = 0;
   if (address && strchr(address, ':') && strncmp(address, "unix:", 5) != 0) {
+    *tcp = 1;
     char host[256];
     const char *colon = strrchr(address, ':');
     snprintf(host, sizeof host, "%.*s", (int)(colon - address), address);
@@ -230,15 +244,17 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
   return 0;
 }
 
-/* Reads frames until one of `type` arrives; its body lands in `body`. 0, or
- * -1 with a message printed (timeout, closed, bad frame, ERROR frame). */
-static int read_frame(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, double timeout_s) {
+/* Reads frames of at most `max` body bytes until one of `type` arrives; its
+ * body lands in `body`. 0, or -1 with a message printed (timeout, closed, bad
+ * frame, ERROR frame), -2 for an ERROR frame that refuses our cluster token. */
+static int read_frame_max(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, double timeout_s,
+                          size_t max) {
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (;;) {
     sh_frame_t f;
     size_t used;
-    int rc = sh_frame_parse(sh_buf_head(in), sh_buf_avail(in), SH_FRAME_MAX_DEFAULT, &f, &used);
+    int rc = sh_frame_parse(sh_buf_head(in), sh_buf_avail(in), max, &f, &used);
     if (rc < 0) {
       fprintf(stderr, "shoal: bad reply from the daemon: %s\n", sh_strerror(rc));
       return -1;
@@ -246,7 +262,7 @@ static int read_frame(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, doubl
     if (rc == 1) {
       if (f.hdr.type == SH_MSG_ERROR && f.hdr.len >= 4) {
         fprintf(stderr, "shoal: %.*s\n", (int)f.hdr.len - 4, f.body + 4);
-        return -1;
+        return (int32_t)sh_get_u32(f.body) == SH_EAUTH ? -2 : -1;
       }
       if (f.hdr.type == type) {
         sh_buf_append(body, f.body, f.hdr.len);
@@ -276,6 +292,54 @@ static int read_frame(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, doubl
   }
 }
 
+static int read_frame(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, double timeout_s) {
+  return read_frame_max(fd, type, in, body, timeout_s, SH_FRAME_MAX_DEFAULT);
+}
+
+/* Largest frame body read from a daemon that has not proved it holds the
+ * token: the handshake frames and an ERROR fit. */
+#define PRE_AUTH_MAX_BODY 65536
+
+/* The token handshake on a TCP connection (docs/protocol.md,
+ * "Authentication"): answers the daemon's challenge with our proof and checks
+ * the daemon's proof before anything else is sent. 0, or -1 with a message
+ * printed. */
+static int auth_cli(int fd, sh_buf_t *in, const sh_auth_token_t *tok, const char *desc,
+                    double timeout_s) {
+  sh_buf_t out, body;
+  sh_buf_init(&out);
+  sh_buf_init(&body);
+  uint8_t sn[SH_AUTH_NONCE], cn[SH_AUTH_NONCE], mac[SH_AUTH_MAC];
+  int rc = read_frame_max(fd, SH_MSG_AUTH_CHALLENGE, in, &body, timeout_s, PRE_AUTH_MAX_BODY);
+  if (!rc && sh_auth_challenge_decode(body.data, body.len, sn)) {
+    fprintf(stderr, "shoal: the daemon at %s sent a challenge this shoal does not "
+            "understand (a different shoal version?)\n", desc);
+    rc = -1;
+  }
+  if (!rc && (sh_auth_random(cn, sizeof cn) || sh_auth_proof(tok, SH_AUTH_CLIENT, sn, cn, mac) ||
+              sh_auth_response_append(&out, cn, mac))) {
+    fprintf(stderr, "shoal: could not compute the answer to the daemon's challenge\n");
+    rc = -1;
+  }
+  if (!rc) rc = write_all(fd, out.data, out.len);
+  sh_buf_reset(&body);
+  if (!rc) rc = read_frame_max(fd, SH_MSG_AUTH_OK, in, &body, timeout_s, PRE_AUTH_MAX_BODY);
+  if (rc == -2)
+    fprintf(stderr, "shoal: the daemon at %s refused the cluster token from %s: use the "
+            "token file the head uses (`shoal start` prints it) with --token-file, "
+            "SHOAL_TOKEN_FILE or SHOAL_TOKEN\n", desc, tok->where);
+  if (!rc && (sh_auth_ok_decode(body.data, body.len, mac) ||
+              !sh_auth_verify(tok, SH_AUTH_SERVER, sn, cn, mac))) {
+    fprintf(stderr, "shoal: the daemon at %s did not prove that it holds the cluster token "
+            "from %s: it is not this cluster's head, or it uses another token; nothing "
+            "was sent to it\n", desc, tok->where);
+    rc = -1;
+  }
+  sh_buf_close(&out);
+  sh_buf_close(&body);
+  return rc ? -1 : 0;
+}
+
 static int hello_cli(int fd, sh_buf_t *in, double timeout_s) {
   sh_buf_t out, body;
   sh_buf_init(&out);
@@ -287,6 +351,31 @@ static int hello_cli(int fd, sh_buf_t *in, double timeout_s) {
   sh_buf_close(&out);
   sh_buf_close(&body);
   return rc;
+}
+
+/* Connects to the daemon and says HELLO; over TCP the token handshake comes
+ * first. Returns the fd, or -1 with a message printed. */
+static int open_daemon(const char *address, const char *dir, const char *token_file,
+                       char *desc, size_t dn, sh_buf_t *in, double timeout_s) {
+  int tcp;
+  sh_auth_token_t tok = {.len = 0};
+  char err[4400];
+  /* The token first: a missing one needs no connection to report. */
+  if (address && strchr(address, ':') && strncmp(address, "unix:", 5) != 0 &&
+      sh_auth_token_find(token_file, 0, &tok, err, sizeof err)) {
+    fprintf(stderr, "shoal: connecting to %s needs the cluster token: %s\n", address, err);
+    return -1;
+  }
+  int fd = connect_daemon(address, dir, desc, dn, &tcp);
+  int rc = fd < 0 ? -1 : 0;
+  if (!rc && tcp) rc = auth_cli(fd, in, &tok, desc, timeout_s);
+  sh_auth_token_clear(&tok);
+  if (!rc) rc = hello_cli(fd, in, timeout_s);
+  if (rc && fd >= 0) {
+    close(fd);
+    fd = -1;
+  }
+  return fd;
 }
 
 /* ---- printing the status map ---- */
@@ -450,8 +539,29 @@ static void print_memory(const msgpack_object *st) {
 
 enum { OPT_HEAD = 256, OPT_SOCKET_DIR, OPT_PORT, OPT_WORKERS, OPT_NUM_CPUS, OPT_NUM_GPUS,
        OPT_MEMORY, OPT_RESOURCES, OPT_PYTHON, OPT_BLOCK, OPT_EMBEDDED, OPT_MAX_FRAME,
-       OPT_LOG_LEVEL, OPT_ADDRESS, OPT_JSON, OPT_TIMEOUT, OPT_STORE_MEMORY, OPT_STORE_DIR,
-       OPT_SPILL_DIR, OPT_INLINE_THRESHOLD };
+       OPT_LOG_LEVEL, OPT_ADDRESS, OPT_JSON, OPT_TIMEOUT, OPT_BIND, OPT_TOKEN_FILE,
+       OPT_AUTH_TIMEOUT, OPT_STORE_MEMORY, OPT_STORE_DIR, OPT_SPILL_DIR,
+       OPT_INLINE_THRESHOLD };
+
+/* Prints the TCP address the head listens on, the token it demands and how a
+ * driver on another machine connects. */
+static void print_tcp(const sh_agent_opts_t *o) {
+  const char *bind = o->bind ? o->bind : "127.0.0.1";
+  int v6 = strchr(bind, ':') != NULL;
+  printf(" and %s%s%s:%d\n", v6 ? "[" : "", bind, v6 ? "]" : "", o->port);
+  printf("  cluster token: %s (TCP peers must hold it)\n", o->token.where);
+  /* A wildcard address is no address to connect to: name this host. */
+  char host[256];
+  if (!strcmp(bind, "0.0.0.0") || !strcmp(bind, "::")) {
+    if (gethostname(host, sizeof host)) snprintf(host, sizeof host, "HOST");
+    host[sizeof host - 1] = 0;
+  } else {
+    snprintf(host, sizeof host, "%s%s%s", v6 ? "[" : "", bind, v6 ? "]" : "");
+  }
+  printf("  connect over TCP:  shoal.init(address=\"%s:%d\")  with the token file copied to\n"
+         "                     ~/.shoal/token (mode 0600), or SHOAL_TOKEN_FILE=PATH\n",
+         host, o->port);
+}
 
 /* Runs the agent in a detached child; returns once it listens. */
 static int start_background(sh_agent_opts_t *o) {
@@ -498,8 +608,9 @@ static int start_background(sh_agent_opts_t *o) {
   char *nl = strchr(line, '\n');
   if (nl) *nl = 0;
   printf("shoal: started a head (pid %d) listening on %s", (int)pid, line + 13);
-  if (o->port) printf(" and 127.0.0.1:%d", o->port);
-  printf("\n  connect:  shoal.init(address=\"%s\")  or  shoal.init(\"auto\")\n", o->socket_dir);
+  if (o->port) print_tcp(o);
+  else printf("\n");
+  printf("  connect:  shoal.init(address=\"%s\")  or  shoal.init(\"auto\")\n", o->socket_dir);
   printf("  status:   shoal status --socket-dir %s\n  stop:     shoal stop --socket-dir %s\n",
          o->socket_dir, o->socket_dir);
   return 0;
@@ -518,8 +629,11 @@ static int cmd_start(int argc, char **argv) {
       {"object-store-dir", required_argument, 0, OPT_STORE_DIR},
       {"spill-dir", required_argument, 0, OPT_SPILL_DIR},
       {"inline-threshold", required_argument, 0, OPT_INLINE_THRESHOLD},
+      {"bind", required_argument, 0, OPT_BIND},     {"token-file", required_argument, 0, OPT_TOKEN_FILE},
+      {"auth-timeout", required_argument, 0, OPT_AUTH_TIMEOUT},
       {0, 0, 0, 0}};
   static char dir[4096];
+  const char *token_file = NULL;
   default_socket_dir(dir, sizeof dir);
   sh_agent_opts_t o = {0};
   o.socket_dir = dir;
@@ -560,6 +674,19 @@ static int cmd_start(int argc, char **argv) {
           return usage_error(usage_start, "--memory needs a size like 8G or 1073741824, got '%s'", optarg);
         break;
       case OPT_RESOURCES: resources = optarg; break;
+      case OPT_BIND:
+        if (!*optarg) return usage_error(usage_start, "--bind needs an IP address, e.g. 0.0.0.0");
+        o.bind = optarg;
+        break;
+      case OPT_TOKEN_FILE:
+        if (!*optarg) return usage_error(usage_start, "--token-file needs a path");
+        token_file = optarg;
+        break;
+      case OPT_AUTH_TIMEOUT:
+        if (parse_num(optarg, &o.auth_timeout_s) || o.auth_timeout_s <= 0 || o.auth_timeout_s > 3600)
+          return usage_error(usage_start, "--auth-timeout needs seconds, more than 0 and at most "
+                             "3600, got '%s'", optarg);
+        break;
       case OPT_PYTHON: o.python = optarg; break;
       case OPT_BLOCK: block = 1; break;
       case OPT_EMBEDDED: o.embedded = 1; break;
@@ -601,6 +728,13 @@ static int cmd_start(int argc, char **argv) {
   if (!head)
     return usage_error(usage_start, "start needs --head (joining an existing cluster with "
                        "--address is not available yet)");
+  if ((o.bind || token_file) && !o.port)
+    return usage_error(usage_start, "%s only matters with --port (the token protects TCP "
+                       "connections; the unix socket is private to this user)",
+                       o.bind ? "--bind" : "--token-file");
+  if (o.embedded && o.port)
+    return usage_error(usage_start, "--embedded clusters listen on their unix socket only, "
+                       "not on --port");
   if (level >= 0) sh_log_set_level(level);
   o.resources.cpu_milli = (uint64_t)llround((cpus >= 0 ? cpus : count_cpus()) * 1000);
   o.resources.gpu_milli = (uint64_t)llround((gpus >= 0 ? gpus : count_gpus()) * 1000);
@@ -612,15 +746,26 @@ static int cmd_start(int argc, char **argv) {
   }
   o.num_workers = workers >= 0 ? workers : (int)((o.resources.cpu_milli + 999) / 1000);
   if (o.num_workers < 1 && workers < 0) o.num_workers = 1;
-  if (block || o.embedded) return sh_agent_run(&o);
-  return start_background(&o);
+  if (o.port) {
+    /* Before the daemon starts, so a bad token file is reported here. */
+    char err[4400];
+    if (sh_auth_token_find(token_file, 1, &o.token, err, sizeof err)) {
+      fprintf(stderr, "shoal: %s\n", err);
+      return 1;
+    }
+  }
+  int rc = block || o.embedded ? sh_agent_run(&o) : start_background(&o);
+  sh_auth_token_clear(&o.token);
+  return rc;
 }
 
 static int parse_client_opts(int argc, char **argv, const char *usage, int allow_json,
-                             const char **address, char *dir, size_t dn, int *json, double *timeout) {
+                             const char **address, char *dir, size_t dn, int *json, double *timeout,
+                             const char **token_file) {
   static const struct option opts[] = {
       {"socket-dir", required_argument, 0, OPT_SOCKET_DIR}, {"address", required_argument, 0, OPT_ADDRESS},
       {"json", no_argument, 0, OPT_JSON},  {"timeout", required_argument, 0, OPT_TIMEOUT},
+      {"token-file", required_argument, 0, OPT_TOKEN_FILE},
       {"help", no_argument, 0, 'h'},       {0, 0, 0, 0}};
   int c;
   opterr = 0;
@@ -629,6 +774,7 @@ static int parse_client_opts(int argc, char **argv, const char *usage, int allow
     switch (c) {
       case OPT_SOCKET_DIR: snprintf(dir, dn, "%s", optarg); break;
       case OPT_ADDRESS: *address = optarg; break;
+      case OPT_TOKEN_FILE: *token_file = optarg; break;
       case OPT_JSON:
         if (!allow_json) return usage_error(usage, "unknown option '--json'");
         *json = 1;
@@ -654,23 +800,24 @@ static int query_status(int argc, char **argv, const char *usage, unsigned flags
   default_socket_dir(dir, sizeof dir);
   const char *address = getenv("SHOAL_ADDRESS");
   if (address && (!*address || !strcmp(address, "auto"))) address = NULL;
+  const char *token_file = NULL;
   int json = 0;
   double timeout = 10;
-  int rc = parse_client_opts(argc, argv, usage, 1, &address, dir, sizeof dir, &json, &timeout);
+  int rc = parse_client_opts(argc, argv, usage, 1, &address, dir, sizeof dir, &json, &timeout,
+                             &token_file);
   if (rc) return rc < 0 ? 0 : rc;
-  int fd = connect_daemon(address, dir, desc, sizeof desc);
-  if (fd < 0) return 1;
   sh_buf_t in, out, body;
   sh_buf_init(&in);
   sh_buf_init(&out);
   sh_buf_init(&body);
-  rc = hello_cli(fd, &in, timeout);
+  int fd = open_daemon(address, dir, token_file, desc, sizeof desc, &in, timeout);
+  rc = fd < 0 ? -1 : 0;
   if (!rc) {
     sh_frame_append(&out, SH_MSG_STATUS, flags, 1, NULL, 0);
     rc = write_all(fd, out.data, out.len);
   }
   if (!rc) rc = read_frame(fd, SH_MSG_STATUS_REPLY, &in, &body, timeout);
-  close(fd);
+  if (fd >= 0) close(fd);
   if (!rc) {
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
@@ -704,17 +851,21 @@ static int cmd_memory(int argc, char **argv) {
 static int cmd_stop(int argc, char **argv) {
   char dir[4096], desc[4200], pid_path[4200];
   default_socket_dir(dir, sizeof dir);
-  const char *address = NULL;
+  const char *address = NULL, *token_file = NULL;
   int json = 0;
   double timeout = 10;
-  int rc = parse_client_opts(argc, argv, usage_stop, 0, &address, dir, sizeof dir, &json, &timeout);
+  int rc = parse_client_opts(argc, argv, usage_stop, 0, &address, dir, sizeof dir, &json, &timeout,
+                             &token_file);
   if (rc) return rc < 0 ? 0 : rc;
-  int fd = connect_daemon(address, dir, desc, sizeof desc);
-  if (fd < 0) return 1;
   sh_buf_t in, out;
   sh_buf_init(&in);
   sh_buf_init(&out);
-  rc = hello_cli(fd, &in, timeout);
+  int fd = open_daemon(address, dir, token_file, desc, sizeof desc, &in, timeout);
+  if (fd < 0) {
+    sh_buf_close(&in);
+    sh_buf_close(&out);
+    return 1;
+  }
   if (!rc) {
     sh_frame_append(&out, SH_MSG_STOP, 0, 0, NULL, 0);
     rc = write_all(fd, out.data, out.len);

@@ -24,6 +24,7 @@ const char *sh_strerror(int rc) {
     case SH_ETOOBIG: return "frame larger than the size limit";
     case SH_ERESERVED: return "reserved header field is not zero";
     case SH_EBODY: return "message body does not decode for its type";
+    case SH_EAUTH: return "wrong cluster token";
     default: break;
   }
   if (rc < 0 && rc > -4096) return strerror(-rc);

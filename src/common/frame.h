@@ -35,7 +35,10 @@
   X(ERROR, 16, "connection-level error text before the peer closes")          \
   X(PUT_REPLY, 17, "outcome of a PUT of a stored object (status, text)")       \
   X(MAP, 18, "a driver maps a stored object: make it resident, count it")     \
-  X(MAP_REPLY, 19, "outcome of MAP (status, segment size, text)")
+  X(MAP_REPLY, 19, "outcome of MAP (status, segment size, text)")             \
+  X(AUTH_CHALLENGE, 20, "agent's nonce: first frame on a TCP connection")     \
+  X(AUTH_RESPONSE, 21, "peer's nonce and proof that it holds the token")      \
+  X(AUTH_OK, 22, "agent's proof that it holds the token")
 
 typedef enum {
 #define SH_X(name, val, doc) SH_MSG_##name = val,
@@ -64,6 +67,7 @@ typedef struct sh_frame_hdr_s {
 #define SH_ETOOBIG (-1004)
 #define SH_ERESERVED (-1005)
 #define SH_EBODY (-1006) /* body does not decode for its type */
+#define SH_EAUTH (-1007) /* the peer did not prove it holds the cluster token */
 
 /* Human-readable text for an engine error code (frame or -errno). */
 const char *sh_strerror(int rc);

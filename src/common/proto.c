@@ -264,6 +264,47 @@ int sh_hello_ok_decode(const uint8_t *body, size_t len, sh_hello_ok_t *h) {
   return 0;
 }
 
+int sh_auth_challenge_append(sh_buf_t *b, const uint8_t nonce[SH_AUTH_NONCE]) {
+  uint8_t p[SH_AUTH_CHALLENGE_LEN];
+  sh_put_u32(p, SH_AUTH_SCHEME);
+  sh_put_u32(p + 4, 0);
+  memcpy(p + 8, nonce, SH_AUTH_NONCE);
+  return sh_frame_append(b, SH_MSG_AUTH_CHALLENGE, 0, 0, p, sizeof p);
+}
+
+int sh_auth_challenge_decode(const uint8_t *body, size_t len,
+                             uint8_t nonce[SH_AUTH_NONCE]) {
+  if (len != SH_AUTH_CHALLENGE_LEN || sh_get_u32(body) != SH_AUTH_SCHEME) return SH_EBODY;
+  memcpy(nonce, body + 8, SH_AUTH_NONCE);
+  return 0;
+}
+
+int sh_auth_response_append(sh_buf_t *b, const uint8_t cnonce[SH_AUTH_NONCE],
+                            const uint8_t mac[SH_AUTH_MAC]) {
+  uint8_t p[SH_AUTH_RESPONSE_LEN];
+  memcpy(p, cnonce, SH_AUTH_NONCE);
+  memcpy(p + SH_AUTH_NONCE, mac, SH_AUTH_MAC);
+  return sh_frame_append(b, SH_MSG_AUTH_RESPONSE, 0, 0, p, sizeof p);
+}
+
+int sh_auth_response_decode(const uint8_t *body, size_t len,
+                            uint8_t cnonce[SH_AUTH_NONCE], uint8_t mac[SH_AUTH_MAC]) {
+  if (len != SH_AUTH_RESPONSE_LEN) return SH_EBODY;
+  memcpy(cnonce, body, SH_AUTH_NONCE);
+  memcpy(mac, body + SH_AUTH_NONCE, SH_AUTH_MAC);
+  return 0;
+}
+
+int sh_auth_ok_append(sh_buf_t *b, const uint8_t mac[SH_AUTH_MAC]) {
+  return sh_frame_append(b, SH_MSG_AUTH_OK, 0, 0, mac, SH_AUTH_MAC);
+}
+
+int sh_auth_ok_decode(const uint8_t *body, size_t len, uint8_t mac[SH_AUTH_MAC]) {
+  if (len != SH_AUTH_OK_LEN) return SH_EBODY;
+  memcpy(mac, body, SH_AUTH_MAC);
+  return 0;
+}
+
 int sh_output_append(sh_buf_t *b, uint64_t task_id, uint32_t pid,
                      uint32_t stream, const void *data, size_t len) {
   long at = sh_frame_begin(b, SH_MSG_OUTPUT, 0, task_id);

@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "common/auth.h"
 #include "common/buf.h"
 #include "common/frame.h"
 
@@ -167,6 +168,30 @@ int sh_hello_append(sh_buf_t *b, const sh_hello_t *h);
 int sh_hello_decode(const uint8_t *body, size_t len, sh_hello_t *h);
 int sh_hello_ok_append(sh_buf_t *b, const sh_hello_ok_t *h);
 int sh_hello_ok_decode(const uint8_t *body, size_t len, sh_hello_ok_t *h);
+
+/* The authentication handshake on TCP (docs/protocol.md, "Authentication").
+ * Bodies are fixed: AUTH_CHALLENGE u32 scheme, u32 reserved, nonce (40
+ * bytes); AUTH_RESPONSE client nonce, proof (64); AUTH_OK proof (32). */
+#define SH_AUTH_CHALLENGE_LEN (8 + SH_AUTH_NONCE)
+#define SH_AUTH_RESPONSE_LEN (SH_AUTH_NONCE + SH_AUTH_MAC)
+#define SH_AUTH_OK_LEN SH_AUTH_MAC
+
+/* Appends an AUTH_CHALLENGE with scheme SH_AUTH_SCHEME. 0 or -ENOMEM. */
+int sh_auth_challenge_append(sh_buf_t *b, const uint8_t nonce[SH_AUTH_NONCE]);
+/* Decodes an AUTH_CHALLENGE into nonce. 0, or SH_EBODY for a wrong length or
+ * a scheme other than SH_AUTH_SCHEME. */
+int sh_auth_challenge_decode(const uint8_t *body, size_t len,
+                             uint8_t nonce[SH_AUTH_NONCE]);
+/* Appends an AUTH_RESPONSE (client nonce, client proof). 0 or -ENOMEM. */
+int sh_auth_response_append(sh_buf_t *b, const uint8_t cnonce[SH_AUTH_NONCE],
+                            const uint8_t mac[SH_AUTH_MAC]);
+/* 0, or SH_EBODY for a wrong length. */
+int sh_auth_response_decode(const uint8_t *body, size_t len,
+                            uint8_t cnonce[SH_AUTH_NONCE], uint8_t mac[SH_AUTH_MAC]);
+/* Appends an AUTH_OK (server proof). 0 or -ENOMEM. */
+int sh_auth_ok_append(sh_buf_t *b, const uint8_t mac[SH_AUTH_MAC]);
+/* 0, or SH_EBODY for a wrong length. */
+int sh_auth_ok_decode(const uint8_t *body, size_t len, uint8_t mac[SH_AUTH_MAC]);
 
 /* OUTPUT body: u32 pid, u32 stream, bytes. */
 int sh_output_append(sh_buf_t *b, uint64_t task_id, uint32_t pid,

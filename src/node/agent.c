@@ -1,10 +1,12 @@
 /* The node agent's loop: listeners, connections, frame dispatch, shutdown.
- * Sections: set-up of the socket directory; connections (read, parse,
- * dispatch, flush, close); the before-poll batch; run and stop. */
+ * Sections: set-up of the socket directory and listeners; connections (read,
+ * parse, dispatch, flush, close); authentication of TCP peers; the
+ * before-poll batch; run and stop. */
 #include "node/agent.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -71,18 +73,40 @@ static int listen_unix(const char *path) {
   return fd;
 }
 
-static int listen_tcp(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -errno;
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  /* Loopback only: listening beyond this machine needs the cluster token,
-   * which comes with the cluster issue. */
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 512)) {
-    int rc = -errno;
-    close(fd);
+/* "1.2.3.4:5555" or "[::1]:5555" for a socket address. */
+static void format_addr(const struct sockaddr *sa, socklen_t len, char *out, size_t n) {
+  char host[NI_MAXHOST], serv[NI_MAXSERV];
+  if (getnameinfo(sa, len, host, sizeof host, serv, sizeof serv,
+                  NI_NUMERICHOST | NI_NUMERICSERV)) {
+    snprintf(out, n, "an unknown address");
+    return;
+  }
+  snprintf(out, n, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, serv);
+}
+
+/* Listens on `bind_addr` (a numeric IPv4 or IPv6 address: no name lookup
+ * at start-up) and `port`; describes the address in `desc`. Returns the fd,
+ * or -errno (-EADDRNOTAVAIL with desc empty when it is no IP address). Every
+ * TCP peer must authenticate with the cluster token, loopback ones included:
+ * other users of this machine can reach loopback too. */
+static int listen_tcp(const char *bind_addr, int port, char *desc, size_t dn) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
+  struct addrinfo *res;
+  char ps[16];
+  snprintf(ps, sizeof ps, "%d", port);
+  if (getaddrinfo(bind_addr, ps, &hints, &res)) return -EADDRNOTAVAIL;
+  format_addr(res->ai_addr, res->ai_addrlen, desc, dn);
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int rc = fd < 0 ? -errno : 0;
+  if (!rc) {
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, res->ai_addr, res->ai_addrlen) || listen(fd, 512)) rc = -errno;
+  }
+  freeaddrinfo(res);
+  if (rc) {
+    if (fd >= 0) close(fd);
     return rc;
   }
   return fd;
@@ -100,6 +124,7 @@ sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc) {
   sh_buf_init(&c->in);
   sh_buf_init(&c->out);
   sh_queue_init(&c->dirty);
+  sh_queue_init(&c->authq);
   snprintf(c->desc, sizeof c->desc, "%s", desc);
   uv_poll_init(a->loop, &c->poll, fd);
   c->poll.data = c;
@@ -131,10 +156,13 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
   if (c->closing) return;
   sh_agent_t *a = c->agent;
   c->closing = 1;
-  if (why) sh_warn("closing connection to %s: %s", c->desc, why);
+  if (c->auth) sh_info("connection from %s closed before it authenticated%s%s", c->peer,
+                       why ? ": " : "", why ? why : "");
+  else if (why) sh_warn("closing connection to %s: %s", c->desc, why);
   else sh_debug("connection to %s closed", c->desc);
   sh_queue_remove(&c->link);
   sh_queue_remove(&c->dirty);
+  sh_queue_remove(&c->authq);
   uv_poll_stop(&c->poll);
   uv_close((uv_handle_t *)&c->poll, conn_closed_cb);
   if (c->role == SH_ROLE_WORKER && c->worker) {
@@ -151,17 +179,36 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
   }
 }
 
-/* Sends an ERROR frame (best effort, now) and closes. */
+/* Sends an ERROR frame (best effort, now) and closes. A TCP peer that has
+ * not authenticated is logged as refused, with its address. */
 static void conn_fail(sh_conn_t *c, int code, const char *why) {
   sh_buf_t b;
   sh_buf_init(&b);
   char text[512];
   snprintf(text, sizeof text, "shoal daemon closed the connection: %s", why);
-  if (!sh_error_append(&b, code, text)) {
+  /* Output still queued (the challenge) goes first, so the peer can parse. */
+  if (sh_buf_avail(&c->out)) {
+    ssize_t n = write(c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out));
+    if (n > 0) sh_buf_consume(&c->out, (size_t)n);
+  }
+  if (!sh_buf_avail(&c->out) && !sh_error_append(&b, code, text)) {
     ssize_t n = write(c->fd, b.data, b.len);
     (void)n;
   }
   sh_buf_close(&b);
+  /* Closing with unread input makes the kernel reset the connection, and a
+   * reset can destroy the ERROR frame before the peer reads it: read what
+   * has arrived (a bounded amount) first. */
+  shutdown(c->fd, SHUT_WR);
+  char sink[4096];
+  for (int i = 0; i < 64; i++)
+    if (read(c->fd, sink, sizeof sink) <= 0) break;
+  if (c->auth) {
+    sh_warn("connection from %s refused: %s", c->peer, why);
+    c->auth = 0;
+    sh_conn_close(c, NULL);
+    return;
+  }
   sh_conn_close(c, why);
 }
 
@@ -194,8 +241,8 @@ static void handle_hello(sh_conn_t *c, const sh_frame_t *f) {
       if (a->opts.embedded) prctl(PR_SET_PDEATHSIG, 0);
     }
   }
-  snprintf(c->desc, sizeof c->desc, "%s pid %u",
-           h.role == SH_ROLE_DRIVER ? "driver" : "cli", h.pid);
+  snprintf(c->desc, sizeof c->desc, "%s pid %u%s%s",
+           h.role == SH_ROLE_DRIVER ? "driver" : "cli", h.pid, c->peer[0] ? " at " : "", c->peer);
   ok.client_id = c->client_id;
   ok.node_id = a->node_id;
   ok.num_workers = (uint32_t)a->opts.num_workers;
@@ -303,8 +350,45 @@ static void handle_worker(sh_conn_t *c, const sh_frame_t *f) {
   sh_sched_result(c->agent, c->worker, f->hdr.id, &r);
 }
 
+/* The peer's answer to our challenge: a proof made with the token over both
+ * nonces. Answers with our own proof (the peer checks it before it sends
+ * anything that matters), or refuses the peer. */
+static void handle_auth(sh_conn_t *c, const sh_frame_t *f) {
+  const sh_auth_token_t *tok = &c->agent->opts.token;
+  uint8_t cnonce[SH_AUTH_NONCE], mac[SH_AUTH_MAC];
+  char why[192];
+  if (f->hdr.type != SH_MSG_AUTH_RESPONSE) {
+    if (f->hdr.type == SH_MSG_HELLO)
+      snprintf(why, sizeof why, "no cluster token (it sent HELLO without answering the "
+               "token challenge: a client that has no token, or an older shoal)");
+    else
+      snprintf(why, sizeof why, "it sent %s before answering the token challenge",
+               sh_msg_name(f->hdr.type));
+    conn_fail(c, SH_EAUTH, why);
+    return;
+  }
+  if (sh_auth_response_decode(f->body, f->hdr.len, cnonce, mac)) {
+    conn_fail(c, SH_EBODY, "malformed AUTH_RESPONSE body");
+    return;
+  }
+  if (!sh_auth_verify(tok, SH_AUTH_CLIENT, c->nonce, cnonce, mac)) {
+    conn_fail(c, SH_EAUTH, "wrong cluster token");
+    return;
+  }
+  if (sh_auth_proof(tok, SH_AUTH_SERVER, c->nonce, cnonce, mac) || sh_auth_ok_append(&c->out, mac)) {
+    conn_fail(c, -ENOMEM, "no memory for AUTH_OK");
+    return;
+  }
+  c->auth = 0;
+  sh_queue_remove(&c->authq);
+  memset(c->nonce, 0, sizeof c->nonce);
+  sh_conn_mark_dirty(c);
+  sh_debug("connection from %s authenticated", c->peer);
+}
+
 static void dispatch(sh_conn_t *c, const sh_frame_t *f) {
-  if (c->role == 0) handle_hello(c, f);
+  if (c->auth) handle_auth(c, f);
+  else if (c->role == 0) handle_hello(c, f);
   else if (c->role == SH_ROLE_WORKER) handle_worker(c, f);
   else if (c->role == SH_ROLE_CLI && f->hdr.type != SH_MSG_STATUS && f->hdr.type != SH_MSG_STOP)
     conn_fail(c, SH_ETYPE, "command-line clients may only ask for STATUS or STOP");
@@ -317,7 +401,10 @@ static void conn_parse(sh_conn_t *c) {
   while (!c->closing && sh_buf_avail(&c->in) > 0) {
     sh_frame_t f;
     size_t used;
-    int rc = sh_frame_parse(sh_buf_head(&c->in), sh_buf_avail(&c->in), a->opts.max_frame, &f, &used);
+    /* Until a TCP peer authenticates, only the small handshake frames fit:
+     * it cannot make us reserve room for a big one. */
+    size_t max = c->auth ? SH_AUTH_MAX_BODY : a->opts.max_frame;
+    int rc = sh_frame_parse(sh_buf_head(&c->in), sh_buf_avail(&c->in), max, &f, &used);
     if (rc < 0) {
       char why[160];
       snprintf(why, sizeof why, "bad frame: %s", sh_strerror(rc));
@@ -400,22 +487,82 @@ static void conn_poll_cb(uv_poll_t *h, int status, int events) {
   if (!c->closing && (events & UV_WRITABLE)) conn_flush(c);
 }
 
+/* ---- authentication of TCP peers ---- */
+
+static void auth_timer_cb(uv_timer_t *h);
+
+/* Starts the timer for the oldest deadline on authq (none: stops it). */
+static void auth_arm(sh_agent_t *a) {
+  if (sh_queue_empty(&a->authq)) {
+    uv_timer_stop(&a->auth_timer);
+    return;
+  }
+  sh_conn_t *c = sh_queue_data(sh_queue_head(&a->authq), sh_conn_t, authq);
+  uint64_t now = uv_now(a->loop);
+  uint64_t ms = c->auth_deadline_ms > now ? c->auth_deadline_ms - now : 0;
+  uv_timer_start(&a->auth_timer, auth_timer_cb, ms, 0);
+}
+
+/* Refuses every peer whose handshake deadline passed; a silent peer cannot
+ * hold a connection open. */
+static void auth_timer_cb(uv_timer_t *h) {
+  sh_agent_t *a = h->data;
+  uint64_t now = uv_now(a->loop);
+  while (!sh_queue_empty(&a->authq)) {
+    sh_conn_t *c = sh_queue_data(sh_queue_head(&a->authq), sh_conn_t, authq);
+    if (c->auth_deadline_ms > now) break;
+    char why[96];
+    snprintf(why, sizeof why, "it did not authenticate within %.3g s",
+             (double)a->auth_timeout_ms / 1000.0);
+    conn_fail(c, -ETIMEDOUT, why); /* takes it off authq */
+  }
+  auth_arm(a);
+}
+
+/* Sends a new TCP connection our challenge: a fresh nonce, so no recorded
+ * answer is ever right again. */
+static void auth_begin(sh_conn_t *c) {
+  sh_agent_t *a = c->agent;
+  int rc = sh_auth_random(c->nonce, sizeof c->nonce);
+  if (!rc) rc = sh_auth_challenge_append(&c->out, c->nonce);
+  if (rc) {
+    sh_warn("connection from %s closed: cannot start the handshake: %s", c->peer, sh_strerror(rc));
+    sh_conn_close(c, NULL);
+    return;
+  }
+  c->auth = 1;
+  c->auth_deadline_ms = uv_now(a->loop) + a->auth_timeout_ms;
+  sh_queue_insert_tail(&a->authq, &c->authq);
+  /* A running timer is due no later than this deadline (it is the oldest). */
+  if (!uv_is_active((uv_handle_t *)&a->auth_timer)) auth_arm(a);
+  sh_conn_mark_dirty(c);
+}
+
 static void accept_cb(uv_poll_t *h, int status, int events) {
   sh_agent_t *a = h->data;
   if (status < 0 || a->stopping) return;
+  int tcp = h == &a->tcp_poll;
   for (int i = 0; i < 64; i++) {
-    int lfd = h == &a->tcp_poll ? a->tcp_fd : a->listen_fd;
-    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int fd = accept4(tcp ? a->tcp_fd : a->listen_fd, (struct sockaddr *)&ss, &sl,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
         sh_warn("accept: %s", strerror(errno));
       return;
     }
-    if (h == &a->tcp_poll) {
-      int one = 1;
-      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (!tcp) {
+      sh_conn_create(a, fd, 0, "new connection");
+      continue;
     }
-    sh_conn_create(a, fd, 0, "new connection");
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char peer[64];
+    format_addr((struct sockaddr *)&ss, sl, peer, sizeof peer);
+    sh_conn_t *c = sh_conn_create(a, fd, 0, peer);
+    snprintf(c->peer, sizeof c->peer, "%s", peer);
+    auth_begin(c);
   }
 }
 
@@ -496,9 +643,21 @@ static int setup_listeners(sh_agent_t *a) {
   uv_poll_start(&a->listen_poll, UV_READABLE, accept_cb);
   a->tcp_fd = -1;
   if (a->opts.port) {
-    a->tcp_fd = listen_tcp(a->opts.port);
+    const char *bind_addr = a->opts.bind ? a->opts.bind : "127.0.0.1";
+    if (a->opts.token.len < SH_AUTH_TOKEN_MIN) {
+      fprintf(stderr, "shoal: listening on TCP needs a cluster token\n");
+      return -EINVAL;
+    }
+    a->tcp_fd = listen_tcp(bind_addr, a->opts.port, a->tcp_addr, sizeof a->tcp_addr);
+    if (a->tcp_fd == -EADDRNOTAVAIL && !a->tcp_addr[0]) {
+      fprintf(stderr, "shoal: cannot listen on %s port %d: --bind needs an IP address of this "
+              "machine (0.0.0.0 for every interface), and '%s' is not one\n",
+              bind_addr, a->opts.port, bind_addr);
+      return a->tcp_fd;
+    }
     if (a->tcp_fd < 0) {
-      fprintf(stderr, "shoal: cannot listen on 127.0.0.1:%d: %s\n", a->opts.port, strerror(-a->tcp_fd));
+      fprintf(stderr, "shoal: cannot listen on %s: %s%s\n", a->tcp_addr, strerror(-a->tcp_fd),
+              a->tcp_fd == -EADDRINUSE ? " (choose another --port)" : "");
       return a->tcp_fd;
     }
     uv_poll_init(a->loop, &a->tcp_poll, a->tcp_fd);
@@ -526,6 +685,9 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   a->started_ns = sh_now_ns();
   sh_queue_init(&a->conns);
   sh_queue_init(&a->dirty);
+  sh_queue_init(&a->authq);
+  double auth_s = opts->auth_timeout_s > 0 ? opts->auth_timeout_s : SH_AUTH_TIMEOUT_DEFAULT;
+  a->auth_timeout_ms = (uint64_t)(auth_s * 1000.0 + 0.5);
   sh_queue_init(&a->workers);
   sh_map_init(&a->clients);
   sh_head_init(&a->head);
@@ -557,10 +719,15 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   uv_prepare_start(&a->before_poll, before_poll_cb);
   uv_timer_init(a->loop, &a->owner_timer);
   uv_timer_init(a->loop, &a->respawn_timer);
-  a->owner_timer.data = a->respawn_timer.data = a;
+  uv_timer_init(a->loop, &a->auth_timer);
+  a->owner_timer.data = a->respawn_timer.data = a->auth_timer.data = a;
   if (opts->embedded) uv_timer_start(&a->owner_timer, owner_timer_cb, 30000, 0);
   for (int i = 0; i < opts->num_workers; i++) sh_pool_spawn(a, NULL);
+  /* The first line is what a parent waits for; the second is for people. */
   dprintf(opts->ready_fd, "shoal: ready %s\n", a->sock_path);
+  if (a->tcp_fd >= 0)
+    dprintf(opts->ready_fd, "shoal: listening on %s (cluster token: %s)\n", a->tcp_addr,
+            opts->token.where);
   if (opts->ready_fd != 1) close(opts->ready_fd);
   if (opts->log_path) {
     int fd = open(opts->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -572,8 +739,10 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   }
   char res[512];
   sh_res_format(&opts->resources, res, sizeof res);
-  sh_info("listening on %s%s, %d workers, resources %s", a->sock_path,
-          opts->port ? " and 127.0.0.1" : "", opts->num_workers, res);
+  sh_info("listening on %s%s%s, %d workers, resources %s", a->sock_path,
+          a->tcp_fd >= 0 ? " and " : "", a->tcp_fd >= 0 ? a->tcp_addr : "", opts->num_workers, res);
+  if (a->tcp_fd >= 0)
+    sh_info("TCP peers must prove they hold the cluster token from %s", opts->token.where);
   uv_run(a->loop, UV_RUN_DEFAULT);
   sh_store_close(a);
   cleanup_files(a);
@@ -584,6 +753,7 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   sh_map_close(&a->clients);
   close(a->listen_fd);
   if (a->tcp_fd >= 0) close(a->tcp_fd);
+  sh_auth_token_clear(&a->opts.token);
   sh_free(a);
   return 0;
 }

@@ -14,6 +14,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "common/auth.h"
 #include "common/buf.h"
 #include "common/map.h"
 #include "common/proto.h"
@@ -30,7 +31,10 @@ typedef struct sh_actor_s sh_actor_t;
 typedef struct sh_agent_opts_s {
   const char *socket_dir;  /* 0700 directory holding agent.sock and agent.pid */
   const char *python;      /* interpreter for workers */
-  int port;                /* TCP port on 127.0.0.1, 0 for none */
+  int port;                /* TCP port, 0 for none */
+  const char *bind;        /* address the TCP port listens on; NULL: 127.0.0.1 */
+  sh_auth_token_t token;   /* what TCP peers must prove they hold (with port) */
+  double auth_timeout_s;   /* a TCP peer's time to authenticate; 0: default */
   int num_workers;         /* pool size */
   int embedded;            /* exit with the owner connection; remove socket_dir */
   size_t max_frame;        /* largest accepted frame body */
@@ -54,11 +58,18 @@ struct sh_conn_s {
   uint32_t pid;        /* from HELLO */
   uint32_t flags;      /* HELLO flags */
   int closing;         /* closed, waiting for the poll handle to close */
+  int auth;            /* a TCP peer that has not authenticated yet: only
+                          AUTH_RESPONSE is accepted, bodies of at most
+                          SH_AUTH_MAX_BODY bytes */
+  uint8_t nonce[SH_AUTH_NONCE]; /* our challenge while auth is set */
+  uint64_t auth_deadline_ms;    /* uv_now() by which it must authenticate */
+  sh_queue_t authq;    /* agent->authq while auth is set */
+  char peer[64];       /* "1.2.3.4:5555" for TCP peers, else "" */
   sh_buf_t in, out;    /* unparsed input, unsent output */
   sh_worker_t *worker; /* for worker channels */
   sh_queue_t link;     /* agent->conns */
   sh_queue_t dirty;    /* agent->dirty while out has bytes to flush */
-  char desc[64];       /* "driver pid 123" for logs */
+  char desc[128];      /* "driver pid 123" (and the peer address) for logs */
 };
 
 /* A task, actor creation or actor call, from SUBMIT until its RESULT is sent.
@@ -209,6 +220,12 @@ struct sh_agent_s {
   uv_signal_t sig_term, sig_int;
   uv_timer_t owner_timer;   /* embedded: no owner connected in time */
   uv_timer_t respawn_timer;
+  uv_timer_t auth_timer;    /* the oldest deadline on authq */
+  sh_queue_t authq;         /* TCP connections still authenticating, oldest
+                               first (all deadlines are as long, so this is
+                               deadline order too) */
+  uint64_t auth_timeout_ms;
+  char tcp_addr[80];        /* "127.0.0.1:6380" when listening on TCP */
   int stopping;
   int owner_seen;
   uint32_t next_client_id;

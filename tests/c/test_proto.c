@@ -576,7 +576,7 @@ struct enc_ctx {
 
 static int enc_op(void *p) {
   struct enc_ctx *c = p;
-  static uint8_t payload[700];
+  static uint8_t payload[700], nonce[SH_AUTH_NONCE], mac[SH_AUTH_MAC];
   sh_submit_t s = full_submit();
   sh_hello_t h = {.role = SH_ROLE_DRIVER};
   sh_hello_ok_t ok = {.client_id = 1};
@@ -587,6 +587,9 @@ static int enc_op(void *p) {
     case 3: return sh_hello_ok_append(&c->b, &ok);
     case 4: return sh_output_append(&c->b, 1, 2, SH_STREAM_STDOUT, payload, sizeof payload);
     case 5: return sh_error_append(&c->b, SH_EBODY, "bad body");
+    case 6: return sh_auth_challenge_append(&c->b, nonce);
+    case 7: return sh_auth_response_append(&c->b, nonce, mac);
+    case 8: return sh_auth_ok_append(&c->b, mac);
     default: return build_exec(&c->b);
   }
 }
@@ -598,7 +601,7 @@ static void enc_unchanged(void *p) {
 }
 
 static void fault_loop_encoders(void **state) {
-  for (int which = 0; which <= 6; which++) {
+  for (int which = 0; which <= 9; which++) {
     struct enc_ctx c = {.which = which};
     sh_buf_init(&c.b);
     uint8_t fill[256];
@@ -611,6 +614,60 @@ static void fault_loop_encoders(void **state) {
     assert_int_equal(sh_frame_parse(c.b.data + 256, c.b.len - 256, SH_FRAME_MAX_DEFAULT, &f, &used), 1);
     assert_int_equal(used, c.b.len - 256);
     sh_buf_close(&c.b);
+  }
+}
+
+/* ---- AUTH_CHALLENGE, AUTH_RESPONSE, AUTH_OK ---------------------------------- */
+
+static void auth_frames_layout(void **state) {
+  uint8_t sn[SH_AUTH_NONCE], cn[SH_AUTH_NONCE], mac[SH_AUTH_MAC];
+  uint8_t sn2[SH_AUTH_NONCE], cn2[SH_AUTH_NONCE], mac2[SH_AUTH_MAC];
+  for (int i = 0; i < 32; i++) {
+    sn[i] = (uint8_t)i;
+    cn[i] = (uint8_t)(100 + i);
+    mac[i] = (uint8_t)(200 + i);
+  }
+  sh_buf_t b;
+  sh_buf_init(&b);
+  assert_int_equal(sh_auth_challenge_append(&b, sn), 0);
+  sh_frame_t f = one_frame(&b, SH_MSG_AUTH_CHALLENGE, 0);
+  assert_int_equal(f.hdr.len, 40);
+  assert_int_equal(sh_get_u32(f.body), SH_AUTH_SCHEME);
+  assert_int_equal(sh_get_u32(f.body + 4), 0);
+  assert_memory_equal(f.body + 8, sn, 32);
+  assert_int_equal(sh_auth_challenge_decode(f.body, f.hdr.len, sn2), 0);
+  assert_memory_equal(sn2, sn, 32);
+  sh_buf_reset(&b);
+  assert_int_equal(sh_auth_response_append(&b, cn, mac), 0);
+  f = one_frame(&b, SH_MSG_AUTH_RESPONSE, 0);
+  assert_int_equal(f.hdr.len, 64);
+  assert_memory_equal(f.body, cn, 32);
+  assert_memory_equal(f.body + 32, mac, 32);
+  assert_int_equal(sh_auth_response_decode(f.body, f.hdr.len, cn2, mac2), 0);
+  assert_memory_equal(cn2, cn, 32);
+  assert_memory_equal(mac2, mac, 32);
+  sh_buf_reset(&b);
+  assert_int_equal(sh_auth_ok_append(&b, mac), 0);
+  f = one_frame(&b, SH_MSG_AUTH_OK, 0);
+  assert_int_equal(f.hdr.len, 32);
+  assert_int_equal(sh_auth_ok_decode(f.body, f.hdr.len, mac2), 0);
+  assert_memory_equal(mac2, mac, 32);
+  sh_buf_close(&b);
+}
+
+static void auth_frames_reject(void **state) {
+  uint8_t p[80] = {0}, n[32], m[32];
+  sh_put_u32(p, SH_AUTH_SCHEME);
+  assert_int_equal(sh_auth_challenge_decode(p, 40, n), 0);
+  for (size_t len = 0; len < sizeof p; len++) {
+    if (len != 40) assert_int_equal(sh_auth_challenge_decode(p, len, n), SH_EBODY);
+    if (len != 64) assert_int_equal(sh_auth_response_decode(p, len, n, m), SH_EBODY);
+    if (len != 32) assert_int_equal(sh_auth_ok_decode(p, len, m), SH_EBODY);
+  }
+  static const uint32_t schemes[] = {0, SH_AUTH_SCHEME + 1, UINT32_MAX};
+  for (size_t i = 0; i < 3; i++) {
+    sh_put_u32(p, schemes[i]);
+    assert_int_equal(sh_auth_challenge_decode(p, 40, n), SH_EBODY);
   }
 }
 
@@ -639,6 +696,8 @@ static const struct CMUnitTest tests[] = {
     SH_TEST(output_layout),
     SH_TEST(error_layout),
     SH_TEST(fault_loop_encoders),
+    SH_TEST(auth_frames_layout),
+    SH_TEST(auth_frames_reject),
 };
 
 SH_TEST_MAIN(tests)

@@ -146,13 +146,17 @@ def test_start_head_block_and_connect(fresh, monkeypatch):  # noqa: F811
         d.stop()
 
 
-def test_tcp_port(fresh):  # noqa: F811
+def test_tcp_port(fresh, tmp_path, monkeypatch):  # noqa: F811
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    d = ExternalDaemon("--port", str(port))
+    # TCP needs the cluster token (tests/python/test_auth.py tests it); the
+    # head creates this file.
+    token_file = str(tmp_path / "token")
+    d = ExternalDaemon("--port", str(port), "--token-file", token_file)
     try:
         wait_until(lambda: _can_connect(port), 10, 0.05, "the TCP listener")
+        monkeypatch.setenv("SHOAL_TOKEN_FILE", token_file)
         shoal.init(f"127.0.0.1:{port}")
         assert square.remote(12).result(timeout=T) == 144
         shoal.shutdown()

@@ -353,13 +353,18 @@ static PyObject *node_info(const sh_hello_ok_t *ok) {
 
 static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"address", "owner", "timeout", "future_type",
-                           "dep_type", "dumps", NULL};
-  PyObject *address, *ft = NULL, *dt = NULL, *dumps = NULL;
+                           "dep_type", "dumps", "token", NULL};
+  PyObject *address, *ft = NULL, *dt = NULL, *dumps = NULL, *token = Py_None;
   int owner = 0;
   double timeout = 10.0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "U|$pdOOO:Client", kwlist, &address,
-                                   &owner, &timeout, &ft, &dt, &dumps))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "U|$pdOOOO:Client", kwlist, &address,
+                                   &owner, &timeout, &ft, &dt, &dumps, &token))
     return NULL;
+  if (token != Py_None && !PyUnicode_Check(token))
+    return PyErr_Format(PyExc_TypeError, "Client(): token must be a str or None, not %s",
+                        Py_TYPE(token)->tp_name);
+  const char *tok = token == Py_None ? NULL : PyUnicode_AsUTF8(token);
+  if (token != Py_None && !tok) return NULL;
   if (!ft || !dt || !dumps)
     return PyErr_Format(PyExc_TypeError,
                         "Client() needs the keyword arguments future_type, dep_type and dumps");
@@ -387,10 +392,10 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   char err[1536];
   int rc;
   Py_BEGIN_ALLOW_THREADS
-  rc = sh_client_connect(c, addr, timeout, owner, &ok, err, sizeof err);
+  rc = sh_client_connect(c, addr, timeout, owner, tok, &ok, err, sizeof err);
   Py_END_ALLOW_THREADS
   if (rc) {
-    sh_core_raise(rc == -ENOMEM ? -ENOMEM : SH_ELOST, "%s", err);
+    sh_core_raise(rc == -ENOMEM || rc == SH_EAUTH ? rc : SH_ELOST, "%s", err);
     goto fail;
   }
   c->client_id = ok.client_id;
@@ -1066,7 +1071,7 @@ static PyObject *client_repr(sh_client_obj_t *c) {
 }
 
 PyDoc_STRVAR(client_doc,
-"Client(address, *, owner=False, timeout=10.0, future_type, dep_type, dumps)\n--\n\n"
+"Client(address, *, owner=False, timeout=10.0, future_type, dep_type, dumps, token=None)\n--\n\n"
 "A driver's connection to a shoal node agent, with one I/O thread.\n\n"
 "Args:\n"
 "    address: \"unix:PATH\", a socket path, or \"HOST:PORT\".\n"
@@ -1075,7 +1080,12 @@ PyDoc_STRVAR(client_doc,
 "    future_type: the Future class, called as future_type(id, client, name).\n"
 "    dep_type: called as dep_type(i) for the i-th pending dependency.\n"
 "    dumps: pickles (args, kwargs) to bytes.\n"
+"    token: the cluster token (str) a HOST:PORT address needs; None looks in\n"
+"        $SHOAL_TOKEN, the file $SHOAL_TOKEN_FILE, then ~/.shoal/token.\n"
+"        Unix sockets need none.\n"
 "Raises:\n"
+"    shoal.AuthenticationError: no token was found, or the daemon refused it,\n"
+"        or the daemon did not prove it holds it.\n"
 "    ConnectionError: nothing listens at the address, or the handshake failed.");
 
 static PyType_Slot client_slots[] = {

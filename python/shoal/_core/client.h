@@ -98,12 +98,16 @@ struct sh_client_obj_s {
 /* ---- io.c ---- */
 
 /* Connects to `address`, sends HELLO and waits for HELLO_OK, all within
- * `timeout` seconds; called without the GIL. On success c->fd is a
- * nonblocking socket, *ok describes the node and bytes that followed
- * HELLO_OK are in c->rbuf. Returns 0, or a negative code with a message for
- * the user in err. */
+ * `timeout` seconds; called without the GIL. A TCP address first needs the
+ * cluster token handshake: with `token` (NULL: found through SHOAL_TOKEN,
+ * SHOAL_TOKEN_FILE, ~/.shoal/token), and the daemon must prove it holds the
+ * token too. On success c->fd is a nonblocking socket, *ok describes the node
+ * and bytes that followed HELLO_OK are in c->rbuf. Returns 0, or a negative
+ * code with a message for the user in err (SH_EAUTH: no token, or a token
+ * either side refused). */
 int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
-                      int owner, sh_hello_ok_t *ok, char *err, size_t errlen);
+                      int owner, const char *token, sh_hello_ok_t *ok, char *err,
+                      size_t errlen);
 
 /* Starts the I/O thread (GIL held); it takes a reference to c. 0 or -errno. */
 int sh_client_start(sh_client_obj_t *c);

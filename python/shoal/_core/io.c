@@ -1,6 +1,6 @@
-/* The driver's side of the wire: connecting and the HELLO handshake, and the
- * one I/O thread per client that writes batched frames and dispatches what the
- * daemon sends.
+/* The driver's side of the wire: connecting, the cluster-token handshake (TCP)
+ * and HELLO, and the one I/O thread per client that writes batched frames and
+ * dispatches what the daemon sends.
  *
  * Sections: addresses and connecting; the handshake; the I/O thread (write,
  * read, dispatch, exit). */
@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/auth.h"
 
 /* ---- addresses and connecting ---- */
 
@@ -151,13 +152,13 @@ static int write_all(int fd, const uint8_t *p, size_t n, double deadline) {
   return 0;
 }
 
-/* Reads until one whole frame is in c->rbuf. 0 with *f set, or an error
- * (-ECONNRESET for end of file). */
+/* Reads until one whole frame of at most `max` body bytes is in c->rbuf. 0
+ * with *f set, or an error (-ECONNRESET for end of file). */
 static int read_frame(sh_client_obj_t *c, sh_frame_t *f, size_t *used,
-                      double deadline) {
+                      size_t max, double deadline) {
   for (;;) {
     int rc = sh_frame_parse(sh_buf_head(&c->rbuf), sh_buf_avail(&c->rbuf),
-                            SH_CLIENT_MAX_BODY, f, used);
+                            max, f, used);
     if (rc == 1) return 0;
     if (rc < 0) return rc;
     rc = sh_buf_reserve(&c->rbuf, *used > 4096 ? *used : 4096);
@@ -176,71 +177,176 @@ static int read_frame(sh_client_obj_t *c, sh_frame_t *f, size_t *used,
   }
 }
 
-static int handshake(sh_client_obj_t *c, int owner, sh_hello_ok_t *ok,
-                     double deadline, char *err, size_t errlen) {
-  sh_hello_t h = {.role = SH_ROLE_DRIVER, .pid = (uint32_t)getpid(),
-                  .flags = owner ? SH_HELLO_OWNER : 0};
-  sh_buf_t b;
-  sh_buf_init(&b);
-  int rc = sh_hello_append(&b, &h);
-  if (!rc) rc = write_all(c->fd, b.data, b.len, deadline);
-  sh_buf_close(&b);
+/* Largest frame body read before the daemon proved it holds the token: the
+ * handshake frames and an ERROR fit; an impostor cannot make us allocate. */
+#define PRE_AUTH_MAX_BODY 65536
+
+/* Reads the next frame, which must be of type `want`; on success the caller
+ * consumes `*used` bytes from rbuf. An ERROR frame (the daemon refused us) or
+ * another type is an error with a message in err: SH_EAUTH for a refused
+ * token, -ECONNREFUSED for another refusal, SH_EBODY for a wrong type. */
+static int read_expect(sh_client_obj_t *c, unsigned want, const sh_auth_token_t *tok,
+                       sh_frame_t *f, size_t *used, double deadline, char *err,
+                       size_t errlen) {
+  int rc = read_frame(c, f, used, tok ? PRE_AUTH_MAX_BODY : SH_CLIENT_MAX_BODY, deadline);
+  if (rc || f->hdr.type == want) return rc;
+  if (f->hdr.type == SH_MSG_ERROR && f->hdr.len >= 4 &&
+      (int32_t)sh_get_u32(f->body) == SH_EAUTH && tok) {
+    snprintf(err, errlen, "the shoal daemon at %s refused the connection: %.*s. This "
+             "client used the cluster token from %s; use the token of the cluster's head "
+             "(the file `shoal start` printed) through shoal.init(token=...), SHOAL_TOKEN, "
+             "SHOAL_TOKEN_FILE or ~/.shoal/token", c->addr, (int)(f->hdr.len - 4),
+             (const char *)f->body + 4, tok->where);
+    return SH_EAUTH;
+  }
+  if (f->hdr.type == SH_MSG_ERROR && f->hdr.len >= 4) {
+    snprintf(err, errlen, "the shoal daemon at %s refused the connection: %.*s",
+             c->addr, (int)(f->hdr.len - 4), (const char *)f->body + 4);
+    return -ECONNREFUSED;
+  }
+  snprintf(err, errlen, "the shoal daemon at %s sent %s where %s was expected "
+           "(a different shoal version?)", c->addr, sh_msg_name(f->hdr.type),
+           sh_msg_name(want));
+  return SH_EBODY;
+}
+
+/* Answers the daemon's challenge: appends our AUTH_RESPONSE to b and keeps
+ * both nonces for checking the daemon's proof. 0 or an error, err set. */
+static int answer_challenge(sh_client_obj_t *c, const sh_auth_token_t *tok, sh_buf_t *b,
+                            uint8_t *sn, uint8_t *cn, double deadline, char *err,
+                            size_t errlen) {
   sh_frame_t f;
   size_t used = 0;
-  if (!rc) rc = read_frame(c, &f, &used, deadline);
+  uint8_t mac[SH_AUTH_MAC];
+  int rc = read_expect(c, SH_MSG_AUTH_CHALLENGE, tok, &f, &used, deadline, err, errlen);
   if (rc) return rc;
-  if (f.hdr.type == SH_MSG_HELLO_OK) {
-    rc = sh_hello_ok_decode(f.body, f.hdr.len, ok);
-    if (!rc && ok->client_id == 0) rc = SH_EBODY;
-  } else if (f.hdr.type == SH_MSG_ERROR && f.hdr.len >= 4) {
-    snprintf(err, errlen, "the shoal daemon at %s refused the connection: %.*s",
-             c->addr, (int)(f.hdr.len - 4), (const char *)f.body + 4);
-    rc = -ECONNREFUSED;
-  } else {
-    snprintf(err, errlen, "the shoal daemon at %s answered HELLO with %s "
-             "instead of HELLO_OK (a different shoal version?)",
-             c->addr, sh_msg_name(f.hdr.type));
-    rc = SH_EBODY;
+  if (sh_auth_challenge_decode(f.body, f.hdr.len, sn)) {
+    snprintf(err, errlen, "the shoal daemon at %s sent a token challenge this client "
+             "does not understand (a different shoal version?)", c->addr);
+    return SH_EBODY;
   }
+  sh_buf_consume(&c->rbuf, used);
+  rc = sh_auth_random(cn, SH_AUTH_NONCE);
+  if (!rc) rc = sh_auth_proof(tok, SH_AUTH_CLIENT, sn, cn, mac);
+  if (!rc) rc = sh_auth_response_append(b, cn, mac);
+  return rc;
+}
+
+/* Checks the daemon's AUTH_OK: mutual authentication, so nothing but HELLO
+ * ever goes to a peer that does not hold the token. */
+static int check_daemon_proof(sh_client_obj_t *c, const sh_auth_token_t *tok,
+                              const uint8_t *sn, const uint8_t *cn, double deadline,
+                              char *err, size_t errlen) {
+  sh_frame_t f;
+  size_t used = 0;
+  uint8_t mac[SH_AUTH_MAC];
+  int rc = read_expect(c, SH_MSG_AUTH_OK, tok, &f, &used, deadline, err, errlen);
+  if (rc) return rc;
+  if (sh_auth_ok_decode(f.body, f.hdr.len, mac) ||
+      !sh_auth_verify(tok, SH_AUTH_SERVER, sn, cn, mac)) {
+    snprintf(err, errlen, "the shoal daemon at %s did not prove that it holds the cluster "
+             "token from %s: it is not this cluster's head, or it uses another token. "
+             "Nothing was sent to it", c->addr, tok->where);
+    return SH_EAUTH;
+  }
+  sh_buf_consume(&c->rbuf, used);
+  return 0;
+}
+
+/* HELLO and HELLO_OK; over TCP (tok not NULL) the token handshake comes
+ * first, its answer written together with HELLO (one round trip less). */
+static int handshake(sh_client_obj_t *c, int owner, const sh_auth_token_t *tok,
+                     sh_hello_ok_t *ok, double deadline, char *err, size_t errlen) {
+  sh_hello_t h = {.role = SH_ROLE_DRIVER, .pid = (uint32_t)getpid(),
+                  .flags = owner ? SH_HELLO_OWNER : 0};
+  uint8_t sn[SH_AUTH_NONCE], cn[SH_AUTH_NONCE];
+  sh_buf_t b;
+  sh_buf_init(&b);
+  int rc = tok ? answer_challenge(c, tok, &b, sn, cn, deadline, err, errlen) : 0;
+  if (!rc) rc = sh_hello_append(&b, &h);
+  if (!rc) rc = write_all(c->fd, b.data, b.len, deadline);
+  sh_buf_close(&b);
+  if (!rc && tok) rc = check_daemon_proof(c, tok, sn, cn, deadline, err, errlen);
+  sh_frame_t f;
+  size_t used = 0;
+  if (!rc) rc = read_expect(c, SH_MSG_HELLO_OK, NULL, &f, &used, deadline, err, errlen);
+  if (rc) return rc;
+  rc = sh_hello_ok_decode(f.body, f.hdr.len, ok);
+  if (!rc && ok->client_id == 0) rc = SH_EBODY;
   sh_buf_consume(&c->rbuf, used);
   return rc;
 }
 
-int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
-                      int owner, sh_hello_ok_t *ok, char *err, size_t errlen) {
-  double deadline = now_s() + timeout;
-  int is_tcp;
-  err[0] = 0;
-  int rc = connect_address(address, deadline, &c->fd, &is_tcp);
-  if (rc == -ENOENT || rc == -ECONNREFUSED || rc == -ENOTDIR) {
+/* Whether `address` names a TCP endpoint (see connect_address). */
+static int address_is_tcp(const char *address) {
+  char host[256], port[8];
+  return strncmp(address, "unix:", 5) != 0 && split_tcp(address, host, sizeof host, port);
+}
+
+/* The token a TCP connection proves it holds: `token` when given, else the
+ * lookup of sh_auth_token_find. 0, or an error with err set. */
+static int client_token(const char *address, const char *token, sh_auth_token_t *tok,
+                        char *err, size_t errlen) {
+  char why[4400];
+  int rc = token ? sh_auth_token_set(tok, token, strlen(token),
+                                     "the token passed to shoal.init(token=...)", why, sizeof why)
+                 : sh_auth_token_find(NULL, 0, tok, why, sizeof why);
+  if (rc)
+    snprintf(err, errlen, "connecting to the shoal cluster at %s needs its cluster token: %s",
+             address, why);
+  return rc;
+}
+
+/* The message for a connection that could not be made (rc from
+ * connect_address). */
+static void connect_error(const char *address, double timeout, int is_tcp, int rc,
+                          char *err, size_t errlen) {
+  if (rc == -ENOENT || rc == -ECONNREFUSED || rc == -ENOTDIR)
     snprintf(err, errlen,
              "could not connect to the shoal daemon at %s: %s. Nothing is "
              "listening there: start a cluster with `shoal start --head` (or "
              "call shoal.init() without an address for a private one), or "
              "check the address", address, sh_strerror(rc));
-    return rc;
-  }
-  if (rc == -ETIMEDOUT) {
+  else if (rc == -ETIMEDOUT)
     snprintf(err, errlen, "timed out after %gs connecting to the shoal daemon "
              "at %s: is it overloaded or stopped?", timeout, address);
-    return rc;
-  }
-  if (rc) {
+  else
     snprintf(err, errlen, "could not connect to the shoal daemon at %s: %s%s",
              address, rc == -EHOSTUNREACH && is_tcp ? "unknown host" : sh_strerror(rc),
              rc == -ENAMETOOLONG ? " (socket paths are limited to 107 bytes)" : "");
+}
+
+/* The message for a handshake that failed without saying why itself. */
+static void handshake_error(const char *address, double timeout, int rc, char *err,
+                            size_t errlen) {
+  if (rc == -ETIMEDOUT)
+    snprintf(err, errlen, "timed out after %gs waiting for the shoal daemon "
+             "at %s to answer the handshake: is it a shoal daemon, and is it "
+             "responsive?", timeout, address);
+  else
+    snprintf(err, errlen, "handshake with the shoal daemon at %s failed: %s",
+             address, rc == -ECONNRESET ? "it closed the connection" : sh_strerror(rc));
+}
+
+int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
+                      int owner, const char *token, sh_hello_ok_t *ok, char *err,
+                      size_t errlen) {
+  double deadline = now_s() + timeout;
+  int is_tcp;
+  err[0] = 0;
+  sh_auth_token_t tok = {.len = 0};
+  /* The token first: a missing one is reported without connecting. */
+  if (address_is_tcp(address) && client_token(address, token, &tok, err, errlen))
+    return SH_EAUTH;
+  int rc = connect_address(address, deadline, &c->fd, &is_tcp);
+  if (rc) {
+    connect_error(address, timeout, is_tcp, rc, err, errlen);
+    sh_auth_token_clear(&tok);
     return rc;
   }
-  rc = handshake(c, owner, ok, deadline, err, errlen);
-  if (rc && !err[0]) {
-    if (rc == -ETIMEDOUT)
-      snprintf(err, errlen, "timed out after %gs waiting for the shoal daemon "
-               "at %s to answer HELLO: is it a shoal daemon, and is it "
-               "responsive?", timeout, address);
-    else
-      snprintf(err, errlen, "handshake with the shoal daemon at %s failed: %s",
-               address, rc == -ECONNRESET ? "it closed the connection" : sh_strerror(rc));
-  }
+  rc = handshake(c, owner, is_tcp ? &tok : NULL, ok, deadline, err, errlen);
+  sh_auth_token_clear(&tok);
+  if (rc && !err[0]) handshake_error(address, timeout, rc, err, errlen);
   if (!rc) {
     c->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (c->evfd < 0) {

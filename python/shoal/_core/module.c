@@ -34,6 +34,18 @@ static PyObject *timeout_type(void) {
   return Py_NewRef(PyExc_TimeoutError);
 }
 
+/* shoal.exceptions.AuthenticationError when importable, else
+ * ConnectionError (see timeout_type). */
+static PyObject *auth_type(void) {
+  PyObject *mod = PyImport_ImportModule("shoal.exceptions");
+  PyObject *t = mod ? PyObject_GetAttrString(mod, "AuthenticationError") : NULL;
+  Py_XDECREF(mod);
+  if (t && PyType_Check(t)) return t;
+  Py_XDECREF(t);
+  PyErr_Clear();
+  return Py_NewRef(PyExc_ConnectionError);
+}
+
 PyObject *sh_core_raise(int rc, const char *fmt, ...) {
   char msg[2048];
   if (fmt) {
@@ -51,6 +63,7 @@ PyObject *sh_core_raise(int rc, const char *fmt, ...) {
     case -E2BIG:
     case -EINVAL: type = Py_NewRef(PyExc_ValueError); break;
     case SH_EFORKED: type = Py_NewRef(PyExc_RuntimeError); break;
+    case SH_EAUTH: type = auth_type(); break;
     default: type = Py_NewRef(PyExc_ConnectionError); break;
   }
   PyErr_SetString(type, msg);
