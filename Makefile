@@ -29,7 +29,7 @@ export PATH := $(VENV)/bin:$(PATH)
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 
 APT_PKGS := libuv1-dev libmsgpack-dev libcmocka-dev libssl-dev
-PIP_PKGS := cloudpickle pytest pytest-timeout numpy cmake ninja scikit-build-core msgpack
+PIP_PKGS := cloudpickle pytest pytest-timeout numpy pandas cmake ninja scikit-build-core msgpack
 # The stamp's name changes with the requirements (and the checkout's path,
 # which the .pth file holds), so a change re-runs the install.
 DEPS_KEY := $(shell printf '%s|%s|%s' '$(APT_PKGS)' '$(PIP_PKGS)' '$(REPO)' | cksum | cut -d' ' -f1)

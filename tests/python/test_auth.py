@@ -16,6 +16,7 @@ import stat
 import struct
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -64,6 +65,23 @@ class TcpDaemon(ExternalDaemon):
         super().__init__("--port", str(self.port), "--token-file", self.token_file, *args,
                          workers=1)
         self.address = f"127.0.0.1:{self.port}"
+        # The unix socket exists before the TCP listener: wait for the port
+        # too, with an authenticated peer (a bare probe would be logged as
+        # a refused connection, which some tests count).
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None:
+                out, err = self.stop()
+                pytest.fail(f"the daemon exited (port {self.port} taken?): {err}")
+            st = subprocess.run([binary(), "status", "--address", self.address, "--token-file",
+                                 self.token_file, "--timeout", "2"], capture_output=True,
+                                text=True)
+            if st.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"the daemon does not answer on {self.address}: {st.stderr}")
+            time.sleep(0.05)
 
     def stop(self):
         out, err = super().stop()
