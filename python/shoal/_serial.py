@@ -219,20 +219,30 @@ def _load_segment(seg):
     return pickle.loads(stream, buffers=bufs)
 
 
+def _map(oid):
+    """Maps object oid's segment; a segment that is gone is ObjectLostError."""
+    from . import _core
+    path = _segment_path(oid)
+    try:
+        return _core.store_map(path)
+    except FileNotFoundError:
+        from .exceptions import ObjectLostError
+        raise ObjectLostError(f"object {oid:#x} is lost: its segment {path} is gone from the "
+                              "object store (removed outside shoal?)") from None
+
+
 def load_stored(oid, size):
     """The worker's loader for a dependency in the store (the agent keeps it
     in memory while the task runs)."""
-    from . import _core
     if _store_dir is None:
         raise RuntimeError("this worker has no object store (SHOAL_STORE_DIR is not set)")
-    return _load_segment(_core.store_map(_segment_path(oid)))
+    return _load_segment(_map(oid))
 
 
 def load_mapped(client, oid):
     """The driver's loader for a stored object: asks the daemon to make it
     resident and count the mapping, which ends when the last view of the
     value is gone."""
-    from . import _core
     from ._future import _engine_error
     if client is None or _store_dir is None:
         from .exceptions import ObjectLostError
@@ -242,7 +252,7 @@ def load_mapped(client, oid):
     if status != 0:
         raise _engine_error(status, 0, text)
     try:
-        seg = _core.store_map(_segment_path(oid))
+        seg = _map(oid)
     except BaseException:
         client.unmap(oid)
         raise

@@ -121,6 +121,16 @@ def test_bytes_bytearray_memoryview_and_frames(cluster):
     pd.testing.assert_frame_equal(back, df)
 
 
+def test_a_segment_removed_behind_our_back_is_object_lost(cluster):
+    ref = shoal.put(np.zeros(MiB))
+    os.unlink(os.path.join(shoal._serial.store_info()[0], f"{ref.id:016x}"))
+    with pytest.raises(shoal.ObjectLostError, match=f"{ref.id:#x}"):
+        shoal.get(ref)
+    with pytest.raises(shoal.ObjectLostError, match=f"{ref.id:#x}"):
+        checksum.remote(ref).result(timeout=30)
+    assert echo.remote(1).result() == 1  # the worker that failed to read it still serves
+
+
 def test_lifetime_follows_futures_and_pending_tasks(cluster):
     a = np.zeros(2 * MiB)
     ref = shoal.put(a)
