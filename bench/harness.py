@@ -43,6 +43,8 @@ class System:
     timeout: seconds one repetition (one child process) may take
     role:    "shoal", "peer" or "floor"
     note:    shown in the table (e.g. why n is smaller)
+    floor:   the floor system this row's "× floor" is computed against, when
+             not the scenario's FLOOR (a scenario with two kinds of rows)
     """
 
     name: str
@@ -53,6 +55,7 @@ class System:
     timeout: float = 300.0
     role: str = "peer"
     note: str = ""
+    floor: str = None
 
 
 def digest(obj):

@@ -13,9 +13,9 @@ def workers():
 
 
 @contextlib.contextmanager
-def shoal_cluster(num_workers=None):
+def shoal_cluster(num_workers=None, **init_kwargs):
     import shoal
-    shoal.init(num_workers=num_workers or workers())
+    shoal.init(num_workers=num_workers or workers(), **init_kwargs)
     try:
         yield shoal
     finally:

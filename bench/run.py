@@ -115,9 +115,11 @@ def records_for(mod, systems, state, args):
     recs = []
     summ = {s.name: harness.summarize(state[s.name]["values"]) for s in systems}
     shoal_systems = [s for s in systems if s.role == "shoal"]
-    floor_sys = next((s for s in systems if s.name == mod.FLOOR), None) if mod.FLOOR else None
-    floor_med = summ[floor_sys.name]["median"] if floor_sys and summ.get(floor_sys.name) else None
     for s in systems:
+        # The floor of this row: its own (System.floor) or the scenario's.
+        floor_name = s.floor or mod.FLOOR
+        floor_sys = next((f for f in systems if f.name == floor_name), None) if floor_name else None
+        floor_med = summ[floor_sys.name]["median"] if floor_sys and summ.get(floor_sys.name) else None
         st = state[s.name]
         sm = summ[s.name]
         status = st["status"] or OK
@@ -178,6 +180,9 @@ def markdown(machine, meta, scen_mods, records, target_rows):
                 f"{rows[0]['load_start']} / {rows[0]['load_end']}.", ""]
         has_floor = any(r["x_floor"] is not None for r in rows)
         shoal_rows = [r for r in rows if r["role"] == "shoal"]
+        if getattr(mod, "RATIO_COLUMNS", None):
+            # Only the shoal systems that peers are compared with get a column.
+            shoal_rows = [r for r in shoal_rows if r["system"] in mod.RATIO_COLUMNS]
         ratio_heads = ["shoal ×"] if len(shoal_rows) <= 1 else [f"{r['label']} ×" for r in shoal_rows]
         head = ("| system | n | median | min | max | " + " | ".join(ratio_heads) + " |" +
                 (" × floor |" if has_floor else "") + " note |")
@@ -202,7 +207,7 @@ def markdown(machine, meta, scen_mods, records, target_rows):
             line += f" {note} |"
             out.append(line)
     if target_rows:
-        out += ["", "## Targets (issue 2)", "", "| target | measured | met |", "|---|---|---|"]
+        out += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
         for t in target_rows:
             out.append(f"| {t['target']} | {t['measured']} | {t['met']} |")
     return "\n".join(out) + "\n"
