@@ -120,6 +120,7 @@ typedef struct sh_obj_s {
   uint8_t released; /* the owner dropped it: free when pins and maps reach 0 */
   uint8_t stored;   /* the value is a segment in the store */
   uint8_t spilled;  /* that segment was moved to the spill directory */
+  uint8_t on_workers; /* sent to workers, which keep it mapped until told */
   uint64_t size;    /* segment bytes when stored */
   uint64_t last_use_ns;
   sh_queue_t lru;   /* store.lru while stored and resident, least recent first */

@@ -524,6 +524,7 @@ static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t) {
     sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
     if (o && o->stored) {
       o->busy++; /* ensure_deps made it resident; it stays so while t runs */
+      o->on_workers = 1;
       rc = sh_exec_add_stored_dep(&c->out, o->id, o->size);
     } else {
       rc = o ? sh_exec_add_dep(&c->out, o->data, o->len) : sh_exec_add_dep(&c->out, "", 0);

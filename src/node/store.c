@@ -173,6 +173,23 @@ static int copy_fd(int dst, int src, uint64_t size) {
   return 0;
 }
 
+/* Workers keep the segments they read mapped (tasks on the same object then
+ * find its pages already in their page tables); once the agent spills or
+ * frees one, every worker is told to drop its mapping (RELEASE, UNMAP). */
+static void forget_on_workers(sh_agent_t *a, sh_obj_t *o) {
+  if (!o->on_workers) return;
+  o->on_workers = 0;
+  uint8_t id[8];
+  sh_put_u64(id, o->id);
+  sh_queue_t *q;
+  sh_queue_foreach(q, &a->workers) {
+    sh_worker_t *w = sh_queue_data(q, sh_worker_t, link);
+    if (!w->conn || w->exited) continue;
+    if (sh_frame_append(&w->conn->out, SH_MSG_RELEASE, SH_RELEASE_UNMAP, 0, id, 8) == 0)
+      sh_conn_mark_dirty(w->conn);
+  }
+}
+
 static int spillable(const sh_obj_t *o) {
   return o->stored && !o->spilled && !o->busy && !o->maps;
 }
@@ -196,6 +213,7 @@ static int spill(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
     return -1;
   }
   unlinkat(s->dir_fd, name, 0);
+  forget_on_workers(a, o);
   sh_queue_remove(&o->lru);
   s->used -= o->size;
   s->spilled += o->size;
@@ -346,6 +364,7 @@ uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
 void sh_store_free(sh_agent_t *a, sh_obj_t *o) {
   sh_store_t *s = &a->store;
   if (!o->stored) return;
+  forget_on_workers(a, o);
   char name[24];
   seg_name(o->id, name);
   if (o->spilled) {

@@ -209,6 +209,34 @@ def test_sixteen_readers_share_one_copy(fresh):
     assert kb <= on_tmpfs < kb * 1.1, (on_tmpfs, kb)
 
 
+@shoal.remote
+def shmem_kb():
+    return _rss(os.getpid())[1]
+
+
+def test_workers_keep_mappings_until_the_object_goes(fresh):
+    """A worker keeps a segment mapped after its task (the next task on the
+    same object finds its pages mapped) and drops it when the agent frees or
+    spills the object."""
+    shoal.init(num_workers=1, object_store_memory=256 * MiB)
+    ref = shoal.put(np.ones(8 * MiB))  # 64 MiB
+    assert touch_and_measure.remote(ref).result()[3] >= 60 * 1024
+    assert shmem_kb.remote().result() >= 60 * 1024  # still mapped after the task
+    del ref
+    gc.collect()
+    wait_until(lambda: shmem_kb.remote().result() < 8 * 1024, timeout=10,
+               what="the worker dropping its mapping of the freed object")
+    # Spilled: the same.
+    refs = [shoal.put(np.full(8 * MiB, i, dtype=np.float64)) for i in range(2)]
+    assert touch_and_measure.remote(refs[0]).result()[1] == 0.0
+    more = [shoal.put(np.zeros(8 * MiB)) for _ in range(3)]  # 5 x 64 MiB > 256 MiB: refs[0] spills
+    assert store()["spilled_objects"] >= 1
+    wait_until(lambda: shmem_kb.remote().result() < 8 * 1024, timeout=10,
+               what="the worker dropping its mapping of the spilled object")
+    assert touch_and_measure.remote(refs[0]).result()[1] == 0.0  # comes back when needed
+    del more
+
+
 def test_spilling_three_times_the_capacity_reads_back_identical(fresh):
     shoal.init(num_workers=2, object_store_memory=32 * MiB)
     refs, sums = [], []

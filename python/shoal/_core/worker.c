@@ -42,6 +42,7 @@ typedef struct worker_s {
   sh_core_state_t *st;
   PyObject *loads, *dumps, *dumps_exc, *depref; /* from the support module */
   PyObject *load_stored; /* support.load_stored(id, size): a dependency in the store */
+  PyObject *forget;      /* support.forget_stored(ids): the agent spilled or freed them */
   sh_map_t fns;    /* fn_id -> PyObject*: the blob (bytes) until first use, then the callable */
   sh_map_t actors; /* actor_id -> PyObject*: the instance */
   sh_buf_t rbuf;   /* bytes read, not yet handled */
@@ -589,7 +590,20 @@ static int run_ready(worker_t *w) {
       rc = blob ? map_store(&w->fns, f.hdr.id, blob) : -1;
     } else if (f.hdr.type == SH_MSG_EXEC) {
       rc = exec_frame(w, f.hdr.id, f.body, f.hdr.len);
-    } /* other types are not for workers: ignored */
+    } else if (f.hdr.type == SH_MSG_RELEASE && (f.hdr.flags & SH_RELEASE_UNMAP)) {
+      PyObject *ids = PyList_New(0);
+      for (uint32_t i = 0; ids && i + 8 <= f.hdr.len; i += 8) {
+        PyObject *id = PyLong_FromUnsignedLongLong(sh_get_u64(f.body + i));
+        if (!id || PyList_Append(ids, id) < 0) Py_CLEAR(ids);
+        Py_XDECREF(id);
+      }
+      PyObject *r = ids ? PyObject_CallOneArg(w->forget, ids) : NULL;
+      Py_XDECREF(ids);
+      rc = r ? 0 : -1;
+      Py_XDECREF(r);
+    } else {
+      rc = 0; /* other types are not for workers: ignored */
+    }
     sh_buf_consume(&w->rbuf, used);
     if (rc) return rc;
     if (held_age(w) > HOLD_S && (rc = flush_out(w)) != 0) return rc;
@@ -617,7 +631,8 @@ static int setup(worker_t *w, PyObject *module, PyObject *support) {
   w->loads = PyObject_GetAttr(support, w->st->s_loads);
   w->dumps = w->loads ? PyObject_GetAttrString(support, "dumps_result") : NULL;
   w->load_stored = w->dumps ? PyObject_GetAttrString(support, "load_stored") : NULL;
-  w->dumps_exc = w->load_stored ? PyObject_GetAttr(support, w->st->s_dumps_exception) : NULL;
+  w->forget = w->load_stored ? PyObject_GetAttrString(support, "forget_stored") : NULL;
+  w->dumps_exc = w->forget ? PyObject_GetAttr(support, w->st->s_dumps_exception) : NULL;
   w->depref = w->dumps_exc ? PyObject_GetAttr(support, w->st->s_DepRef) : NULL;
   if (!w->depref) return -1;
   if (!PyType_Check(w->depref)) {
@@ -686,6 +701,7 @@ PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nar
   Py_XDECREF(w.loads);
   Py_XDECREF(w.dumps);
   Py_XDECREF(w.load_stored);
+  Py_XDECREF(w.forget);
   Py_XDECREF(w.dumps_exc);
   Py_XDECREF(w.depref);
   if (rc < 0) return NULL;
