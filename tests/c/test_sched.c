@@ -103,6 +103,7 @@ static void teardown(void) {
   sh_sched_close(a);
 
   sh_map_close(&a->clients);
+  sh_head_close(&a->head);
   assert_int_equal(uv_loop_close(&fx.loop), 0);
 }
 
