@@ -167,15 +167,24 @@ bad:
 
 /* ---------------------------------------------------------------- registry */
 
+/* Which smallest key a search orders by: a GPU request can only land on a
+ * node with a GPU free, and a request for custom resources only on one with
+ * some free, so the smallest key among those nodes is a tighter bound than
+ * the smallest key of all (measured: a quarter-GPU request visited ~250
+ * entries per decision with the plain key, ~30 with its own). */
+enum { K_ALL, K_GPU, K_CUSTOM, K_COUNT };
+
 /* One entry of the placement index (see sh_head_t). An entry with no
- * eligible node below it has key UINT64_MAX and nothing free. */
+ * eligible node below it has keys UINT64_MAX and nothing free. */
 typedef struct sh__head_agg_s {
-  uint64_t key;           /* smallest score << 32 | node_id below */
+  uint64_t key[K_COUNT];  /* smallest score << 32 | node_id below: of all
+                           * eligible nodes, of those with a GPU free, of
+                           * those with some custom resource free */
   uint64_t cpu, gpu, mem; /* largest free amount of each below */
   uint64_t cmask;         /* custom names with some amount free below */
 } sh__head_agg_t;
 
-static const sh__head_agg_t EMPTY_AGG = {UINT64_MAX, 0, 0, 0, 0};
+static const sh__head_agg_t EMPTY_AGG = {{UINT64_MAX, UINT64_MAX, UINT64_MAX}, 0, 0, 0, 0};
 
 static inline uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 static inline uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
@@ -216,8 +225,8 @@ static uint32_t node_score(const sh_head_node_t *nd) {
   return l > s ? l : s;
 }
 
-static void combine(sh__head_agg_t *p, const sh__head_agg_t *l, const sh__head_agg_t *r) {
-  p->key = min64(l->key, r->key);
+static inline void combine(sh__head_agg_t *p, const sh__head_agg_t *l, const sh__head_agg_t *r) {
+  for (int k = 0; k < K_COUNT; k++) p->key[k] = min64(l->key[k], r->key[k]);
   p->cpu = max64(l->cpu, r->cpu);
   p->gpu = max64(l->gpu, r->gpu);
   p->mem = max64(l->mem, r->mem);
@@ -233,17 +242,25 @@ static void set_leaf(sh_head_t *h, uint32_t slot) {
     *leaf = EMPTY_AGG;
     return;
   }
-  uint64_t mask = 0;
-  for (uint32_t i = 0; i < nd->free.ncustom; i++)
-    if (nd->free.custom[i].milli && nd->cbit[i] < 64) mask |= 1ull << nd->cbit[i];
-  leaf->key = (uint64_t)nd->score << 32 | nd->node_id;
+  uint64_t mask = 0, key = (uint64_t)nd->score << 32 | nd->node_id;
+  int any = 0;
+  for (uint32_t i = 0; i < nd->free.ncustom; i++) {
+    if (!nd->free.custom[i].milli) continue;
+    any = 1;
+    if (nd->cbit[i] < 64) mask |= 1ull << nd->cbit[i];
+  }
+  leaf->key[K_ALL] = key;
+  leaf->key[K_GPU] = nd->free.gpu_milli ? key : UINT64_MAX;
+  leaf->key[K_CUSTOM] = any ? key : UINT64_MAX;
   leaf->cpu = nd->free.cpu_milli;
   leaf->gpu = nd->free.gpu_milli;
   leaf->mem = nd->free.memory;
   leaf->cmask = mask;
 }
 
-/* Recomputes the index entries above tree[i]. */
+/* Recomputes the index entries above tree[i]. (Stopping at an entry that
+ * comes out unchanged saves nothing measurable: after a placement the node
+ * usually held the smallest key, which changes all the way up.) */
 static void pull(sh_head_t *h, uint32_t i) {
   sh__head_agg_t *t = h->tree;
   for (i >>= 1; i; i >>= 1) combine(&t[i], &t[2 * i], &t[2 * i + 1]);
@@ -254,10 +271,27 @@ static void refresh(sh_head_t *h, uint32_t slot) {
   pull(h, h->cap + slot);
 }
 
+/* refresh() for a change that can only make the node more attractive (more
+ * free, lower score: a release). Each entry above is the minimum and maximum
+ * over its leaves, so merging the leaf's new values in is exact and reads no
+ * siblings; it stops at the first entry that already covers them. */
+static void refresh_better(sh_head_t *h, uint32_t slot) {
+  uint32_t i = h->cap + slot;
+  set_leaf(h, slot);
+  const sh__head_agg_t *leaf = &h->tree[i];
+  for (i >>= 1; i; i >>= 1) {
+    sh__head_agg_t e;
+    combine(&e, &h->tree[i], leaf);
+    if (!memcmp(&e, &h->tree[i], sizeof e)) break;
+    h->tree[i] = e;
+  }
+}
+
 /* Doubles the slots and rebuilds the index over them. */
 static void grow(sh_head_t *h) {
   uint32_t cap = h->cap ? h->cap * 2 : 8;
   h->nodes = sh_realloc(h->nodes, (size_t)cap * sizeof *h->nodes);
+  h->tot = sh_realloc(h->tot, (size_t)cap * sizeof *h->tot);
   sh_free(h->tree);
   h->tree = sh_malloc(2 * (size_t)cap * sizeof *h->tree);
   h->cap = cap;
@@ -286,6 +320,7 @@ void sh_head_init(sh_head_t *h) {
 
 void sh_head_close(sh_head_t *h) {
   sh_free(h->nodes);
+  sh_free(h->tot);
   sh_free(h->tree);
   sh_map_close(&h->by_id);
   memset(h, 0, sizeof(*h));
@@ -304,6 +339,9 @@ int sh_head_add_node(sh_head_t *h, uint32_t node_id, const sh_res_t *total) {
   nd->alive = 1;
   nd->total = *total;
   nd->free = *total;
+  h->tot[slot][0] = total->cpu_milli;
+  h->tot[slot][1] = total->gpu_milli;
+  h->tot[slot][2] = total->memory;
   nd->inv[0] = total->cpu_milli ? 1.0 / (double)total->cpu_milli : 0;
   nd->inv[1] = total->gpu_milli ? 1.0 / (double)total->gpu_milli : 0;
   nd->inv[2] = total->memory ? 1.0 / (double)total->memory : 0;
@@ -323,6 +361,7 @@ int sh_head_remove_node(sh_head_t *h, uint32_t node_id) {
     int rc = sh_map_put(&h->by_id, id_key(h->nodes[last].node_id), (void *)(uintptr_t)(slot + 1));
     if (rc) return rc;
     h->nodes[slot] = h->nodes[last];
+    memcpy(h->tot[slot], h->tot[last], sizeof h->tot[slot]);
   }
   sh_map_del(&h->by_id, id_key(node_id));
   h->nnodes--;
@@ -387,14 +426,20 @@ static int anyone_has(const sh_head_t *h, const char *name) {
 }
 
 int sh_head_feasible(const sh_head_t *h, const sh_req_t *q, char *why, size_t n) {
+  /* The dense totals first: a placement that found no room comes here, and
+   * reading each node's record instead cost a cache miss per node. */
+  for (uint32_t i = 0; i < h->nnodes; i++) {
+    const uint64_t *t = h->tot[i];
+    if (t[0] < q->cpu_milli || t[1] < q->gpu_milli || t[2] < q->memory) continue;
+    const sh_head_node_t *nd = &h->nodes[i];
+    if (nd->alive && (!q->ncustom || sh_res_fits(&nd->total, q))) return 1;
+  }
+  if (!why) return 0;
   const sh_head_node_t *largest = NULL;
   for (uint32_t i = 0; i < h->nnodes; i++) {
     const sh_head_node_t *nd = &h->nodes[i];
-    if (!nd->alive) continue;
-    if (sh_res_fits(&nd->total, q)) return 1;
-    if (!largest || nd->total.cpu_milli > largest->total.cpu_milli) largest = nd;
+    if (nd->alive && (!largest || nd->total.cpu_milli > largest->total.cpu_milli)) largest = nd;
   }
-  if (!why) return 0;
   char req[512], has[512];
   sh_req_format(q, req, sizeof req);
   if (!largest) {
@@ -421,9 +466,11 @@ int sh_head_feasible(const sh_head_t *h, const sh_req_t *q, char *why, size_t n)
 
 /* ---------------------------------------------------------------- placement */
 
-/* A request in the index's terms: what a subtree must have free. */
+/* A request in the index's terms: what a subtree must have free, and which
+ * of its keys bounds the nodes that could fit. */
 typedef struct want_s {
   uint64_t cpu, gpu, mem, cmask;
+  int k;
   const sh_req_t *req;
 } want_t;
 
@@ -434,9 +481,11 @@ static int want_init(const sh_head_t *h, const sh_req_t *q, want_t *w) {
   w->gpu = q->gpu_milli;
   w->mem = q->memory;
   w->cmask = 0;
+  w->k = q->gpu_milli ? K_GPU : K_ALL;
   w->req = q;
   for (uint32_t i = 0; i < q->ncustom; i++) {
     if (!q->custom[i].milli) continue;
+    if (w->k == K_ALL) w->k = K_CUSTOM;
     uint32_t b = 0;
     while (b < h->nnames && strcmp(h->names[b], q->custom[i].name)) b++;
     if (b < h->nnames) w->cmask |= 1ull << b;
@@ -452,7 +501,7 @@ static inline int covers(const sh__head_agg_t *a, const want_t *w) {
 /* 1 when the node in `slot` is eligible and its free resources cover w. */
 static int slot_fits(const sh_head_t *h, uint32_t slot, const want_t *w) {
   const sh__head_agg_t *leaf = &h->tree[h->cap + slot];
-  if (leaf->key == UINT64_MAX || !covers(leaf, w)) return 0;
+  if (leaf->key[K_ALL] == UINT64_MAX || !covers(leaf, w)) return 0;
   return !w->req->ncustom || sh_res_fits(&h->nodes[slot].free, w->req);
 }
 
@@ -465,7 +514,7 @@ static int64_t best_hinted(const sh_head_t *h, const want_t *w, const sh_head_hi
     if (!hints[i].bytes) continue;
     int64_t s = slot_of(h, hints[i].node_id);
     if (s < 0 || !slot_fits(h, (uint32_t)s, w)) continue;
-    uint64_t key = h->tree[h->cap + s].key;
+    uint64_t key = h->tree[h->cap + s].key[K_ALL];
     if (hints[i].bytes > best_bytes || (hints[i].bytes == best_bytes && key < best_key)) {
       best = s;
       best_bytes = hints[i].bytes;
@@ -476,35 +525,44 @@ static int64_t best_hinted(const sh_head_t *h, const want_t *w, const sh_head_hi
 }
 
 /* The fitting node with the lowest key, or -1. Branch and bound over the
- * index: the child with the smaller key is explored first, and a subtree is
- * skipped when its smallest key is no better than the best found or when its
- * largest free amounts cannot cover w. For a request most nodes can take
- * this follows one root-to-leaf path. */
+ * index: the child with the smaller key (of the kind w bounds by) is
+ * explored first, and a subtree is skipped when that key is no better than
+ * the best found or when its largest free amounts cannot cover w. For a
+ * request most nodes can take this follows about one root-to-leaf path. */
 static int64_t search(const sh_head_t *h, const want_t *w) {
   const sh__head_agg_t *t = h->tree;
+  const int k = w->k;
   uint64_t best = UINT64_MAX;
   int64_t found = -1;
   uint32_t stack[70]; /* depth <= 31, at most two entries per level */
   int sp = 0;
-  stack[sp++] = 1;
+  if (t[1].key[k] != UINT64_MAX && covers(&t[1], w)) stack[sp++] = 1;
   while (sp) {
     uint32_t i = stack[--sp];
-    if (t[i].key >= best || !covers(&t[i], w)) continue;
+    if (t[i].key[k] >= best) continue; /* a better one was found meanwhile */
     if (i >= h->cap) {
       uint32_t slot = i - h->cap;
       if (w->req->ncustom && !sh_res_fits(&h->nodes[slot].free, w->req)) continue;
-      best = t[i].key;
+      best = t[i].key[k];
       found = slot;
+      /* The smallest key of all fits: nothing left on the stack can beat it
+       * (the common case, which then pops no siblings). */
+      if (best == t[1].key[k]) break;
       continue;
     }
-    uint32_t l = 2 * i, r = l + 1;
-    if (t[l].key <= t[r].key) {
-      stack[sp++] = r;
-      stack[sp++] = l;
-    } else {
-      stack[sp++] = l;
-      stack[sp++] = r;
+    /* Push only children worth a visit, the better one last (popped first).
+     * Their children are read next: start loading them now (the lower
+     * levels of the index do not fit in L1). */
+    uint32_t a = 2 * i, b = a + 1;
+    if (2 * a < 2 * h->cap) {
+      __builtin_prefetch(&t[2 * a]);
+      __builtin_prefetch(&t[2 * a + 1]);
+      __builtin_prefetch(&t[2 * b]);
+      __builtin_prefetch(&t[2 * b + 1]);
     }
+    if (t[b].key[k] < t[a].key[k]) a = b, b = 2 * i;
+    if (t[b].key[k] < best && covers(&t[b], w)) stack[sp++] = b;
+    if (t[a].key[k] < best && covers(&t[a], w)) stack[sp++] = a;
   }
   return found;
 }
@@ -563,6 +621,6 @@ int sh_head_release(sh_head_t *h, uint32_t node_id, const sh_req_t *req) {
       break;
     }
   }
-  refresh(h, (uint32_t)s);
+  refresh_better(h, (uint32_t)s);
   return 0;
 }

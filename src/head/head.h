@@ -85,6 +85,7 @@ typedef struct sh_head_node_s {
 
 struct sh__head_agg_s; /* one entry of the placement index; head.c */
 
+
 /* The registry. nodes[0..nnodes) are dense in no particular order (removing
  * a node moves the last one into its slot). The placement index is a binary
  * tree over the slots (leaves tree[cap + slot]); each entry holds, over the
@@ -98,6 +99,8 @@ typedef struct sh_head_s {
   uint32_t cap;                 /* allocated slots: 0 or a power of two */
   sh_head_node_t *nodes;        /* cap slots */
   struct sh__head_agg_s *tree;  /* the index: 2 * cap entries, [1] the root */
+  uint64_t (*tot)[3];           /* CPU, GPU, memory totals by slot: a dense copy
+                                 * that feasibility checks scan */
   sh_map_t by_id;               /* node_id + 1 -> slot + 1 */
   uint32_t nnames;              /* custom names given a mask bit */
   uint8_t names_full;           /* a name found no bit: masks cannot rule it out */
