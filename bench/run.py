@@ -202,7 +202,7 @@ def markdown(machine, meta, scen_mods, records, target_rows):
             line += f" {note} |"
             out.append(line)
     if target_rows:
-        out += ["", "## Targets (issue 2)", "", "| target | measured | met |", "|---|---|---|"]
+        out += ["", "## Targets (issues 2 and 3)", "", "| target | measured | met |", "|---|---|---|"]
         for t in target_rows:
             out.append(f"| {t['target']} | {t['measured']} | {t['met']} |")
     return "\n".join(out) + "\n"
