@@ -171,7 +171,7 @@ bad:
  * node with a GPU free, and a request for custom resources only on one with
  * some free, so the smallest key among those nodes is a tighter bound than
  * the smallest key of all (measured: a quarter-GPU request visited ~250
- * entries per decision with the plain key, ~30 with its own). */
+ * entries per decision ordered by the plain key, 11 to 17 by its own). */
 enum { K_ALL, K_GPU, K_CUSTOM, K_COUNT };
 
 /* One entry of the placement index (see sh_head_t). An entry with no
