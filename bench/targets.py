@@ -1,5 +1,5 @@
-"""The performance targets of issues 2 (engine) and 4 (object store),
-checked against one run's records."""
+"""The performance targets of issues 2 (engine), 3 (cluster: placement) and 4
+(object store), checked against one run's records."""
 
 from harness import OK, fmt_ratio, speedup
 
@@ -126,4 +126,16 @@ def evaluate(records):
             v = r["median"]
             rows.append({"target": "memory: < 300 B per queued task", "measured": f"{v:.0f} B/task",
                          "met": "met" if v < 300 else f"not met (by {v / 300:.2f}×)", "value": v, "goal": 300})
+
+    r = _find(records, "placement", "shoal")
+    if r is not None:
+        text = "placement: ≥ 1,000,000 decisions/s with 1,000 nodes (issue 3)"
+        if r["status"] != OK:
+            rows.append({"target": text, "measured": _why(r, "shoal"), "met": "not met",
+                         "value": None, "goal": 1e6})
+        else:
+            v = r["median"]
+            rows.append({"target": text, "measured": f"{v / 1e6:.2f} M/s (min {r['min'] / 1e6:.2f}, "
+                         f"max {r['max'] / 1e6:.2f})",
+                         "met": "met" if v >= 1e6 else f"not met (by {1e6 / v:.2f}×)", "value": v, "goal": 1e6})
     return rows

@@ -5,4 +5,5 @@ ratios are computed against), FLOOR (a system name or None), WARMUP_ROUND
 expected(system, params) -> check string, and measure(system, params) ->
 {"value", "check", "extra"}, which runs in a fresh child process."""
 
-ORDER = ["floor", "tasks_async", "tasks_sync", "map", "startup", "memory", "large_objects"]
+ORDER = ["floor", "tasks_async", "tasks_sync", "map", "startup", "memory", "large_objects",
+         "placement"]

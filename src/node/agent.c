@@ -751,6 +751,7 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   uv_run(a->loop, UV_RUN_NOWAIT);
   sh_sched_close(a);
   sh_map_close(&a->clients);
+  sh_head_close(&a->head);
   close(a->listen_fd);
   if (a->tcp_fd >= 0) close(a->tcp_fd);
   sh_auth_token_clear(&a->opts.token);

@@ -124,6 +124,7 @@ static void teardown(void) {
   assert_int_equal(rmdir(fx.tmp), 0);
 
   sh_map_close(&a->clients);
+  sh_head_close(&a->head);
   assert_int_equal(uv_loop_close(&fx.loop), 0);
 }
 
