@@ -320,3 +320,28 @@ def test_large_arguments_and_results(cluster):  # noqa: F811
     assert shoal.remote(len).remote(blob).result(timeout=T) == len(blob)
     big = shoal.remote(lambda n: b"z" * n).remote(16 << 20).result(timeout=T)
     assert len(big) == 16 << 20 and big[:1] == b"z"
+
+
+def test_runtime_context_in_tasks_actors_and_the_driver(cluster):  # noqa: F811
+    driver = shoal.runtime_context()
+    assert driver.worker_pid is None and driver.task_id is None
+    assert driver.node_id == shoal.status()["node_id"]
+
+    @shoal.remote
+    def where():
+        return shoal.runtime_context()
+
+    fut = where.remote()
+    ctx = fut.result(timeout=T)
+    assert ctx.task_id == fut.id and ctx.node_id == driver.node_id
+    assert ctx.worker_pid in {w["pid"] for w in shoal.status()["workers"]["list"]}
+
+    @shoal.remote
+    class Here:
+        def ctx(self):
+            return shoal.runtime_context()._asdict()
+
+    h = Here.remote()
+    call = h.ctx.remote()
+    d = call.result(timeout=T)
+    assert d["task_id"] == call.id and d["worker_pid"] != os.getpid()

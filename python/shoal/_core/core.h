@@ -85,6 +85,9 @@ PyObject *sh_mpack_to_py(const uint8_t *p, size_t n);
 
 /* worker_main(fd, support): the worker loop (see its docstring in module.c).
  * Returns None at end of file, or NULL with an exception. */
+/* current_task(): the id of the request this worker process is running, or
+ * None outside one (the driver, or the worker between requests). */
+PyObject *sh_worker_current_task(PyObject *module, PyObject *unused);
 PyObject *sh_worker_main(PyObject *module, PyObject *const *args,
                          Py_ssize_t nargs);
 

@@ -94,6 +94,9 @@ PyDoc_STRVAR(worker_main_doc,
 static PyMethodDef module_methods[] = {
     {"worker_main", (PyCFunction)(void (*)(void))sh_worker_main, METH_FASTCALL,
      worker_main_doc},
+    {"current_task", sh_worker_current_task, METH_NOARGS,
+     "current_task()\n--\n\nThe id (int) of the task, actor creation or actor call this "
+     "worker\nprocess is running, or None outside one."},
     {"_close_all", close_all, METH_NOARGS,
      "Closes every open Client (registered with atexit)."},
     {NULL, NULL, 0, NULL},

@@ -35,6 +35,14 @@
 
 #define HOLD_S 0.001 /* the longest a result waits in the batch */
 
+/* The request being run (runtime_context); only the loop thread writes it. */
+static uint64_t current_task;
+
+PyObject *sh_worker_current_task(PyObject *module, PyObject *unused) {
+  if (!current_task) Py_RETURN_NONE;
+  return PyLong_FromUnsignedLongLong(current_task);
+}
+
 /* ---- state and helpers ---- */
 
 typedef struct worker_s {
@@ -558,7 +566,9 @@ static int exec_frame(worker_t *w, uint64_t task_id, const uint8_t *body, uint32
   arm_flusher(w);
   int rc = signals_while_idle(); /* a stale SIGINT is not for this task */
   outcome_t o = {0, 0, NULL};
+  current_task = task_id;
   if (rc == 0) rc = run(w, task_id, &e, &d, &o);
+  current_task = 0;
   for (uint32_t i = 0; i < e.ndeps; i++) Py_XDECREF(d.val[i]);
   if (d.dep != dep_small) sh_free(d.dep);
   if (d.val != val_small) sh_free(d.val);
