@@ -35,7 +35,9 @@ def test_main_job_runs_small(tmp_path):
     env = dict(os.environ)
     env.pop("SHOAL_ADDRESS", None)
     proc = subprocess.run([sys.executable, str(job), "--tasks", "20", "--samples", "200000",
-                           "--docs", "40"], capture_output=True, text=True, timeout=180, env=env)
+                           "--docs", "40", "--array-mb", "16"], capture_output=True, text=True,
+                          timeout=180, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pi ~ 3.1" in proc.stdout
     assert "speed-up" in proc.stdout and "Cluster status" in proc.stdout
+    assert "in shared memory" in proc.stdout and "read in place" in proc.stdout
