@@ -121,6 +121,7 @@ def test_bytes_bytearray_memoryview_and_frames(cluster):
     pd.testing.assert_frame_equal(back, df)
 
 
+@pytest.mark.asan
 def test_a_segment_removed_behind_our_back_is_object_lost(cluster):
     ref = shoal.put(np.zeros(MiB))
     os.unlink(os.path.join(shoal._serial.store_info()[0], f"{ref.id:016x}"))
@@ -131,6 +132,7 @@ def test_a_segment_removed_behind_our_back_is_object_lost(cluster):
     assert echo.remote(1).result() == 1  # the worker that failed to read it still serves
 
 
+@pytest.mark.asan
 def test_lifetime_follows_futures_and_pending_tasks(cluster):
     a = np.zeros(2 * MiB)
     ref = shoal.put(a)
@@ -214,6 +216,7 @@ def shmem_kb():
     return _rss(os.getpid())[1]
 
 
+@pytest.mark.asan
 def test_workers_keep_mappings_until_the_object_goes(fresh):
     """A worker keeps a segment mapped after its task (the next task on the
     same object finds its pages mapped) and drops it when the agent frees or
@@ -237,6 +240,7 @@ def test_workers_keep_mappings_until_the_object_goes(fresh):
     del more
 
 
+@pytest.mark.asan
 def test_spilling_three_times_the_capacity_reads_back_identical(fresh):
     shoal.init(num_workers=2, object_store_memory=32 * MiB)
     refs, sums = [], []
@@ -255,6 +259,7 @@ def test_spilling_three_times_the_capacity_reads_back_identical(fresh):
     assert st["restores"] > 0 and st["used"] <= st["capacity"]
 
 
+@pytest.mark.asan
 def test_object_larger_than_the_store_is_refused(fresh):
     shoal.init(num_workers=1, object_store_memory=8 * MiB)
     with pytest.raises(shoal.ObjectStoreFullError, match="larger than the whole object store"):
@@ -267,6 +272,7 @@ def test_object_larger_than_the_store_is_refused(fresh):
     assert float(shoal.get(shoal.put(np.ones(1000)))[0]) == 1.0  # still serving
 
 
+@pytest.mark.asan
 def test_pinned_objects_make_a_clear_full_error(fresh):
     shoal.init(num_workers=1, object_store_memory=24 * MiB)
     refs = [shoal.put(np.full(MiB, i, dtype=np.float64)) for i in range(2)]  # 2 x 8 MiB
@@ -318,6 +324,7 @@ def _store_dir_of(d):
     return json.loads(out.stdout)["store"]["dir"]
 
 
+@pytest.mark.asan
 def test_driver_killed_mid_put_leaves_nothing(fresh):
     d = ExternalDaemon(workers=1)
     try:
@@ -350,6 +357,7 @@ def big_result(n):
     return np.ones(n)
 
 
+@pytest.mark.asan
 def test_worker_killed_mid_result_write_is_retried_and_reclaimed(fresh):
     d = ExternalDaemon(workers=1)
     try:
@@ -375,6 +383,7 @@ def test_worker_killed_mid_result_write_is_retried_and_reclaimed(fresh):
         d.stop()
 
 
+@pytest.mark.asan
 def test_shoal_memory_lists_objects(fresh):
     d = ExternalDaemon(workers=1)
     try:
