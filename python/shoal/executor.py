@@ -72,21 +72,27 @@ class _Tracked:
 
     __slots__ = ("items", "limit", "lock")  # items: anything with done()
 
+    # Futures kept here keep their results alive in the daemon (and large
+    # ones in the object store): prune often, and whenever asked.
     def __init__(self):
         self.items = []
-        self.limit = 1024
+        self.limit = 256
         self.lock = threading.Lock()
 
     def add(self, f):
-        items = self.items
-        items.append(f)
-        if len(items) >= self.limit:
-            with self.lock:
-                self.items = [g for g in self.items if not g.done()]
-                self.limit = max(1024, 2 * len(self.items))
+        with self.lock:  # pending() replaces the list: no append may be lost
+            items = self.items
+            items.append(f)
+            full = len(items) >= self.limit
+        if full:
+            self.pending()
 
     def pending(self):
-        return [g for g in self.items if not g.done()]
+        """The futures not yet done; the done ones are forgotten."""
+        with self.lock:
+            self.items = left = [g for g in self.items if not g.done()]
+            self.limit = max(256, 2 * len(left))
+        return list(left)
 
     def extend(self, fs):
         for f in fs:

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import functools
+import gc
 import time
 
 import pytest
@@ -145,3 +146,19 @@ def fresh_cluster():
     shoal.shutdown()
     yield
     shoal.shutdown()
+
+
+def test_finished_results_are_not_kept_alive(cluster):  # noqa: F811
+    """A pool or executor still referenced does not pin the results of its
+    finished tasks in the daemon (or, for large ones, in the object store)."""
+    def objects():
+        return shoal.status()["objects"]["count"]
+
+    before = objects()
+    with shoal.Executor() as ex:
+        out = list(ex.map(abs, range(-50_000, 50_000)))
+    with shoal.Pool() as pool:
+        out2 = pool.map(abs, range(-50_000, 50_000))
+    assert out == out2
+    gc.collect()
+    assert objects() <= before, (ex, pool)  # both still referenced here
