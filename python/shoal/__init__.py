@@ -28,6 +28,7 @@ __all__ = [
     "cancel",
     "kill",
     "status",
+    "nodes",
     "Future",
     "Executor",
     "Pool",
@@ -53,6 +54,7 @@ __all__ = [
 _LAZY = {
     "init": "_boot", "shutdown": "_api", "is_initialized": "_api", "get": "_api",
     "wait": "_api", "put": "_api", "cancel": "_api", "kill": "_api", "status": "_api",
+    "nodes": "_api",
     "Future": "_future", "remote": "_remote", "Executor": "executor", "Pool": "pool",
 }
 _LAZY.update({name: "exceptions" for name in (
