@@ -344,7 +344,10 @@ void sh_cluster_node_frame(sh_conn_t *c, const sh_frame_t *f) {
 
 void sh_cluster_node_closed(sh_agent_t *a, sh_conn_t *c, const char *why) {
   if (!c->node) return;
-  node_dead(a, c->node, why ? why : "its connection closed (the node agent exited or was killed)");
+  char text[256];
+  snprintf(text, sizeof text, "it lost its connection (%s): the node agent exited or was killed, "
+           "or the network failed", why ? why : "closed");
+  node_dead(a, c->node, text);
 }
 
 void sh_cluster_drain(sh_agent_t *a, sh_conn_t *c, uint64_t node_id) {
