@@ -430,7 +430,7 @@ static void handle_uplink(sh_conn_t *c, const sh_frame_t *f) {
   sh_uplink_frame(c, f);
 }
 
-/* A frame a node agent may not send its head closes that node's connection. */
+/* For cluster.c: the same refusal as for any other violation. */
 void sh_conn_fail(sh_conn_t *c, int code, const char *why) { conn_fail(c, code, why); }
 
 static void dispatch(sh_conn_t *c, const sh_frame_t *f) {

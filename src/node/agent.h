@@ -398,9 +398,11 @@ void sh_store_discard(sh_agent_t *a, uint64_t id);
  * and, when client_id is not 0, that client's segments never sealed. */
 void sh_store_reap(sh_agent_t *a, uint32_t client_id, uint32_t pid);
 
-/* Frames on a node connection (head side) and on the uplink (node side)
- * that the scheduler handles. */
-/* Forwards nothing; the head received a task's RESULT from node n. */
+/* The cluster's part of the scheduler (the rest is in cluster.c). */
+/* Head: node n sent the RESULT of a task forwarded to it: give back what it
+ * took there, retry it (CRASHED, or ERROR with RETRY_EXC) within its
+ * max_retries, or finish it as a local task (a SEGMENT value is stored here
+ * first). Results for tasks not running on n are ignored. */
 void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r);
 /* Node n died (why): its tasks run again elsewhere within their retries or
  * fail, its actors die. */
