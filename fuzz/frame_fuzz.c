@@ -57,7 +57,7 @@ static void check_reencoded(const sh_buf_t *b, unsigned type, const uint8_t *bod
 static void fuzz_hello(const sh_frame_t *f, sh_buf_t *b) {
   sh_hello_t h;
   if (sh_hello_decode(f->body, f->hdr.len, &h)) return;
-  CHECK(h.role >= SH_ROLE_DRIVER && h.role <= SH_ROLE_CLI);
+  CHECK(h.role >= SH_ROLE_DRIVER && h.role <= SH_ROLE_NODE);
   CHECK(sh_hello_append(b, &h) == 0);
   check_reencoded(b, SH_MSG_HELLO, f->body, f->hdr.len, 12, 16); /* reserved */
 }
@@ -153,6 +153,33 @@ static void fuzz_auth(const sh_frame_t *f, sh_buf_t *b) {
   check_reencoded(b, f->hdr.type, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
 }
 
+/* A resource set as the decoders promise it: names well formed, distinct. */
+static void check_res(const sh_res_t *r) {
+  CHECK(r->ncustom <= SH_MAX_CUSTOM);
+  for (uint32_t i = 0; i < r->ncustom; i++) {
+    size_t n = strnlen(r->custom[i].name, SH_NAME_MAX);
+    CHECK(n > 0 && n < SH_NAME_MAX);
+    for (uint32_t j = 0; j < i; j++) CHECK(strcmp(r->custom[i].name, r->custom[j].name) != 0);
+  }
+}
+
+static void fuzz_register(const sh_frame_t *f, sh_buf_t *b) {
+  sh_register_t r;
+  if (sh_register_decode(f->body, f->hdr.len, &r)) return;
+  CHECK(r.node_id != 0 && strnlen(r.host, SH_HOST_MAX) < SH_HOST_MAX);
+  check_res(&r.total);
+  CHECK(sh_register_append(b, &r) == 0);
+  check_reencoded(b, SH_MSG_NODE_REGISTER, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
+}
+
+static void fuzz_heartbeat(const sh_frame_t *f, sh_buf_t *b) {
+  sh_heartbeat_t h;
+  if (sh_heartbeat_decode(f->body, f->hdr.len, &h)) return;
+  check_res(&h.free);
+  CHECK(sh_heartbeat_append(b, &h) == 0);
+  check_reencoded(b, SH_MSG_HEARTBEAT, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
+}
+
 /* Runs the decoder of the frame's type, if proto.h has one. */
 static void fuzz_body(const sh_frame_t *f) {
   sh_buf_t b;
@@ -165,6 +192,8 @@ static void fuzz_body(const sh_frame_t *f) {
     case SH_MSG_EXEC: fuzz_exec(f, &b); break;
     case SH_MSG_OUTPUT: fuzz_output(f, &b); break;
     case SH_MSG_ERROR: fuzz_error(f, &b); break;
+    case SH_MSG_NODE_REGISTER: fuzz_register(f, &b); break;
+    case SH_MSG_HEARTBEAT: fuzz_heartbeat(f, &b); break;
     case SH_MSG_AUTH_CHALLENGE:
     case SH_MSG_AUTH_RESPONSE:
     case SH_MSG_AUTH_OK: fuzz_auth(f, &b); break;

@@ -24,8 +24,9 @@ MAX_BODY = 1 << 20  # the fuzz target's limit (fuzz/frame_fuzz.c)
 T = dict(HELLO=1, HELLO_OK=2, FUNC=3, SUBMIT=4, RESULT=5, PUT=6, RELEASE=7,
          CANCEL=8, CANCEL_REPLY=9, KILL_ACTOR=10, STATUS=11, STATUS_REPLY=12,
          STOP=13, OUTPUT=14, EXEC=15, ERROR=16, PUT_REPLY=17, MAP=18, MAP_REPLY=19,
-         AUTH_CHALLENGE=20, AUTH_RESPONSE=21, AUTH_OK=22)
-FIRST_UNKNOWN_TYPE = 23
+         AUTH_CHALLENGE=20, AUTH_RESPONSE=21, AUTH_OK=22, NODE_REGISTER=23,
+         HEARTBEAT=24, DRAIN=25, DRAIN_REPLY=26)
+FIRST_UNKNOWN_TYPE = 27
 
 
 def frame(typ, body=b"", fid=0, flags=0, version=VERSION, magic=MAGIC,
@@ -102,6 +103,23 @@ def auth_response(cnonce=bytes(range(100, 132)), mac=bytes(range(200, 232))):
 
 def auth_ok(mac=bytes(range(50, 82))):
     return frame(T["AUTH_OK"], mac)
+
+
+def res_body(cpu=2000, gpu=0, mem=1 << 30, custom=(("bigmem", 1000),), ncustom=None):
+    body = struct.pack("<QQQI", cpu, gpu, mem, len(custom) if ncustom is None else ncustom)
+    for name, amount in custom:
+        n = name.encode() if isinstance(name, str) else name
+        body += struct.pack("<I", len(n)) + n + struct.pack("<Q", amount)
+    return body
+
+
+def register(node_id=123456, pid=77, workers=2, host=b"node-b", host_len=None, **res):
+    body = struct.pack("<IIII", node_id, pid, workers, len(host) if host_len is None else host_len)
+    return frame(T["NODE_REGISTER"], body + res_body(**res) + host)
+
+
+def heartbeat(load=1500, running=2, **res):
+    return frame(T["HEARTBEAT"], struct.pack("<II", load, running) + res_body(**res))
 
 
 def seeds():
@@ -213,6 +231,24 @@ def seeds():
     s["auth-response-long"] = frame(T["AUTH_RESPONSE"], b"\0" * 65)
     s["auth-ok-empty"] = frame(T["AUTH_OK"])
     s["auth-ok-long"] = frame(T["AUTH_OK"], b"\0" * 33)
+    # The cluster: a node's handshake after authentication, its heartbeats,
+    # and the head's side (empty heartbeat, drain).
+    s["node-join"] = (hello(role=4) + register() + heartbeat() + heartbeat(custom=()) +
+                      result(1 << 40 | 2, code=2, payload=b"SHOB" + b"\0" * 60))
+    s["node-register-no-custom"] = register(custom=())
+    s["head-heartbeat-empty"] = frame(T["HEARTBEAT"])
+    s["drain"] = frame(T["DRAIN"], fid=123456)
+    s["drain-reply"] = frame(T["DRAIN_REPLY"], struct.pack("<I", 0) + b"node 5 is draining", fid=5)
+    s["register-node-id-0"] = register(node_id=0)
+    s["register-host-len-huge"] = register(host_len=0xFFFFFFFF)
+    s["register-host-256"] = register(host=b"h" * 256)
+    s["register-host-nul"] = register(host=b"a\0b")
+    s["register-too-many-custom"] = register(ncustom=17)
+    s["register-empty-name"] = register(custom=((b"", 1),))
+    s["register-dup-name"] = register(custom=(("x", 1), ("x", 2)))
+    s["register-trailing-byte"] = frame(T["NODE_REGISTER"], register().__getitem__(slice(24, None)) + b"\0")
+    s["heartbeat-short"] = frame(T["HEARTBEAT"], b"\0" * 35)
+    s["heartbeat-name-len-huge"] = heartbeat(custom=((b"ab", 1),))[:24 + 8 + 28] + b"\xff\xff\xff\xff"
     return s
 
 

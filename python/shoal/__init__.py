@@ -28,6 +28,7 @@ __all__ = [
     "cancel",
     "kill",
     "status",
+    "nodes",
     "runtime_context",
     "Future",
     "Executor",
@@ -54,7 +55,7 @@ __all__ = [
 _LAZY = {
     "init": "_boot", "shutdown": "_api", "is_initialized": "_api", "get": "_api",
     "wait": "_api", "put": "_api", "cancel": "_api", "kill": "_api", "status": "_api",
-    "runtime_context": "_context", "Future": "_future", "remote": "_remote",
+    "nodes": "_api", "runtime_context": "_context", "Future": "_future", "remote": "_remote",
     "Executor": "executor", "Pool": "pool",
 }
 _LAZY.update({name: "exceptions" for name in (

@@ -15,7 +15,8 @@ from concurrent.futures import _base as _cf
 from . import exceptions as exc
 from ._future import ST_CANCELLED, Future
 
-__all__ = ["init", "shutdown", "is_initialized", "get", "wait", "put", "cancel", "kill", "status"]
+__all__ = ["init", "shutdown", "is_initialized", "get", "wait", "put", "cancel", "kill", "status",
+           "nodes"]
 
 
 class _State:
@@ -45,10 +46,11 @@ def _load_core():
     return _core
 
 
-def _connect(core, address, owner, token=None):
+def _connect(core, address, owner, token=None, wait_for_nodes=False):
     from . import _serial
     client = core.Client(address, owner=owner, timeout=10.0, future_type=Future,
-                         dep_type=_serial.DepRef, dumps=_serial.dumps_args, token=token)
+                         dep_type=_serial.DepRef, dumps=_serial.dumps_args, token=token,
+                         wait_for_nodes=wait_for_nodes)
     _serial.configure(client.node_info)
     return client
 
@@ -65,7 +67,7 @@ def _info():
 
 
 def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
-         token=None, object_store_memory=None, _daemon=None):
+         token=None, object_store_memory=None, wait_for_nodes=False, _daemon=None):
     """Connects this process to a shoal cluster, starting a private one if needed.
 
     With no ``address`` and no ``SHOAL_ADDRESS`` in the environment, starts a
@@ -91,6 +93,9 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
         object_store_memory: bytes of shared memory for large objects in a
             private cluster (default: 30% of the machine's memory); beyond
             it, objects spill to disk.
+        wait_for_nodes: a task or actor whose resources no node of the
+            cluster has waits until a node that has them joins, instead of
+            failing at once with ``InfeasibleResourcesError``.
         _daemon: internal: a private daemon ``shoal.init`` already started (not
             yet waited for), used when a private cluster is what this call
             starts and killed otherwise.
@@ -112,7 +117,7 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
     """
     try:
         return _init(address, num_workers, resources, ignore_reinit_error, token, _daemon,
-                     object_store_memory)
+                     object_store_memory, wait_for_nodes)
     finally:
         if _daemon is not None and _state.daemon is not _daemon:
             _daemon.kill()  # started early, but this call did not use it
@@ -130,7 +135,7 @@ def _check_store_memory(v):
 
 
 def _init(address, num_workers, resources, ignore_reinit_error, token, early,
-          object_store_memory=None):
+          object_store_memory=None, wait_for_nodes=False):
     with _lock:
         if _state.client is not None:
             if ignore_reinit_error:
@@ -163,7 +168,8 @@ def _init(address, num_workers, resources, ignore_reinit_error, token, early,
                     "num_workers, resources and object_store_memory describe a private cluster; "
                     "they cannot be used when connecting to an existing one "
                     f"(address={address!r}). Pass them to `shoal start` instead")
-            client = _connect(core, _cluster.resolve_address(address), owner=False, token=token)
+            client = _connect(core, _cluster.resolve_address(address), owner=False, token=token,
+                              wait_for_nodes=bool(wait_for_nodes))
             daemon = None
         else:
             if early is not None:
@@ -173,7 +179,8 @@ def _init(address, num_workers, resources, ignore_reinit_error, token, early,
                 daemon = _cluster.EmbeddedDaemon(num_workers, resources,
                                                  object_store_memory=object_store_memory)
             try:
-                client = _connect(core, daemon.address, owner=True)
+                client = _connect(core, daemon.address, owner=True,
+                                  wait_for_nodes=bool(wait_for_nodes))
             except BaseException:
                 daemon.kill()
                 raise
@@ -484,3 +491,22 @@ def status(timeout=10.0):
         does not answer.
     """
     return _client().status(timeout)
+
+
+def nodes(timeout=10.0):
+    """Every node of the cluster this process is connected to, as the head
+    knows it (dead ones included, with the reason).
+
+    Args:
+        timeout: seconds to wait for the daemon's answer.
+    Returns:
+        A list of dicts, one per node, with ``node_id``, ``address``,
+        ``alive``, ``resources_total`` and ``resources_free`` (dicts: ``CPU``,
+        ``GPU``, ``memory`` and custom names), ``load``, and also ``host``,
+        ``pid``, ``draining``, ``dead_reason``, ``tasks_running`` and
+        ``workers``.
+    Raises:
+        GetTimeoutError or ConnectionLostError from the client when the daemon
+        does not answer.
+    """
+    return [dict(n) for n in status(timeout)["nodes"]]

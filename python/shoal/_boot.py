@@ -37,12 +37,13 @@ def _prestart(address, num_workers, resources, token, object_store_memory=None):
 
 
 def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
-         token=None, object_store_memory=None):
+         token=None, object_store_memory=None, wait_for_nodes=False):
     daemon = _prestart(address, num_workers, resources, token, object_store_memory)
     from . import _api
     return _api.init(address, num_workers=num_workers, resources=resources,
                      ignore_reinit_error=ignore_reinit_error, token=token,
-                     object_store_memory=object_store_memory, _daemon=daemon)
+                     object_store_memory=object_store_memory, wait_for_nodes=wait_for_nodes,
+                     _daemon=daemon)
 
 
 init.__doc__ = """Connects this process to a shoal cluster, starting a private one if needed.
@@ -63,6 +64,8 @@ init.__doc__ = """Connects this process to a shoal cluster, starting a private o
             ``~/.shoal/token``. Unix sockets need none.
         object_store_memory: shared memory for large objects in a private
             cluster, in bytes (default: 30% of the machine's memory).
+        wait_for_nodes: a request no node has the resources for waits for a
+            node that has them to join, instead of failing at once.
     Returns:
         A dict describing the connection (see ``shoal._api.init``).
     Raises:

@@ -36,10 +36,11 @@ static const char *usage_main =
     "shoal runs Python functions, actors and pools on a cluster whose engine is C.\n"
     "\n"
     "commands:\n"
-    "  start    start a daemon (head and node agent)\n"
+    "  start    start a daemon: a head (with its node agent), or a node that joins one\n"
     "  status   show nodes, workers, resources and tasks of a running daemon\n"
     "  memory   list the objects a running daemon holds: size, where, who holds them\n"
     "  stop     stop a running daemon\n"
+    "  drain    stop sending new work to a node (running work finishes)\n"
     "\n"
     "options:\n"
     "  -h, --help     show this help; `shoal CMD --help` shows a command's options\n"
@@ -47,20 +48,28 @@ static const char *usage_main =
 
 static const char *usage_start =
     "usage: shoal start --head [options]\n"
+    "       shoal start --address HOST:PORT [options]\n"
     "\n"
-    "Starts a head and node agent in one process. Without --block it runs in the\n"
-    "background (log in SOCKET_DIR/agent.log) and this command returns once it\n"
-    "accepts connections.\n"
+    "With --head, starts a head and its node agent in one process. With --address,\n"
+    "starts a node agent that joins the head at HOST:PORT: it proves it holds the\n"
+    "cluster token, registers its resources, runs the work the head sends, and\n"
+    "reconnects on its own when the head is unreachable. Without --block it runs\n"
+    "in the background (log in SOCKET_DIR/agent.log) and this command returns once\n"
+    "it accepts connections.\n"
     "\n"
     "options:\n"
-    "  --head                 start a head (required: joining a cluster comes later)\n"
+    "  --head                 start a head\n"
+    "  --address HOST:PORT    start a node agent that joins the head listening there\n"
+    "                         (its --port); the token as for --token-file below\n"
+    "  --heartbeat-timeout SECONDS  a node (head: any node; node: the head) silent\n"
+    "                         this long is declared dead (default 10)\n"
     "  --socket-dir DIR       0700 directory for agent.sock and agent.pid\n"
     "                         (default $SHOAL_SOCKET_DIR or /tmp/shoal-UID/default)\n"
     "  --port N               also listen on TCP port N (on 127.0.0.1 unless --bind);\n"
     "                         TCP peers must prove they hold the cluster token\n"
     "  --bind ADDR            the address --port listens on, e.g. 0.0.0.0 for every\n"
     "                         interface (default 127.0.0.1)\n"
-    "  --token-file PATH      the cluster token, created (mode 0600) if missing\n"
+    "  --token-file PATH      the cluster token; a head creates it (mode 0600) if missing\n"
     "                         (default $SHOAL_TOKEN, $SHOAL_TOKEN_FILE or ~/.shoal/token)\n"
     "  --auth-timeout SECONDS how long a TCP peer has to authenticate (default 10)\n"
     "  --workers N            worker processes in the pool (default: CPUs)\n"
@@ -104,6 +113,20 @@ static const char *usage_memory =
     "  --socket-dir DIR       the daemon's directory (default as for start)\n"
     "  --address ADDR         unix:PATH, a socket path, or HOST:PORT\n"
     "  --json                 print JSON for scripts\n"
+    "  --timeout SECONDS      how long to wait for an answer (default 10)\n"
+    "  -h, --help             show this help\n";
+
+static const char *usage_drain =
+    "usage: shoal drain NODE_ID [options]\n"
+    "\n"
+    "The head stops sending new work to node NODE_ID (`shoal status` lists the\n"
+    "ids); work running there finishes.\n"
+    "\n"
+    "options:\n"
+    "  --socket-dir DIR       the head's directory (default as for start)\n"
+    "  --address ADDR         unix:PATH, a socket path, or HOST:PORT of the head\n"
+    "  --token-file PATH      the cluster token for HOST:PORT (default $SHOAL_TOKEN,\n"
+    "                         $SHOAL_TOKEN_FILE or ~/.shoal/token)\n"
     "  --timeout SECONDS      how long to wait for an answer (default 10)\n"
     "  -h, --help             show this help\n";
 
@@ -457,6 +480,8 @@ static void print_res_line(const msgpack_object *node) {
   printf("\n");
 }
 
+static void str_of(const msgpack_object *m, const char *k, char *buf, size_t n);
+
 static void print_status(const msgpack_object *st) {
   const msgpack_object *nodes = get(st, "nodes");
   const msgpack_object *w = get(st, "workers"), *t = get(st, "tasks"), *o = get(st, "objects");
@@ -464,10 +489,29 @@ static void print_status(const msgpack_object *st) {
   const msgpack_object *sock = get(st, "socket");
   printf("shoal daemon pid %.0f at %.*s, up %.1f s\n", num(st, "pid"),
          sock ? (int)sock->via.str.size : 0, sock ? sock->via.str.ptr : "", num(st, "uptime_s"));
+  const msgpack_object *head = get(st, "head");
+  if (head) {
+    char addr[300], err[300];
+    str_of(head, "address", addr, sizeof addr);
+    str_of(head, "error", err, sizeof err);
+    const msgpack_object *conn = get(head, "connected");
+    int up = conn && conn->type == MSGPACK_OBJECT_BOOLEAN && conn->via.boolean;
+    printf("node agent of the head at %s: %s%s%s\n", addr, up ? "joined" : "not joined",
+           !up && err[0] && strcmp(err, "?") ? ": " : "", !up && strcmp(err, "?") ? err : "");
+  }
   for (uint32_t i = 0; nodes && i < nodes->via.array.size; i++) {
     const msgpack_object *n = &nodes->via.array.ptr[i];
-    printf("node %.0f: %s, load %.2f\n", num(n, "node_id"),
-           get(n, "alive") && get(n, "alive")->via.boolean ? "alive" : "dead", num(n, "load"));
+    const msgpack_object *alive = get(n, "alive"), *dr = get(n, "draining");
+    char host[300], addr[100], why[300];
+    str_of(n, "host", host, sizeof host);
+    str_of(n, "address", addr, sizeof addr);
+    str_of(n, "dead_reason", why, sizeof why);
+    int is_alive = alive && alive->type == MSGPACK_OBJECT_BOOLEAN && alive->via.boolean;
+    printf("node %.0f (%s, %s): %s%s%s%s, load %.2f, %.0f tasks running\n", num(n, "node_id"),
+           host, addr, is_alive ? "alive" : "dead", is_alive ? "" : " (", is_alive ? "" : why,
+           is_alive ? "" : ")", num(n, "load"), num(n, "tasks_running"));
+    if (dr && dr->type == MSGPACK_OBJECT_BOOLEAN && dr->via.boolean)
+      printf("  draining:  gets no new work\n");
     print_res_line(n);
   }
   printf("  workers:   %.0f in pool (%.0f busy, %.0f idle), %.0f for actors, %.0f died\n",
@@ -541,7 +585,7 @@ enum { OPT_HEAD = 256, OPT_SOCKET_DIR, OPT_PORT, OPT_WORKERS, OPT_NUM_CPUS, OPT_
        OPT_MEMORY, OPT_RESOURCES, OPT_PYTHON, OPT_BLOCK, OPT_EMBEDDED, OPT_MAX_FRAME,
        OPT_LOG_LEVEL, OPT_ADDRESS, OPT_JSON, OPT_TIMEOUT, OPT_BIND, OPT_TOKEN_FILE,
        OPT_AUTH_TIMEOUT, OPT_STORE_MEMORY, OPT_STORE_DIR, OPT_SPILL_DIR,
-       OPT_INLINE_THRESHOLD };
+       OPT_INLINE_THRESHOLD, OPT_HEARTBEAT_TIMEOUT };
 
 /* Prints the TCP address the head listens on, the token it demands and how a
  * driver on another machine connects. */
@@ -607,6 +651,13 @@ static int start_background(sh_agent_opts_t *o) {
   }
   char *nl = strchr(line, '\n');
   if (nl) *nl = 0;
+  if (o->head_address) {
+    printf("shoal: started a node agent (pid %d) listening on %s; it joins the head at %s\n"
+           "  (its log: %s/agent.log; the head's `shoal status` lists it once it joined)\n",
+           (int)pid, line + 13, o->head_address, o->socket_dir);
+    printf("  stop:     shoal stop --socket-dir %s\n", o->socket_dir);
+    return 0;
+  }
   printf("shoal: started a head (pid %d) listening on %s", (int)pid, line + 13);
   if (o->port) print_tcp(o);
   else printf("\n");
@@ -631,6 +682,8 @@ static int cmd_start(int argc, char **argv) {
       {"inline-threshold", required_argument, 0, OPT_INLINE_THRESHOLD},
       {"bind", required_argument, 0, OPT_BIND},     {"token-file", required_argument, 0, OPT_TOKEN_FILE},
       {"auth-timeout", required_argument, 0, OPT_AUTH_TIMEOUT},
+      {"address", required_argument, 0, OPT_ADDRESS},
+      {"heartbeat-timeout", required_argument, 0, OPT_HEARTBEAT_TIMEOUT},
       {0, 0, 0, 0}};
   static char dir[4096];
   const char *token_file = NULL;
@@ -687,6 +740,20 @@ static int cmd_start(int argc, char **argv) {
           return usage_error(usage_start, "--auth-timeout needs seconds, more than 0 and at most "
                              "3600, got '%s'", optarg);
         break;
+      case OPT_ADDRESS: {
+        const char *colon = strrchr(optarg, ':');
+        if (!colon || colon == optarg || parse_num(colon + 1, &v) || v < 1 || v > 65535 ||
+            v != floor(v))
+          return usage_error(usage_start, "--address needs HOST:PORT of the head, got '%s'", optarg);
+        o.head_address = optarg;
+        break;
+      }
+      case OPT_HEARTBEAT_TIMEOUT:
+        if (parse_num(optarg, &o.heartbeat_timeout_s) || o.heartbeat_timeout_s < 0.2 ||
+            o.heartbeat_timeout_s > 3600)
+          return usage_error(usage_start, "--heartbeat-timeout needs seconds, from 0.2 to 3600, "
+                             "got '%s'", optarg);
+        break;
       case OPT_PYTHON: o.python = optarg; break;
       case OPT_BLOCK: block = 1; break;
       case OPT_EMBEDDED: o.embedded = 1; break;
@@ -725,10 +792,16 @@ static int cmd_start(int argc, char **argv) {
     }
   }
   if (optind < argc) return usage_error(usage_start, "unexpected argument '%s'", argv[optind]);
-  if (!head)
-    return usage_error(usage_start, "start needs --head (joining an existing cluster with "
-                       "--address is not available yet)");
-  if ((o.bind || token_file) && !o.port)
+  if (!head && !o.head_address)
+    return usage_error(usage_start, "start needs --head (a new cluster) or --address HOST:PORT "
+                       "(join the head there)");
+  if (head && o.head_address)
+    return usage_error(usage_start, "--head and --address exclude each other: a head is the "
+                       "cluster's, a node joins one");
+  if (o.head_address && (o.port || o.bind || o.embedded))
+    return usage_error(usage_start, "a node agent (--address) takes no %s: drivers and nodes "
+                       "connect to the head", o.port ? "--port" : o.bind ? "--bind" : "--embedded");
+  if ((o.bind || token_file) && !o.port && !o.head_address)
     return usage_error(usage_start, "%s only matters with --port (the token protects TCP "
                        "connections; the unix socket is private to this user)",
                        o.bind ? "--bind" : "--token-file");
@@ -746,11 +819,13 @@ static int cmd_start(int argc, char **argv) {
   }
   o.num_workers = workers >= 0 ? workers : (int)((o.resources.cpu_milli + 999) / 1000);
   if (o.num_workers < 1 && workers < 0) o.num_workers = 1;
-  if (o.port) {
-    /* Before the daemon starts, so a bad token file is reported here. */
+  if (o.port || o.head_address) {
+    /* Before the daemon starts, so a bad token file is reported here. Only a
+     * head creates one: a node must use the head's. */
     char err[4400];
-    if (sh_auth_token_find(token_file, 1, &o.token, err, sizeof err)) {
-      fprintf(stderr, "shoal: %s\n", err);
+    if (sh_auth_token_find(token_file, !o.head_address, &o.token, err, sizeof err)) {
+      fprintf(stderr, "shoal: %s%s\n", o.head_address ? "joining a cluster needs its token: " : "",
+              err);
       return 1;
     }
   }
@@ -903,6 +978,54 @@ static int cmd_stop(int argc, char **argv) {
   return 0;
 }
 
+static int cmd_drain(int argc, char **argv) {
+  char dir[4096], desc[4200];
+  default_socket_dir(dir, sizeof dir);
+  const char *address = getenv("SHOAL_ADDRESS");
+  if (address && (!*address || !strcmp(address, "auto"))) address = NULL;
+  const char *token_file = NULL;
+  int json = 0;
+  double timeout = 10;
+  if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+    fputs(usage_drain, stdout);
+    return 0;
+  }
+  double v;
+  if (argc < 2 || argv[1][0] == '-')
+    return usage_error(usage_drain, "drain needs a NODE_ID first (shoal status lists them)");
+  if (parse_num(argv[1], &v) || v != floor(v) || v < 1 || v > UINT32_MAX)
+    return usage_error(usage_drain, "NODE_ID is a node's number, got '%s'", argv[1]);
+  uint64_t node_id = (uint64_t)v;
+  int rc = parse_client_opts(argc - 1, argv + 1, usage_drain, 0, &address, dir, sizeof dir, &json,
+                             &timeout, &token_file);
+  if (rc) return rc < 0 ? 0 : rc;
+  sh_buf_t in, out, body;
+  sh_buf_init(&in);
+  sh_buf_init(&out);
+  sh_buf_init(&body);
+  int fd = open_daemon(address, dir, token_file, desc, sizeof desc, &in, timeout);
+  rc = fd < 0 ? -1 : 0;
+  if (!rc) {
+    sh_frame_append(&out, SH_MSG_DRAIN, 0, node_id, NULL, 0);
+    rc = write_all(fd, out.data, out.len);
+  }
+  if (!rc) rc = read_frame(fd, SH_MSG_DRAIN_REPLY, &in, &body, timeout);
+  if (fd >= 0) close(fd);
+  if (!rc && body.len < 4) {
+    fprintf(stderr, "shoal: malformed DRAIN_REPLY\n");
+    rc = -1;
+  }
+  if (!rc) {
+    uint32_t st = sh_get_u32(body.data);
+    fprintf(st ? stderr : stdout, "shoal: %.*s\n", (int)body.len - 4, body.data + 4);
+    if (st) rc = -1;
+  }
+  sh_buf_close(&in);
+  sh_buf_close(&out);
+  sh_buf_close(&body);
+  return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
   sh_log_init("shoal");
   if (argc < 2) return usage_error(usage_main, "missing command");
@@ -919,5 +1042,6 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "status")) return cmd_status(argc - 1, argv + 1);
   if (!strcmp(cmd, "stop")) return cmd_stop(argc - 1, argv + 1);
   if (!strcmp(cmd, "memory")) return cmd_memory(argc - 1, argv + 1);
+  if (!strcmp(cmd, "drain")) return cmd_drain(argc - 1, argv + 1);
   return usage_error(usage_main, "unknown command '%s'", cmd);
 }

@@ -38,7 +38,11 @@
   X(MAP_REPLY, 19, "outcome of MAP (status, segment size, text)")             \
   X(AUTH_CHALLENGE, 20, "agent's nonce: first frame on a TCP connection")     \
   X(AUTH_RESPONSE, 21, "peer's nonce and proof that it holds the token")      \
-  X(AUTH_OK, 22, "agent's proof that it holds the token")
+  X(AUTH_OK, 22, "agent's proof that it holds the token")                    \
+  X(NODE_REGISTER, 23, "a node agent joins the head: id, resources, host")    \
+  X(HEARTBEAT, 24, "liveness both ways; from a node: free, load, running")    \
+  X(DRAIN, 25, "stop sending new work to a node")                             \
+  X(DRAIN_REPLY, 26, "outcome of DRAIN (status, text)")
 
 typedef enum {
 #define SH_X(name, val, doc) SH_MSG_##name = val,

@@ -225,7 +225,7 @@ int sh_hello_decode(const uint8_t *body, size_t len, sh_hello_t *h) {
   h->role = sh_get_u32(body);
   h->pid = sh_get_u32(body + 4);
   h->flags = sh_get_u32(body + 8);
-  if (h->role < SH_ROLE_DRIVER || h->role > SH_ROLE_CLI) return SH_EBODY;
+  if (h->role < SH_ROLE_DRIVER || h->role > SH_ROLE_NODE) return SH_EBODY;
   return 0;
 }
 
@@ -320,8 +320,10 @@ int sh_output_append(sh_buf_t *b, uint64_t task_id, uint32_t pid,
   return 0;
 }
 
-int sh_put_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, const char *text) {
-  long at = sh_frame_begin(b, SH_MSG_PUT_REPLY, 0, id);
+/* A frame whose body is u32 status and text. */
+static int status_text_append(sh_buf_t *b, unsigned type, uint64_t id, uint32_t status,
+                              const char *text) {
+  long at = sh_frame_begin(b, type, 0, id);
   if (at < 0) return (int)at;
   int rc = sh_buf_u32(b, status);
   if (!rc) rc = sh_buf_append(b, text, strlen(text));
@@ -331,6 +333,14 @@ int sh_put_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, const char *t
   }
   sh_frame_finish(b, at);
   return 0;
+}
+
+int sh_put_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, const char *text) {
+  return status_text_append(b, SH_MSG_PUT_REPLY, id, status, text);
+}
+
+int sh_drain_reply_append(sh_buf_t *b, uint64_t node_id, uint32_t status, const char *text) {
+  return status_text_append(b, SH_MSG_DRAIN_REPLY, node_id, status, text);
 }
 
 int sh_map_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size,
@@ -358,5 +368,121 @@ int sh_error_append(sh_buf_t *b, int code, const char *text) {
     return rc;
   }
   sh_frame_finish(b, at);
+  return 0;
+}
+
+/* ---- the cluster: resources on the wire, NODE_REGISTER, HEARTBEAT ---- */
+
+/* Bytes of r on the wire, or 0 when it cannot be encoded (a custom name that
+ * is empty or too long, too many names). */
+static size_t res_len(const sh_res_t *r) {
+  if (r->ncustom > SH_MAX_CUSTOM) return 0;
+  size_t n = 28;
+  for (uint32_t i = 0; i < r->ncustom; i++) {
+    size_t k = strnlen(r->custom[i].name, SH_NAME_MAX);
+    if (k == 0 || k >= SH_NAME_MAX) return 0;
+    n += 4 + k + 8;
+  }
+  return n;
+}
+
+/* Writes r (res_len(r) bytes, already reserved) at the end of b. */
+static void res_put(sh_buf_t *b, const sh_res_t *r) {
+  uint8_t *p = b->data + b->len;
+  sh_put_u64(p, r->cpu_milli);
+  sh_put_u64(p + 8, r->gpu_milli);
+  sh_put_u64(p + 16, r->memory);
+  sh_put_u32(p + 24, r->ncustom);
+  p += 28;
+  for (uint32_t i = 0; i < r->ncustom; i++) {
+    uint32_t n = (uint32_t)strlen(r->custom[i].name);
+    sh_put_u32(p, n);
+    memcpy(p + 4, r->custom[i].name, n);
+    sh_put_u64(p + 4 + n, r->custom[i].milli);
+    p += 4 + n + 8;
+  }
+  b->len = (size_t)(p - b->data);
+}
+
+/* Reads a resource set; 0 or SH_EBODY (names as SUBMIT's, no duplicates). */
+static int res_get(sh_rd_t *r, sh_res_t *out) {
+  memset(out, 0, sizeof *out);
+  out->cpu_milli = sh_rd_u64(r);
+  out->gpu_milli = sh_rd_u64(r);
+  out->memory = sh_rd_u64(r);
+  uint32_t nc = sh_rd_u32(r);
+  if (r->err || nc > SH_MAX_CUSTOM) return SH_EBODY;
+  for (uint32_t i = 0; i < nc; i++) {
+    uint32_t n = sh_rd_u32(r);
+    if (r->err || n == 0 || n >= SH_NAME_MAX) return SH_EBODY;
+    const uint8_t *name = sh_rd_bytes(r, n);
+    if (!name || memchr(name, 0, n)) return SH_EBODY;
+    memcpy(out->custom[i].name, name, n);
+    out->custom[i].name[n] = 0;
+    out->custom[i].milli = sh_rd_u64(r);
+    for (uint32_t j = 0; j < i; j++)
+      if (!strcmp(out->custom[j].name, out->custom[i].name)) return SH_EBODY;
+    out->ncustom = i + 1;
+  }
+  return r->err ? SH_EBODY : 0;
+}
+
+int sh_register_append(sh_buf_t *b, const sh_register_t *r) {
+  size_t rl = res_len(&r->total);
+  size_t hl = strnlen(r->host, SH_HOST_MAX);
+  if (!rl || hl >= SH_HOST_MAX) return -EINVAL;
+  size_t len = 16 + rl + hl;
+  int rc = sh_buf_reserve(b, SH_FRAME_HDR + len);
+  if (rc) return rc;
+  uint8_t *p = b->data + b->len;
+  sh_frame_hdr_encode(p, SH_MSG_NODE_REGISTER, 0, 0, (uint32_t)len);
+  sh_put_u32(p + SH_FRAME_HDR, r->node_id);
+  sh_put_u32(p + SH_FRAME_HDR + 4, r->pid);
+  sh_put_u32(p + SH_FRAME_HDR + 8, r->num_workers);
+  sh_put_u32(p + SH_FRAME_HDR + 12, (uint32_t)hl);
+  b->len += SH_FRAME_HDR + 16;
+  res_put(b, &r->total);
+  memcpy(b->data + b->len, r->host, hl);
+  b->len += hl;
+  return 0;
+}
+
+int sh_register_decode(const uint8_t *body, size_t len, sh_register_t *r) {
+  sh_rd_t rd;
+  sh_rd_init(&rd, body, len);
+  r->node_id = sh_rd_u32(&rd);
+  r->pid = sh_rd_u32(&rd);
+  r->num_workers = sh_rd_u32(&rd);
+  uint32_t hl = sh_rd_u32(&rd);
+  if (rd.err || r->node_id == 0 || hl >= SH_HOST_MAX) return SH_EBODY;
+  if (res_get(&rd, &r->total)) return SH_EBODY;
+  const uint8_t *host = sh_rd_bytes(&rd, hl);
+  if (rd.err || sh_rd_left(&rd) != 0 || memchr(host, 0, hl)) return SH_EBODY;
+  memcpy(r->host, host, hl);
+  r->host[hl] = 0;
+  return 0;
+}
+
+int sh_heartbeat_append(sh_buf_t *b, const sh_heartbeat_t *h) {
+  if (!h) return sh_frame_append(b, SH_MSG_HEARTBEAT, 0, 0, NULL, 0);
+  size_t rl = res_len(&h->free);
+  if (!rl) return -EINVAL;
+  int rc = sh_buf_reserve(b, SH_FRAME_HDR + 8 + rl);
+  if (rc) return rc;
+  uint8_t *p = b->data + b->len;
+  sh_frame_hdr_encode(p, SH_MSG_HEARTBEAT, 0, 0, (uint32_t)(8 + rl));
+  sh_put_u32(p + SH_FRAME_HDR, h->load_milli);
+  sh_put_u32(p + SH_FRAME_HDR + 4, h->running);
+  b->len += SH_FRAME_HDR + 8;
+  res_put(b, &h->free);
+  return 0;
+}
+
+int sh_heartbeat_decode(const uint8_t *body, size_t len, sh_heartbeat_t *h) {
+  sh_rd_t rd;
+  sh_rd_init(&rd, body, len);
+  h->load_milli = sh_rd_u32(&rd);
+  h->running = sh_rd_u32(&rd);
+  if (rd.err || res_get(&rd, &h->free) || sh_rd_left(&rd) != 0) return SH_EBODY;
   return 0;
 }

@@ -12,8 +12,10 @@
 #include "common/frame.h"
 
 /* HELLO roles and flags. */
-enum { SH_ROLE_DRIVER = 1, SH_ROLE_WORKER = 2, SH_ROLE_CLI = 3 };
-#define SH_HELLO_OWNER 0x1u /* the daemon exits when this connection closes */
+enum { SH_ROLE_DRIVER = 1, SH_ROLE_WORKER = 2, SH_ROLE_CLI = 3, SH_ROLE_NODE = 4 };
+#define SH_HELLO_OWNER 0x1u      /* the daemon exits when this connection closes */
+#define SH_HELLO_WAIT_NODES 0x2u /* driver: an infeasible request waits for nodes
+                                  * to join instead of failing */
 
 /* SUBMIT kinds and flags. */
 enum { SH_KIND_TASK = 0, SH_KIND_ACTOR_CREATE = 1, SH_KIND_ACTOR_CALL = 2 };
@@ -32,10 +34,13 @@ enum { SH_CANCEL_NONE = 0, SH_CANCEL_QUEUED = 1, SH_CANCEL_RUNNING = 2 };
  * STORE_DIR/<16 hex digits of its id>, that the writer (driver or worker)
  * creates and the agent then seals, spills and frees. */
 #define SH_PUT_STORED 0x1u    /* PUT flag: body is u64 segment size; PUT_REPLY follows */
+#define SH_PUT_SEGMENT 0x2u   /* PUT flag (head to node): body is a segment file's bytes */
 #define SH_RELEASE_UNMAP 0x1u /* RELEASE flag: the ids are mappings dropped, not handles */
 #define SH_STATUS_OBJECTS 0x1u /* STATUS flag: include the object list */
 #define SH_CODE_STORED 1      /* RESULT code of an OK value that is in the store:
                                * payload is its u64 segment size */
+#define SH_CODE_SEGMENT 2     /* RESULT code of an OK value from a node (node to
+                               * head): payload is its segment file's bytes */
 #define SH_DEP_STORED 0x80000000u /* EXEC dependency length bit: stored, u64 id and
                                    * u64 segment size follow */
 #define SH_STORE_DIR_MAX 256
@@ -74,6 +79,15 @@ typedef struct sh_custom_s {
   char name[SH_NAME_MAX]; /* NUL-terminated */
   uint64_t milli;
 } sh_custom_t;
+
+/* A set of resources: CPU and GPU in thousandths, memory in bytes, custom
+ * names in thousandths. What a node offers or has free; head/head.h does the
+ * arithmetic. */
+typedef struct sh_res_s {
+  uint64_t cpu_milli, gpu_milli, memory;
+  uint32_t ncustom;
+  sh_custom_t custom[SH_MAX_CUSTOM];
+} sh_res_t;
 
 typedef struct sh_hello_s {
   uint32_t role, pid, flags;
@@ -202,6 +216,42 @@ int sh_output_append(sh_buf_t *b, uint64_t task_id, uint32_t pid,
 int sh_put_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, const char *text);
 int sh_map_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size,
                         const char *text);
+
+/* NODE_REGISTER body (node to head, right after its HELLO with role NODE):
+ * u32 node_id, u32 pid, u32 num_workers, u32 host_len, resources, host.
+ * Resources on the wire: u64 cpu_milli, u64 gpu_milli, u64 memory, u32
+ * ncustom, then ncustom x { u32 n, bytes[n] name, u64 milli }. */
+#define SH_HOST_MAX 256
+typedef struct sh_register_s {
+  uint32_t node_id;      /* the node's own id (kept across reconnects), not 0 or 1 */
+  uint32_t pid, num_workers;
+  sh_res_t total;        /* what the node offers */
+  char host[SH_HOST_MAX]; /* its host name, NUL-terminated */
+} sh_register_t;
+
+/* Appends a NODE_REGISTER frame. 0, -ENOMEM, or -EINVAL for a bad custom name
+ * or more than SH_MAX_CUSTOM of them (b unchanged). */
+int sh_register_append(sh_buf_t *b, const sh_register_t *r);
+/* 0, or SH_EBODY: short, trailing bytes, node_id 0, host_len >= SH_HOST_MAX,
+ * a NUL in the host, or bad resources (as SUBMIT's custom list). */
+int sh_register_decode(const uint8_t *body, size_t len, sh_register_t *r);
+
+/* HEARTBEAT body from a node: u32 load_milli, u32 running, resources free
+ * (as in NODE_REGISTER). From the head the body is empty. */
+typedef struct sh_heartbeat_s {
+  uint32_t load_milli;   /* measured load x 1000 (1-minute load average) */
+  uint32_t running;      /* tasks on its workers now */
+  sh_res_t free;         /* its free resources as it sees them */
+} sh_heartbeat_t;
+
+/* h NULL: the head's empty heartbeat. 0, -ENOMEM or -EINVAL (b unchanged). */
+int sh_heartbeat_append(sh_buf_t *b, const sh_heartbeat_t *h);
+/* Decodes a node's heartbeat. 0 or SH_EBODY. */
+int sh_heartbeat_decode(const uint8_t *body, size_t len, sh_heartbeat_t *h);
+
+/* DRAIN_REPLY body: u32 status (SH_ST_OK, or SH_ST_BAD_REQUEST for an unknown
+ * node), UTF-8 text. Header id: the node id. */
+int sh_drain_reply_append(sh_buf_t *b, uint64_t node_id, uint32_t status, const char *text);
 
 /* ERROR body: u32 code, UTF-8 text. */
 int sh_error_append(sh_buf_t *b, int code, const char *text);

@@ -16,13 +16,7 @@
 
 /* ---------------------------------------------------------------- resources */
 
-/* A set of resources: CPU and GPU in thousandths, memory in bytes, custom
- * names in thousandths. */
-typedef struct sh_res_s {
-  uint64_t cpu_milli, gpu_milli, memory;
-  uint32_t ncustom;
-  sh_custom_t custom[SH_MAX_CUSTOM];
-} sh_res_t;
+/* sh_res_t, a set of resources, is in common/proto.h: nodes send theirs. */
 
 /* A request as a task carries it (custom may be NULL when ncustom is 0). */
 typedef struct sh_req_s {

@@ -134,6 +134,12 @@ sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc) {
   return c;
 }
 
+void sh_conn_poll(sh_conn_t *c, int events) {
+  if (c->closing || events == c->events) return;
+  c->events = events;
+  uv_poll_start(&c->poll, events, conn_poll_cb);
+}
+
 void sh_conn_mark_dirty(sh_conn_t *c) {
   if (!c->closing && !sh_queue_linked(&c->dirty) && sh_buf_avail(&c->out))
     sh_queue_insert_tail(&c->agent->dirty, &c->dirty);
@@ -170,6 +176,8 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
     /* The process exit callback does the bookkeeping; make sure it comes. */
     if (!c->worker->exited && !a->stopping) sh_pool_kill(c->worker, SH_REASON_NONE);
   }
+  if (c->role == SH_ROLE_UPLINK) sh_uplink_closed(a, c, why);
+  if (c->role == SH_ROLE_NODE) sh_cluster_node_closed(a, c, why);
   if (c->role == SH_ROLE_DRIVER && c->client_id) {
     sh_map_del(&a->clients, c->client_id);
     sh_sched_client_gone(a, c->client_id);
@@ -224,6 +232,18 @@ static void handle_hello(sh_conn_t *c, const sh_frame_t *f) {
   }
   if (h.role == SH_ROLE_WORKER) {
     conn_fail(c, SH_EBODY, "workers are spawned by the agent and cannot connect");
+    return;
+  }
+  if (h.role == SH_ROLE_NODE) {
+    if (a->opts.head_address) {
+      conn_fail(c, SH_EBODY, "this daemon is a node agent, not a head: nodes join the head");
+      return;
+    }
+    /* It says who it is in NODE_REGISTER, answered with HELLO_OK. */
+    c->role = SH_ROLE_NODE;
+    c->pid = h.pid;
+    snprintf(c->desc, sizeof c->desc, "node agent pid %u%s%s", h.pid, c->peer[0] ? " at " : "",
+             c->peer);
     return;
   }
   c->role = (int)h.role;
@@ -283,7 +303,12 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
     }
     case SH_MSG_FUNC: sh_sched_func(a, c, id, body, len); return;
     case SH_MSG_PUT:
-      if (f->hdr.flags & SH_PUT_STORED) sh_sched_put_stored(a, c, id, body, len);
+      if ((f->hdr.flags & SH_PUT_SEGMENT) && c->role != SH_ROLE_UPLINK) {
+        conn_fail(c, SH_EBODY, "only the head sends segments (PUT flag SEGMENT)");
+        return;
+      }
+      if (f->hdr.flags & SH_PUT_SEGMENT) sh_sched_put_segment(a, c, id, body, len);
+      else if (f->hdr.flags & SH_PUT_STORED) sh_sched_put_stored(a, c, id, body, len);
       else sh_sched_put(a, c, id, body, len);
       return;
     case SH_MSG_MAP: sh_sched_map(a, c, id); return;
@@ -306,8 +331,10 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
       return;
     }
     case SH_MSG_KILL_ACTOR:
-      if ((uint32_t)(id >> 40) == c->client_id) sh_sched_kill_actor(a, id, f->hdr.flags);
+      if (c->role == SH_ROLE_UPLINK || (uint32_t)(id >> 40) == c->client_id)
+        sh_sched_kill_actor(a, id, f->hdr.flags);
       return;
+    case SH_MSG_DRAIN: sh_cluster_drain(a, c, id); return;
     case SH_MSG_STATUS: {
       long at = sh_frame_begin(&c->out, SH_MSG_STATUS_REPLY, 0, id);
       if (at < 0 || sh_status_encode(a, &c->out, f->hdr.flags)) {
@@ -386,12 +413,36 @@ static void handle_auth(sh_conn_t *c, const sh_frame_t *f) {
   sh_debug("connection from %s authenticated", c->peer);
 }
 
+/* Frames from the head on a node's uplink once it is registered: work, and
+ * what the head may say about it. */
+static void handle_uplink(sh_conn_t *c, const sh_frame_t *f) {
+  c->agent->up_last_ms = uv_now(c->agent->loop);
+  switch (f->hdr.type) {
+    case SH_MSG_FUNC: case SH_MSG_PUT: case SH_MSG_SUBMIT: case SH_MSG_CANCEL:
+    case SH_MSG_KILL_ACTOR:
+      if (c->up == SH_UP_READY) {
+        handle_driver(c, f);
+        return;
+      }
+      break;
+    default: break;
+  }
+  sh_uplink_frame(c, f);
+}
+
+/* For cluster.c: the same refusal as for any other violation. */
+void sh_conn_fail(sh_conn_t *c, int code, const char *why) { conn_fail(c, code, why); }
+
 static void dispatch(sh_conn_t *c, const sh_frame_t *f) {
+  unsigned type = f->hdr.type;
   if (c->auth) handle_auth(c, f);
+  else if (c->role == SH_ROLE_UPLINK) handle_uplink(c, f);
   else if (c->role == 0) handle_hello(c, f);
   else if (c->role == SH_ROLE_WORKER) handle_worker(c, f);
-  else if (c->role == SH_ROLE_CLI && f->hdr.type != SH_MSG_STATUS && f->hdr.type != SH_MSG_STOP)
-    conn_fail(c, SH_ETYPE, "command-line clients may only ask for STATUS or STOP");
+  else if (c->role == SH_ROLE_NODE) sh_cluster_node_frame(c, f);
+  else if (c->role == SH_ROLE_CLI && type != SH_MSG_STATUS && type != SH_MSG_STOP &&
+           type != SH_MSG_DRAIN)
+    conn_fail(c, SH_ETYPE, "command-line clients may only ask for STATUS, STOP or DRAIN");
   else handle_driver(c, f);
 }
 
@@ -404,6 +455,8 @@ static void conn_parse(sh_conn_t *c) {
     /* Until a TCP peer authenticates, only the small handshake frames fit:
      * it cannot make us reserve room for a big one. */
     size_t max = c->auth ? SH_AUTH_MAX_BODY : a->opts.max_frame;
+    /* Nor can a head that has not proved itself to this node. */
+    if (c->role == SH_ROLE_UPLINK && c->up < SH_UP_REGISTERED) max = 65536;
     int rc = sh_frame_parse(sh_buf_head(&c->in), sh_buf_avail(&c->in), max, &f, &used);
     if (rc < 0) {
       char why[160];
@@ -480,7 +533,17 @@ static void conn_poll_cb(uv_poll_t *h, int status, int events) {
   sh_conn_t *c = h->data;
   if (c->closing) return;
   if (status < 0) {
-    sh_conn_close(c, uv_strerror(status));
+    /* libuv reports a socket error (POLLERR) as EBADF: say what it was. */
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
+      sh_conn_close(c, strerror(err));
+    else
+      sh_conn_close(c, uv_strerror(status));
+    return;
+  }
+  if (c->up == SH_UP_CONNECTING) {
+    sh_uplink_connected(c);
     return;
   }
   if (events & UV_READABLE) conn_read(c);
@@ -682,6 +745,16 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   a->loop = uv_default_loop();
   a->node_id = 1;
   a->next_client_id = 1;
+  if (opts->head_address) {
+    /* A node names itself, so its id (and its workers' SHOAL_NODE_ID) stays
+     * the same when it reconnects; the head's own node is 1. Its local
+     * drivers take client ids from the top half, never equal to the ids of
+     * the head's drivers whose tasks and objects it receives. */
+    uint32_t r = 0;
+    if (sh_auth_random((uint8_t *)&r, sizeof r)) r = (uint32_t)getpid() * 2654435761u;
+    a->node_id = 2 + r % 0x7ffffff0u;
+    a->next_client_id = 0x800000;
+  }
   a->started_ns = sh_now_ns();
   sh_queue_init(&a->conns);
   sh_queue_init(&a->dirty);
@@ -709,6 +782,7 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
     return 1;
   }
   sh_sched_init(a);
+  sh_cluster_start(a);
   uv_signal_init(a->loop, &a->sig_term);
   uv_signal_init(a->loop, &a->sig_int);
   a->sig_term.data = a->sig_int.data = a;
@@ -743,12 +817,16 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
           a->tcp_fd >= 0 ? " and " : "", a->tcp_fd >= 0 ? a->tcp_addr : "", opts->num_workers, res);
   if (a->tcp_fd >= 0)
     sh_info("TCP peers must prove they hold the cluster token from %s", opts->token.where);
+  if (opts->head_address)
+    sh_info("node %u joins the head at %s (cluster token from %s)", a->node_id,
+            opts->head_address, opts->token.where);
   uv_run(a->loop, UV_RUN_DEFAULT);
   sh_store_close(a);
   cleanup_files(a);
   /* Close remaining handles so the sanitizer build sees a clean exit. */
   uv_walk(a->loop, close_walk_cb, NULL);
   uv_run(a->loop, UV_RUN_NOWAIT);
+  sh_cluster_close(a);
   sh_sched_close(a);
   sh_map_close(&a->clients);
   sh_head_close(&a->head);

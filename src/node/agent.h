@@ -6,6 +6,7 @@
  *   pool.c     worker processes: spawn, output, exit, replacement
  *   store.c    the object store: segments, sealing, spilling, freeing
  *   status.c   the STATUS reply (msgpack)
+ *   cluster.c  a node's link to its head; the head's side of its nodes
  * Everything here runs on the loop thread; nothing takes a lock. */
 #ifndef SH_AGENT_H
 #define SH_AGENT_H
@@ -26,6 +27,25 @@ typedef struct sh_conn_s sh_conn_t;
 typedef struct sh_worker_s sh_worker_t;
 typedef struct sh_task_s sh_task_t;
 typedef struct sh_actor_s sh_actor_t;
+typedef struct sh_node_s sh_node_t;
+
+/* The role of a node agent's own connection to its head (local only, never
+ * on the wire; the head sees role SH_ROLE_NODE). */
+#define SH_ROLE_UPLINK 100
+
+/* States of that connection, in order. */
+enum {
+  SH_UP_CONNECTING = 1, /* non-blocking connect in progress */
+  SH_UP_CHALLENGE,      /* waiting for the head's AUTH_CHALLENGE */
+  SH_UP_AUTH_OK,        /* answered; waiting for the head's proof */
+  SH_UP_REGISTERED,     /* HELLO and NODE_REGISTER sent; waiting for HELLO_OK */
+  SH_UP_READY,          /* registered: the head sends work */
+};
+
+/* Default seconds of silence after which a node (or the head, as a node
+ * sees it) is declared dead, and the heartbeat period. */
+#define SH_HEARTBEAT_TIMEOUT_DEFAULT 10.0
+#define SH_HEARTBEAT_PERIOD_MS 1000
 
 /* Options the command line fills in. */
 typedef struct sh_agent_opts_s {
@@ -45,6 +65,8 @@ typedef struct sh_agent_opts_s {
   uint64_t inline_threshold; /* values this big or bigger go to the store */
   const char *store_dir;   /* where segments live (a tmpfs); NULL: /dev/shm */
   const char *spill_dir;   /* where spilled objects go; NULL: SOCKET_DIR/spill */
+  const char *head_address; /* HOST:PORT of the head to join; NULL: be the head */
+  double heartbeat_timeout_s; /* silence that declares a peer dead; 0: default */
 } sh_agent_opts_t;
 
 /* One connection: a driver, a command-line client or a worker's channel. */
@@ -67,6 +89,8 @@ struct sh_conn_s {
   char peer[64];       /* "1.2.3.4:5555" for TCP peers, else "" */
   sh_buf_t in, out;    /* unparsed input, unsent output */
   sh_worker_t *worker; /* for worker channels */
+  sh_node_t *node;     /* head side: the registered node on this connection */
+  int up;              /* node side, role SH_ROLE_UPLINK: SH_UP_* */
   sh_queue_t link;     /* agent->conns */
   sh_queue_t dirty;    /* agent->dirty while out has bytes to flush */
   char desc[128];      /* "driver pid 123" (and the peer address) for logs */
@@ -78,6 +102,7 @@ enum {
   SH_TASK_WAITING = 1, /* some dependency is not available yet */
   SH_TASK_READY,       /* on the ready queue (or an actor's queue) */
   SH_TASK_SENT,        /* on a worker's in-flight list */
+  SH_TASK_REMOTE,      /* head: forwarded to a node, on its node->tasks list */
 };
 
 struct sh_task_s {
@@ -94,6 +119,10 @@ struct sh_task_s {
   uint8_t released;     /* the driver dropped its Future: do not keep the result */
   uint8_t interrupted;  /* SIGINT sent to cancel it */
   uint8_t orphan;       /* its driver is gone: run out, report to nobody */
+  uint8_t remote;       /* node side: the head sent it; the result goes there */
+  uint8_t took;         /* head side, REMOTE: holds its request on node_id in
+                           the head's registry (released with the result) */
+  uint32_t node_id;     /* head side: the node it was forwarded to, when REMOTE */
   sh_worker_t *worker;  /* when SENT */
   uint64_t sent_ns;     /* when it became the running task on its worker */
   uint8_t data[];
@@ -161,6 +190,10 @@ struct sh_actor_s {
   sh_res_t held;         /* resources held while alive */
   int holds;             /* held is valid */
   int kill_when_idle;    /* its last handle is gone: stop once its calls ran */
+  int remote;            /* node side: created by the head */
+  uint32_t node_id;      /* head side: the node hosting it, 0 when local */
+  uint32_t remote_calls; /* head side: calls forwarded and not yet answered */
+  int holds_remote;      /* head side: `held` is taken on node_id in the registry */
   sh_queue_t dirty;      /* agent->actors_dirty: has calls that may be sendable */
 };
 
@@ -198,9 +231,30 @@ struct sh_worker_s {
   uint64_t spawned_ns, last_done_ns;
   uint64_t done;         /* tasks completed */
   uint32_t last_client;  /* owner of the last task, for output routing */
+  int last_remote;       /* that task came from the head: output goes there */
   char err_tail[512];    /* last stderr bytes, reported if it dies at start */
   size_t err_tail_len;
   sh_queue_t link;       /* agent->workers */
+};
+
+/* A node as the head sees it: its connection, what it reported, the tasks
+ * forwarded to it. Kept after it died (for status), until it comes back with
+ * the same id. */
+struct sh_node_s {
+  uint32_t node_id;
+  sh_conn_t *conn;       /* NULL once dead */
+  int alive;
+  int draining;          /* no new work (shoal drain) */
+  char host[SH_HOST_MAX];
+  char addr[64];         /* its connection's peer address */
+  char dead_reason[256]; /* why it was declared dead */
+  uint32_t pid, num_workers;
+  sh_res_t total;
+  sh_heartbeat_t hb;     /* the last heartbeat */
+  uint64_t last_seen_ms; /* uv_now() of its last frame */
+  sh_queue_t tasks;      /* tasks forwarded here (SH_TASK_REMOTE), oldest first */
+  uint32_t ntasks;
+  sh_map_t funcs_sent;   /* fn ids already sent on this connection */
 };
 
 typedef struct sh_waiters_s {
@@ -232,6 +286,20 @@ struct sh_agent_s {
   uint32_t next_client_id;
   uint64_t started_ns;
 
+  /* The cluster (cluster.c). */
+  uv_timer_t hb_timer;      /* heartbeats, timeouts, reconnects */
+  uint64_t hb_timeout_ms;
+  int local_draining;       /* head: `shoal drain` of its own node */
+  sh_map_t nodes;           /* head: node_id -> sh_node_t, dead ones included */
+  uint32_t nodes_alive;     /* head: registered remote nodes alive now */
+  sh_conn_t *uplink;        /* node: the connection to the head, or NULL */
+  uint64_t up_since_ms;     /* node: when that connection began */
+  uint64_t up_last_ms;      /* node: the head's last frame */
+  uint64_t up_retry_ms;     /* node: uv_now() of the next connection attempt */
+  uint32_t up_backoff_ms;   /* node: delay after the next failure */
+  uint8_t up_nonce[2][SH_AUTH_NONCE]; /* node: the head's and our nonce */
+  char up_why[256];         /* node: why the last attempt failed ("" when none) */
+
   sh_queue_t conns, dirty, workers;
   sh_map_t clients;  /* client_id -> sh_conn_t */
   sh_map_t tasks;    /* task id -> sh_task_t, every task not yet finished */
@@ -258,7 +326,11 @@ struct sh_agent_s {
 int sh_agent_run(const sh_agent_opts_t *opts);
 void sh_agent_stop(sh_agent_t *a, const char *why);
 void sh_conn_mark_dirty(sh_conn_t *c);
+/* Polls c for `events` (UV_READABLE, UV_WRITABLE) from now on. */
+void sh_conn_poll(sh_conn_t *c, int events);
 void sh_conn_close(sh_conn_t *c, const char *why);
+/* Sends an ERROR frame with code and why (best effort), logs, closes. */
+void sh_conn_fail(sh_conn_t *c, int code, const char *why);
 sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc);
 sh_conn_t *sh_agent_client(sh_agent_t *a, uint64_t id);
 uint64_t sh_now_ns(void);
@@ -314,11 +386,50 @@ uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, siz
 uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n);
 /* Removes o's segment (resident or spilled) and its accounting. */
 void sh_store_free(sh_agent_t *a, sh_obj_t *o);
+/* Writes a segment received from another node as STORE_DIR/<id> (a
+ * temporary file renamed into place). 0, or -errno. */
+int sh_store_write(sh_agent_t *a, uint64_t id, const uint8_t *p, size_t n);
+/* Appends the bytes of the segment file of `id` (size bytes) to b. 0;
+ * -errno when it cannot be read or is not that size. */
+int sh_store_read(sh_agent_t *a, uint64_t id, uint64_t size, sh_buf_t *b);
 /* Removes the segment file named for `id` that was never sealed, if any. */
 void sh_store_discard(sh_agent_t *a, uint64_t id);
 /* A writer went away: removes its unfinished segments (pid's *.tmp files)
  * and, when client_id is not 0, that client's segments never sealed. */
 void sh_store_reap(sh_agent_t *a, uint32_t client_id, uint32_t pid);
+
+/* The cluster's part of the scheduler (the rest is in cluster.c). */
+/* Head: node n sent the RESULT of a task forwarded to it: give back what it
+ * took there, retry it (CRASHED, or ERROR with RETRY_EXC) within its
+ * max_retries, or finish it as a local task (a SEGMENT value is stored here
+ * first). Results for tasks not running on n are ignored. */
+void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r);
+/* Node n died (why): its tasks run again elsewhere within their retries or
+ * fail, its actors die. */
+void sh_sched_node_died(sh_agent_t *a, sh_node_t *n, const char *why);
+/* The node lost its head: everything the head sent is dropped. */
+void sh_sched_uplink_gone(sh_agent_t *a);
+/* PUT with SH_PUT_SEGMENT from the head: writes and seals the segment. */
+void sh_sched_put_segment(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
+                          uint32_t n);
+
+/* cluster.c */
+/* Starts the heartbeat timer and, for a node, the first connection to the
+ * head. */
+void sh_cluster_start(sh_agent_t *a);
+/* The uplink's non-blocking connect finished (writable). */
+void sh_uplink_connected(sh_conn_t *c);
+/* A frame on the uplink before it is ready, or HEARTBEAT / ERROR after. */
+void sh_uplink_frame(sh_conn_t *c, const sh_frame_t *f);
+/* The uplink closed (why, may be NULL): schedules the next attempt. */
+void sh_uplink_closed(sh_agent_t *a, sh_conn_t *c, const char *why);
+/* A frame from a node (head side). */
+void sh_cluster_node_frame(sh_conn_t *c, const sh_frame_t *f);
+/* A node's connection closed (head side). */
+void sh_cluster_node_closed(sh_agent_t *a, sh_conn_t *c, const char *why);
+/* DRAIN of node_id: answers DRAIN_REPLY on c. */
+void sh_cluster_drain(sh_agent_t *a, sh_conn_t *c, uint64_t node_id);
+void sh_cluster_close(sh_agent_t *a);
 
 /* status.c */
 /* flags: SH_STATUS_OBJECTS adds the list of objects. */

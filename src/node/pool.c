@@ -55,10 +55,17 @@ static void forward_lines(sh_worker_t *w, int i, int all) {
     if (!upto) return;
   }
   uint64_t owner = 0;
-  if (!sh_queue_empty(&w->inflight))
-    owner = sh_queue_data(sh_queue_head(&w->inflight), sh_task_t, link)->id;
-  else owner = (uint64_t)w->last_client << 40;
-  sh_conn_t *c = sh_agent_client(a, owner);
+  int remote = w->last_remote;
+  if (!sh_queue_empty(&w->inflight)) {
+    const sh_task_t *t = sh_queue_data(sh_queue_head(&w->inflight), sh_task_t, link);
+    owner = t->id;
+    remote = t->remote;
+  } else {
+    owner = (uint64_t)w->last_client << 40;
+  }
+  /* The head's tasks: their output goes to the head, which passes it on. */
+  sh_conn_t *c = remote ? a->uplink : sh_agent_client(a, owner);
+  if (c && remote && c->up != SH_UP_READY) c = NULL;
   if (c) {
     sh_output_append(&c->out, owner, (uint32_t)w->pid, i ? SH_STREAM_STDERR : SH_STREAM_STDOUT, p, upto);
     sh_conn_mark_dirty(c);

@@ -75,8 +75,38 @@ static sh_obj_t *obj_store(sh_agent_t *a, uint64_t id, uint32_t status, int32_t 
 
 void sh_sched_put(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n) {
   if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) return;
-  if (!obj_store(a, id, SH_ST_OK, 0, p, n))
-    sh_warn("out of memory storing a %u-byte object from %s", n, c->desc);
+  sh_obj_t *o = obj_store(a, id, SH_ST_OK, 0, p, n);
+  if (!o) sh_warn("out of memory storing a %u-byte object from %s", n, c->desc);
+  /* A dependency the head sent along with a task: nobody holds a handle, so
+   * it goes when the tasks that pin it are done. */
+  else if (c->role == SH_ROLE_UPLINK) o->released = 1;
+}
+
+void sh_sched_put_segment(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
+                          uint32_t n) {
+  if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) return;
+  char why[768] = "";
+  uint32_t st = SH_ST_OK;
+  int rc = sh_store_write(a, id, p, n);
+  sh_obj_t *o = rc ? NULL : obj_store(a, id, SH_ST_OK, 0, NULL, 0);
+  if (rc) {
+    st = rc == -ENOSPC ? SH_ST_STORE_FULL : SH_ST_LOST;
+    snprintf(why, sizeof why, "writing object %#llx (%u bytes) from the head into this node's "
+             "store failed: %s", (unsigned long long)id, n, strerror(-rc));
+  } else if (!o) {
+    st = SH_ST_STORE_FULL;
+    snprintf(why, sizeof why, "node %u is out of memory", a->node_id);
+  } else if ((st = sh_store_seal(a, o, n, why, sizeof why)) != SH_ST_OK) {
+    obj_free(a, id, o);
+    o = NULL;
+  }
+  if (!o) {
+    /* Kept as a failed object: the task that needs it fails with the reason. */
+    sh_store_discard(a, id);
+    o = obj_store(a, id, st, 0, (const uint8_t *)why, (uint32_t)strlen(why));
+    sh_warn("%s (from %s)", why, c->desc);
+  }
+  if (o) o->released = 1;
 }
 
 void sh_sched_put_stored(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
@@ -196,6 +226,39 @@ static void release_deps(sh_agent_t *a, sh_task_t *t) {
   }
 }
 
+/* Sends a remote task's stored result to the head as its segment's bytes
+ * (RESULT code SH_CODE_SEGMENT), or a failure saying why it cannot. The
+ * segment itself is removed by the caller. */
+static void send_segment_result(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
+                                uint32_t n) {
+  char why[512];
+  uint64_t size = n == 8 ? sh_get_u64(p) : 0;
+  uint32_t st = SH_ST_BAD_REQUEST;
+  if (n != 8) {
+    snprintf(why, sizeof why, "the worker sent a malformed stored result");
+  } else if (size + 64 > a->opts.max_frame) {
+    snprintf(why, sizeof why, "the result is %llu bytes, more than one message between nodes "
+             "carries (%zu, --max-frame); moving large objects between nodes in chunks is not "
+             "implemented yet", (unsigned long long)size, a->opts.max_frame);
+  } else {
+    long at = sh_frame_begin(&c->out, SH_MSG_RESULT, 0, id);
+    int rc = at < 0 ? (int)at : sh_buf_u32(&c->out, SH_ST_OK);
+    if (!rc) rc = sh_buf_u32(&c->out, SH_CODE_SEGMENT);
+    if (!rc) rc = sh_store_read(a, id, size, &c->out);
+    if (!rc) {
+      sh_frame_finish(&c->out, at);
+      sh_conn_mark_dirty(c);
+      return;
+    }
+    if (at >= 0) sh_frame_abort(&c->out, at);
+    st = SH_ST_LOST;
+    snprintf(why, sizeof why, "reading the result's segment on node %u failed: %s", a->node_id,
+             sh_strerror(rc));
+  }
+  sh_result_append(&c->out, id, st, 0, why, strlen(why));
+  sh_conn_mark_dirty(c);
+}
+
 /* Sends the outcome to the owner, keeps the value for dependents and for the
  * owner's later use, wakes (or fails) tasks waiting for it, frees t. t must
  * be on no queue. */
@@ -203,11 +266,16 @@ static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
                    const uint8_t *p, uint32_t n) {
   uint64_t id = t->id;
   sh_map_del(&a->tasks, id);
-  sh_conn_t *c = t->orphan ? NULL : sh_agent_client(a, id);
+  sh_conn_t *c = t->orphan ? NULL : t->remote ? a->uplink : sh_agent_client(a, id);
   sh_waiters_t *wl = sh_map_del(&a->waiters, id);
   int keep = wl || (!t->released && !t->orphan && c);
   char why[768];
   sh_obj_t *o = NULL;
+  if (t->remote && c && status == SH_ST_OK && code == SH_CODE_STORED) {
+    /* The head keeps the value: its segment's bytes go there, inline. */
+    send_segment_result(a, c, id, p, n);
+    c = NULL;
+  }
   if (status == SH_ST_OK && code == SH_CODE_STORED) {
     /* The value is a segment the worker wrote: seal it, or drop it. */
     uint32_t st = n == 8 ? SH_ST_OK : SH_ST_BAD_REQUEST;
@@ -395,14 +463,15 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
   }
   sh_req_t req = {s->cpu_milli, s->gpu_milli, s->memory, s->ncustom, s->custom};
   sh_actor_t *ac = NULL;
-  if (!sh_head_feasible(&a->head, &req, why, sizeof why)) {
+  int waits = c->role == SH_ROLE_DRIVER && (c->flags & SH_HELLO_WAIT_NODES);
+  if (!waits && !sh_head_feasible(&a->head, &req, why, sizeof why)) {
     if (s->kind == SH_KIND_ACTOR_CREATE) actor_die(a, actor_new(a, id), why);
     reject(a, c, id, SH_ST_INFEASIBLE, why);
     return;
   }
   if (s->kind == SH_KIND_ACTOR_CALL) {
     ac = sh_map_get(&a->actors, s->actor_id);
-    if (!ac || (uint32_t)(s->actor_id >> 40) != c->client_id) {
+    if (!ac || (c->role != SH_ROLE_UPLINK && (uint32_t)(s->actor_id >> 40) != c->client_id)) {
       reject(a, c, id, SH_ST_ACTOR_DIED, "unknown actor: it was never created by this driver");
       return;
     }
@@ -427,6 +496,8 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
     reject(a, c, id, SH_ST_BAD_REQUEST, "the daemon is out of memory");
     return;
   }
+  /* The head's results go back to it and are kept there, not here. */
+  t->remote = t->released = c->role == SH_ROLE_UPLINK;
   for (uint32_t i = 0; i < s->ndeps; i++) {
     uint64_t dep = sh_get_u64(s->deps + 8 * i);
     sh_obj_t *o = sh_map_get(&a->objects, dep);
@@ -436,6 +507,7 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
   if (s->kind == SH_KIND_ACTOR_CREATE) {
     ac = actor_new(a, id);
     ac->create = t;
+    ac->remote = t->remote;
   }
   if (ac && s->kind == SH_KIND_ACTOR_CALL) sh_queue_insert_tail(&ac->calls, &t->link);
   if (t->missing) t->state = SH_TASK_WAITING;
@@ -542,6 +614,7 @@ static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t) {
   sh_queue_insert_tail(&w->inflight, &t->link);
   if (w->ninflight++ == 0) task_started(w, t);
   w->last_client = (uint32_t)(t->id >> 40);
+  w->last_remote = t->remote;
   sh_conn_mark_dirty(c);
 }
 
@@ -563,12 +636,176 @@ static void place_actor(sh_agent_t *a, sh_task_t *t) {
   if (!sh_queue_linked(&ac->dirty)) sh_queue_insert_tail(&a->actors_dirty, &ac->dirty);
 }
 
+/* ---- placement on other nodes (the head) ---- */
+
+static sh_node_t *live_node(sh_agent_t *a, uint32_t node_id) {
+  sh_node_t *n = node_id ? sh_map_get(&a->nodes, node_id) : NULL;
+  return n && n->conn ? n : NULL;
+}
+
+/* Appends a PUT of dependency o for a node: inline bytes, or a stored
+ * object's segment read whole (SH_PUT_SEGMENT). SH_ST_OK, or a status with
+ * a message in why. */
+static uint32_t put_dep(sh_agent_t *a, sh_conn_t *c, sh_obj_t *o, char *why, size_t n) {
+  if (!o->stored) {
+    if (!sh_frame_append(&c->out, SH_MSG_PUT, 0, o->id, o->data, o->len)) return SH_ST_OK;
+    snprintf(why, n, "the head is out of memory");
+    return SH_ST_STORE_FULL;
+  }
+  if (o->size + 64 > a->opts.max_frame) {
+    snprintf(why, n, "object %#llx is %llu bytes, more than one message between nodes carries "
+             "(%zu, --max-frame); moving large objects between nodes in chunks is not "
+             "implemented yet", (unsigned long long)o->id, (unsigned long long)o->size,
+             a->opts.max_frame);
+    return SH_ST_BAD_REQUEST;
+  }
+  uint32_t st = sh_store_resident(a, o, why, n);
+  if (st != SH_ST_OK) return st;
+  long at = sh_frame_begin(&c->out, SH_MSG_PUT, SH_PUT_SEGMENT, o->id);
+  int rc = at < 0 ? (int)at : sh_store_read(a, o->id, o->size, &c->out);
+  if (!rc) {
+    sh_frame_finish(&c->out, at);
+    return SH_ST_OK;
+  }
+  if (at >= 0) sh_frame_abort(&c->out, at);
+  snprintf(why, n, "reading object %#llx from the object store failed: %s",
+           (unsigned long long)o->id, sh_strerror(rc));
+  return rc == -ENOMEM ? SH_ST_STORE_FULL : SH_ST_LOST;
+}
+
+/* t leaves node n's list (a result came, or n died). */
+static void leave_node(sh_agent_t *a, sh_node_t *n, sh_task_t *t) {
+  sh_queue_remove(&t->link);
+  n->ntasks--;
+  if (t->took) {
+    sh_req_t req = task_req(t);
+    sh_head_release(&a->head, n->node_id, &req);
+    t->took = 0;
+  }
+  if (t->kind == SH_KIND_ACTOR_CALL) {
+    sh_actor_t *ac = sh_map_get(&a->actors, t->actor_id);
+    if (ac && ac->remote_calls) ac->remote_calls--;
+  }
+  t->node_id = 0;
+  t->state = SH_TASK_READY;
+  a->need_schedule = 1;
+}
+
+/* Sends t to node n: its function (once per connection), its dependencies'
+ * values and the task itself as a SUBMIT without retries of its own (the
+ * head counts them). t is on no queue; afterwards it is REMOTE on n's list,
+ * or failed (t->took given back). */
+static void forward(sh_agent_t *a, sh_node_t *n, sh_task_t *t) {
+  sh_conn_t *c = n->conn;
+  char why[768];
+  if (t->fn_id && !sh_map_get(&n->funcs_sent, t->fn_id)) {
+    sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
+    if (f) sh_frame_append(&c->out, SH_MSG_FUNC, 0, t->fn_id, f->data, f->len);
+    sh_map_put(&n->funcs_sent, t->fn_id, (void *)1);
+  }
+  const uint8_t *d = sh_task_deps(t);
+  uint32_t st = SH_ST_OK;
+  for (uint32_t i = 0; i < t->ndeps && st == SH_ST_OK; i++) {
+    sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
+    if (o) st = put_dep(a, c, o, why, sizeof why);
+  }
+  sh_submit_t s = {.fn_id = t->fn_id, .actor_id = t->kind == SH_KIND_TASK ? 0 : t->actor_id,
+                   .kind = t->kind, .flags = t->flags, .max_retries = 0,
+                   .timeout_ms = t->timeout_ms, .cpu_milli = t->cpu_milli,
+                   .gpu_milli = t->gpu_milli, .memory = t->memory, .ndeps = t->ndeps,
+                   .ncustom = t->ncustom, .deps = d, .method = sh_task_method(t),
+                   .method_len = t->method_len, .args = sh_task_args(t), .args_len = t->args_len};
+  if (t->ncustom) memcpy(s.custom, t->custom, t->ncustom * sizeof(sh_custom_t));
+  if (s.kind == SH_KIND_ACTOR_CREATE) s.actor_id = 0;
+  if (st == SH_ST_OK && sh_submit_append(&c->out, t->id, &s)) {
+    st = SH_ST_STORE_FULL;
+    snprintf(why, sizeof why, "the head is out of memory");
+  }
+  t->state = SH_TASK_REMOTE;
+  t->node_id = n->node_id;
+  sh_queue_insert_tail(&n->tasks, &t->link);
+  n->ntasks++;
+  if (t->kind == SH_KIND_ACTOR_CALL) {
+    sh_actor_t *ac = sh_map_get(&a->actors, t->actor_id);
+    if (ac) ac->remote_calls++;
+  }
+  sh_conn_mark_dirty(c);
+  if (st == SH_ST_OK) return;
+  leave_node(a, n, t);
+  sh_task_fail(a, t, st, 0, why);
+}
+
+/* Whether the driver that owns t asked to wait for nodes. */
+static int owner_waits(sh_agent_t *a, const sh_task_t *t) {
+  const sh_conn_t *c = sh_agent_client(a, t->id);
+  return c && (c->flags & SH_HELLO_WAIT_NODES);
+}
+
+/* Asks the head's registry for another node with room for ready task t (the
+ * local node is never chosen there: the local scheduler places on it). 1
+ * when t left the ready queue (forwarded, or failed as infeasible now that
+ * no live node could run it); 0 when it stays queued. */
+static int place_remote(sh_agent_t *a, sh_task_t *t) {
+  sh_req_t req = task_req(t);
+  uint32_t nid;
+  char why[1024];
+  int rc = sh_head_place(&a->head, &req, NULL, 0, &nid, why, sizeof why);
+  if (rc == SH_EINFEASIBLE && !owner_waits(a, t)) {
+    sh_queue_remove(&t->link);
+    if (t->kind == SH_KIND_ACTOR_CREATE) {
+      sh_actor_t *ac = sh_map_get(&a->actors, t->id);
+      if (ac) {
+        ac->create = NULL;
+        actor_die(a, ac, why);
+      }
+    }
+    sh_task_fail(a, t, SH_ST_INFEASIBLE, 0, why);
+    return 1;
+  }
+  if (rc) return 0;
+  sh_node_t *n = live_node(a, nid);
+  if (!n) {
+    sh_head_release(&a->head, nid, &req);
+    return 0;
+  }
+  sh_queue_remove(&t->link);
+  if (t->kind == SH_KIND_ACTOR_CREATE) {
+    /* The actor holds the resources for its life, not the creation task. */
+    sh_actor_t *ac = sh_map_get(&a->actors, t->id);
+    ac->create = NULL;
+    ac->node_id = nid;
+    sh_res_from_req(&ac->held, &req);
+    ac->holds_remote = 1;
+    if (!sh_queue_linked(&ac->dirty)) sh_queue_insert_tail(&a->actors_dirty, &ac->dirty);
+  } else {
+    t->took = 1;
+  }
+  forward(a, n, t);
+  return 1;
+}
+
+/* Sends every ready call of a remote actor to its node. */
+static void run_remote_actor(sh_agent_t *a, sh_actor_t *ac) {
+  sh_node_t *n = live_node(a, ac->node_id);
+  if (!n || ac->state == SH_ACTOR_DEAD) return;
+  while (!sh_queue_empty(&ac->calls)) {
+    sh_task_t *t = sh_queue_data(sh_queue_head(&ac->calls), sh_task_t, link);
+    if (t->missing) break; /* later calls wait: one caller's calls run in order */
+    sh_queue_remove(&t->link);
+    forward(a, n, t);
+  }
+}
+
 /* Sends every ready call at the front of each dirty actor's queue. */
 static void run_actors(sh_agent_t *a) {
   while (!sh_queue_empty(&a->actors_dirty)) {
     sh_queue_t *q = sh_queue_head(&a->actors_dirty);
     sh_actor_t *ac = sh_queue_data(q, sh_actor_t, dirty);
     sh_queue_remove(q);
+    if (ac->node_id) {
+      run_remote_actor(a, ac);
+      continue;
+    }
     if (!ac->worker || ac->state == SH_ACTOR_DEAD || !ac->worker->conn) continue;
     while (!sh_queue_empty(&ac->calls)) {
       sh_task_t *t = sh_queue_data(sh_queue_head(&ac->calls), sh_task_t, link);
@@ -589,17 +826,23 @@ void sh_sched_run(sh_agent_t *a) {
     sh_task_t *t = sh_queue_data(q, sh_task_t, link);
     q = q->next;
     sh_req_t req = task_req(t);
-    int fits = sh_res_fits(&a->avail, &req);
+    int fits = !a->local_draining && sh_res_fits(&a->avail, &req);
+    /* Other nodes exist (the head): what cannot start here now goes to one
+     * with room, before it would queue behind a busy local worker. */
+    int cluster = a->head.nnodes > 1;
     if (t->kind == SH_KIND_ACTOR_CREATE) {
       if (fits) {
         sh_queue_remove(&t->link);
         place_actor(a, t);
-      } else scanned++;
+      } else if (!cluster || !place_remote(a, t)) {
+        scanned++;
+      }
       continue;
     }
     sh_worker_t *w = fits ? idle_worker(a) : NULL;
     int idle = w != NULL;
-    if (!w && pipelinable(t)) w = pipeline_worker(a, t);
+    if (!w && cluster && place_remote(a, t)) continue;
+    if (!w && pipelinable(t) && !a->local_draining) w = pipeline_worker(a, t);
     if (!w) {
       scanned++;
       continue;
@@ -715,6 +958,13 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
       sh_task_fail(a, t, SH_ST_TIMEOUT, 0, msg);
       continue;
     }
+    if (head && t->remote) {
+      /* The head counts the retries and says how many there were. */
+      snprintf(msg, sizeof msg, "the worker process (pid %d) running the task on node %u died: "
+               "%s%s%s", (int)w->pid, a->node_id, how, why ? "; " : "", why ? why : "");
+      sh_task_fail(a, t, SH_ST_CRASHED, sig ? sig : -(int32_t)status, msg);
+      continue;
+    }
     if (head && t->attempts >= t->max_retries) {
       snprintf(msg, sizeof msg, "the worker process (pid %d) running the task died: %s%s%s; "
                "tried %u time%s (max_retries=%u)", (int)w->pid, how, why ? "; " : "",
@@ -751,10 +1001,22 @@ void sh_sched_fail_ready(sh_agent_t *a, const char *why) {
 
 /* ---- cancel, kill, client departure ---- */
 
+/* Asks the node running t to cancel it (the node answers with its RESULT). */
+static void cancel_remote(sh_agent_t *a, sh_task_t *t, unsigned flags) {
+  sh_node_t *n = live_node(a, t->node_id);
+  if (!n) return;
+  sh_frame_append(&n->conn->out, SH_MSG_CANCEL, flags & SH_CANCEL_FORCE, t->id, NULL, 0);
+  sh_conn_mark_dirty(n->conn);
+}
+
 int sh_sched_cancel(sh_agent_t *a, uint64_t id, unsigned flags) {
   int force = flags & SH_CANCEL_FORCE;
   sh_task_t *t = sh_map_get(&a->tasks, id);
   if (!t) return SH_CANCEL_NONE;
+  if (t->state == SH_TASK_REMOTE) {
+    if (!(flags & SH_CANCEL_QUEUED_ONLY)) cancel_remote(a, t, flags);
+    return SH_CANCEL_RUNNING;
+  }
   if (t->state != SH_TASK_SENT) {
     if (t->kind == SH_KIND_ACTOR_CREATE) return SH_CANCEL_NONE; /* use kill for actors */
     sh_queue_remove(&t->link);
@@ -802,6 +1064,18 @@ static void actor_die(sh_agent_t *a, sh_actor_t *ac, const char *why) {
     ac->holds = 0;
     a->need_schedule = 1;
   }
+  if (ac->holds_remote) {
+    sh_req_t req = sh_res_as_req(&ac->held);
+    sh_head_release(&a->head, ac->node_id, &req);
+    ac->holds_remote = 0;
+    a->need_schedule = 1;
+  }
+  sh_node_t *n = live_node(a, ac->node_id);
+  if (n) {
+    /* Its node fails the calls it holds and answers for each. */
+    sh_frame_append(&n->conn->out, SH_MSG_KILL_ACTOR, SH_KILL_NO_RESTART, ac->id, NULL, 0);
+    sh_conn_mark_dirty(n->conn);
+  }
   if (ac->create) {
     sh_task_t *t = ac->create;
     ac->create = NULL;
@@ -828,6 +1102,7 @@ static void actor_free(sh_agent_t *a, sh_actor_t *ac) {
 static int actor_retire_if_idle(sh_agent_t *a, sh_actor_t *ac) {
   if (!ac->kill_when_idle || !sh_queue_empty(&ac->calls) || ac->create) return 0;
   if (ac->worker && ac->worker->ninflight) return 0;
+  if (ac->remote_calls) return 0;
   actor_die(a, ac, "the actor's last handle was dropped");
   actor_free(a, ac);
   return 1;
@@ -862,6 +1137,10 @@ void sh_sched_client_gone(sh_agent_t *a, uint32_t cid) {
     if ((uint32_t)(id >> 40) != cid) continue;
     sh_task_t *t = v;
     t->orphan = 1;
+    if (t->state == SH_TASK_REMOTE) {
+      cancel_remote(a, t, SH_CANCEL_FORCE); /* its RESULT comes back to nobody */
+      continue;
+    }
     if (t->state != SH_TASK_SENT) {
       sh_queue_remove(&t->link);
       finish(a, t, SH_ST_CANCELLED, 0, (const uint8_t *)"", 0);
@@ -888,6 +1167,138 @@ void sh_sched_client_gone(sh_agent_t *a, uint32_t cid) {
     if ((uint32_t)(id >> 40) != cid) continue;
     sh_map_del(&a->funcs, id);
     sh_free(v);
+  }
+}
+
+/* ---- the cluster: results from nodes, node deaths, a lost head ---- */
+
+void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r) {
+  sh_task_t *t = sh_map_get(&a->tasks, id);
+  if (!t || t->state != SH_TASK_REMOTE || t->node_id != n->node_id) {
+    sh_debug("node %u sent a result for %#llx, which is not running there", n->node_id,
+             (unsigned long long)id);
+    return;
+  }
+  leave_node(a, n, t);
+  uint32_t status = r->status, len = r->payload_len;
+  int32_t code = r->code;
+  const uint8_t *p = r->payload;
+  char why[1024];
+  uint8_t size8[8];
+  if (status == SH_ST_OK && code == SH_CODE_SEGMENT) {
+    /* A large value: it becomes a segment in this node's store, as if a
+     * local worker had written it; finish() seals it. */
+    int rc = sh_store_write(a, id, p, len);
+    if (rc) {
+      status = rc == -ENOSPC ? SH_ST_STORE_FULL : SH_ST_LOST;
+      snprintf(why, sizeof why, "storing the %u-byte result from node %u failed: %s", len,
+               n->node_id, strerror(-rc));
+    } else {
+      sh_put_u64(size8, len);
+      code = SH_CODE_STORED;
+      p = size8;
+      len = 8;
+    }
+  } else if (status == SH_ST_OK && code == SH_CODE_STORED) {
+    status = SH_ST_BAD_REQUEST;
+    snprintf(why, sizeof why, "node %u sent a result that is in its own store", n->node_id);
+  }
+  if (status != r->status) {
+    code = 0;
+    p = (const uint8_t *)why;
+    len = (uint32_t)strlen(why);
+  }
+  int retry = status == SH_ST_CRASHED || (status == SH_ST_ERROR && (t->flags & SH_SUBMIT_RETRY_EXC));
+  if (retry && t->kind == SH_KIND_TASK && !t->orphan && t->attempts < t->max_retries) {
+    t->attempts++;
+    a->n_retried++;
+    sh_queue_insert_head(&a->ready, &t->link);
+    return;
+  }
+  if (status == SH_ST_CRASHED && t->kind == SH_KIND_TASK) {
+    snprintf(why, sizeof why, "%.*s; tried %u time%s (max_retries=%u)", (int)(len < 700 ? len : 700),
+             p, t->attempts + 1, t->attempts ? "s" : "", t->max_retries);
+    p = (const uint8_t *)why;
+    len = (uint32_t)strlen(why);
+  }
+  uint64_t actor_id = t->kind == SH_KIND_ACTOR_CALL ? t->actor_id : 0;
+  finish(a, t, status, code, p, len);
+  sh_actor_t *ac = actor_id ? sh_map_get(&a->actors, actor_id) : NULL;
+  if (ac) actor_retire_if_idle(a, ac);
+}
+
+void sh_sched_node_died(sh_agent_t *a, sh_node_t *n, const char *why) {
+  char msg[768];
+  uint64_t id;
+  void *v;
+  snprintf(msg, sizeof msg, "the node %u (%s) hosting the actor died: %s", n->node_id, n->host, why);
+  for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {
+    sh_actor_t *ac = v;
+    if (ac->node_id != n->node_id || ac->state == SH_ACTOR_DEAD) continue;
+    ac->holds_remote = 0; /* the node's record is reset when it comes back */
+    actor_die(a, ac, msg);
+  }
+  sh_queue_t redo;
+  sh_queue_init(&redo);
+  while (!sh_queue_empty(&n->tasks)) {
+    sh_task_t *t = sh_queue_data(sh_queue_head(&n->tasks), sh_task_t, link);
+    t->took = 0;
+    leave_node(a, n, t);
+    if (t->orphan) {
+      finish(a, t, SH_ST_CANCELLED, 0, (const uint8_t *)"", 0);
+      continue;
+    }
+    if (t->kind != SH_KIND_TASK) {
+      snprintf(msg, sizeof msg, "the node %u (%s) hosting the actor died: %s", n->node_id,
+               n->host, why);
+      sh_task_fail(a, t, SH_ST_ACTOR_DIED, 0, msg);
+      continue;
+    }
+    /* It may have run there: a node's death counts like a worker's. */
+    if (t->attempts >= t->max_retries) {
+      snprintf(msg, sizeof msg, "the node %u (%s) running the task died: %s; tried %u time%s "
+               "(max_retries=%u)", n->node_id, n->host, why, t->attempts + 1,
+               t->attempts ? "s" : "", t->max_retries);
+      sh_task_fail(a, t, SH_ST_CRASHED, 0, msg);
+      continue;
+    }
+    t->attempts++;
+    a->n_retried++;
+    sh_queue_insert_tail(&redo, &t->link);
+  }
+  sh_queue_prepend_all(&a->ready, &redo);
+  a->need_schedule = 1;
+}
+
+void sh_sched_uplink_gone(sh_agent_t *a) {
+  uint64_t id;
+  void *v;
+  for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {
+    sh_actor_t *ac = v;
+    if (!ac->remote) continue;
+    actor_die(a, ac, "the head this node belongs to disconnected");
+    actor_free(a, ac);
+  }
+  for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);) {
+    sh_task_t *t = v;
+    if (!t->remote) continue;
+    t->orphan = 1;
+    if (t->state != SH_TASK_SENT) {
+      sh_queue_remove(&t->link);
+      finish(a, t, SH_ST_CANCELLED, 0, (const uint8_t *)"", 0);
+      continue;
+    }
+    /* The head runs it again elsewhere: stop it here, so that it cannot
+     * run twice at once and its id is free when the head comes back. */
+    sh_worker_t *w = t->worker;
+    sh_queue_remove(&t->link);
+    w->ninflight--;
+    finish(a, t, SH_ST_CANCELLED, 0, (const uint8_t *)"", 0);
+    if (!w->kill_reason && !w->exited) sh_pool_kill(w, SH_REASON_OWNER_GONE);
+  }
+  for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
+    sh_obj_t *o = v;
+    if (obj_unused(o)) obj_free(a, id, o);
   }
 }
 

@@ -40,6 +40,59 @@ static void pack_res(msgpack_packer *pk, const sh_res_t *r) {
   }
 }
 
+static void kv_bool(msgpack_packer *pk, const char *k, int v) {
+  key(pk, k);
+  v ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+}
+
+static void kv_double(msgpack_packer *pk, const char *k, double v) {
+  key(pk, k);
+  msgpack_pack_double(pk, v);
+}
+
+/* One entry of the node list. */
+static void pack_node(msgpack_packer *pk, uint32_t id, int alive, int draining, const char *addr,
+                      const char *host, uint32_t pid, const char *why, const sh_res_t *total,
+                      const sh_res_t *free, double load, uint64_t running, uint32_t workers) {
+  msgpack_pack_map(pk, 12);
+  kv_u64(pk, "node_id", id);
+  kv_bool(pk, "alive", alive);
+  kv_bool(pk, "draining", draining);
+  kv_str(pk, "address", addr);
+  kv_str(pk, "host", host);
+  kv_u64(pk, "pid", pid);
+  kv_str(pk, "dead_reason", why);
+  key(pk, "resources_total");
+  pack_res(pk, total);
+  key(pk, "resources_free");
+  pack_res(pk, free);
+  kv_double(pk, "load", load);
+  kv_u64(pk, "tasks_running", running);
+  kv_u64(pk, "workers", workers);
+}
+
+/* This node first, then (on the head) every node that ever registered. */
+static void pack_nodes(msgpack_packer *pk, sh_agent_t *a, double load) {
+  char host[SH_HOST_MAX] = "?";
+  gethostname(host, sizeof host);
+  host[sizeof host - 1] = 0;
+  uint64_t running = 0, id;
+  void *v;
+  for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);)
+    running += ((sh_task_t *)v)->state == SH_TASK_SENT;
+  msgpack_pack_array(pk, 1 + a->nodes.count);
+  pack_node(pk, a->node_id, 1, a->local_draining, a->tcp_addr[0] ? a->tcp_addr : a->sock_path,
+            host, (uint32_t)getpid(), "", &a->opts.resources, &a->avail, load, running,
+            (uint32_t)a->opts.num_workers);
+  for (size_t i = 0; sh_map_next(&a->nodes, &i, &id, &v);) {
+    const sh_node_t *n = v;
+    const sh_head_node_t *hn = sh_head_node(&a->head, n->node_id);
+    pack_node(pk, n->node_id, n->alive, n->draining, n->addr, n->host, n->pid, n->dead_reason,
+              &n->total, hn && n->alive ? &hn->free : &n->hb.free, n->hb.load_milli / 1000.0,
+              n->ntasks, n->num_workers);
+  }
+}
+
 static void pack_workers(msgpack_packer *pk, sh_agent_t *a) {
   uint64_t n = 0, idle = 0, busy = 0, actors = 0;
   sh_queue_t *q;
@@ -141,7 +194,8 @@ int sh_status_encode(sh_agent_t *a, sh_buf_t *out, unsigned flags) {
   void *v;
   for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);)
     ((sh_actor_t *)v)->state == SH_ACTOR_DEAD ? dead++ : alive++;
-  msgpack_pack_map(&pk, (flags & SH_STATUS_OBJECTS) ? 12 : 11);
+  int nkeys = 12 + !!(flags & SH_STATUS_OBJECTS) + !!a->opts.head_address;
+  msgpack_pack_map(&pk, nkeys);
   kv_u64(&pk, "node_id", a->node_id);
   kv_u64(&pk, "pid", (uint64_t)getpid());
   kv_str(&pk, "socket", a->sock_path);
@@ -149,16 +203,14 @@ int sh_status_encode(sh_agent_t *a, sh_buf_t *out, unsigned flags) {
   msgpack_pack_double(&pk, (sh_now_ns() - a->started_ns) / 1e9);
   kv_u64(&pk, "drivers", a->clients.count);
   key(&pk, "nodes");
-  msgpack_pack_array(&pk, 1);
-  msgpack_pack_map(&pk, 6);
-  kv_u64(&pk, "node_id", a->node_id);
-  key(&pk, "alive");
-  msgpack_pack_true(&pk);
-  kv_str(&pk, "address", a->sock_path);
-  key(&pk, "resources_total");
-  pack_res(&pk, &a->opts.resources);
-  key(&pk, "resources_free");
-  pack_res(&pk, &a->avail);
+  pack_nodes(&pk, a, load[0]);
+  if (a->opts.head_address) {
+    key(&pk, "head");
+    msgpack_pack_map(&pk, 3);
+    kv_str(&pk, "address", a->opts.head_address);
+    kv_bool(&pk, "connected", a->uplink && a->uplink->up == SH_UP_READY);
+    kv_str(&pk, "error", a->up_why);
+  }
   key(&pk, "load");
   msgpack_pack_double(&pk, load[0]);
   key(&pk, "workers");

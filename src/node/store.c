@@ -414,3 +414,48 @@ void sh_store_reap(sh_agent_t *a, uint32_t client_id, uint32_t pid) {
   }
   closedir(d);
 }
+
+/* ---- segments that cross nodes (whole, inside one frame) ---- */
+
+int sh_store_write(sh_agent_t *a, uint64_t id, const uint8_t *p, size_t n) {
+  sh_store_t *s = &a->store;
+  if (s->dir_fd < 0) return -ENOENT;
+  char name[24], tmp[48];
+  seg_name(id, name);
+  snprintf(tmp, sizeof tmp, "%s.%d.tmp", name, (int)getpid());
+  int fd = openat(s->dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return -errno;
+  int rc = 0;
+  while (n && !rc) {
+    ssize_t k = write(fd, p, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) rc = k < 0 ? -errno : -EIO;
+    else p += k, n -= (size_t)k;
+  }
+  if (close(fd) < 0 && !rc) rc = -errno;
+  if (!rc && renameat(s->dir_fd, tmp, s->dir_fd, name) < 0) rc = -errno;
+  if (rc) unlinkat(s->dir_fd, tmp, 0);
+  return rc;
+}
+
+int sh_store_read(sh_agent_t *a, uint64_t id, uint64_t size, sh_buf_t *b) {
+  sh_store_t *s = &a->store;
+  if (s->dir_fd < 0) return -ENOENT;
+  char name[24];
+  seg_name(id, name);
+  int fd = openat(s->dir_fd, name, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  struct stat st;
+  int rc = fstat(fd, &st) < 0 ? -errno : (uint64_t)st.st_size != size ? -EIO : 0;
+  if (!rc) rc = sh_buf_reserve(b, size);
+  uint64_t done = 0;
+  while (!rc && done < size) {
+    ssize_t k = pread(fd, b->data + b->len + done, size - done, (off_t)done);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) rc = k < 0 ? -errno : -EIO;
+    else done += (uint64_t)k;
+  }
+  close(fd);
+  if (!rc) b->len += size;
+  return rc;
+}

@@ -30,7 +30,7 @@ static void status_names(void **state) {
 /* ---- HELLO, HELLO_OK ---------------------------------------------------- */
 
 static void hello_round_trip(void **state) {
-  for (uint32_t role = SH_ROLE_DRIVER; role <= SH_ROLE_CLI; role++) {
+  for (uint32_t role = SH_ROLE_DRIVER; role <= SH_ROLE_NODE; role++) {
     sh_buf_t b;
     sh_buf_init(&b);
     sh_hello_t in = {.role = role, .pid = 4242, .flags = SH_HELLO_OWNER}, out;
@@ -56,7 +56,7 @@ static void hello_rejects(void **state) {
   assert_int_equal(sh_hello_decode(p, 0, &h), SH_EBODY);
   sh_put_u32(p, 0);
   assert_int_equal(sh_hello_decode(p, 16, &h), SH_EBODY);
-  sh_put_u32(p, SH_ROLE_CLI + 1);
+  sh_put_u32(p, SH_ROLE_NODE + 1);
   assert_int_equal(sh_hello_decode(p, 16, &h), SH_EBODY);
   sh_put_u32(p, UINT32_MAX);
   assert_int_equal(sh_hello_decode(p, 16, &h), SH_EBODY);
@@ -567,6 +567,153 @@ static void error_layout(void **state) {
   sh_buf_close(&b);
 }
 
+/* ---- NODE_REGISTER, HEARTBEAT, DRAIN_REPLY ------------------------------------- */
+
+static sh_register_t full_register(void) {
+  sh_register_t r = {.node_id = 123456, .pid = 77, .num_workers = 8,
+                     .total = {.cpu_milli = 8000, .gpu_milli = 2000, .memory = 1ull << 34,
+                               .ncustom = 2}};
+  snprintf(r.total.custom[0].name, SH_NAME_MAX, "bigmem");
+  r.total.custom[0].milli = 1000;
+  snprintf(r.total.custom[1].name, SH_NAME_MAX, "ssd");
+  r.total.custom[1].milli = 2500;
+  snprintf(r.host, sizeof r.host, "worker-7.example");
+  return r;
+}
+
+static void check_res_equal(const sh_res_t *a, const sh_res_t *b) {
+  assert_int_equal(a->cpu_milli, b->cpu_milli);
+  assert_int_equal(a->gpu_milli, b->gpu_milli);
+  assert_int_equal(a->memory, b->memory);
+  assert_int_equal(a->ncustom, b->ncustom);
+  for (uint32_t i = 0; i < a->ncustom; i++) {
+    assert_string_equal(a->custom[i].name, b->custom[i].name);
+    assert_int_equal(a->custom[i].milli, b->custom[i].milli);
+  }
+}
+
+static void register_round_trip_and_layout(void **state) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  sh_register_t in = full_register(), out;
+  assert_int_equal(sh_register_append(&b, &in), 0);
+  sh_frame_t f = one_frame(&b, SH_MSG_NODE_REGISTER, 0);
+  size_t host = strlen(in.host);
+  assert_int_equal(f.hdr.len, 16 + 28 + (4 + 6 + 8) + (4 + 3 + 8) + host);
+  assert_int_equal(sh_get_u32(f.body), 123456);
+  assert_int_equal(sh_get_u32(f.body + 4), 77);
+  assert_int_equal(sh_get_u32(f.body + 8), 8);
+  assert_int_equal(sh_get_u32(f.body + 12), host);
+  assert_int_equal(sh_get_u64(f.body + 16), 8000);
+  assert_int_equal(sh_get_u64(f.body + 24), 2000);
+  assert_int_equal(sh_get_u64(f.body + 32), 1ull << 34);
+  assert_int_equal(sh_get_u32(f.body + 40), 2);
+  assert_int_equal(sh_get_u32(f.body + 44), 6);
+  assert_memory_equal(f.body + 48, "bigmem", 6);
+  assert_int_equal(sh_get_u64(f.body + 54), 1000);
+  assert_memory_equal(f.body + f.hdr.len - host, in.host, host);
+  memset(&out, 0xab, sizeof out);
+  assert_int_equal(sh_register_decode(f.body, f.hdr.len, &out), 0);
+  assert_int_equal(out.node_id, in.node_id);
+  assert_int_equal(out.pid, in.pid);
+  assert_int_equal(out.num_workers, in.num_workers);
+  assert_string_equal(out.host, in.host);
+  check_res_equal(&out.total, &in.total);
+  /* Every truncation and any trailing byte is rejected. */
+  for (size_t len = 0; len < f.hdr.len; len++)
+    assert_int_equal(sh_register_decode(f.body, len, &out), SH_EBODY);
+  uint8_t longer[512];
+  memcpy(longer, f.body, f.hdr.len);
+  longer[f.hdr.len] = 'x';
+  assert_int_equal(sh_register_decode(longer, f.hdr.len + 1, &out), SH_EBODY);
+  sh_buf_close(&b);
+}
+
+static void register_rejects(void **state) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  sh_register_t in = full_register(), out;
+  assert_int_equal(sh_register_append(&b, &in), 0);
+  sh_frame_t f = one_frame(&b, SH_MSG_NODE_REGISTER, 0);
+  uint8_t p[512];
+  size_t len = f.hdr.len;
+  memcpy(p, f.body, len);
+  sh_put_u32(p, 0); /* node id 0 */
+  assert_int_equal(sh_register_decode(p, len, &out), SH_EBODY);
+  memcpy(p, f.body, len);
+  p[len - 1] = 0; /* a NUL in the host */
+  assert_int_equal(sh_register_decode(p, len, &out), SH_EBODY);
+  memcpy(p, f.body, len);
+  sh_put_u32(p + 12, SH_HOST_MAX); /* host too long */
+  assert_int_equal(sh_register_decode(p, len, &out), SH_EBODY);
+  memcpy(p, f.body, len);
+  sh_put_u32(p + 40, SH_MAX_CUSTOM + 1); /* too many custom names */
+  assert_int_equal(sh_register_decode(p, len, &out), SH_EBODY);
+  memcpy(p, f.body, len);
+  sh_put_u32(p + 44, 0); /* an empty name */
+  assert_int_equal(sh_register_decode(p, len, &out), SH_EBODY);
+  memcpy(p, f.body, len);
+  sh_put_u32(p + 44, UINT32_MAX); /* a name longer than the body */
+  assert_int_equal(sh_register_decode(p, len, &out), SH_EBODY);
+  /* A name given twice. */
+  sh_buf_reset(&b);
+  in.total.ncustom = 2;
+  snprintf(in.total.custom[1].name, SH_NAME_MAX, "bigmem");
+  assert_int_equal(sh_register_append(&b, &in), 0);
+  f = one_frame(&b, SH_MSG_NODE_REGISTER, 0);
+  assert_int_equal(sh_register_decode(f.body, f.hdr.len, &out), SH_EBODY);
+  /* The encoder refuses what the decoder would. */
+  sh_buf_reset(&b);
+  in = full_register();
+  in.total.custom[0].name[0] = 0;
+  assert_int_equal(sh_register_append(&b, &in), -EINVAL);
+  in = full_register();
+  in.total.ncustom = SH_MAX_CUSTOM + 1;
+  assert_int_equal(sh_register_append(&b, &in), -EINVAL);
+  assert_int_equal(b.len, 0);
+  sh_buf_close(&b);
+}
+
+static void heartbeat_round_trip_and_rejects(void **state) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  sh_heartbeat_t in = {.load_milli = 1500, .running = 3, .free = full_register().total}, out;
+  assert_int_equal(sh_heartbeat_append(&b, &in), 0);
+  sh_frame_t f = one_frame(&b, SH_MSG_HEARTBEAT, 0);
+  assert_int_equal(f.hdr.len, 8 + 28 + (4 + 6 + 8) + (4 + 3 + 8));
+  assert_int_equal(sh_get_u32(f.body), 1500);
+  assert_int_equal(sh_get_u32(f.body + 4), 3);
+  assert_int_equal(sh_heartbeat_decode(f.body, f.hdr.len, &out), 0);
+  assert_int_equal(out.load_milli, 1500);
+  assert_int_equal(out.running, 3);
+  check_res_equal(&out.free, &in.free);
+  for (size_t len = 0; len < f.hdr.len; len++)
+    assert_int_equal(sh_heartbeat_decode(f.body, len, &out), SH_EBODY);
+  uint8_t longer[256];
+  memcpy(longer, f.body, f.hdr.len);
+  longer[f.hdr.len] = 0;
+  assert_int_equal(sh_heartbeat_decode(longer, f.hdr.len + 1, &out), SH_EBODY);
+  /* The head's heartbeat has no body. */
+  sh_buf_reset(&b);
+  assert_int_equal(sh_heartbeat_append(&b, NULL), 0);
+  f = one_frame(&b, SH_MSG_HEARTBEAT, 0);
+  assert_int_equal(f.hdr.len, 0);
+  sh_buf_close(&b);
+}
+
+static void drain_reply_layout(void **state) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  assert_int_equal(sh_drain_reply_append(&b, 42, SH_ST_BAD_REQUEST, "no node 42"), 0);
+  sh_frame_t f = one_frame(&b, SH_MSG_DRAIN_REPLY, 42);
+  assert_int_equal(f.hdr.len, 4 + 10);
+  assert_int_equal(sh_get_u32(f.body), SH_ST_BAD_REQUEST);
+  assert_memory_equal(f.body + 4, "no node 42", 10);
+  assert_string_equal(sh_msg_name(SH_MSG_NODE_REGISTER), "NODE_REGISTER");
+  assert_string_equal(sh_msg_name(SH_MSG_DRAIN_REPLY), "DRAIN_REPLY");
+  sh_buf_close(&b);
+}
+
 /* ---- fault loops ------------------------------------------------------------ */
 
 struct enc_ctx {
@@ -580,6 +727,8 @@ static int enc_op(void *p) {
   sh_submit_t s = full_submit();
   sh_hello_t h = {.role = SH_ROLE_DRIVER};
   sh_hello_ok_t ok = {.client_id = 1};
+  sh_register_t reg = full_register();
+  sh_heartbeat_t hb = {.load_milli = 1, .free = reg.total};
   switch (c->which) {
     case 0: return sh_submit_append(&c->b, 1, &s);
     case 1: return sh_result_append(&c->b, 1, SH_ST_OK, 0, payload, sizeof payload);
@@ -590,6 +739,9 @@ static int enc_op(void *p) {
     case 6: return sh_auth_challenge_append(&c->b, nonce);
     case 7: return sh_auth_response_append(&c->b, nonce, mac);
     case 8: return sh_auth_ok_append(&c->b, mac);
+    case 9: return sh_register_append(&c->b, &reg);
+    case 10: return sh_heartbeat_append(&c->b, &hb);
+    case 11: return sh_drain_reply_append(&c->b, 7, SH_ST_OK, "draining");
     default: return build_exec(&c->b);
   }
 }
@@ -601,7 +753,7 @@ static void enc_unchanged(void *p) {
 }
 
 static void fault_loop_encoders(void **state) {
-  for (int which = 0; which <= 9; which++) {
+  for (int which = 0; which <= 12; which++) {
     struct enc_ctx c = {.which = which};
     sh_buf_init(&c.b);
     uint8_t fill[256];
@@ -673,6 +825,10 @@ static void auth_frames_reject(void **state) {
 
 static const struct CMUnitTest tests[] = {
     SH_TEST(status_names),
+    SH_TEST(register_round_trip_and_layout),
+    SH_TEST(register_rejects),
+    SH_TEST(heartbeat_round_trip_and_rejects),
+    SH_TEST(drain_reply_layout),
     SH_TEST(hello_round_trip),
     SH_TEST(hello_rejects),
     SH_TEST(hello_ok_round_trip),

@@ -353,13 +353,14 @@ static PyObject *node_info(const sh_hello_ok_t *ok) {
 
 static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"address", "owner", "timeout", "future_type",
-                           "dep_type", "dumps", "token", NULL};
+                           "dep_type", "dumps", "token", "wait_for_nodes", NULL};
   PyObject *address, *ft = NULL, *dt = NULL, *dumps = NULL, *token = Py_None;
-  int owner = 0;
+  int owner = 0, wait_nodes = 0;
   double timeout = 10.0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "U|$pdOOOO:Client", kwlist, &address,
-                                   &owner, &timeout, &ft, &dt, &dumps, &token))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "U|$pdOOOOp:Client", kwlist, &address,
+                                   &owner, &timeout, &ft, &dt, &dumps, &token, &wait_nodes))
     return NULL;
+  unsigned hello_flags = (owner ? SH_HELLO_OWNER : 0) | (wait_nodes ? SH_HELLO_WAIT_NODES : 0);
   if (token != Py_None && !PyUnicode_Check(token))
     return PyErr_Format(PyExc_TypeError, "Client(): token must be a str or None, not %s",
                         Py_TYPE(token)->tp_name);
@@ -392,7 +393,7 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   char err[1536];
   int rc;
   Py_BEGIN_ALLOW_THREADS
-  rc = sh_client_connect(c, addr, timeout, owner, tok, &ok, err, sizeof err);
+  rc = sh_client_connect(c, addr, timeout, hello_flags, tok, &ok, err, sizeof err);
   Py_END_ALLOW_THREADS
   if (rc) {
     sh_core_raise(rc == -ENOMEM || rc == SH_EAUTH ? rc : SH_ELOST, "%s", err);
@@ -1071,11 +1072,14 @@ static PyObject *client_repr(sh_client_obj_t *c) {
 }
 
 PyDoc_STRVAR(client_doc,
-"Client(address, *, owner=False, timeout=10.0, future_type, dep_type, dumps, token=None)\n--\n\n"
+"Client(address, *, owner=False, timeout=10.0, future_type, dep_type, dumps, token=None,\n"
+"       wait_for_nodes=False)\n--\n\n"
 "A driver's connection to a shoal node agent, with one I/O thread.\n\n"
 "Args:\n"
 "    address: \"unix:PATH\", a socket path, or \"HOST:PORT\".\n"
 "    owner: the daemon exits when this connection closes (embedded cluster).\n"
+"    wait_for_nodes: a request no node can satisfy waits for a node that can\n"
+"        to join, instead of failing at once.\n"
 "    timeout: seconds for connecting and the handshake.\n"
 "    future_type: the Future class, called as future_type(id, client, name).\n"
 "    dep_type: called as dep_type(i) for the i-th pending dependency.\n"

@@ -104,9 +104,9 @@ struct sh_client_obj_s {
  * token too. On success c->fd is a nonblocking socket, *ok describes the node
  * and bytes that followed HELLO_OK are in c->rbuf. Returns 0, or a negative
  * code with a message for the user in err (SH_EAUTH: no token, or a token
- * either side refused). */
+ * either side refused). hello_flags: SH_HELLO_OWNER, SH_HELLO_WAIT_NODES. */
 int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
-                      int owner, const char *token, sh_hello_ok_t *ok, char *err,
+                      unsigned hello_flags, const char *token, sh_hello_ok_t *ok, char *err,
                       size_t errlen);
 
 /* Starts the I/O thread (GIL held); it takes a reference to c. 0 or -errno. */

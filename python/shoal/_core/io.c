@@ -255,10 +255,9 @@ static int check_daemon_proof(sh_client_obj_t *c, const sh_auth_token_t *tok,
 
 /* HELLO and HELLO_OK; over TCP (tok not NULL) the token handshake comes
  * first, its answer written together with HELLO (one round trip less). */
-static int handshake(sh_client_obj_t *c, int owner, const sh_auth_token_t *tok,
+static int handshake(sh_client_obj_t *c, unsigned hello_flags, const sh_auth_token_t *tok,
                      sh_hello_ok_t *ok, double deadline, char *err, size_t errlen) {
-  sh_hello_t h = {.role = SH_ROLE_DRIVER, .pid = (uint32_t)getpid(),
-                  .flags = owner ? SH_HELLO_OWNER : 0};
+  sh_hello_t h = {.role = SH_ROLE_DRIVER, .pid = (uint32_t)getpid(), .flags = hello_flags};
   uint8_t sn[SH_AUTH_NONCE], cn[SH_AUTH_NONCE];
   sh_buf_t b;
   sh_buf_init(&b);
@@ -329,7 +328,7 @@ static void handshake_error(const char *address, double timeout, int rc, char *e
 }
 
 int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
-                      int owner, const char *token, sh_hello_ok_t *ok, char *err,
+                      unsigned hello_flags, const char *token, sh_hello_ok_t *ok, char *err,
                       size_t errlen) {
   double deadline = now_s() + timeout;
   int is_tcp;
@@ -344,7 +343,7 @@ int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
     sh_auth_token_clear(&tok);
     return rc;
   }
-  rc = handshake(c, owner, is_tcp ? &tok : NULL, ok, deadline, err, errlen);
+  rc = handshake(c, hello_flags, is_tcp ? &tok : NULL, ok, deadline, err, errlen);
   sh_auth_token_clear(&tok);
   if (rc && !err[0]) handshake_error(address, timeout, rc, err, errlen);
   if (!rc) {

@@ -1,0 +1,456 @@
+/* The cluster: a node agent's link to its head and the head's side of its
+ * nodes. A node connects over TCP, proves it holds the cluster token, says
+ * HELLO (role NODE) and NODE_REGISTER (its own id, resources, host), and
+ * then runs what the head forwards; it reconnects with backoff whenever the
+ * head is unreachable or silent. The head registers nodes in its placement
+ * registry, hears their heartbeats, and declares a node dead when its
+ * connection closes or it stays silent for the heartbeat timeout. Sections:
+ * node side (connect, handshake, heartbeats, loss); head side
+ * (registration, frames from nodes, death, drain); the heartbeat timer. */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "node/agent.h"
+
+#define BACKOFF_FIRST_MS 500
+#define BACKOFF_MAX_MS 5000
+
+/* ---- node side: the uplink ---- */
+
+/* Splits "HOST:PORT" or "[V6]:PORT". 0, or -EINVAL. */
+static int split_address(const char *addr, char *host, size_t hn, char *port, size_t pn) {
+  const char *colon = strrchr(addr, ':');
+  if (!colon || colon == addr || !colon[1] || strlen(colon + 1) >= pn) return -EINVAL;
+  const char *h = addr;
+  size_t len = (size_t)(colon - addr);
+  if (h[0] == '[' && len >= 2 && h[len - 1] == ']') h++, len -= 2;
+  if (len == 0 || len >= hn) return -EINVAL;
+  memcpy(host, h, len);
+  host[len] = 0;
+  snprintf(port, pn, "%s", colon + 1);
+  return 0;
+}
+
+/* Logs why joining failed (once per distinct reason; repeats at debug) and
+ * sets the time of the next attempt. */
+static void retry_later(sh_agent_t *a, const char *why) {
+  uint32_t ms = a->up_backoff_ms ? a->up_backoff_ms : BACKOFF_FIRST_MS;
+  if (strcmp(why, a->up_why)) {
+    sh_warn("cannot join the head at %s: %s; retrying every %.3g s at most",
+            a->opts.head_address, why, BACKOFF_MAX_MS / 1000.0);
+    snprintf(a->up_why, sizeof a->up_why, "%s", why);
+  } else {
+    sh_debug("cannot join the head at %s: %s", a->opts.head_address, why);
+  }
+  a->up_retry_ms = uv_now(a->loop) + ms;
+  a->up_backoff_ms = ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms * 2;
+}
+
+/* Starts a non-blocking connection to the head; the rest happens in
+ * sh_uplink_connected and sh_uplink_frame. The host name is resolved here,
+ * on the loop (numeric addresses cost nothing; a name lookup can block). */
+static void uplink_connect(sh_agent_t *a) {
+  char host[256], port[16], why[300];
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
+  if (split_address(a->opts.head_address, host, sizeof host, port, sizeof port)) {
+    retry_later(a, "the address is not HOST:PORT");
+    return;
+  }
+  int rc = getaddrinfo(host, port, &hints, &res);
+  if (rc) {
+    snprintf(why, sizeof why, "cannot resolve %s: %s", host, gai_strerror(rc));
+    retry_later(a, why);
+    return;
+  }
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  rc = fd < 0 ? -errno : 0;
+  if (!rc && connect(fd, res->ai_addr, res->ai_addrlen) < 0 && errno != EINPROGRESS) rc = -errno;
+  freeaddrinfo(res);
+  if (rc) {
+    if (fd >= 0) close(fd);
+    retry_later(a, strerror(-rc));
+    return;
+  }
+  char desc[300];
+  snprintf(desc, sizeof desc, "the head at %s", a->opts.head_address);
+  sh_conn_t *c = sh_conn_create(a, fd, SH_ROLE_UPLINK, desc);
+  c->up = SH_UP_CONNECTING;
+  sh_conn_poll(c, UV_READABLE | UV_WRITABLE);
+  a->uplink = c;
+  a->up_since_ms = a->up_last_ms = uv_now(a->loop);
+}
+
+void sh_uplink_connected(sh_conn_t *c) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  if (err) {
+    sh_conn_close(c, strerror(err));
+    return;
+  }
+  int one = 1;
+  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  c->up = SH_UP_CHALLENGE;
+  sh_conn_poll(c, UV_READABLE);
+}
+
+/* What this node reports in a heartbeat. */
+static void fill_heartbeat(sh_agent_t *a, sh_heartbeat_t *h) {
+  double load[1] = {0};
+  getloadavg(load, 1);
+  h->load_milli = load[0] > 4e6 ? 4000000000u : (uint32_t)(load[0] * 1000);
+  h->running = 0;
+  sh_queue_t *q;
+  sh_queue_foreach(q, &a->workers) h->running += sh_queue_data(q, sh_worker_t, link)->ninflight;
+  h->free = a->avail;
+}
+
+static void send_heartbeat(sh_agent_t *a) {
+  sh_heartbeat_t h;
+  fill_heartbeat(a, &h);
+  if (sh_heartbeat_append(&a->uplink->out, &h) == 0) sh_conn_mark_dirty(a->uplink);
+}
+
+/* The head's challenge: answer it with our proof. */
+static void answer_challenge(sh_conn_t *c, const sh_frame_t *f) {
+  sh_agent_t *a = c->agent;
+  uint8_t mac[SH_AUTH_MAC];
+  if (f->hdr.type != SH_MSG_AUTH_CHALLENGE ||
+      sh_auth_challenge_decode(f->body, f->hdr.len, a->up_nonce[0])) {
+    sh_conn_fail(c, SH_EBODY, "expected the head's AUTH_CHALLENGE: is this a shoal head with "
+                 "--port, and the same shoal version?");
+    return;
+  }
+  if (sh_auth_random(a->up_nonce[1], SH_AUTH_NONCE) ||
+      sh_auth_proof(&a->opts.token, SH_AUTH_CLIENT, a->up_nonce[0], a->up_nonce[1], mac) ||
+      sh_auth_response_append(&c->out, a->up_nonce[1], mac)) {
+    sh_conn_close(c, "could not answer the head's challenge");
+    return;
+  }
+  c->up = SH_UP_AUTH_OK;
+  sh_conn_mark_dirty(c);
+}
+
+/* The head's proof: only a head that holds the token hears who we are. */
+static void check_head(sh_conn_t *c, const sh_frame_t *f) {
+  sh_agent_t *a = c->agent;
+  uint8_t mac[SH_AUTH_MAC];
+  if (f->hdr.type != SH_MSG_AUTH_OK || sh_auth_ok_decode(f->body, f->hdr.len, mac) ||
+      !sh_auth_verify(&a->opts.token, SH_AUTH_SERVER, a->up_nonce[0], a->up_nonce[1], mac)) {
+    sh_conn_fail(c, SH_EAUTH, "the head did not prove that it holds the cluster token");
+    return;
+  }
+  sh_hello_t h = {SH_ROLE_NODE, (uint32_t)getpid(), 0};
+  sh_register_t r = {.node_id = a->node_id, .pid = (uint32_t)getpid(),
+                     .num_workers = (uint32_t)a->opts.num_workers, .total = a->opts.resources};
+  if (gethostname(r.host, sizeof r.host)) snprintf(r.host, sizeof r.host, "?");
+  r.host[sizeof r.host - 1] = 0;
+  if (sh_hello_append(&c->out, &h) || sh_register_append(&c->out, &r)) {
+    sh_conn_close(c, "could not build NODE_REGISTER");
+    return;
+  }
+  c->up = SH_UP_REGISTERED;
+  sh_conn_mark_dirty(c);
+}
+
+static void registered(sh_conn_t *c, const sh_frame_t *f) {
+  sh_agent_t *a = c->agent;
+  sh_hello_ok_t ok;
+  if (f->hdr.type != SH_MSG_HELLO_OK || sh_hello_ok_decode(f->body, f->hdr.len, &ok) ||
+      ok.node_id != a->node_id) {
+    sh_conn_fail(c, SH_EBODY, "expected HELLO_OK with this node's id from the head");
+    return;
+  }
+  c->up = SH_UP_READY;
+  a->up_backoff_ms = 0;
+  a->up_why[0] = 0;
+  sh_info("joined the head at %s as node %u", a->opts.head_address, a->node_id);
+  send_heartbeat(a);
+}
+
+void sh_uplink_frame(sh_conn_t *c, const sh_frame_t *f) {
+  sh_agent_t *a = c->agent;
+  a->up_last_ms = uv_now(a->loop);
+  if (f->hdr.type == SH_MSG_ERROR) {
+    char why[600];
+    int n = f->hdr.len > 4 ? (int)f->hdr.len - 4 : 0;
+    snprintf(why, sizeof why, "the head refused this node: %.*s", n > 500 ? 500 : n, f->body + 4);
+    sh_conn_close(c, why);
+    return;
+  }
+  switch (c->up) {
+    case SH_UP_CHALLENGE: answer_challenge(c, f); return;
+    case SH_UP_AUTH_OK: check_head(c, f); return;
+    case SH_UP_REGISTERED: registered(c, f); return;
+    default: break;
+  }
+  if (f->hdr.type == SH_MSG_HEARTBEAT) return;
+  char why[96];
+  snprintf(why, sizeof why, "unexpected %s frame from the head", sh_msg_name(f->hdr.type));
+  sh_conn_fail(c, SH_ETYPE, why);
+}
+
+void sh_uplink_closed(sh_agent_t *a, sh_conn_t *c, const char *why) {
+  if (a->uplink != c) return;
+  a->uplink = NULL;
+  if (a->stopping) return;
+  if (c->up == SH_UP_READY) {
+    sh_warn("lost the head at %s: %s; the work it sent is stopped; reconnecting",
+            a->opts.head_address, why ? why : "it closed the connection");
+    sh_sched_uplink_gone(a);
+    a->up_retry_ms = uv_now(a->loop); /* at once, then with backoff */
+    return;
+  }
+  retry_later(a, why ? why : "the head closed the connection");
+}
+
+/* ---- head side: the nodes ---- */
+
+/* Declares n dead (why), reruns or fails its work, closes its connection. */
+static void node_dead(sh_agent_t *a, sh_node_t *n, const char *why) {
+  if (!n->alive) return;
+  n->alive = 0;
+  a->nodes_alive--;
+  snprintf(n->dead_reason, sizeof n->dead_reason, "%s", why);
+  sh_conn_t *c = n->conn;
+  n->conn = NULL;
+  if (c) c->node = NULL;
+  sh_head_set_alive(&a->head, n->node_id, 0);
+  sh_warn("node %u (%s) is dead: %s; %u task%s there run again elsewhere or fail", n->node_id,
+          n->host, why, n->ntasks, n->ntasks == 1 ? "" : "s");
+  sh_sched_node_died(a, n, why);
+  if (c) sh_conn_close(c, NULL);
+}
+
+static void hello_ok_for(sh_agent_t *a, sh_conn_t *c, uint32_t node_id) {
+  sh_hello_ok_t ok = {0};
+  ok.node_id = node_id;
+  ok.num_workers = (uint32_t)a->opts.num_workers;
+  ok.cpu_milli = a->opts.resources.cpu_milli;
+  ok.gpu_milli = a->opts.resources.gpu_milli;
+  ok.memory = a->opts.resources.memory;
+  ok.inline_threshold = a->store.inline_threshold;
+  ok.store_capacity = a->store.capacity;
+  sh_hello_ok_append(&c->out, &ok);
+  sh_conn_mark_dirty(c);
+}
+
+static void register_node(sh_conn_t *c, const sh_register_t *r) {
+  sh_agent_t *a = c->agent;
+  if (r->node_id == a->node_id) {
+    sh_conn_fail(c, SH_EBODY, "node id 1 is the head's own");
+    return;
+  }
+  sh_node_t *n = sh_map_get(&a->nodes, r->node_id);
+  /* The same node on a new connection: the old one is stale (the node saw it
+   * fail first); what ran there is lost with it. */
+  if (n && n->conn) node_dead(a, n, "it registered again on a new connection");
+  if (!n) {
+    n = sh_calloc(1, sizeof *n);
+    n->node_id = r->node_id;
+    sh_queue_init(&n->tasks);
+    sh_map_init(&n->funcs_sent);
+    sh_map_put(&a->nodes, n->node_id, n);
+  } else {
+    sh_map_close(&n->funcs_sent);
+    sh_map_init(&n->funcs_sent);
+  }
+  sh_head_remove_node(&a->head, n->node_id);
+  if (sh_head_add_node(&a->head, n->node_id, &r->total)) {
+    sh_conn_fail(c, -ENOMEM, "the head is out of memory");
+    return;
+  }
+  if (n->draining) sh_head_set_draining(&a->head, n->node_id, 1);
+  snprintf(n->host, sizeof n->host, "%s", r->host);
+  snprintf(n->addr, sizeof n->addr, "%s", c->peer[0] ? c->peer : "local");
+  n->dead_reason[0] = 0;
+  n->pid = r->pid;
+  n->num_workers = r->num_workers;
+  n->total = r->total;
+  memset(&n->hb, 0, sizeof n->hb);
+  n->hb.free = r->total;
+  n->last_seen_ms = uv_now(a->loop);
+  n->alive = 1;
+  n->conn = c;
+  c->node = n;
+  a->nodes_alive++;
+  snprintf(c->desc, sizeof c->desc, "node %u (%.40s) at %s", n->node_id, n->host, n->addr);
+  hello_ok_for(a, c, n->node_id);
+  char res[512];
+  sh_res_format(&r->total, res, sizeof res);
+  sh_info("node %u (%s, pid %u, %u workers) joined from %s: %s", n->node_id, n->host, n->pid,
+          n->num_workers, n->addr, res);
+  a->need_schedule = 1; /* queued work may fit there now */
+}
+
+void sh_cluster_node_frame(sh_conn_t *c, const sh_frame_t *f) {
+  sh_agent_t *a = c->agent;
+  sh_node_t *n = c->node;
+  char why[160];
+  if (!n) {
+    sh_register_t r;
+    if (f->hdr.type != SH_MSG_NODE_REGISTER || sh_register_decode(f->body, f->hdr.len, &r)) {
+      snprintf(why, sizeof why, "expected NODE_REGISTER after a node's HELLO, got %s%s",
+               sh_msg_name(f->hdr.type), f->hdr.type == SH_MSG_NODE_REGISTER ? " (malformed)" : "");
+      sh_conn_fail(c, SH_EBODY, why);
+      return;
+    }
+    register_node(c, &r);
+    return;
+  }
+  n->last_seen_ms = uv_now(a->loop);
+  switch (f->hdr.type) {
+    case SH_MSG_HEARTBEAT:
+      if (sh_heartbeat_decode(f->body, f->hdr.len, &n->hb)) break;
+      sh_head_set_load(&a->head, n->node_id, n->hb.load_milli);
+      return;
+    case SH_MSG_RESULT: {
+      sh_result_t r;
+      if (sh_result_decode(f->body, f->hdr.len, &r)) break;
+      sh_sched_remote_result(a, n, f->hdr.id, &r);
+      return;
+    }
+    case SH_MSG_OUTPUT: {
+      sh_conn_t *d = sh_agent_client(a, f->hdr.id);
+      if (f->hdr.len < 8) break;
+      if (d && !sh_frame_append(&d->out, SH_MSG_OUTPUT, 0, f->hdr.id, f->body, f->hdr.len))
+        sh_conn_mark_dirty(d);
+      return;
+    }
+    case SH_MSG_CANCEL_REPLY: return; /* the RESULT follows */
+    case SH_MSG_ERROR: {
+      int len = f->hdr.len > 4 ? (int)f->hdr.len - 4 : 0;
+      snprintf(why, sizeof why, "it sent ERROR: %.*s", len > 120 ? 120 : len, f->body + 4);
+      sh_conn_close(c, why);
+      return;
+    }
+    default:
+      snprintf(why, sizeof why, "unexpected %s frame from a node", sh_msg_name(f->hdr.type));
+      sh_conn_fail(c, SH_ETYPE, why);
+      return;
+  }
+  snprintf(why, sizeof why, "malformed %s body from a node", sh_msg_name(f->hdr.type));
+  sh_conn_fail(c, SH_EBODY, why);
+}
+
+void sh_cluster_node_closed(sh_agent_t *a, sh_conn_t *c, const char *why) {
+  if (!c->node) return;
+  char text[256];
+  snprintf(text, sizeof text, "it lost its connection (%s): the node agent exited or was killed, "
+           "or the network failed", why ? why : "closed");
+  node_dead(a, c->node, text);
+}
+
+void sh_cluster_drain(sh_agent_t *a, sh_conn_t *c, uint64_t node_id) {
+  char text[256];
+  uint32_t st = SH_ST_OK;
+  sh_node_t *n = node_id <= UINT32_MAX ? sh_map_get(&a->nodes, node_id) : NULL;
+  if (a->opts.head_address) {
+    st = SH_ST_BAD_REQUEST;
+    snprintf(text, sizeof text, "this daemon is a node agent: drain nodes at the head (shoal "
+             "drain NODE --address HEAD)");
+  } else if (node_id == a->node_id) {
+    a->local_draining = 1;
+    snprintf(text, sizeof text, "node %u (the head's own) is draining: it gets no new work; "
+             "what runs there finishes", a->node_id);
+  } else if (n) {
+    n->draining = 1;
+    sh_head_set_draining(&a->head, n->node_id, 1);
+    snprintf(text, sizeof text, "node %u (%.64s) is draining: it gets no new work; the %u task%s "
+             "there finish", n->node_id, n->host, n->ntasks, n->ntasks == 1 ? "" : "s");
+  } else {
+    st = SH_ST_BAD_REQUEST;
+    snprintf(text, sizeof text, "there is no node %llu in this cluster (shoal status lists them)",
+             (unsigned long long)node_id);
+  }
+  if (st == SH_ST_OK) sh_info("%s (asked by %s)", text, c->desc);
+  if (sh_drain_reply_append(&c->out, node_id, st, text)) sh_conn_close(c, "out of memory");
+  else sh_conn_mark_dirty(c);
+}
+
+/* ---- the heartbeat timer ---- */
+
+static void node_tick(sh_agent_t *a, uint64_t now) {
+  sh_conn_t *c = a->uplink;
+  char why[128];
+  if (!c) {
+    if (now >= a->up_retry_ms) uplink_connect(a);
+    return;
+  }
+  if (c->up != SH_UP_READY && now - a->up_since_ms > a->hb_timeout_ms) {
+    snprintf(why, sizeof why, "no answer within %.3g s", a->hb_timeout_ms / 1000.0);
+    sh_conn_close(c, why);
+    return;
+  }
+  if (c->up != SH_UP_READY) return;
+  if (now - a->up_last_ms > a->hb_timeout_ms) {
+    snprintf(why, sizeof why, "the head sent nothing for %.3g s", a->hb_timeout_ms / 1000.0);
+    sh_conn_close(c, why);
+    return;
+  }
+  send_heartbeat(a);
+}
+
+static void head_tick(sh_agent_t *a, uint64_t now) {
+  uint64_t id;
+  void *v;
+  char why[128];
+  for (size_t i = 0; sh_map_next(&a->nodes, &i, &id, &v);) {
+    sh_node_t *n = v;
+    if (!n->alive) continue;
+    if (now - n->last_seen_ms > a->hb_timeout_ms) {
+      snprintf(why, sizeof why, "no heartbeat for %.3g s (--heartbeat-timeout)",
+               (now - n->last_seen_ms) / 1000.0);
+      node_dead(a, n, why);
+      continue;
+    }
+    if (sh_heartbeat_append(&n->conn->out, NULL) == 0) sh_conn_mark_dirty(n->conn);
+  }
+}
+
+static void hb_timer_cb(uv_timer_t *h) {
+  sh_agent_t *a = h->data;
+  if (a->stopping) return;
+  if (a->opts.head_address) node_tick(a, uv_now(a->loop));
+  else head_tick(a, uv_now(a->loop));
+}
+
+void sh_cluster_start(sh_agent_t *a) {
+  double s = a->opts.heartbeat_timeout_s > 0 ? a->opts.heartbeat_timeout_s
+                                             : SH_HEARTBEAT_TIMEOUT_DEFAULT;
+  a->hb_timeout_ms = (uint64_t)(s * 1000.0 + 0.5);
+  uint64_t period = a->hb_timeout_ms / 3 < SH_HEARTBEAT_PERIOD_MS ? a->hb_timeout_ms / 3
+                                                                 : SH_HEARTBEAT_PERIOD_MS;
+  if (period < 50) period = 50;
+  sh_map_init(&a->nodes);
+  uv_timer_init(a->loop, &a->hb_timer);
+  a->hb_timer.data = a;
+  uv_timer_start(&a->hb_timer, hb_timer_cb, period, period);
+  if (!a->opts.head_address) {
+    /* The local scheduler places work on the head's own node; the registry
+     * chooses among the others (this node still counts for feasibility). */
+    sh_head_set_draining(&a->head, a->node_id, 1);
+    return;
+  }
+  uplink_connect(a);
+}
+
+void sh_cluster_close(sh_agent_t *a) {
+  uint64_t id;
+  void *v;
+  for (size_t i = 0; sh_map_next(&a->nodes, &i, &id, &v);) {
+    sh_node_t *n = v;
+    sh_map_close(&n->funcs_sent);
+    sh_free(n);
+  }
+  sh_map_close(&a->nodes);
+}
