@@ -25,8 +25,8 @@ T = dict(HELLO=1, HELLO_OK=2, FUNC=3, SUBMIT=4, RESULT=5, PUT=6, RELEASE=7,
          CANCEL=8, CANCEL_REPLY=9, KILL_ACTOR=10, STATUS=11, STATUS_REPLY=12,
          STOP=13, OUTPUT=14, EXEC=15, ERROR=16, PUT_REPLY=17, MAP=18, MAP_REPLY=19,
          AUTH_CHALLENGE=20, AUTH_RESPONSE=21, AUTH_OK=22, NODE_REGISTER=23,
-         HEARTBEAT=24, DRAIN=25, DRAIN_REPLY=26)
-FIRST_UNKNOWN_TYPE = 27
+         HEARTBEAT=24, DRAIN=25, DRAIN_REPLY=26, CHUNK=27)
+FIRST_UNKNOWN_TYPE = 28
 
 
 def frame(typ, body=b"", fid=0, flags=0, version=VERSION, magic=MAGIC,
@@ -157,6 +157,8 @@ def seeds():
     s["put-stored"] = frame(T["PUT"], struct.pack("<Q", 4096), fid=1 << 40 | 9, flags=1)
     s["put-reply"] = frame(T["PUT_REPLY"], struct.pack("<I", 9) + b"the object store is full", fid=1 << 40 | 9)
     s["map"] = frame(T["MAP"], fid=1 << 40 | 9)
+    s["chunk"] = frame(T["CHUNK"], struct.pack("<QQ", 100, 0) + b"s" * 60, fid=1 << 40 | 9)
+    s["chunk-short"] = frame(T["CHUNK"], b"\0" * 15, fid=1 << 40 | 9)
     s["map-reply"] = frame(T["MAP_REPLY"], struct.pack("<IQ", 0, 4096), fid=1 << 40 | 9)
     s["release-unmap"] = frame(T["RELEASE"], struct.pack("<QQ", 1 << 40 | 9, 1 << 40 | 10), flags=1)
     s["status-objects"] = frame(T["STATUS"], fid=5, flags=1)

@@ -42,7 +42,8 @@
   X(NODE_REGISTER, 23, "a node agent joins the head: id, resources, host")    \
   X(HEARTBEAT, 24, "liveness both ways; from a node: free, load, running")    \
   X(DRAIN, 25, "stop sending new work to a node")                             \
-  X(DRAIN_REPLY, 26, "outcome of DRAIN (status, text)")
+  X(DRAIN_REPLY, 26, "outcome of DRAIN (status, text)")                       \
+  X(CHUNK, 27, "a piece of a segment between head and node (total, offset, bytes)")
 
 typedef enum {
 #define SH_X(name, val, doc) SH_MSG_##name = val,

@@ -34,13 +34,19 @@ enum { SH_CANCEL_NONE = 0, SH_CANCEL_QUEUED = 1, SH_CANCEL_RUNNING = 2 };
  * STORE_DIR/<16 hex digits of its id>, that the writer (driver or worker)
  * creates and the agent then seals, spills and frees. */
 #define SH_PUT_STORED 0x1u    /* PUT flag: body is u64 segment size; PUT_REPLY follows */
-#define SH_PUT_SEGMENT 0x2u   /* PUT flag (head to node): body is a segment file's bytes */
+#define SH_PUT_SEGMENT 0x2u   /* PUT flag (head to node): body is the u64 size of a segment
+                               * whose bytes came before in CHUNK frames */
 #define SH_RELEASE_UNMAP 0x1u /* RELEASE flag: the ids are mappings dropped, not handles */
 #define SH_STATUS_OBJECTS 0x1u /* STATUS flag: include the object list */
 #define SH_CODE_STORED 1      /* RESULT code of an OK value that is in the store:
                                * payload is its u64 segment size */
-#define SH_CODE_SEGMENT 2     /* RESULT code of an OK value from a node (node to
-                               * head): payload is its segment file's bytes */
+#define SH_CODE_SEGMENT 2     /* RESULT code of an OK value from a node (node to head):
+                               * payload is the u64 size of a segment whose bytes came
+                               * before in CHUNK frames */
+/* CHUNK body: u64 total size, u64 offset, bytes; chunks of one segment come
+ * in order, each at most SH_CHUNK_MAX bytes (and within the frame limit). */
+#define SH_CHUNK_HDR 16
+#define SH_CHUNK_MAX (4u << 20)
 #define SH_DEP_STORED 0x80000000u /* EXEC dependency length bit: stored, u64 id and
                                    * u64 segment size follow */
 #define SH_STORE_DIR_MAX 256

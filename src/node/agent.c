@@ -162,6 +162,7 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
   if (c->closing) return;
   sh_agent_t *a = c->agent;
   c->closing = 1;
+  sh_store_xfers_close(a, c);
   if (c->auth) sh_info("connection from %s closed before it authenticated%s%s", c->peer,
                        why ? ": " : "", why ? why : "");
   else if (why) sh_warn("closing connection to %s: %s", c->desc, why);
@@ -419,9 +420,17 @@ static void handle_uplink(sh_conn_t *c, const sh_frame_t *f) {
   c->agent->up_last_ms = uv_now(c->agent->loop);
   switch (f->hdr.type) {
     case SH_MSG_FUNC: case SH_MSG_PUT: case SH_MSG_SUBMIT: case SH_MSG_CANCEL:
-    case SH_MSG_KILL_ACTOR:
+    case SH_MSG_KILL_ACTOR: case SH_MSG_RELEASE:
       if (c->up == SH_UP_READY) {
         handle_driver(c, f);
+        return;
+      }
+      break;
+    case SH_MSG_CHUNK:
+      if (c->up == SH_UP_READY) {
+        char why[600];
+        if (sh_store_chunk(c->agent, c, f->hdr.id, f->body, f->hdr.len, why, sizeof why))
+          sh_warn("from the head: %s", why);
         return;
       }
       break;
@@ -753,7 +762,7 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
     uint32_t r = 0;
     if (sh_auth_random((uint8_t *)&r, sizeof r)) r = (uint32_t)getpid() * 2654435761u;
     a->node_id = 2 + r % 0x7ffffff0u;
-    a->next_client_id = 0x800000;
+    a->next_client_id = SH_NODE_CLIENT_BASE;
   }
   a->started_ns = sh_now_ns();
   sh_queue_init(&a->conns);

@@ -33,6 +33,10 @@ typedef struct sh_node_s sh_node_t;
  * on the wire; the head sees role SH_ROLE_NODE). */
 #define SH_ROLE_UPLINK 100
 
+/* A node agent numbers its own drivers from here, so their ids never collide
+ * with those of the head's drivers (which the head's objects carry). */
+#define SH_NODE_CLIENT_BASE 0x800000u
+
 /* States of that connection, in order. */
 enum {
   SH_UP_CONNECTING = 1, /* non-blocking connect in progress */
@@ -90,6 +94,7 @@ struct sh_conn_s {
   sh_buf_t in, out;    /* unparsed input, unsent output */
   sh_worker_t *worker; /* for worker channels */
   sh_node_t *node;     /* head side: the registered node on this connection */
+  sh_map_t xfers;      /* segments arriving in CHUNKs: id -> sh_xfer_t (store.c) */
   int up;              /* node side, role SH_ROLE_UPLINK: SH_UP_* */
   sh_queue_t link;     /* agent->conns */
   sh_queue_t dirty;    /* agent->dirty while out has bytes to flush */
@@ -150,6 +155,8 @@ typedef struct sh_obj_s {
   uint8_t stored;   /* the value is a segment in the store */
   uint8_t spilled;  /* that segment was moved to the spill directory */
   uint8_t on_workers; /* sent to workers, which keep it mapped until told */
+  uint32_t nnodes;    /* head: nodes holding a copy (sent once each) */
+  uint32_t *nodes;
   uint64_t size;    /* segment bytes when stored */
   uint64_t last_use_ns;
   sh_queue_t lru;   /* store.lru while stored and resident, least recent first */
@@ -168,6 +175,7 @@ typedef struct sh_store_s {
   uint64_t spilled;             /* bytes in spill_dir */
   uint64_t nstored, nspilled;   /* objects in the store, of which spilled */
   uint64_t n_spills, n_restores, n_full;
+  uint64_t n_sent, sent_bytes, n_received, received_bytes; /* between head and nodes */
   sh_queue_t lru;
 } sh_store_t;
 
@@ -386,12 +394,17 @@ uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, siz
 uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n);
 /* Removes o's segment (resident or spilled) and its accounting. */
 void sh_store_free(sh_agent_t *a, sh_obj_t *o);
-/* Writes a segment received from another node as STORE_DIR/<id> (a
- * temporary file renamed into place). 0, or -errno. */
-int sh_store_write(sh_agent_t *a, uint64_t id, const uint8_t *p, size_t n);
-/* Appends the bytes of the segment file of `id` (size bytes) to b. 0;
- * -errno when it cannot be read or is not that size. */
-int sh_store_read(sh_agent_t *a, uint64_t id, uint64_t size, sh_buf_t *b);
+/* Sends o's segment (id, size bytes) over c as CHUNK frames. 0 or -errno. */
+int sh_store_send(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size);
+/* A CHUNK frame from c: written into the segment being assembled. 0, or -1
+ * with a message in why (the transfer is then abandoned). */
+int sh_store_chunk(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body, uint32_t len,
+                   char *why, size_t n);
+/* 1 when c delivered the whole segment of id (size bytes), now in place
+ * under its name; forgets the transfer either way. */
+int sh_store_received(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size);
+/* c closed: abandons its unfinished transfers (their files are removed). */
+void sh_store_xfers_close(sh_agent_t *a, sh_conn_t *c);
 /* Removes the segment file named for `id` that was never sealed, if any. */
 void sh_store_discard(sh_agent_t *a, uint64_t id);
 /* A writer went away: removes its unfinished segments (pid's *.tmp files)

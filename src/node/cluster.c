@@ -327,6 +327,12 @@ void sh_cluster_node_frame(sh_conn_t *c, const sh_frame_t *f) {
       return;
     }
     case SH_MSG_CANCEL_REPLY: return; /* the RESULT follows */
+    case SH_MSG_CHUNK: {
+      char err[600];
+      if (sh_store_chunk(a, c, f->hdr.id, f->body, f->hdr.len, err, sizeof err))
+        sh_warn("from node %u: %s", n->node_id, err);
+      return;
+    }
     case SH_MSG_ERROR: {
       int len = f->hdr.len > 4 ? (int)f->hdr.len - 4 : 0;
       snprintf(why, sizeof why, "it sent ERROR: %.*s", len > 120 ? 120 : len, f->body + 4);

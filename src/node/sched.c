@@ -41,6 +41,15 @@ static void obj_free(sh_agent_t *a, uint64_t id, sh_obj_t *o) {
   sh_map_del(&a->objects, id);
   a->obj_bytes -= o->len;
   sh_store_free(a, o);
+  /* Head: the nodes holding a copy drop theirs. */
+  uint8_t b[8];
+  sh_put_u64(b, id);
+  for (uint32_t i = 0; i < o->nnodes; i++) {
+    sh_node_t *n = sh_map_get(&a->nodes, o->nodes[i]);
+    if (n && n->conn && !sh_frame_append(&n->conn->out, SH_MSG_RELEASE, 0, 0, b, 8))
+      sh_conn_mark_dirty(n->conn);
+  }
+  sh_free(o->nodes);
   sh_free(o);
 }
 
@@ -77,36 +86,36 @@ void sh_sched_put(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, ui
   if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) return;
   sh_obj_t *o = obj_store(a, id, SH_ST_OK, 0, p, n);
   if (!o) sh_warn("out of memory storing a %u-byte object from %s", n, c->desc);
-  /* A dependency the head sent along with a task: nobody holds a handle, so
-   * it goes when the tasks that pin it are done. */
-  else if (c->role == SH_ROLE_UPLINK) o->released = 1;
+  /* A dependency from the head stays until the head releases it (the head
+   * sends each object to a node once, however many tasks there need it). */
 }
 
 void sh_sched_put_segment(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
                           uint32_t n) {
+  uint64_t size = n == 8 ? sh_get_u64(p) : 0;
+  int whole = n == 8 && sh_store_received(a, c, id, size);
   if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) return;
   char why[768] = "";
   uint32_t st = SH_ST_OK;
-  int rc = sh_store_write(a, id, p, n);
-  sh_obj_t *o = rc ? NULL : obj_store(a, id, SH_ST_OK, 0, NULL, 0);
-  if (rc) {
-    st = rc == -ENOSPC ? SH_ST_STORE_FULL : SH_ST_LOST;
-    snprintf(why, sizeof why, "writing object %#llx (%u bytes) from the head into this node's "
-             "store failed: %s", (unsigned long long)id, n, strerror(-rc));
+  sh_obj_t *o = whole ? obj_store(a, id, SH_ST_OK, 0, NULL, 0) : NULL;
+  if (!whole) {
+    st = SH_ST_LOST;
+    snprintf(why, sizeof why, "object %#llx did not arrive whole from the head (see this "
+             "node's log for why)", (unsigned long long)id);
   } else if (!o) {
     st = SH_ST_STORE_FULL;
     snprintf(why, sizeof why, "node %u is out of memory", a->node_id);
-  } else if ((st = sh_store_seal(a, o, n, why, sizeof why)) != SH_ST_OK) {
+  } else if ((st = sh_store_seal(a, o, size, why, sizeof why)) != SH_ST_OK) {
     obj_free(a, id, o);
     o = NULL;
   }
   if (!o) {
-    /* Kept as a failed object: the task that needs it fails with the reason. */
+    /* Kept as a failed object: the task that needs it fails with the
+     * reason; the head releases it like any other. */
     sh_store_discard(a, id);
     o = obj_store(a, id, st, 0, (const uint8_t *)why, (uint32_t)strlen(why));
     sh_warn("%s (from %s)", why, c->desc);
   }
-  if (o) o->released = 1;
 }
 
 void sh_sched_put_stored(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
@@ -236,21 +245,13 @@ static void send_segment_result(sh_agent_t *a, sh_conn_t *c, uint64_t id, const 
   uint32_t st = SH_ST_BAD_REQUEST;
   if (n != 8) {
     snprintf(why, sizeof why, "the worker sent a malformed stored result");
-  } else if (size + 64 > a->opts.max_frame) {
-    snprintf(why, sizeof why, "the result is %llu bytes, more than one message between nodes "
-             "carries (%zu, --max-frame); moving large objects between nodes in chunks is not "
-             "implemented yet", (unsigned long long)size, a->opts.max_frame);
   } else {
-    long at = sh_frame_begin(&c->out, SH_MSG_RESULT, 0, id);
-    int rc = at < 0 ? (int)at : sh_buf_u32(&c->out, SH_ST_OK);
-    if (!rc) rc = sh_buf_u32(&c->out, SH_CODE_SEGMENT);
-    if (!rc) rc = sh_store_read(a, id, size, &c->out);
+    int rc = sh_store_send(a, c, id, size);
+    if (!rc) rc = sh_result_append(&c->out, id, SH_ST_OK, SH_CODE_SEGMENT, p, 8);
     if (!rc) {
-      sh_frame_finish(&c->out, at);
       sh_conn_mark_dirty(c);
       return;
     }
-    if (at >= 0) sh_frame_abort(&c->out, at);
     st = SH_ST_LOST;
     snprintf(why, sizeof why, "reading the result's segment on node %u failed: %s", a->node_id,
              sh_strerror(rc));
@@ -646,30 +647,46 @@ static sh_node_t *live_node(sh_agent_t *a, uint32_t node_id) {
 /* Appends a PUT of dependency o for a node: inline bytes, or a stored
  * object's segment read whole (SH_PUT_SEGMENT). SH_ST_OK, or a status with
  * a message in why. */
-static uint32_t put_dep(sh_agent_t *a, sh_conn_t *c, sh_obj_t *o, char *why, size_t n) {
-  if (!o->stored) {
-    if (!sh_frame_append(&c->out, SH_MSG_PUT, 0, o->id, o->data, o->len)) return SH_ST_OK;
+static int obj_on_node(const sh_obj_t *o, uint32_t node_id) {
+  for (uint32_t i = 0; i < o->nnodes; i++)
+    if (o->nodes[i] == node_id) return 1;
+  return 0;
+}
+
+/* Appends a PUT of dependency o for node `nd`, unless the node has it
+ * already (each object goes to a node once; the node keeps it until the head
+ * releases it): inline bytes, or a stored object's segment in CHUNK frames
+ * then a PUT (SH_PUT_SEGMENT) with its size. SH_ST_OK, or a status with a
+ * message in why. */
+static uint32_t put_dep(sh_agent_t *a, sh_node_t *nd, sh_obj_t *o, char *why, size_t n) {
+  sh_conn_t *c = nd->conn;
+  if (obj_on_node(o, nd->node_id)) return SH_ST_OK;
+  uint32_t *grown = sh_try_realloc(o->nodes, (o->nnodes + 1) * sizeof *grown);
+  if (!grown) {
     snprintf(why, n, "the head is out of memory");
     return SH_ST_STORE_FULL;
   }
-  if (o->size + 64 > a->opts.max_frame) {
-    snprintf(why, n, "object %#llx is %llu bytes, more than one message between nodes carries "
-             "(%zu, --max-frame); moving large objects between nodes in chunks is not "
-             "implemented yet", (unsigned long long)o->id, (unsigned long long)o->size,
-             a->opts.max_frame);
-    return SH_ST_BAD_REQUEST;
+  o->nodes = grown;
+  if (!o->stored) {
+    if (sh_frame_append(&c->out, SH_MSG_PUT, 0, o->id, o->data, o->len)) {
+      snprintf(why, n, "the head is out of memory");
+      return SH_ST_STORE_FULL;
+    }
+    o->nodes[o->nnodes++] = nd->node_id;
+    return SH_ST_OK;
   }
   uint32_t st = sh_store_resident(a, o, why, n);
   if (st != SH_ST_OK) return st;
-  long at = sh_frame_begin(&c->out, SH_MSG_PUT, SH_PUT_SEGMENT, o->id);
-  int rc = at < 0 ? (int)at : sh_store_read(a, o->id, o->size, &c->out);
+  uint8_t size[8];
+  sh_put_u64(size, o->size);
+  int rc = sh_store_send(a, c, o->id, o->size);
+  if (!rc) rc = sh_frame_append(&c->out, SH_MSG_PUT, SH_PUT_SEGMENT, o->id, size, 8);
   if (!rc) {
-    sh_frame_finish(&c->out, at);
+    o->nodes[o->nnodes++] = nd->node_id;
     return SH_ST_OK;
   }
-  if (at >= 0) sh_frame_abort(&c->out, at);
-  snprintf(why, n, "reading object %#llx from the object store failed: %s",
-           (unsigned long long)o->id, sh_strerror(rc));
+  snprintf(why, n, "sending object %#llx to node %u failed: %s", (unsigned long long)o->id,
+           nd->node_id, sh_strerror(rc));
   return rc == -ENOMEM ? SH_ST_STORE_FULL : SH_ST_LOST;
 }
 
@@ -707,7 +724,7 @@ static void forward(sh_agent_t *a, sh_node_t *n, sh_task_t *t) {
   uint32_t st = SH_ST_OK;
   for (uint32_t i = 0; i < t->ndeps && st == SH_ST_OK; i++) {
     sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
-    if (o) st = put_dep(a, c, o, why, sizeof why);
+    if (o) st = put_dep(a, n, o, why, sizeof why);
   }
   sh_submit_t s = {.fn_id = t->fn_id, .actor_id = t->kind == SH_KIND_TASK ? 0 : t->actor_id,
                    .kind = t->kind, .flags = t->flags, .max_retries = 0,
@@ -1186,18 +1203,18 @@ void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
   char why[1024];
   uint8_t size8[8];
   if (status == SH_ST_OK && code == SH_CODE_SEGMENT) {
-    /* A large value: it becomes a segment in this node's store, as if a
-     * local worker had written it; finish() seals it. */
-    int rc = sh_store_write(a, id, p, len);
-    if (rc) {
-      status = rc == -ENOSPC ? SH_ST_STORE_FULL : SH_ST_LOST;
-      snprintf(why, sizeof why, "storing the %u-byte result from node %u failed: %s", len,
-               n->node_id, strerror(-rc));
-    } else {
-      sh_put_u64(size8, len);
+    /* A large value: its segment came in CHUNKs and is in this node's store
+     * now, as if a local worker had written it; finish() seals it. */
+    uint64_t size = len == 8 ? sh_get_u64(p) : 0;
+    if (len == 8 && n->conn && sh_store_received(a, n->conn, id, size)) {
+      sh_put_u64(size8, size);
       code = SH_CODE_STORED;
       p = size8;
       len = 8;
+    } else {
+      status = SH_ST_LOST;
+      snprintf(why, sizeof why, "the result of %#llx did not arrive whole from node %u (see "
+               "the head's log for why)", (unsigned long long)id, n->node_id);
     }
   } else if (status == SH_ST_OK && code == SH_CODE_STORED) {
     status = SH_ST_BAD_REQUEST;
@@ -1231,6 +1248,12 @@ void sh_sched_node_died(sh_agent_t *a, sh_node_t *n, const char *why) {
   char msg[768];
   uint64_t id;
   void *v;
+  /* Its copies of objects are gone with it (a node coming back starts empty). */
+  for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
+    sh_obj_t *o = v;
+    for (uint32_t j = 0; j < o->nnodes; j++)
+      if (o->nodes[j] == n->node_id) o->nodes[j--] = o->nodes[--o->nnodes];
+  }
   snprintf(msg, sizeof msg, "the node %u (%s) hosting the actor died: %s", n->node_id, n->host, why);
   for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {
     sh_actor_t *ac = v;
@@ -1296,8 +1319,11 @@ void sh_sched_uplink_gone(sh_agent_t *a) {
     finish(a, t, SH_ST_CANCELLED, 0, (const uint8_t *)"", 0);
     if (!w->kill_reason && !w->exited) sh_pool_kill(w, SH_REASON_OWNER_GONE);
   }
+  /* Objects the head sent (its drivers' ids, below this node's own client
+   * ids) have no owner any more. */
   for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
     sh_obj_t *o = v;
+    if ((uint32_t)(id >> 40) < SH_NODE_CLIENT_BASE) o->released = 1;
     if (obj_unused(o)) obj_free(a, id, o);
   }
 }

@@ -144,7 +144,7 @@ static void pack_tasks(msgpack_packer *pk, sh_agent_t *a) {
 
 static void pack_store(msgpack_packer *pk, sh_agent_t *a) {
   const sh_store_t *s = &a->store;
-  msgpack_pack_map(pk, 11);
+  msgpack_pack_map(pk, 15);
   kv_str(pk, "dir", s->dir);
   kv_str(pk, "spill_dir", s->spill_dir);
   kv_u64(pk, "capacity", s->capacity);
@@ -156,6 +156,10 @@ static void pack_store(msgpack_packer *pk, sh_agent_t *a) {
   kv_u64(pk, "spills", s->n_spills);
   kv_u64(pk, "restores", s->n_restores);
   kv_u64(pk, "full", s->n_full);
+  kv_u64(pk, "sent_objects", s->n_sent);
+  kv_u64(pk, "sent_bytes", s->sent_bytes);
+  kv_u64(pk, "received_objects", s->n_received);
+  kv_u64(pk, "received_bytes", s->received_bytes);
 }
 
 /* Every object the agent keeps: what `shoal memory` lists. */

@@ -19,6 +19,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "node/agent.h"
 
@@ -417,28 +418,20 @@ void sh_store_reap(sh_agent_t *a, uint32_t client_id, uint32_t pid) {
 
 /* ---- segments that cross nodes (whole, inside one frame) ---- */
 
-int sh_store_write(sh_agent_t *a, uint64_t id, const uint8_t *p, size_t n) {
-  sh_store_t *s = &a->store;
-  if (s->dir_fd < 0) return -ENOENT;
-  char name[24], tmp[48];
-  seg_name(id, name);
-  snprintf(tmp, sizeof tmp, "%s.%d.tmp", name, (int)getpid());
-  int fd = openat(s->dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return -errno;
-  int rc = 0;
-  while (n && !rc) {
-    ssize_t k = write(fd, p, n);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) rc = k < 0 ? -errno : -EIO;
-    else p += k, n -= (size_t)k;
-  }
-  if (close(fd) < 0 && !rc) rc = -errno;
-  if (!rc && renameat(s->dir_fd, tmp, s->dir_fd, name) < 0) rc = -errno;
-  if (rc) unlinkat(s->dir_fd, tmp, 0);
-  return rc;
+/* ---- segments between head and nodes ---- */
+
+/* A segment arriving in CHUNK frames, written into <id>.<pid>.tmp as the
+ * chunks come and renamed into place after the last one. */
+typedef struct sh_xfer_s {
+  int fd;         /* -1 once complete */
+  uint64_t total, got;
+} sh_xfer_t;
+
+static void xfer_tmp(uint64_t id, char *buf, size_t n) {
+  snprintf(buf, n, "%016llx.%d.xfer", (unsigned long long)id, (int)getpid());
 }
 
-int sh_store_read(sh_agent_t *a, uint64_t id, uint64_t size, sh_buf_t *b) {
+int sh_store_send(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size) {
   sh_store_t *s = &a->store;
   if (s->dir_fd < 0) return -ENOENT;
   char name[24];
@@ -447,15 +440,142 @@ int sh_store_read(sh_agent_t *a, uint64_t id, uint64_t size, sh_buf_t *b) {
   if (fd < 0) return -errno;
   struct stat st;
   int rc = fstat(fd, &st) < 0 ? -errno : (uint64_t)st.st_size != size ? -EIO : 0;
-  if (!rc) rc = sh_buf_reserve(b, size);
-  uint64_t done = 0;
-  while (!rc && done < size) {
-    ssize_t k = pread(fd, b->data + b->len + done, size - done, (off_t)done);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) rc = k < 0 ? -errno : -EIO;
-    else done += (uint64_t)k;
+  /* Chunks fit the peer's frame limit, which is this daemon's too. */
+  size_t chunk = a->opts.max_frame / 2 < SH_CHUNK_MAX ? a->opts.max_frame / 2 : SH_CHUNK_MAX;
+  for (uint64_t off = 0; !rc && off < size;) {
+    size_t n = size - off < chunk ? (size_t)(size - off) : chunk;
+    long at = sh_frame_begin(&c->out, SH_MSG_CHUNK, 0, id);
+    rc = at < 0 ? (int)at : sh_buf_u64(&c->out, size);
+    if (!rc) rc = sh_buf_u64(&c->out, off);
+    if (!rc) rc = sh_buf_reserve(&c->out, n);
+    size_t done = 0;
+    while (!rc && done < n) {
+      ssize_t k = pread(fd, c->out.data + c->out.len + done, n - done, (off_t)(off + done));
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0) rc = k < 0 ? -errno : -EIO;
+      else done += (size_t)k;
+    }
+    if (rc) {
+      if (at >= 0) sh_frame_abort(&c->out, at);
+      break;
+    }
+    c->out.len += n;
+    sh_frame_finish(&c->out, at);
+    off += n;
   }
   close(fd);
-  if (!rc) b->len += size;
+  if (!rc) {
+    s->n_sent++;
+    s->sent_bytes += size;
+    sh_conn_mark_dirty(c);
+  }
   return rc;
+}
+
+static void xfer_drop(sh_agent_t *a, sh_conn_t *c, uint64_t id, sh_xfer_t *x) {
+  char tmp[48];
+  xfer_tmp(id, tmp, sizeof tmp);
+  if (x->fd >= 0) {
+    close(x->fd);
+    if (a->store.dir_fd >= 0) unlinkat(a->store.dir_fd, tmp, 0);
+  }
+  sh_map_del(&c->xfers, id);
+  sh_free(x);
+}
+
+int sh_store_chunk(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body, uint32_t len,
+                   char *why, size_t n) {
+  sh_store_t *s = &a->store;
+  if (len < SH_CHUNK_HDR) {
+    snprintf(why, n, "a CHUNK frame of %u bytes is shorter than its 16-byte header", len);
+    return -1;
+  }
+  uint64_t total = sh_get_u64(body), off = sh_get_u64(body + 8);
+  const uint8_t *p = body + SH_CHUNK_HDR;
+  size_t k = len - SH_CHUNK_HDR;
+  sh_xfer_t *x = sh_map_get(&c->xfers, id);
+  if (x && x->fd < 0) { /* a new copy of one already received: start over */
+    xfer_drop(a, c, id, x);
+    x = NULL;
+  }
+  if (!x) {
+    if (off != 0 || s->dir_fd < 0) {
+      snprintf(why, n, "object %#llx: a chunk at offset %llu starts no transfer",
+               (unsigned long long)id, (unsigned long long)off);
+      return -1;
+    }
+    char tmp[48];
+    xfer_tmp(id, tmp, sizeof tmp);
+    x = sh_calloc(1, sizeof *x);
+    x->total = total;
+    x->fd = openat(s->dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (x->fd < 0 || sh_map_put(&c->xfers, id, x)) {
+      snprintf(why, n, "object %#llx: cannot create %s/%s: %s", (unsigned long long)id, s->dir,
+               tmp, x->fd < 0 ? strerror(errno) : "out of memory");
+      if (x->fd >= 0) {
+        close(x->fd);
+        unlinkat(s->dir_fd, tmp, 0);
+      }
+      sh_free(x);
+      return -1;
+    }
+  }
+  if (total != x->total || off != x->got || k > total - x->got) {
+    snprintf(why, n, "object %#llx: chunk of %zu bytes at offset %llu does not follow the %llu "
+             "of %llu bytes received", (unsigned long long)id, k, (unsigned long long)off,
+             (unsigned long long)x->got, (unsigned long long)x->total);
+    xfer_drop(a, c, id, x);
+    return -1;
+  }
+  int rc = 0;
+  for (size_t done = 0; done < k && !rc;) {
+    ssize_t w = pwrite(x->fd, p + done, k - done, (off_t)(off + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) rc = w < 0 ? errno : EIO;
+    else done += (size_t)w;
+  }
+  if (rc) {
+    snprintf(why, n, "object %#llx: writing into %s failed: %s", (unsigned long long)id, s->dir,
+             strerror(rc));
+    xfer_drop(a, c, id, x);
+    return -1;
+  }
+  x->got += k;
+  if (x->got < x->total) return 0;
+  char tmp[48], name[24];
+  xfer_tmp(id, tmp, sizeof tmp);
+  seg_name(id, name);
+  rc = close(x->fd) < 0 ? errno : 0;
+  x->fd = -1;
+  if (!rc && renameat(s->dir_fd, tmp, s->dir_fd, name) < 0) rc = errno;
+  if (rc) {
+    unlinkat(s->dir_fd, tmp, 0);
+    snprintf(why, n, "object %#llx: finishing its segment in %s failed: %s",
+             (unsigned long long)id, s->dir, strerror(rc));
+    xfer_drop(a, c, id, x);
+    return -1;
+  }
+  s->n_received++;
+  s->received_bytes += x->total;
+  return 0;
+}
+
+int sh_store_received(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size) {
+  sh_xfer_t *x = sh_map_get(&c->xfers, id);
+  if (!x) return 0;
+  int ok = x->fd < 0 && x->total == size;
+  xfer_drop(a, c, id, x);
+  return ok;
+}
+
+void sh_store_xfers_close(sh_agent_t *a, sh_conn_t *c) {
+  uint64_t id;
+  void *v;
+  for (size_t i = 0; sh_map_next(&c->xfers, &i, &id, &v);) {
+    sh_xfer_t *x = v;
+    /* A complete segment whose PUT or RESULT never came: nobody owns it. */
+    if (x->fd < 0 && !sh_map_get(&a->objects, id)) sh_store_discard(a, id);
+    xfer_drop(a, c, id, x);
+  }
+  sh_map_close(&c->xfers);
 }

@@ -210,6 +210,60 @@ def test_cluster_placement_by_resource_and_load(cluster3):
     assert st.returncode == 0 and f"node {a.node_id} " in st.stdout and "special" in st.stdout
 
 
+@shoal.remote(resources={"special": 1})
+def special_sum(x):
+    return float(x.sum()), os.environ["SHOAL_NODE_ID"]
+
+
+@shoal.remote(resources={"special": 1})
+def special_ones(n):
+    import numpy as np
+    return np.ones(n)
+
+
+def node_store(node):
+    r = subprocess.run([binary(), "status", "--json", "--socket-dir", node.dir],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["store"]
+
+
+@pytest.mark.asan
+def test_cluster_objects_move_in_chunks_once_per_node(fresh):  # noqa: F811
+    """Objects bigger than one message move between head and node in chunks;
+    a node gets each object once however many of its tasks need it, and
+    drops its copy when the head frees the object."""
+    np = pytest.importorskip("numpy")
+    head = Head("--max-frame", "1M")  # chunks of 512 KiB; the objects are 24 MiB
+    node = None
+    try:
+        node = Node(head, "--max-frame", "1M", workers=1, cpus=1, resources={"special": 1})
+        shoal.init(address=head.address, token=TOKEN)
+        a = np.arange(3 << 20, dtype=np.float64)  # 24 MiB
+        ref = shoal.put(a)
+        out = shoal.get([special_sum.remote(ref) for _ in range(5)], timeout=T)
+        assert out == [(float(a.sum()), str(node.node_id))] * 5
+        st = node_store(node)
+        assert st["received_objects"] == 1, st  # once, for five tasks
+        assert st["received_bytes"] >= a.nbytes
+        # A big result comes back in chunks too.
+        r = special_ones.remote(3 << 20)
+        v = r.result(timeout=T)
+        assert v.shape == (3 << 20,) and float(v.sum()) == 3 << 20
+        assert node_store(node)["sent_objects"] >= 1
+        # The head frees the object: the node drops its copy.
+        del ref, r, v
+        import gc
+        gc.collect()
+        wait_until(lambda: node_store(node)["objects"] == 0, 15, 0.1,
+                   "the node dropping the copies the head freed")
+    finally:
+        shoal.shutdown()
+        if node is not None:
+            node.stop()
+        head.stop()
+
+
 def test_cluster_infeasible_and_actors(cluster3):
     head, a, b = cluster3
 
