@@ -34,6 +34,8 @@ RATIO_TARGETS = [
      "large_objects: to 16 tasks, array passed directly ≥ 10× Pool pickling it"),
     ("large_objects", "shoal_pass_ref", "ray", 1.0,
      "large_objects: to 16 tasks, put + ref ahead of Ray: under Ray's time (speed-up > 1×)"),
+    ("transfer", "shoal", "tcp_loopback", 0.6,
+     "transfer: 1 GiB between two node agents ≥ 0.6× loopback TCP bulk bandwidth"),
 ]
 
 

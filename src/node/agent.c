@@ -115,6 +115,7 @@ static int listen_tcp(const char *bind_addr, int port, char *desc, size_t dn) {
 /* ---- connections ---- */
 
 static void conn_poll_cb(uv_poll_t *h, int status, int events);
+static int streaming(const sh_conn_t *c);
 
 sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc) {
   sh_conn_t *c = sh_calloc(1, sizeof *c);
@@ -125,6 +126,7 @@ sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc) {
   sh_buf_init(&c->out);
   sh_queue_init(&c->dirty);
   sh_queue_init(&c->authq);
+  sh_queue_init(&c->jobs);
   snprintf(c->desc, sizeof c->desc, "%s", desc);
   uv_poll_init(a->loop, &c->poll, fd);
   c->poll.data = c;
@@ -141,7 +143,7 @@ void sh_conn_poll(sh_conn_t *c, int events) {
 }
 
 void sh_conn_mark_dirty(sh_conn_t *c) {
-  if (!c->closing && !sh_queue_linked(&c->dirty) && sh_buf_avail(&c->out))
+  if (!c->closing && !sh_queue_linked(&c->dirty) && (sh_buf_avail(&c->out) || streaming(c)))
     sh_queue_insert_tail(&c->agent->dirty, &c->dirty);
 }
 
@@ -150,11 +152,84 @@ sh_conn_t *sh_agent_client(sh_agent_t *a, uint64_t id) {
   return cid ? sh_map_get(&a->clients, cid) : NULL;
 }
 
+/* ---- streaming segments (sh_conn_send_segment) ---- */
+
+enum { JOB_FRAMES = 1, JOB_SEGMENT };
+#define PUMP_AHEAD (8u << 20) /* bytes of jobs read ahead of the socket */
+
+typedef struct sh_job_s {
+  sh_queue_t link;
+  int kind;
+  sh_buf_t frames;         /* JOB_FRAMES: frames queued before a segment */
+  uint64_t id, size, off;  /* JOB_SEGMENT */
+  int fd;                  /* the segment, open */
+} sh_job_t;
+
+static void job_free(sh_job_t *j) {
+  sh_queue_remove(&j->link);
+  if (j->kind == JOB_SEGMENT && j->fd >= 0) close(j->fd);
+  sh_buf_close(&j->frames);
+  sh_free(j);
+}
+
+void sh_conn_send_segment(sh_conn_t *c, uint64_t id, uint64_t size, int fd) {
+  if (sh_buf_avail(&c->out)) { /* what came before goes before */
+    sh_job_t *f = sh_calloc(1, sizeof *f);
+    f->kind = JOB_FRAMES;
+    f->frames = c->out;
+    sh_buf_init(&c->out);
+    sh_queue_insert_tail(&c->jobs, &f->link);
+  }
+  sh_job_t *j = sh_calloc(1, sizeof *j);
+  j->kind = JOB_SEGMENT;
+  j->id = id;
+  j->size = size;
+  j->fd = fd;
+  sh_queue_insert_tail(&c->jobs, &j->link);
+  sh_conn_mark_dirty(c);
+}
+
+static int streaming(const sh_conn_t *c) {
+  return !sh_queue_empty(&c->jobs) || sh_buf_avail(&c->wbuf);
+}
+
+/* Moves queued jobs into wbuf, a chunk at a time, until PUMP_AHEAD bytes wait
+ * there or the jobs are done. A segment that cannot be read is logged and
+ * skipped: the PUT or RESULT after it tells the peer it did not arrive. */
+static void pump(sh_conn_t *c) {
+  sh_agent_t *a = c->agent;
+  while (!sh_queue_empty(&c->jobs) && sh_buf_avail(&c->wbuf) < PUMP_AHEAD) {
+    sh_job_t *j = sh_queue_data(sh_queue_head(&c->jobs), sh_job_t, link);
+    if (j->kind == JOB_FRAMES) {
+      if (sh_buf_append(&c->wbuf, sh_buf_head(&j->frames), sh_buf_avail(&j->frames))) {
+        sh_conn_close(c, "out of memory streaming to it");
+        return;
+      }
+      job_free(j);
+      continue;
+    }
+    int rc = 0;
+    size_t n = sh_store_chunk_size(a);
+    if (j->size - j->off < n) n = (size_t)(j->size - j->off);
+    if (!rc) rc = sh_store_append_chunk(&c->wbuf, j->id, j->size, j->fd, j->off, n);
+    if (rc) {
+      sh_warn("cannot send object %#llx to %s: %s", (unsigned long long)j->id, c->desc,
+              sh_strerror(rc));
+      job_free(j);
+      continue;
+    }
+    j->off += n;
+    if (j->off >= j->size) job_free(j);
+  }
+}
+
 static void conn_closed_cb(uv_handle_t *h) {
   sh_conn_t *c = h->data;
   close(c->fd);
+  while (!sh_queue_empty(&c->jobs)) job_free(sh_queue_data(sh_queue_head(&c->jobs), sh_job_t, link));
   sh_buf_close(&c->in);
   sh_buf_close(&c->out);
+  sh_buf_close(&c->wbuf);
   sh_free(c);
 }
 
@@ -518,10 +593,19 @@ static void conn_read(sh_conn_t *c) {
 /* Writes what c->out holds; keeps polling for writability when the socket is
  * full. */
 static void conn_flush(sh_conn_t *c) {
-  while (sh_buf_avail(&c->out)) {
-    ssize_t n = write(c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out));
+  for (;;) {
+    /* Streamed segments (and the frames queued before them) go first. */
+    int s = streaming(c);
+    if (s) pump(c);
+    if (c->closing) return;
+    sh_buf_t *b = s ? &c->wbuf : &c->out;
+    if (!sh_buf_avail(b)) {
+      if (s && !streaming(c)) continue; /* done streaming: now c->out */
+      break;
+    }
+    ssize_t n = write(c->fd, sh_buf_head(b), sh_buf_avail(b));
     if (n > 0) {
-      sh_buf_consume(&c->out, (size_t)n);
+      sh_buf_consume(b, (size_t)n);
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -529,7 +613,8 @@ static void conn_flush(sh_conn_t *c) {
     sh_conn_close(c, n < 0 ? strerror(errno) : "short write");
     return;
   }
-  int want = UV_READABLE | (sh_buf_avail(&c->out) ? UV_WRITABLE : 0);
+  if (!streaming(c) && c->wbuf.cap > (8u << 20)) sh_buf_close(&c->wbuf);
+  int want = UV_READABLE | (sh_buf_avail(&c->out) || streaming(c) ? UV_WRITABLE : 0);
   if (want != c->events) {
     c->events = want;
     uv_poll_start(&c->poll, want, conn_poll_cb);

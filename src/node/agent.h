@@ -95,6 +95,8 @@ struct sh_conn_s {
   sh_worker_t *worker; /* for worker channels */
   sh_node_t *node;     /* head side: the registered node on this connection */
   sh_map_t xfers;      /* segments arriving in CHUNKs: id -> sh_xfer_t (store.c) */
+  sh_queue_t jobs;     /* segments to stream, each after the frames before it */
+  sh_buf_t wbuf;       /* bytes of the jobs being written (see conn_flush) */
   int up;              /* node side, role SH_ROLE_UPLINK: SH_UP_* */
   sh_queue_t link;     /* agent->conns */
   sh_queue_t dirty;    /* agent->dirty while out has bytes to flush */
@@ -334,6 +336,12 @@ struct sh_agent_s {
 int sh_agent_run(const sh_agent_opts_t *opts);
 void sh_agent_stop(sh_agent_t *a, const char *why);
 void sh_conn_mark_dirty(sh_conn_t *c);
+/* Queues the segment of object `id` (open as fd, size bytes; the job owns
+ * fd, so the bytes stay readable even if the file is removed meanwhile) to
+ * be sent over c in CHUNK frames after every frame already in c->out and
+ * before any appended later; it is read and written a few chunks at a time
+ * as the socket drains. */
+void sh_conn_send_segment(sh_conn_t *c, uint64_t id, uint64_t size, int fd);
 /* Polls c for `events` (UV_READABLE, UV_WRITABLE) from now on. */
 void sh_conn_poll(sh_conn_t *c, int events);
 void sh_conn_close(sh_conn_t *c, const char *why);
@@ -394,8 +402,16 @@ uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, siz
 uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n);
 /* Removes o's segment (resident or spilled) and its accounting. */
 void sh_store_free(sh_agent_t *a, sh_obj_t *o);
-/* Sends o's segment (id, size bytes) over c as CHUNK frames. 0 or -errno. */
+/* Sends o's segment (id, size bytes) over c as CHUNK frames (queued, see
+ * sh_conn_send_segment). 0 or -errno when it is missing or not that size. */
 int sh_store_send(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size);
+/* Opens the segment of id, checking its size; fd or -errno. */
+int sh_store_open_segment(sh_agent_t *a, uint64_t id, uint64_t size);
+/* Appends one CHUNK frame (bytes [off, off + n) of fd) to b. 0 or -errno. */
+int sh_store_append_chunk(sh_buf_t *b, uint64_t id, uint64_t size, int fd, uint64_t off,
+                          size_t n);
+/* The largest CHUNK payload this agent sends. */
+size_t sh_store_chunk_size(const sh_agent_t *a);
 /* A CHUNK frame from c: written into the segment being assembled. 0, or -1
  * with a message in why (the transfer is then abandoned). */
 int sh_store_chunk(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body, uint32_t len,

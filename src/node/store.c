@@ -431,7 +431,7 @@ static void xfer_tmp(uint64_t id, char *buf, size_t n) {
   snprintf(buf, n, "%016llx.%d.xfer", (unsigned long long)id, (int)getpid());
 }
 
-int sh_store_send(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size) {
+int sh_store_open_segment(sh_agent_t *a, uint64_t id, uint64_t size) {
   sh_store_t *s = &a->store;
   if (s->dir_fd < 0) return -ENOENT;
   char name[24];
@@ -440,36 +440,47 @@ int sh_store_send(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size) {
   if (fd < 0) return -errno;
   struct stat st;
   int rc = fstat(fd, &st) < 0 ? -errno : (uint64_t)st.st_size != size ? -EIO : 0;
+  if (rc) {
+    close(fd);
+    return rc;
+  }
+  return fd;
+}
+
+size_t sh_store_chunk_size(const sh_agent_t *a) {
   /* Chunks fit the peer's frame limit, which is this daemon's too. */
-  size_t chunk = a->opts.max_frame / 2 < SH_CHUNK_MAX ? a->opts.max_frame / 2 : SH_CHUNK_MAX;
-  for (uint64_t off = 0; !rc && off < size;) {
-    size_t n = size - off < chunk ? (size_t)(size - off) : chunk;
-    long at = sh_frame_begin(&c->out, SH_MSG_CHUNK, 0, id);
-    rc = at < 0 ? (int)at : sh_buf_u64(&c->out, size);
-    if (!rc) rc = sh_buf_u64(&c->out, off);
-    if (!rc) rc = sh_buf_reserve(&c->out, n);
-    size_t done = 0;
-    while (!rc && done < n) {
-      ssize_t k = pread(fd, c->out.data + c->out.len + done, n - done, (off_t)(off + done));
-      if (k < 0 && errno == EINTR) continue;
-      if (k <= 0) rc = k < 0 ? -errno : -EIO;
-      else done += (size_t)k;
-    }
-    if (rc) {
-      if (at >= 0) sh_frame_abort(&c->out, at);
-      break;
-    }
-    c->out.len += n;
-    sh_frame_finish(&c->out, at);
-    off += n;
+  return a->opts.max_frame / 2 < SH_CHUNK_MAX ? a->opts.max_frame / 2 : SH_CHUNK_MAX;
+}
+
+int sh_store_append_chunk(sh_buf_t *b, uint64_t id, uint64_t size, int fd, uint64_t off,
+                          size_t n) {
+  long at = sh_frame_begin(b, SH_MSG_CHUNK, 0, id);
+  int rc = at < 0 ? (int)at : sh_buf_u64(b, size);
+  if (!rc) rc = sh_buf_u64(b, off);
+  if (!rc) rc = sh_buf_reserve(b, n);
+  size_t done = 0;
+  while (!rc && done < n) {
+    ssize_t k = pread(fd, b->data + b->len + done, n - done, (off_t)(off + done));
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) rc = k < 0 ? -errno : -EIO;
+    else done += (size_t)k;
   }
-  close(fd);
-  if (!rc) {
-    s->n_sent++;
-    s->sent_bytes += size;
-    sh_conn_mark_dirty(c);
+  if (rc) {
+    if (at >= 0) sh_frame_abort(b, at);
+    return rc;
   }
-  return rc;
+  b->len += n;
+  sh_frame_finish(b, at);
+  return 0;
+}
+
+int sh_store_send(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size) {
+  int fd = sh_store_open_segment(a, id, size);
+  if (fd < 0) return fd;
+  sh_conn_send_segment(c, id, size, fd);
+  a->store.n_sent++;
+  a->store.sent_bytes += size;
+  return 0;
 }
 
 static void xfer_drop(sh_agent_t *a, sh_conn_t *c, uint64_t id, sh_xfer_t *x) {

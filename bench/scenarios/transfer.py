@@ -1,0 +1,152 @@
+"""transfer: a 1 GiB object moving between two node agents (issue 4), beside
+the raw loopback TCP bulk bandwidth measured in the same run.
+
+A head with no workers and one node agent with one worker run on this machine
+over loopback TCP (with the cluster token, as a real cluster would). The
+driver puts a fresh 1 GiB array in the head's object store (not timed), then
+times one task on the node that needs it and returns its size without reading
+it: the head sends the segment in CHUNK frames, the node assembles it in its
+own store, seals it and its worker maps it. GB/s = object bytes / that time.
+A fresh object per timed transfer (a node keeps what it received).
+
+SHOAL_BENCH_TRANSFER_MB sets another size (default 1024: the issue's 1 GiB).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from harness import System, digest
+
+NAME = "transfer"
+TITLE = "transfer: a 1 GiB object between two node agents"
+
+MB = int(os.environ.get("SHOAL_BENCH_TRANSFER_MB", "1024"))
+SIZE = MB << 20
+TIMED = 3  # transfers per repetition, after one warm-up; the median is reported
+
+_size = f"{MB >> 10} GiB" if MB % 1024 == 0 else f"{MB} MiB"
+DESCRIPTION = (
+    f"A head (no workers) and one node agent (one worker) on this machine over loopback "
+    f"TCP with the cluster token. The driver puts a fresh {_size} float64 array in the "
+    "head's object store (not timed), then one task on the node that needs it and "
+    "returns `x.nbytes` without reading the data is timed from submit to result: the "
+    "head reads the segment and sends it in 4 MiB CHUNK frames, the node writes it into "
+    "its own store, seals it, and its worker maps it. GB/s is the object's bytes over "
+    f"that time; median of {TIMED} transfers after a warm-up, each a new object. Floor: "
+    f"{_size} sent over a loopback TCP socket between two processes (Python "
+    "`sendall`/`recv_into`, 4 MiB at a time)."
+)
+PRIMARY = "shoal"
+FLOOR = "tcp_loopback"
+WARMUP_ROUND = False
+
+SYSTEMS = [
+    System("shoal", "shoal: head → node, object store to object store", n=SIZE, unit="GB/s",
+           role="shoal", timeout=300),
+    System("tcp_loopback", f"floor: loopback TCP bulk ({_size})", n=SIZE, unit="GB/s",
+           role="floor", timeout=120),
+]
+
+
+def expected(system, params):
+    return digest(params["n"])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _status(binary, address, token):
+    r = subprocess.run([binary, "status", "--json", "--address", address, "--token-file", token,
+                        "--timeout", "5"], capture_output=True, text=True, timeout=30)
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def _stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout=5)
+
+
+def _shoal(n):
+    import numpy as np
+    import shoal
+    from shoal import _cluster
+    binary = _cluster.binary_path()
+    tmp = tempfile.mkdtemp(prefix="shx-", dir="/tmp")
+    token = os.path.join(tmp, "token")
+    with open(os.open(token, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(os.urandom(32).hex())
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    store = str(max(4 * n + (256 << 20), 1 << 30))
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [binary, "start", "--head", "--block", "--port", str(port), "--token-file", token,
+             "--workers", "0", "--num-cpus", "0", "--socket-dir", os.path.join(tmp, "h"),
+             "--object-store-memory", store, "--python", sys.executable],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 30
+        while _status(binary, address, token) is None:
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                raise RuntimeError("the head did not start")
+            time.sleep(0.05)
+        procs.append(subprocess.Popen(
+            [binary, "start", "--address", address, "--block", "--token-file", token,
+             "--workers", "1", "--num-cpus", "1", "--socket-dir", os.path.join(tmp, "n"),
+             "--object-store-memory", store, "--python", sys.executable],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        while sum(x["alive"] for x in (_status(binary, address, token) or {}).get("nodes", [])) < 2:
+            if time.monotonic() > deadline or procs[1].poll() is not None:
+                raise RuntimeError("the node did not join")
+            time.sleep(0.05)
+        os.environ["SHOAL_TOKEN_FILE"] = token
+        shoal.init(address=address)
+
+        @shoal.remote
+        def size_of(x):
+            return x.nbytes
+
+        a = np.ones(n // 8)
+        rates, got = [], 0
+        for i in range(TIMED + 1):
+            ref = shoal.put(a)
+            t0 = time.perf_counter()
+            got = size_of.remote(ref).result(timeout=240)
+            dt = time.perf_counter() - t0
+            if i:
+                rates.append(n / dt / 1e9)
+            del ref
+        rates.sort()
+        return rates[len(rates) // 2], got
+    finally:
+        shoal.shutdown()
+        for p in reversed(procs):
+            _stop(p)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(system, params):
+    n = params["n"]
+    if system == "shoal":
+        rate, got = _shoal(n)
+        return {"value": rate, "check": digest(got)}
+    if system == "tcp_loopback":
+        from scenarios import floor
+        rate, got = floor._tcp(n)
+        return {"value": rate, "check": digest(got)}
+    raise ValueError(system)
