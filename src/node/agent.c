@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -161,8 +162,10 @@ typedef struct sh_job_s {
   sh_queue_t link;
   int kind;
   sh_buf_t frames;         /* JOB_FRAMES: frames queued before a segment */
-  uint64_t id, size, off;  /* JOB_SEGMENT */
+  uint64_t id, size, off;  /* JOB_SEGMENT; off: where the next chunk starts */
   int fd;                  /* the segment, open */
+  off_t foff;              /* the current chunk's payload: next byte to send */
+  size_t left;             /* ... and how many are left */
 } sh_job_t;
 
 static void job_free(sh_job_t *j) {
@@ -193,12 +196,13 @@ static int streaming(const sh_conn_t *c) {
   return !sh_queue_empty(&c->jobs) || sh_buf_avail(&c->wbuf);
 }
 
-/* Moves queued jobs into wbuf, a chunk at a time, until PUMP_AHEAD bytes wait
- * there or the jobs are done. A segment that cannot be read is logged and
- * skipped: the PUT or RESULT after it tells the peer it did not arrive. */
+/* Moves the next queued job into wbuf: the frames queued before a segment,
+ * or the header of the segment's next CHUNK, whose payload conn_flush then
+ * sends straight from the file (sendfile: the bytes go from the object
+ * store's pages to the socket without passing through this process). */
 static void pump(sh_conn_t *c) {
   sh_agent_t *a = c->agent;
-  while (!sh_queue_empty(&c->jobs) && sh_buf_avail(&c->wbuf) < PUMP_AHEAD) {
+  while (!sh_queue_empty(&c->jobs)) {
     sh_job_t *j = sh_queue_data(sh_queue_head(&c->jobs), sh_job_t, link);
     if (j->kind == JOB_FRAMES) {
       if (sh_buf_append(&c->wbuf, sh_buf_head(&j->frames), sh_buf_avail(&j->frames))) {
@@ -208,19 +212,46 @@ static void pump(sh_conn_t *c) {
       job_free(j);
       continue;
     }
-    int rc = 0;
-    size_t n = sh_store_chunk_size(a);
-    if (j->size - j->off < n) n = (size_t)(j->size - j->off);
-    if (!rc) rc = sh_store_append_chunk(&c->wbuf, j->id, j->size, j->fd, j->off, n);
-    if (rc) {
-      sh_warn("cannot send object %#llx to %s: %s", (unsigned long long)j->id, c->desc,
-              sh_strerror(rc));
+    if (j->left) return; /* the current chunk's payload goes first */
+    if (j->off >= j->size) {
       job_free(j);
       continue;
     }
+    size_t n = sh_store_chunk_size(a);
+    if (j->size - j->off < n) n = (size_t)(j->size - j->off);
+    if (sh_buf_reserve(&c->wbuf, SH_FRAME_HDR + SH_CHUNK_HDR)) {
+      sh_conn_close(c, "out of memory streaming to it");
+      return;
+    }
+    uint8_t *p = c->wbuf.data + c->wbuf.len;
+    sh_frame_hdr_encode(p, SH_MSG_CHUNK, 0, j->id, (uint32_t)(SH_CHUNK_HDR + n));
+    sh_put_u64(p + SH_FRAME_HDR, j->size);
+    sh_put_u64(p + SH_FRAME_HDR + 8, j->off);
+    c->wbuf.len += SH_FRAME_HDR + SH_CHUNK_HDR;
+    j->foff = (off_t)j->off;
+    j->left = n;
     j->off += n;
-    if (j->off >= j->size) job_free(j);
+    return;
   }
+}
+
+/* Sends what is left of the current chunk's payload from its file. 1 when
+ * it is all sent, 0 when the socket is full, -1 when c was closed. */
+static int send_payload(sh_conn_t *c, sh_job_t *j) {
+  while (j->left) {
+    ssize_t k = sendfile(c->fd, j->fd, &j->foff, j->left);
+    if (k > 0) {
+      j->left -= (size_t)k;
+      continue;
+    }
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+    /* The frame header promised these bytes: the stream cannot go on. */
+    sh_conn_close(c, k == 0 ? "an object's segment is shorter than announced"
+                            : strerror(errno));
+    return -1;
+  }
+  return 1;
 }
 
 static void conn_closed_cb(uv_handle_t *h) {
@@ -531,6 +562,84 @@ static void dispatch(sh_conn_t *c, const sh_frame_t *f) {
 }
 
 /* Parses and handles every whole frame in c->in. */
+/* ---- chunk payloads straight into their files ---- */
+
+/* A CHUNK from an authenticated head or node skips the input buffer: once
+ * its header is in, the payload goes from the socket into the segment file
+ * (splice: one copy, into the file's pages) instead of into c->in and then
+ * the file. */
+static int chunk_direct(const sh_conn_t *c) {
+  return (c->role == SH_ROLE_NODE && c->node) || (c->role == SH_ROLE_UPLINK && c->up == SH_UP_READY);
+}
+
+/* The peer is alive (what its frames would say). */
+static void chunk_touch(sh_conn_t *c) {
+  if (c->role == SH_ROLE_NODE && c->node) c->node->last_seen_ms = uv_now(c->agent->loop);
+  else c->agent->up_last_ms = uv_now(c->agent->loop);
+}
+
+/* The frame at the front of c->in is incomplete: when it is a CHUNK whose
+ * headers are in, take what is there of its payload and switch c to
+ * reading the rest straight into the file. 1 when it did. */
+static int chunk_start(sh_conn_t *c, size_t max) {
+  sh_agent_t *a = c->agent;
+  const uint8_t *p = sh_buf_head(&c->in);
+  sh_frame_hdr_t h;
+  if (sh_buf_avail(&c->in) < SH_FRAME_HDR + SH_CHUNK_HDR || sh_frame_hdr_decode(p, max, &h) ||
+      h.type != SH_MSG_CHUNK || h.len < SH_CHUNK_HDR)
+    return 0;
+  size_t k = h.len - SH_CHUNK_HDR;
+  size_t have = sh_buf_avail(&c->in) - SH_FRAME_HDR - SH_CHUNK_HDR; /* < k: incomplete */
+  char why[600] = "";
+  int drop = sh_store_chunk_begin(a, c, h.id, sh_get_u64(p + SH_FRAME_HDR),
+                                  sh_get_u64(p + SH_FRAME_HDR + 8), k, why, sizeof why) != 0;
+  if (!drop && have &&
+      sh_store_chunk_data(a, c, h.id, p + SH_FRAME_HDR + SH_CHUNK_HDR, have, why, sizeof why))
+    drop = 1;
+  if (drop) sh_warn("from %s: %s", c->desc, why);
+  c->chunk_id = h.id;
+  c->chunk_left = k - have;
+  c->chunk_drop = drop;
+  sh_buf_consume(&c->in, SH_FRAME_HDR + SH_CHUNK_HDR + have);
+  chunk_touch(c);
+  return 1;
+}
+
+/* Reads the rest of a chunk's payload into its file. 1 when it is all in,
+ * 0 when the socket has nothing more now, -1 when c was closed. */
+static int chunk_read(sh_conn_t *c) {
+  sh_agent_t *a = c->agent;
+  while (c->chunk_left) {
+    char why[600] = "";
+    ssize_t k;
+    if (!c->chunk_drop) {
+      k = sh_store_chunk_splice(a, c, c->chunk_id, c->chunk_left, why, sizeof why);
+      if (k == -2) {
+        sh_warn("from %s: %s", c->desc, why);
+        c->chunk_drop = 1;
+        continue;
+      }
+    } else {
+      char sink[65536];
+      k = read(c->fd, sink, c->chunk_left < sizeof sink ? c->chunk_left : sizeof sink);
+      if (k < 0) k = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -3;
+    }
+    if (k > 0) {
+      c->chunk_left -= (size_t)k;
+      if (why[0]) {
+        sh_warn("from %s: %s", c->desc, why);
+        c->chunk_drop = 1;
+      }
+      continue;
+    }
+    if (k == -1) return 0;
+    sh_conn_close(c, k == 0 ? NULL : strerror(errno));
+    return -1;
+  }
+  chunk_touch(c);
+  return 1;
+}
+
 static void conn_parse(sh_conn_t *c) {
   sh_agent_t *a = c->agent;
   while (!c->closing && sh_buf_avail(&c->in) > 0) {
@@ -549,6 +658,7 @@ static void conn_parse(sh_conn_t *c) {
       return;
     }
     if (rc == 0) {
+      if (chunk_direct(c) && chunk_start(c, max)) continue;
       /* Make room for the whole frame now that its header is validated. */
       if (used > sh_buf_avail(&c->in) && sh_buf_reserve(&c->in, used - sh_buf_avail(&c->in))) {
         conn_fail(c, -ENOMEM, "no memory for an incoming frame");
@@ -566,6 +676,7 @@ static void conn_parse(sh_conn_t *c) {
  * and their OUTPUT frames go out in the same write as the RESULT. */
 static void conn_read(sh_conn_t *c) {
   for (int rounds = 0; rounds < 64 && !c->closing; rounds++) {
+    if (c->chunk_left && chunk_read(c) <= 0) return;
     if (sh_buf_reserve(&c->in, 65536)) {
       conn_fail(c, -ENOMEM, "no memory for input");
       return;
@@ -596,8 +707,18 @@ static void conn_flush(sh_conn_t *c) {
   for (;;) {
     /* Streamed segments (and the frames queued before them) go first. */
     int s = streaming(c);
-    if (s) pump(c);
-    if (c->closing) return;
+    if (s && !sh_buf_avail(&c->wbuf)) {
+      sh_job_t *j = sh_queue_empty(&c->jobs) ? NULL
+                                             : sh_queue_data(sh_queue_head(&c->jobs), sh_job_t, link);
+      if (j && j->kind == JOB_SEGMENT && j->left) {
+        int rc = send_payload(c, j);
+        if (rc < 0) return;
+        if (rc == 0) break;
+        continue;
+      }
+      pump(c);
+      if (c->closing) return;
+    }
     sh_buf_t *b = s ? &c->wbuf : &c->out;
     if (!sh_buf_avail(b)) {
       if (s && !streaming(c)) continue; /* done streaming: now c->out */

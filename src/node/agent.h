@@ -97,6 +97,9 @@ struct sh_conn_s {
   sh_map_t xfers;      /* segments arriving in CHUNKs: id -> sh_xfer_t (store.c) */
   sh_queue_t jobs;     /* segments to stream, each after the frames before it */
   sh_buf_t wbuf;       /* bytes of the jobs being written (see conn_flush) */
+  uint64_t chunk_id;   /* a CHUNK's payload read straight into its file: */
+  size_t chunk_left;   /* ...bytes still to come (0: reading frames) */
+  int chunk_drop;      /* ...its transfer failed: the bytes are read and dropped */
   int up;              /* node side, role SH_ROLE_UPLINK: SH_UP_* */
   sh_queue_t link;     /* agent->conns */
   sh_queue_t dirty;    /* agent->dirty while out has bytes to flush */
@@ -172,6 +175,7 @@ typedef struct sh_store_s {
   char dir[SH_STORE_DIR_MAX];   /* "" when the store could not be opened */
   char spill_dir[4096];
   int dir_fd, spill_fd;         /* -1 when closed / not yet created */
+  int pipe[2];                  /* for splicing received chunks; 0 until made */
   uint64_t capacity, inline_threshold;
   uint64_t used;                /* bytes resident in dir */
   uint64_t spilled;             /* bytes in spill_dir */
@@ -407,15 +411,27 @@ void sh_store_free(sh_agent_t *a, sh_obj_t *o);
 int sh_store_send(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size);
 /* Opens the segment of id, checking its size; fd or -errno. */
 int sh_store_open_segment(sh_agent_t *a, uint64_t id, uint64_t size);
-/* Appends one CHUNK frame (bytes [off, off + n) of fd) to b. 0 or -errno. */
-int sh_store_append_chunk(sh_buf_t *b, uint64_t id, uint64_t size, int fd, uint64_t off,
-                          size_t n);
 /* The largest CHUNK payload this agent sends. */
 size_t sh_store_chunk_size(const sh_agent_t *a);
 /* A CHUNK frame from c: written into the segment being assembled. 0, or -1
  * with a message in why (the transfer is then abandoned). */
 int sh_store_chunk(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body, uint32_t len,
                    char *why, size_t n);
+/* The same in pieces, for a payload read straight from the socket: checks a
+ * CHUNK's header (k payload bytes at off of total) and starts or continues
+ * the transfer; 0, or -1 with a message (the transfer is dropped). */
+int sh_store_chunk_begin(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t total,
+                         uint64_t off, size_t k, char *why, size_t n);
+/* k payload bytes already in memory. 0, or -1 with a message. */
+int sh_store_chunk_data(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, size_t k,
+                        char *why, size_t n);
+/* Moves up to max payload bytes from c's socket into the file (splice).
+ * Returns the bytes consumed from the socket (why is non-empty if the
+ * transfer failed meanwhile), 0 at end of file, -1 when the socket has none
+ * now, -2 when there is no such transfer (why says so), -3 for a socket
+ * error (errno). */
+ssize_t sh_store_chunk_splice(sh_agent_t *a, sh_conn_t *c, uint64_t id, size_t max, char *why,
+                              size_t n);
 /* 1 when c delivered the whole segment of id (size bytes), now in place
  * under its name; forgets the transfer either way. */
 int sh_store_received(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size);

@@ -151,6 +151,9 @@ fail:
 
 void sh_store_close(sh_agent_t *a) {
   sh_store_t *s = &a->store;
+  for (int i = 0; i < 2; i++)
+    if (s->pipe[i] > 0) close(s->pipe[i]);
+  s->pipe[0] = s->pipe[1] = 0;
   if (s->dir_fd >= 0) close(s->dir_fd);
   if (s->spill_fd >= 0) close(s->spill_fd);
   s->dir_fd = s->spill_fd = -1;
@@ -452,28 +455,6 @@ size_t sh_store_chunk_size(const sh_agent_t *a) {
   return a->opts.max_frame / 2 < SH_CHUNK_MAX ? a->opts.max_frame / 2 : SH_CHUNK_MAX;
 }
 
-int sh_store_append_chunk(sh_buf_t *b, uint64_t id, uint64_t size, int fd, uint64_t off,
-                          size_t n) {
-  long at = sh_frame_begin(b, SH_MSG_CHUNK, 0, id);
-  int rc = at < 0 ? (int)at : sh_buf_u64(b, size);
-  if (!rc) rc = sh_buf_u64(b, off);
-  if (!rc) rc = sh_buf_reserve(b, n);
-  size_t done = 0;
-  while (!rc && done < n) {
-    ssize_t k = pread(fd, b->data + b->len + done, n - done, (off_t)(off + done));
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) rc = k < 0 ? -errno : -EIO;
-    else done += (size_t)k;
-  }
-  if (rc) {
-    if (at >= 0) sh_frame_abort(b, at);
-    return rc;
-  }
-  b->len += n;
-  sh_frame_finish(b, at);
-  return 0;
-}
-
 int sh_store_send(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size) {
   int fd = sh_store_open_segment(a, id, size);
   if (fd < 0) return fd;
@@ -494,16 +475,9 @@ static void xfer_drop(sh_agent_t *a, sh_conn_t *c, uint64_t id, sh_xfer_t *x) {
   sh_free(x);
 }
 
-int sh_store_chunk(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body, uint32_t len,
-                   char *why, size_t n) {
+int sh_store_chunk_begin(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t total,
+                         uint64_t off, size_t k, char *why, size_t n) {
   sh_store_t *s = &a->store;
-  if (len < SH_CHUNK_HDR) {
-    snprintf(why, n, "a CHUNK frame of %u bytes is shorter than its 16-byte header", len);
-    return -1;
-  }
-  uint64_t total = sh_get_u64(body), off = sh_get_u64(body + 8);
-  const uint8_t *p = body + SH_CHUNK_HDR;
-  size_t k = len - SH_CHUNK_HDR;
   sh_xfer_t *x = sh_map_get(&c->xfers, id);
   if (x && x->fd < 0) { /* a new copy of one already received: start over */
     xfer_drop(a, c, id, x);
@@ -538,25 +512,20 @@ int sh_store_chunk(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body
     xfer_drop(a, c, id, x);
     return -1;
   }
-  int rc = 0;
-  for (size_t done = 0; done < k && !rc;) {
-    ssize_t w = pwrite(x->fd, p + done, k - done, (off_t)(off + done));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) rc = w < 0 ? errno : EIO;
-    else done += (size_t)w;
-  }
-  if (rc) {
-    snprintf(why, n, "object %#llx: writing into %s failed: %s", (unsigned long long)id, s->dir,
-             strerror(rc));
-    xfer_drop(a, c, id, x);
-    return -1;
-  }
+  return 0;
+}
+
+/* Counts k more bytes of id's segment written; renames it into place when
+ * it is whole. 0, or -1 with a message (the transfer is dropped). */
+static int chunk_advance(sh_agent_t *a, sh_conn_t *c, uint64_t id, sh_xfer_t *x, size_t k,
+                         char *why, size_t n) {
+  sh_store_t *s = &a->store;
   x->got += k;
   if (x->got < x->total) return 0;
   char tmp[48], name[24];
   xfer_tmp(id, tmp, sizeof tmp);
   seg_name(id, name);
-  rc = close(x->fd) < 0 ? errno : 0;
+  int rc = close(x->fd) < 0 ? errno : 0;
   x->fd = -1;
   if (!rc && renameat(s->dir_fd, tmp, s->dir_fd, name) < 0) rc = errno;
   if (rc) {
@@ -569,6 +538,91 @@ int sh_store_chunk(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body
   s->n_received++;
   s->received_bytes += x->total;
   return 0;
+}
+
+int sh_store_chunk_data(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, size_t k,
+                        char *why, size_t n) {
+  sh_xfer_t *x = sh_map_get(&c->xfers, id);
+  if (!x || x->fd < 0 || k > x->total - x->got) {
+    snprintf(why, n, "object %#llx: %zu bytes arrived for no transfer", (unsigned long long)id, k);
+    return -1;
+  }
+  for (size_t done = 0; done < k;) {
+    ssize_t w = pwrite(x->fd, p + done, k - done, (off_t)(x->got + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      snprintf(why, n, "object %#llx: writing into %s failed: %s", (unsigned long long)id,
+               a->store.dir, w < 0 ? strerror(errno) : "short write");
+      xfer_drop(a, c, id, x);
+      return -1;
+    }
+    done += (size_t)w;
+  }
+  return chunk_advance(a, c, id, x, k, why, n);
+}
+
+/* The pipe the socket's bytes go through on their way into a segment file
+ * (splice: they are copied once, into the file's pages). */
+static int splice_pipe(sh_agent_t *a) {
+  sh_store_t *s = &a->store;
+  if (s->pipe[1] > 0) return 0;
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) return -errno;
+  fcntl(p[1], F_SETPIPE_SZ, 1 << 20); /* fewer, larger moves when allowed */
+  s->pipe[0] = p[0];
+  s->pipe[1] = p[1];
+  return 0;
+}
+
+ssize_t sh_store_chunk_splice(sh_agent_t *a, sh_conn_t *c, uint64_t id, size_t max, char *why,
+                              size_t n) {
+  sh_store_t *s = &a->store;
+  sh_xfer_t *x = sh_map_get(&c->xfers, id);
+  if (!x || x->fd < 0 || max > x->total - x->got) {
+    snprintf(why, n, "object %#llx: bytes arrived for no transfer", (unsigned long long)id);
+    return -2;
+  }
+  int rc = splice_pipe(a);
+  if (rc) {
+    snprintf(why, n, "cannot make a pipe: %s", strerror(-rc));
+    return -2;
+  }
+  ssize_t k = splice(c->fd, NULL, s->pipe[1], NULL, max, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  if (k < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -3;
+  if (k == 0) return 0;
+  loff_t off = (loff_t)x->got;
+  for (ssize_t left = k; left > 0;) {
+    ssize_t w = splice(s->pipe[0], NULL, x->fd, &off, (size_t)left, SPLICE_F_MOVE);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      /* Keep the pipe empty for the next transfer, then give this one up. */
+      char sink[4096];
+      while (left > 0) {
+        ssize_t r = read(s->pipe[0], sink, (size_t)left < sizeof sink ? (size_t)left : sizeof sink);
+        if (r <= 0) break;
+        left -= r;
+      }
+      snprintf(why, n, "object %#llx: writing into %s failed: %s", (unsigned long long)id, s->dir,
+               w < 0 ? strerror(errno) : "short write");
+      xfer_drop(a, c, id, x);
+      return k; /* the bytes are consumed from the socket all the same */
+    }
+    left -= w;
+  }
+  if (chunk_advance(a, c, id, x, (size_t)k, why, n)) return k;
+  why[0] = 0;
+  return k;
+}
+
+int sh_store_chunk(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body, uint32_t len,
+                   char *why, size_t n) {
+  if (len < SH_CHUNK_HDR) {
+    snprintf(why, n, "a CHUNK frame of %u bytes is shorter than its 16-byte header", len);
+    return -1;
+  }
+  size_t k = len - SH_CHUNK_HDR;
+  if (sh_store_chunk_begin(a, c, id, sh_get_u64(body), sh_get_u64(body + 8), k, why, n)) return -1;
+  return sh_store_chunk_data(a, c, id, body + SH_CHUNK_HDR, k, why, n);
 }
 
 int sh_store_received(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size) {
