@@ -762,11 +762,36 @@ static int owner_waits(sh_agent_t *a, const sh_task_t *t) {
  * local node is never chosen there: the local scheduler places on it). 1
  * when t left the ready queue (forwarded, or failed as infeasible now that
  * no live node could run it); 0 when it stays queued. */
+/* Locality hints for t: the bytes of its dependencies that each node holds
+ * a copy of already (at most `cap` nodes). */
+static uint32_t locality(sh_agent_t *a, const sh_task_t *t, sh_head_hint_t *h, uint32_t cap) {
+  uint32_t n = 0;
+  const uint8_t *d = sh_task_deps(t);
+  for (uint32_t i = 0; i < t->ndeps; i++) {
+    const sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
+    if (!o) continue;
+    uint64_t bytes = o->stored ? o->size : o->len;
+    for (uint32_t j = 0; j < o->nnodes; j++) {
+      uint32_t k = 0;
+      while (k < n && h[k].node_id != o->nodes[j]) k++;
+      if (k == n) {
+        if (n == cap) continue;
+        h[n].node_id = o->nodes[j];
+        h[n++].bytes = 0;
+      }
+      h[k].bytes += bytes;
+    }
+  }
+  return n;
+}
+
 static int place_remote(sh_agent_t *a, sh_task_t *t) {
   sh_req_t req = task_req(t);
   uint32_t nid;
   char why[1024];
-  int rc = sh_head_place(&a->head, &req, NULL, 0, &nid, why, sizeof why);
+  sh_head_hint_t hints[8];
+  uint32_t nhints = t->ndeps ? locality(a, t, hints, 8) : 0;
+  int rc = sh_head_place(&a->head, &req, nhints ? hints : NULL, nhints, &nid, why, sizeof why);
   if (rc == SH_EINFEASIBLE && !owner_waits(a, t)) {
     sh_queue_remove(&t->link);
     if (t->kind == SH_KIND_ACTOR_CREATE) {

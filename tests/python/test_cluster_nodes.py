@@ -264,6 +264,46 @@ def test_cluster_objects_move_in_chunks_once_per_node(fresh):  # noqa: F811
         head.stop()
 
 
+@shoal.remote
+def plain_sum(x):
+    return float(x.sum()), os.environ["SHOAL_NODE_ID"]
+
+
+@shoal.remote
+def pinned_sum(x):
+    return float(x.sum()), os.environ["SHOAL_NODE_ID"]
+
+
+def test_cluster_placement_prefers_the_node_holding_the_arguments(fresh):  # noqa: F811
+    """Locality first: a task goes to the node that already holds its big
+    argument. Everything else being equal the lowest node id wins, so the
+    copy is put on the node with the higher id: only locality sends the
+    task there."""
+    np = pytest.importorskip("numpy")
+    head = Head()
+    nodes = []
+    try:
+        nodes.append(Node(head, workers=1, cpus=1, resources={"r0": 1}))
+        nodes.append(Node(head, workers=1, cpus=1, resources={"r1": 1}))
+        high = max(range(2), key=lambda i: nodes[i].node_id)
+        shoal.init(address=head.address, token=TOKEN)
+        arr = np.arange(2 << 20, dtype=np.float64)  # 16 MiB
+        ref = shoal.put(arr)
+        first = pinned_sum.options(resources={f"r{high}": 1}).remote(ref).result(timeout=T)
+        assert first[1] == str(nodes[high].node_id)  # the copy is on the higher id now
+        for _ in range(3):
+            got = plain_sum.remote(ref).result(timeout=T)
+            assert got == (float(arr.sum()), str(nodes[high].node_id)), \
+                "not placed where its argument is"
+        # A task without arguments goes by load, then the lowest id.
+        assert where.remote(1).result(timeout=T)[1] == str(nodes[1 - high].node_id)
+    finally:
+        shoal.shutdown()
+        for n in nodes:
+            n.stop()
+        head.stop()
+
+
 def test_cluster_infeasible_and_actors(cluster3):
     head, a, b = cluster3
 
