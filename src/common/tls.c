@@ -263,8 +263,13 @@ static void describe(sh_tls_t *t, int sslerr, int sys) {
              reason == SSL_R_SSLV3_ALERT_BAD_CERTIFICATE ||
              reason == SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED ||
              reason == SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN) {
-    snprintf(t->err, sizeof t->err, "the daemon refused this client's certificate (%s): %s",
-             ossl_reason(), client_hint);
+    if (t->side == SH_TLS_SERVER)
+      snprintf(t->err, sizeof t->err, "the peer refused this daemon's certificate (%s): it "
+               "does not trust the CA that signed --tls-cert, or the certificate does not "
+               "name the address it dialled", ossl_reason());
+    else
+      snprintf(t->err, sizeof t->err, "the daemon refused this client's certificate (%s): %s",
+               ossl_reason(), client_hint);
   } else if (e) {
     snprintf(t->err, sizeof t->err, "%s%s", ossl_reason(),
              t->received && t->side == SH_TLS_SERVER && !sh_tls_looks_like_tls(t->first, 2)
