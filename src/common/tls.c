@@ -73,6 +73,11 @@ static int load_identity(SSL_CTX *ctx, const char *cert, const char *key, char *
     return SH_ETLS;
   }
   if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+    if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+      snprintf(err, errlen, "the TLS key file %s does not belong to the certificate in %s",
+               key, cert);
+      return SH_ETLS;
+    }
     snprintf(err, errlen, "the TLS key file %s holds no usable PEM private key (%s; a key "
              "protected by a passphrase cannot be used)", key, ossl_reason());
     return SH_ETLS;
