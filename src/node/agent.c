@@ -470,7 +470,7 @@ static void conn_parse(sh_conn_t *c) {
       char why[160];
       snprintf(why, sizeof why, "bad frame: %s", sh_strerror(rc));
       if (c->auth && !c->tls && sh_tls_looks_like_tls(sh_buf_head(&c->in), sh_buf_avail(&c->in)))
-        snprintf(why, sizeof why, "it speaks TLS, and this daemon was started without "
+        snprintf(why, sizeof why, "bad frame: it speaks TLS, and this daemon was started without "
                  "--tls-cert and --tls-key");
       conn_fail(c, rc, why);
       return;
