@@ -46,11 +46,11 @@ def _load_core():
     return _core
 
 
-def _connect(core, address, owner, token=None, wait_for_nodes=False):
+def _connect(core, address, owner, token=None, wait_for_nodes=False, tls=None):
     from . import _serial
     client = core.Client(address, owner=owner, timeout=10.0, future_type=Future,
                          dep_type=_serial.DepRef, dumps=_serial.dumps_args, token=token,
-                         wait_for_nodes=wait_for_nodes)
+                         wait_for_nodes=wait_for_nodes, **(tls or {}))
     _serial.configure(client.node_info)
     return client
 
@@ -67,7 +67,8 @@ def _info():
 
 
 def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
-         token=None, object_store_memory=None, wait_for_nodes=False, _daemon=None):
+         token=None, object_store_memory=None, wait_for_nodes=False, tls_ca=None,
+         tls_cert=None, tls_key=None, _daemon=None):
     """Connects this process to a shoal cluster, starting a private one if needed.
 
     With no ``address`` and no ``SHOAL_ADDRESS`` in the environment, starts a
@@ -96,6 +97,17 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
         wait_for_nodes: a task or actor whose resources no node of the
             cluster has waits until a node that has them joins, instead of
             failing at once with ``InfeasibleResourcesError``.
+        tls_ca: a PEM file of the CA that signed the head's certificate: the
+            ``HOST:PORT`` connection speaks TLS and the head's certificate
+            must be signed by it and name ``HOST`` (an IP address or DNS
+            name in its subjectAltName). Defaults to ``$SHOAL_TLS_CA``.
+            Giving only ``tls_cert``/``tls_key`` uses the system's trusted
+            CAs. Unix sockets never use TLS.
+        tls_cert: a PEM certificate (chain) presented to a head that
+            requires client certificates (``--tls-ca`` on the head).
+            Defaults to ``$SHOAL_TLS_CERT``.
+        tls_key: the PEM private key of ``tls_cert`` (no passphrase).
+            Defaults to ``$SHOAL_TLS_KEY``.
         _daemon: internal: a private daemon ``shoal.init`` already started (not
             yet waited for), used when a private cluster is what this call
             starts and killed otherwise.
@@ -112,17 +124,35 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
         AuthenticationError: a ``HOST:PORT`` address and no token was found,
             or the daemon refused it (a wrong token), or the daemon did not
             prove it holds it; the message says where the token came from.
+            Also for TLS: an unreadable or unusable TLS file, a head
+            certificate that is not trusted, expired or for another host,
+            a head that refused our certificate or needs one, TLS on one
+            side only.
         ShoalError: the private daemon failed to start (its stderr is quoted).
         FileNotFoundError: the ``shoal`` binary is missing.
     """
     try:
+        tls = _tls_files(tls_ca, tls_cert, tls_key)
         return _init(address, num_workers, resources, ignore_reinit_error, token, _daemon,
-                     object_store_memory, wait_for_nodes)
+                     object_store_memory, wait_for_nodes, tls)
     finally:
         if _daemon is not None and _state.daemon is not _daemon:
             _daemon.kill()  # started early, but this call did not use it
             import shutil
             shutil.rmtree(_daemon.socket_dir, ignore_errors=True)
+
+
+def _tls_files(ca, cert, key):
+    """The TLS keyword arguments of Client: paths as str, None left out."""
+    out = {}
+    for name, v in (("tls_ca", ca), ("tls_cert", cert), ("tls_key", key)):
+        if v is None:
+            continue
+        if not isinstance(v, (str, os.PathLike)):
+            raise TypeError(f"{name} must be a path (str or os.PathLike), not "
+                            f"{type(v).__name__}")
+        out[name] = os.fspath(v)
+    return out
 
 
 def _check_store_memory(v):
@@ -135,7 +165,7 @@ def _check_store_memory(v):
 
 
 def _init(address, num_workers, resources, ignore_reinit_error, token, early,
-          object_store_memory=None, wait_for_nodes=False):
+          object_store_memory=None, wait_for_nodes=False, tls=None):
     with _lock:
         if _state.client is not None:
             if ignore_reinit_error:
@@ -161,6 +191,10 @@ def _init(address, num_workers, resources, ignore_reinit_error, token, early,
             raise ValueError(
                 "token is for connecting to a cluster at HOST:PORT; a private cluster "
                 "(shoal.init() with no address) needs none")
+        if address is None and tls:
+            raise ValueError(
+                "tls_ca, tls_cert and tls_key are for connecting to a cluster at HOST:PORT; "
+                "a private cluster (shoal.init() with no address) needs none")
         core = _load_core()
         if address is not None:
             if num_workers is not None or resources is not None or object_store_memory is not None:
@@ -169,7 +203,7 @@ def _init(address, num_workers, resources, ignore_reinit_error, token, early,
                     "they cannot be used when connecting to an existing one "
                     f"(address={address!r}). Pass them to `shoal start` instead")
             client = _connect(core, _cluster.resolve_address(address), owner=False, token=token,
-                              wait_for_nodes=bool(wait_for_nodes))
+                              wait_for_nodes=bool(wait_for_nodes), tls=tls)
             daemon = None
         else:
             if early is not None:

@@ -12,11 +12,11 @@ import os
 import sys
 
 
-def _prestart(address, num_workers, resources, token, object_store_memory=None):
+def _prestart(address, num_workers, resources, token, object_store_memory=None, tls=False):
     """The private daemon, started but not waited for; None when ``init`` will
     not start one, or when anything about the request is off (``_api.init``
     then reports it the usual way)."""
-    if address is not None or os.environ.get("SHOAL_ADDRESS") or token is not None:
+    if address is not None or os.environ.get("SHOAL_ADDRESS") or token is not None or tls:
         return None
     api = sys.modules.get(__package__ + "._api")
     if api is not None and api._state.client is not None:
@@ -37,13 +37,15 @@ def _prestart(address, num_workers, resources, token, object_store_memory=None):
 
 
 def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
-         token=None, object_store_memory=None, wait_for_nodes=False):
-    daemon = _prestart(address, num_workers, resources, token, object_store_memory)
+         token=None, object_store_memory=None, wait_for_nodes=False, tls_ca=None,
+         tls_cert=None, tls_key=None):
+    daemon = _prestart(address, num_workers, resources, token, object_store_memory,
+                       tls=tls_ca is not None or tls_cert is not None or tls_key is not None)
     from . import _api
     return _api.init(address, num_workers=num_workers, resources=resources,
                      ignore_reinit_error=ignore_reinit_error, token=token,
                      object_store_memory=object_store_memory, wait_for_nodes=wait_for_nodes,
-                     _daemon=daemon)
+                     tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, _daemon=daemon)
 
 
 init.__doc__ = """Connects this process to a shoal cluster, starting a private one if needed.
@@ -66,11 +68,16 @@ init.__doc__ = """Connects this process to a shoal cluster, starting a private o
             cluster, in bytes (default: 30% of the machine's memory).
         wait_for_nodes: a request no node has the resources for waits for a
             node that has them to join, instead of failing at once.
+        tls_ca, tls_cert, tls_key: PEM files for TLS to a ``HOST:PORT``
+            head: the CA that signed its certificate, and this driver's
+            certificate and key when the head requires one. Default
+            ``$SHOAL_TLS_CA``, ``$SHOAL_TLS_CERT``, ``$SHOAL_TLS_KEY``.
     Returns:
         A dict describing the connection (see ``shoal._api.init``).
     Raises:
         RuntimeError, ValueError, TypeError, ConnectionError, ShoalError,
         FileNotFoundError: as ``shoal._api.init`` documents.
         AuthenticationError: a TCP connection found no token, or the daemon
-            refused it (a wrong token), or did not prove it holds it.
+            refused it (a wrong token), or did not prove it holds it; or TLS
+            failed (see ``shoal._api.init``).
     """

@@ -26,6 +26,7 @@
 #include "common/frame.h"
 #include "common/log.h"
 #include "common/proto.h"
+#include "common/tls.h"
 #include "node/agent.h"
 
 #define SHOAL_VERSION "0.1.0"
@@ -71,7 +72,15 @@ static const char *usage_start =
     "                         interface (default 127.0.0.1)\n"
     "  --token-file PATH      the cluster token; a head creates it (mode 0600) if missing\n"
     "                         (default $SHOAL_TOKEN, $SHOAL_TOKEN_FILE or ~/.shoal/token)\n"
-    "  --auth-timeout SECONDS how long a TCP peer has to authenticate (default 10)\n"
+    "  --auth-timeout SECONDS how long a TCP peer has to authenticate, TLS handshake\n"
+    "                         included (default 10)\n"
+    "  --tls-cert PATH        head: speak TLS on --port with this PEM certificate\n"
+    "                         (chain); node: present it to the head (mutual TLS)\n"
+    "  --tls-key PATH         the PEM private key of --tls-cert\n"
+    "  --tls-ca PATH          head: peers must present a certificate signed by this CA\n"
+    "                         (mutual TLS); node: speak TLS to the head and trust this\n"
+    "                         CA for its certificate (node default $SHOAL_TLS_CA,\n"
+    "                         $SHOAL_TLS_CERT, $SHOAL_TLS_KEY)\n"
     "  --workers N            worker processes in the pool (default: CPUs)\n"
     "  --num-cpus N           CPUs this node offers (default: CPUs usable here)\n"
     "  --num-gpus N           GPUs this node offers (default: NVIDIA GPUs found)\n"
@@ -101,6 +110,10 @@ static const char *usage_status =
     "                         $SHOAL_TOKEN_FILE or ~/.shoal/token)\n"
     "  --json                 print JSON for scripts\n"
     "  --timeout SECONDS      how long to wait for an answer (default 10)\n"
+    "  --tls-ca PATH          speak TLS to HOST:PORT and trust this CA for the daemon's\n"
+    "                         certificate (default $SHOAL_TLS_CA)\n"
+    "  --tls-cert PATH, --tls-key PATH  present this certificate and key (mutual TLS;\n"
+    "                         default $SHOAL_TLS_CERT, $SHOAL_TLS_KEY)\n"
     "  -h, --help             show this help\n";
 
 static const char *usage_memory =
@@ -114,6 +127,10 @@ static const char *usage_memory =
     "  --address ADDR         unix:PATH, a socket path, or HOST:PORT\n"
     "  --json                 print JSON for scripts\n"
     "  --timeout SECONDS      how long to wait for an answer (default 10)\n"
+    "  --tls-ca PATH          speak TLS to HOST:PORT and trust this CA for the daemon's\n"
+    "                         certificate (default $SHOAL_TLS_CA)\n"
+    "  --tls-cert PATH, --tls-key PATH  present this certificate and key (mutual TLS;\n"
+    "                         default $SHOAL_TLS_CERT, $SHOAL_TLS_KEY)\n"
     "  -h, --help             show this help\n";
 
 static const char *usage_drain =
@@ -128,6 +145,10 @@ static const char *usage_drain =
     "  --token-file PATH      the cluster token for HOST:PORT (default $SHOAL_TOKEN,\n"
     "                         $SHOAL_TOKEN_FILE or ~/.shoal/token)\n"
     "  --timeout SECONDS      how long to wait for an answer (default 10)\n"
+    "  --tls-ca PATH          speak TLS to HOST:PORT and trust this CA for the daemon's\n"
+    "                         certificate (default $SHOAL_TLS_CA)\n"
+    "  --tls-cert PATH, --tls-key PATH  present this certificate and key (mutual TLS;\n"
+    "                         default $SHOAL_TLS_CERT, $SHOAL_TLS_KEY)\n"
     "  -h, --help             show this help\n";
 
 static const char *usage_stop =
@@ -139,6 +160,10 @@ static const char *usage_stop =
     "  --token-file PATH      the cluster token for HOST:PORT (default $SHOAL_TOKEN,\n"
     "                         $SHOAL_TOKEN_FILE or ~/.shoal/token)\n"
     "  --timeout SECONDS      how long to wait for it to exit (default 10)\n"
+    "  --tls-ca PATH          speak TLS to HOST:PORT and trust this CA for the daemon's\n"
+    "                         certificate (default $SHOAL_TLS_CA)\n"
+    "  --tls-cert PATH, --tls-key PATH  present this certificate and key (mutual TLS;\n"
+    "                         default $SHOAL_TLS_CERT, $SHOAL_TLS_KEY)\n"
     "  -h, --help             show this help\n";
 
 static int usage_error(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -204,6 +229,68 @@ static int count_gpus(void) {
 
 /* ---- a blocking client for status and stop ---- */
 
+/* The TLS files of a client connection; all NULL: plain TCP. */
+typedef struct tls_files_s {
+  const char *ca, *cert, *key;
+} tls_files_t;
+
+/* The one connection this command makes speaks TLS through this, or NULL. */
+static sh_tls_t *cli_tls;
+
+/* Fills what the options left out from $SHOAL_TLS_CA, $SHOAL_TLS_CERT and
+ * $SHOAL_TLS_KEY. Returns whether TLS is asked for. */
+static int tls_files_env(tls_files_t *f) {
+  const char *v;
+  if (!f->ca && (v = getenv("SHOAL_TLS_CA")) && *v) f->ca = v;
+  if (!f->cert && (v = getenv("SHOAL_TLS_CERT")) && *v) f->cert = v;
+  if (!f->key && (v = getenv("SHOAL_TLS_KEY")) && *v) f->key = v;
+  return f->ca || f->cert || f->key;
+}
+
+/* Starts TLS on the connected TCP socket fd to `address` and completes the
+ * handshake within timeout_s. 0, or -1 with a message printed. */
+static int tls_cli(int fd, const char *address, const tls_files_t *files, double timeout_s) {
+  char err[1024], host[256];
+  sh_tls_ctx_t *ctx;
+  if (sh_tls_ctx_create(SH_TLS_CLIENT, files->cert, files->key, files->ca, &ctx, err,
+                        sizeof err)) {
+    fprintf(stderr, "shoal: %s\n", err);
+    return -1;
+  }
+  const char *colon = strrchr(address, ':');
+  const char *h = address;
+  size_t n = (size_t)(colon - address);
+  if (n >= 2 && h[0] == '[' && h[n - 1] == ']') h++, n -= 2;
+  snprintf(host, sizeof host, "%.*s", (int)n, h);
+  int rc = sh_tls_create(ctx, fd, host, &cli_tls);
+  sh_tls_ctx_destroy(ctx);
+  if (rc) {
+    fprintf(stderr, "shoal: cannot start TLS: %s\n", sh_strerror(rc));
+    return -1;
+  }
+  /* The socket blocks: bound every TLS read and write by the timeout. */
+  struct timeval tv = {(time_t)timeout_s, (long)((timeout_s - (double)(time_t)timeout_s) * 1e6)};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  rc = sh_tls_handshake(cli_tls);
+  if (rc == -EAGAIN)
+    fprintf(stderr, "shoal: the daemon at %s did not complete the TLS handshake within %.3g s\n",
+            address, timeout_s);
+  else if (rc)
+    fprintf(stderr, "shoal: TLS with the daemon at %s failed: %s\n", address,
+            sh_tls_error(cli_tls));
+  return rc ? -1 : 0;
+}
+
+/* Closes the connection (and its TLS). */
+static void close_daemon(int fd) {
+  if (fd < 0) return;
+  sh_tls_shutdown(cli_tls);
+  sh_tls_destroy(cli_tls);
+  cli_tls = NULL;
+  close(fd);
+}
+
 /* Resolves --address / --socket-dir into a connected socket, or -1 with a
  * message printed. *tcp tells whether it is a TCP connection. */
 static int connect_daemon(const char *address, const char *socket_dir, char *desc, size_t dn,
@@ -226,7 +313,7 @@ static int connect_daemon(const char *address, const char *socket_dir, char *des
     freeaddrinfo(res);
     if (rc) {
       fprintf(stderr, "shoal: no shoal daemon answers at %s: %s\n", address, strerror(errno));
-      if (fd >= 0) close(fd);
+      close_daemon(fd);
       return -1;
     }
     return fd;
@@ -250,7 +337,7 @@ static int connect_daemon(const char *address, const char *socket_dir, char *des
   if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
     fprintf(stderr, "shoal: no shoal daemon is running at %s (%s); start one with "
             "`shoal start --head`\n", path, strerror(errno));
-    if (fd >= 0) close(fd);
+    close_daemon(fd);
     return -1;
   }
   return fd;
@@ -258,8 +345,8 @@ static int connect_daemon(const char *address, const char *socket_dir, char *des
 
 static int write_all(int fd, const uint8_t *p, size_t n) {
   while (n) {
-    ssize_t k = write(fd, p, n);
-    if (k < 0 && errno == EINTR) continue;
+    ssize_t k = sh_tls_send(cli_tls, fd, p, n);
+    if (k == SH_ETLS) fprintf(stderr, "shoal: TLS: %s\n", sh_tls_error(cli_tls));
     if (k <= 0) return -1;
     p += k;
     n -= (size_t)k;
@@ -299,14 +386,18 @@ static int read_frame_max(int fd, unsigned type, sh_buf_t *in, sh_buf_t *body, d
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double left = timeout_s - ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
     struct pollfd pfd = {.fd = fd, .events = POLLIN};
-    if (left <= 0 || poll(&pfd, 1, (int)(left * 1000)) == 0) {
+    if (left <= 0 || (!sh_tls_pending(cli_tls) && poll(&pfd, 1, (int)(left * 1000)) == 0)) {
       fprintf(stderr, "shoal: the daemon did not answer within %.3g s (waiting for %s)\n",
               timeout_s, sh_msg_name(type));
       return -1;
     }
     if (sh_buf_reserve(in, 65536)) return -1;
-    ssize_t n = read(fd, in->data + in->len, in->cap - in->len);
-    if (n < 0 && errno == EINTR) continue;
+    ssize_t n = sh_tls_recv(cli_tls, fd, in->data + in->len, in->cap - in->len);
+    if (n == -EAGAIN) continue; /* a TLS record arrives in pieces */
+    if (n == SH_ETLS) {
+      fprintf(stderr, "shoal: TLS: %s\n", sh_tls_error(cli_tls));
+      return -1;
+    }
     if (n <= 0) {
       fprintf(stderr, "shoal: the daemon closed the connection\n");
       return -1;
@@ -379,7 +470,8 @@ static int hello_cli(int fd, sh_buf_t *in, double timeout_s) {
 /* Connects to the daemon and says HELLO; over TCP the token handshake comes
  * first. Returns the fd, or -1 with a message printed. */
 static int open_daemon(const char *address, const char *dir, const char *token_file,
-                       char *desc, size_t dn, sh_buf_t *in, double timeout_s) {
+                       const tls_files_t *tls, char *desc, size_t dn, sh_buf_t *in,
+                       double timeout_s) {
   int tcp;
   sh_auth_token_t tok = {.len = 0};
   char err[4400];
@@ -391,11 +483,13 @@ static int open_daemon(const char *address, const char *dir, const char *token_f
   }
   int fd = connect_daemon(address, dir, desc, dn, &tcp);
   int rc = fd < 0 ? -1 : 0;
+  tls_files_t files = *tls;
+  if (!rc && tcp && tls_files_env(&files)) rc = tls_cli(fd, address, &files, timeout_s);
   if (!rc && tcp) rc = auth_cli(fd, in, &tok, desc, timeout_s);
   sh_auth_token_clear(&tok);
   if (!rc) rc = hello_cli(fd, in, timeout_s);
   if (rc && fd >= 0) {
-    close(fd);
+    close_daemon(fd);
     fd = -1;
   }
   return fd;
@@ -585,7 +679,7 @@ enum { OPT_HEAD = 256, OPT_SOCKET_DIR, OPT_PORT, OPT_WORKERS, OPT_NUM_CPUS, OPT_
        OPT_MEMORY, OPT_RESOURCES, OPT_PYTHON, OPT_BLOCK, OPT_EMBEDDED, OPT_MAX_FRAME,
        OPT_LOG_LEVEL, OPT_ADDRESS, OPT_JSON, OPT_TIMEOUT, OPT_BIND, OPT_TOKEN_FILE,
        OPT_AUTH_TIMEOUT, OPT_STORE_MEMORY, OPT_STORE_DIR, OPT_SPILL_DIR,
-       OPT_INLINE_THRESHOLD, OPT_HEARTBEAT_TIMEOUT };
+       OPT_INLINE_THRESHOLD, OPT_HEARTBEAT_TIMEOUT, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA };
 
 /* Prints the TCP address the head listens on, the token it demands and how a
  * driver on another machine connects. */
@@ -605,6 +699,9 @@ static void print_tcp(const sh_agent_opts_t *o) {
   printf("  connect over TCP:  shoal.init(address=\"%s:%d\")  with the token file copied to\n"
          "                     ~/.shoal/token (mode 0600), or SHOAL_TOKEN_FILE=PATH\n",
          host, o->port);
+  if (o->tls_server)
+    printf("  TLS: every TCP peer speaks TLS; give it the CA: shoal.init(..., tls_ca=PATH),\n"
+           "       SHOAL_TLS_CA=PATH, or --tls-ca PATH\n");
 }
 
 /* Runs the agent in a detached child; returns once it listens. */
@@ -684,9 +781,12 @@ static int cmd_start(int argc, char **argv) {
       {"auth-timeout", required_argument, 0, OPT_AUTH_TIMEOUT},
       {"address", required_argument, 0, OPT_ADDRESS},
       {"heartbeat-timeout", required_argument, 0, OPT_HEARTBEAT_TIMEOUT},
+      {"tls-cert", required_argument, 0, OPT_TLS_CERT}, {"tls-key", required_argument, 0, OPT_TLS_KEY},
+      {"tls-ca", required_argument, 0, OPT_TLS_CA},
       {0, 0, 0, 0}};
   static char dir[4096];
   const char *token_file = NULL;
+  tls_files_t tls = {0};
   default_socket_dir(dir, sizeof dir);
   sh_agent_opts_t o = {0};
   o.socket_dir = dir;
@@ -784,6 +884,9 @@ static int cmd_start(int argc, char **argv) {
         else if (!strcmp(optarg, "error")) level = SH_LOG_ERROR;
         else return usage_error(usage_start, "--log-level is debug, info, warn or error, got '%s'", optarg);
         break;
+      case OPT_TLS_CERT: tls.cert = optarg; break;
+      case OPT_TLS_KEY: tls.key = optarg; break;
+      case OPT_TLS_CA: tls.ca = optarg; break;
       case 'h': fputs(usage_start, stdout); return 0;
       case '?':
       default:
@@ -808,6 +911,12 @@ static int cmd_start(int argc, char **argv) {
   if (o.embedded && o.port)
     return usage_error(usage_start, "--embedded clusters listen on their unix socket only, "
                        "not on --port");
+  if ((tls.cert || tls.key || tls.ca) && !o.port && !o.head_address)
+    return usage_error(usage_start, "--tls-cert, --tls-key and --tls-ca only matter with --port "
+                       "(TLS protects TCP connections)");
+  if (!o.head_address && (tls.cert || tls.key || tls.ca) && (!tls.cert || !tls.key))
+    return usage_error(usage_start, "a head speaks TLS with --tls-cert and --tls-key together "
+                       "(--tls-ca adds: peers must present a certificate it signed)");
   if (level >= 0) sh_log_set_level(level);
   o.resources.cpu_milli = (uint64_t)llround((cpus >= 0 ? cpus : count_cpus()) * 1000);
   o.resources.gpu_milli = (uint64_t)llround((gpus >= 0 ? gpus : count_gpus()) * 1000);
@@ -829,18 +938,33 @@ static int cmd_start(int argc, char **argv) {
       return 1;
     }
   }
+  /* The TLS files too: a missing or unreadable file stops the start here. */
+  if (o.head_address ? tls_files_env(&tls) : tls.cert != NULL) {
+    char err[1024];
+    sh_tls_ctx_t **ctx = o.head_address ? &o.tls_client : &o.tls_server;
+    if (sh_tls_ctx_create(o.head_address ? SH_TLS_CLIENT : SH_TLS_SERVER, tls.cert, tls.key,
+                          tls.ca, ctx, err, sizeof err)) {
+      fprintf(stderr, "shoal: %s\n", err);
+      sh_auth_token_clear(&o.token);
+      return 2;
+    }
+  }
   int rc = block || o.embedded ? sh_agent_run(&o) : start_background(&o);
   sh_auth_token_clear(&o.token);
+  sh_tls_ctx_destroy(o.tls_server);
+  sh_tls_ctx_destroy(o.tls_client);
   return rc;
 }
 
 static int parse_client_opts(int argc, char **argv, const char *usage, int allow_json,
                              const char **address, char *dir, size_t dn, int *json, double *timeout,
-                             const char **token_file) {
+                             const char **token_file, tls_files_t *tls) {
   static const struct option opts[] = {
       {"socket-dir", required_argument, 0, OPT_SOCKET_DIR}, {"address", required_argument, 0, OPT_ADDRESS},
       {"json", no_argument, 0, OPT_JSON},  {"timeout", required_argument, 0, OPT_TIMEOUT},
       {"token-file", required_argument, 0, OPT_TOKEN_FILE},
+      {"tls-ca", required_argument, 0, OPT_TLS_CA}, {"tls-cert", required_argument, 0, OPT_TLS_CERT},
+      {"tls-key", required_argument, 0, OPT_TLS_KEY},
       {"help", no_argument, 0, 'h'},       {0, 0, 0, 0}};
   int c;
   opterr = 0;
@@ -850,6 +974,9 @@ static int parse_client_opts(int argc, char **argv, const char *usage, int allow
       case OPT_SOCKET_DIR: snprintf(dir, dn, "%s", optarg); break;
       case OPT_ADDRESS: *address = optarg; break;
       case OPT_TOKEN_FILE: *token_file = optarg; break;
+      case OPT_TLS_CA: tls->ca = optarg; break;
+      case OPT_TLS_CERT: tls->cert = optarg; break;
+      case OPT_TLS_KEY: tls->key = optarg; break;
       case OPT_JSON:
         if (!allow_json) return usage_error(usage, "unknown option '--json'");
         *json = 1;
@@ -876,23 +1003,24 @@ static int query_status(int argc, char **argv, const char *usage, unsigned flags
   const char *address = getenv("SHOAL_ADDRESS");
   if (address && (!*address || !strcmp(address, "auto"))) address = NULL;
   const char *token_file = NULL;
+  tls_files_t tls = {0};
   int json = 0;
   double timeout = 10;
   int rc = parse_client_opts(argc, argv, usage, 1, &address, dir, sizeof dir, &json, &timeout,
-                             &token_file);
+                             &token_file, &tls);
   if (rc) return rc < 0 ? 0 : rc;
   sh_buf_t in, out, body;
   sh_buf_init(&in);
   sh_buf_init(&out);
   sh_buf_init(&body);
-  int fd = open_daemon(address, dir, token_file, desc, sizeof desc, &in, timeout);
+  int fd = open_daemon(address, dir, token_file, &tls, desc, sizeof desc, &in, timeout);
   rc = fd < 0 ? -1 : 0;
   if (!rc) {
     sh_frame_append(&out, SH_MSG_STATUS, flags, 1, NULL, 0);
     rc = write_all(fd, out.data, out.len);
   }
   if (!rc) rc = read_frame(fd, SH_MSG_STATUS_REPLY, &in, &body, timeout);
-  if (fd >= 0) close(fd);
+  close_daemon(fd);
   if (!rc) {
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
@@ -927,15 +1055,16 @@ static int cmd_stop(int argc, char **argv) {
   char dir[4096], desc[4200], pid_path[4200];
   default_socket_dir(dir, sizeof dir);
   const char *address = NULL, *token_file = NULL;
+  tls_files_t tls = {0};
   int json = 0;
   double timeout = 10;
   int rc = parse_client_opts(argc, argv, usage_stop, 0, &address, dir, sizeof dir, &json, &timeout,
-                             &token_file);
+                             &token_file, &tls);
   if (rc) return rc < 0 ? 0 : rc;
   sh_buf_t in, out;
   sh_buf_init(&in);
   sh_buf_init(&out);
-  int fd = open_daemon(address, dir, token_file, desc, sizeof desc, &in, timeout);
+  int fd = open_daemon(address, dir, token_file, &tls, desc, sizeof desc, &in, timeout);
   if (fd < 0) {
     sh_buf_close(&in);
     sh_buf_close(&out);
@@ -955,13 +1084,14 @@ static int cmd_stop(int argc, char **argv) {
     double left = timeout - ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
     if (left <= 0 || poll(&pfd, 1, (int)(left * 1000)) <= 0) break;
     char buf[4096];
-    ssize_t n = read(fd, buf, sizeof buf);
+    ssize_t n = sh_tls_recv(cli_tls, fd, buf, sizeof buf);
+    if (n == -EAGAIN) continue;
     if (n <= 0) {
       gone = 1;
       break;
     }
   }
-  close(fd);
+  close_daemon(fd);
   sh_buf_close(&in);
   sh_buf_close(&out);
   (void)pid_path;
@@ -984,6 +1114,7 @@ static int cmd_drain(int argc, char **argv) {
   const char *address = getenv("SHOAL_ADDRESS");
   if (address && (!*address || !strcmp(address, "auto"))) address = NULL;
   const char *token_file = NULL;
+  tls_files_t tls = {0};
   int json = 0;
   double timeout = 10;
   if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
@@ -997,20 +1128,20 @@ static int cmd_drain(int argc, char **argv) {
     return usage_error(usage_drain, "NODE_ID is a node's number, got '%s'", argv[1]);
   uint64_t node_id = (uint64_t)v;
   int rc = parse_client_opts(argc - 1, argv + 1, usage_drain, 0, &address, dir, sizeof dir, &json,
-                             &timeout, &token_file);
+                             &timeout, &token_file, &tls);
   if (rc) return rc < 0 ? 0 : rc;
   sh_buf_t in, out, body;
   sh_buf_init(&in);
   sh_buf_init(&out);
   sh_buf_init(&body);
-  int fd = open_daemon(address, dir, token_file, desc, sizeof desc, &in, timeout);
+  int fd = open_daemon(address, dir, token_file, &tls, desc, sizeof desc, &in, timeout);
   rc = fd < 0 ? -1 : 0;
   if (!rc) {
     sh_frame_append(&out, SH_MSG_DRAIN, 0, node_id, NULL, 0);
     rc = write_all(fd, out.data, out.len);
   }
   if (!rc) rc = read_frame(fd, SH_MSG_DRAIN_REPLY, &in, &body, timeout);
-  if (fd >= 0) close(fd);
+  close_daemon(fd);
   if (!rc && body.len < 4) {
     fprintf(stderr, "shoal: malformed DRAIN_REPLY\n");
     rc = -1;
@@ -1028,6 +1159,8 @@ static int cmd_drain(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   sh_log_init("shoal");
+  /* A peer that closes a TLS connection must not kill us while we write. */
+  signal(SIGPIPE, SIG_IGN);
   if (argc < 2) return usage_error(usage_main, "missing command");
   const char *cmd = argv[1];
   if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {

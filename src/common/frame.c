@@ -25,6 +25,7 @@ const char *sh_strerror(int rc) {
     case SH_ERESERVED: return "reserved header field is not zero";
     case SH_EBODY: return "message body does not decode for its type";
     case SH_EAUTH: return "wrong cluster token";
+    case SH_ETLS: return "TLS failed";
     default: break;
   }
   if (rc < 0 && rc > -4096) return strerror(-rc);

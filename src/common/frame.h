@@ -73,6 +73,7 @@ typedef struct sh_frame_hdr_s {
 #define SH_ERESERVED (-1005)
 #define SH_EBODY (-1006) /* body does not decode for its type */
 #define SH_EAUTH (-1007) /* the peer did not prove it holds the cluster token */
+#define SH_ETLS (-1008)  /* TLS failed: no TLS where it is required, a refused certificate */
 
 /* Human-readable text for an engine error code (frame or -errno). */
 const char *sh_strerror(int rc);

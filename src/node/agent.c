@@ -128,6 +128,8 @@ sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc) {
   sh_queue_init(&c->dirty);
   sh_queue_init(&c->authq);
   sh_queue_init(&c->jobs);
+  sh_queue_init(&c->tlsq);
+  sh_queue_init(&c->pend);
   snprintf(c->desc, sizeof c->desc, "%s", desc);
   uv_poll_init(a->loop, &c->poll, fd);
   c->poll.data = c;
@@ -219,17 +221,33 @@ static void pump(sh_conn_t *c) {
     }
     size_t n = sh_store_chunk_size(a);
     if (j->size - j->off < n) n = (size_t)(j->size - j->off);
-    if (sh_buf_reserve(&c->wbuf, SH_FRAME_HDR + SH_CHUNK_HDR)) {
+    /* TLS encrypts in this process: the payload goes through the buffer. */
+    size_t body = c->tls ? n : 0;
+    if (sh_buf_reserve(&c->wbuf, SH_FRAME_HDR + SH_CHUNK_HDR + body)) {
       sh_conn_close(c, "out of memory streaming to it");
       return;
     }
     uint8_t *p = c->wbuf.data + c->wbuf.len;
+    int rc = 0;
+    for (size_t done = 0; done < body && !rc;) {
+      ssize_t k = pread(j->fd, p + SH_FRAME_HDR + SH_CHUNK_HDR + done, body - done,
+                        (off_t)(j->off + done));
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0) rc = k < 0 ? -errno : -EIO;
+      else done += (size_t)k;
+    }
+    if (rc) {
+      sh_warn("cannot send object %#llx to %s: %s", (unsigned long long)j->id, c->desc,
+              sh_strerror(rc));
+      job_free(j);
+      continue;
+    }
     sh_frame_hdr_encode(p, SH_MSG_CHUNK, 0, j->id, (uint32_t)(SH_CHUNK_HDR + n));
     sh_put_u64(p + SH_FRAME_HDR, j->size);
     sh_put_u64(p + SH_FRAME_HDR + 8, j->off);
-    c->wbuf.len += SH_FRAME_HDR + SH_CHUNK_HDR;
+    c->wbuf.len += SH_FRAME_HDR + SH_CHUNK_HDR + body;
     j->foff = (off_t)j->off;
-    j->left = n;
+    j->left = n - body;
     j->off += n;
     return;
   }
@@ -256,6 +274,7 @@ static int send_payload(sh_conn_t *c, sh_job_t *j) {
 
 static void conn_closed_cb(uv_handle_t *h) {
   sh_conn_t *c = h->data;
+  sh_tls_destroy(c->tls);
   close(c->fd);
   while (!sh_queue_empty(&c->jobs)) job_free(sh_queue_data(sh_queue_head(&c->jobs), sh_job_t, link));
   sh_buf_close(&c->in);
@@ -276,6 +295,8 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
   sh_queue_remove(&c->link);
   sh_queue_remove(&c->dirty);
   sh_queue_remove(&c->authq);
+  sh_queue_remove(&c->tlsq);
+  sh_queue_remove(&c->pend);
   uv_poll_stop(&c->poll);
   uv_close((uv_handle_t *)&c->poll, conn_closed_cb);
   if (c->role == SH_ROLE_WORKER && c->worker) {
@@ -294,23 +315,26 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
   }
 }
 
+/* Writes what c->out holds now, best effort, without waiting (through TLS
+ * when the connection has it; nothing before its handshake is done). */
+static void write_now(sh_conn_t *c) {
+  if (!sh_tls_ready(c->tls)) return;
+  while (sh_buf_avail(&c->out)) {
+    ssize_t n = sh_tls_send(c->tls, c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out));
+    if (n <= 0) return;
+    sh_buf_consume(&c->out, (size_t)n);
+  }
+}
+
 /* Sends an ERROR frame (best effort, now) and closes. A TCP peer that has
  * not authenticated is logged as refused, with its address. */
 static void conn_fail(sh_conn_t *c, int code, const char *why) {
-  sh_buf_t b;
-  sh_buf_init(&b);
   char text[512];
   snprintf(text, sizeof text, "shoal daemon closed the connection: %s", why);
   /* Output still queued (the challenge) goes first, so the peer can parse. */
-  if (sh_buf_avail(&c->out)) {
-    ssize_t n = write(c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out));
-    if (n > 0) sh_buf_consume(&c->out, (size_t)n);
-  }
-  if (!sh_buf_avail(&c->out) && !sh_error_append(&b, code, text)) {
-    ssize_t n = write(c->fd, b.data, b.len);
-    (void)n;
-  }
-  sh_buf_close(&b);
+  write_now(c);
+  if (!sh_buf_avail(&c->out) && !sh_error_append(&c->out, code, text)) write_now(c);
+  sh_tls_shutdown(c->tls);
   /* Closing with unread input makes the kernel reset the connection, and a
    * reset can destroy the ERROR frame before the peer reads it: read what
    * has arrived (a bounded amount) first. */
@@ -569,6 +593,7 @@ static void dispatch(sh_conn_t *c, const sh_frame_t *f) {
  * (splice: one copy, into the file's pages) instead of into c->in and then
  * the file. */
 static int chunk_direct(const sh_conn_t *c) {
+  if (c->tls) return 0; /* the socket carries TLS records, not the bytes */
   return (c->role == SH_ROLE_NODE && c->node) || (c->role == SH_ROLE_UPLINK && c->up == SH_UP_READY);
 }
 
@@ -654,6 +679,9 @@ static void conn_parse(sh_conn_t *c) {
     if (rc < 0) {
       char why[160];
       snprintf(why, sizeof why, "bad frame: %s", sh_strerror(rc));
+      if (c->auth && !c->tls && sh_tls_looks_like_tls(sh_buf_head(&c->in), sh_buf_avail(&c->in)))
+        snprintf(why, sizeof why, "bad frame: it speaks TLS, and this daemon was started without "
+                 "--tls-cert and --tls-key");
       conn_fail(c, rc, why);
       return;
     }
@@ -670,11 +698,48 @@ static void conn_parse(sh_conn_t *c) {
   }
 }
 
+/* uv_poll events for SH_TLS_READ / SH_TLS_WRITE bits. */
+static int uv_events(int tls_events) {
+  return (tls_events & SH_TLS_READ ? UV_READABLE : 0) |
+         (tls_events & SH_TLS_WRITE ? UV_WRITABLE : 0);
+}
+
+/* Polls for what c waits for now: its TLS handshake's next event; else
+ * reading (readable, or writable for a TLS read that must send first) and,
+ * with output queued, writing (writable, or readable for a TLS write that
+ * must receive first). Level-triggered: an event nobody waits for would
+ * fire again at once, so none is polled that the connection cannot use. */
+static void conn_rearm(sh_conn_t *c) {
+  if (c->closing || c->up == SH_UP_CONNECTING) return;
+  int want = sh_tls_rd_want(c->tls);
+  if (sh_tls_ready(c->tls) && (sh_buf_avail(&c->out) || streaming(c)))
+    want |= sh_tls_wr_want(c->tls);
+  sh_conn_poll(c, uv_events(want));
+}
+
+/* Closes c after a failed read or write (rc < 0, not -EAGAIN); a TLS peer
+ * that has not authenticated is logged as refused, with the TLS reason. */
+static void conn_io_failed(sh_conn_t *c, int rc) {
+  char why[600];
+  if (rc == SH_ETLS) snprintf(why, sizeof why, "TLS: %s", sh_tls_error(c->tls));
+  else snprintf(why, sizeof why, "%s", sh_strerror(rc));
+  if (c->auth && rc == SH_ETLS) {
+    sh_warn("connection from %s refused: %s", c->peer, why);
+    c->auth = 0;
+    sh_conn_close(c, NULL);
+    return;
+  }
+  sh_conn_close(c, why);
+}
+
+static void tls_idle_cb(uv_idle_t *h);
+
 /* Reads what the socket holds and handles every whole frame. A worker's
  * output needs no draining first: the worker flushes stdout and stderr before
  * it writes a result, so both pipes are ready in the same poll as the socket
  * and their OUTPUT frames go out in the same write as the RESULT. */
 static void conn_read(sh_conn_t *c) {
+  sh_queue_remove(&c->pend);
   for (int rounds = 0; rounds < 64 && !c->closing; rounds++) {
     if (c->chunk_left && chunk_read(c) <= 0) return;
     if (sh_buf_reserve(&c->in, 65536)) {
@@ -682,29 +747,51 @@ static void conn_read(sh_conn_t *c) {
       return;
     }
     size_t room = c->in.cap - c->in.len;
-    ssize_t n = read(c->fd, c->in.data + c->in.len, room);
+    ssize_t n = sh_tls_recv(c->tls, c->fd, c->in.data + c->in.len, room);
     if (n > 0) {
       c->in.len += (size_t)n;
+      sh_queue_remove(&c->tlsq);
       conn_parse(c);
-      /* A short read emptied the socket: the poll says when there is more,
-       * which saves a read that would return EAGAIN. */
-      if ((size_t)n < room) return;
+      /* A short read emptied a plain socket: the poll says when there is
+       * more, which saves a read that would return EAGAIN. A TLS read
+       * returns one record at a time, so only EAGAIN says it is empty. */
+      if ((size_t)n < room && !c->tls) return;
       continue;
     }
     if (n == 0) {
       sh_conn_close(c, NULL);
       return;
     }
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) sh_conn_close(c, strerror(errno));
+    if (n != -EAGAIN) conn_io_failed(c, (int)n);
     return;
+  }
+  /* Out of rounds with decrypted bytes left: the socket may never become
+   * readable for them, so the idle handle comes back for them. */
+  if (!c->closing && sh_tls_pending(c->tls)) {
+    sh_agent_t *a = c->agent;
+    sh_queue_insert_tail(&a->tls_pend, &c->pend);
+    if (!uv_is_active((uv_handle_t *)&a->tls_idle)) uv_idle_start(&a->tls_idle, tls_idle_cb);
   }
 }
 
+static void tls_idle_cb(uv_idle_t *h) {
+  sh_agent_t *a = h->data;
+  sh_queue_t q;
+  sh_queue_init(&q);
+  sh_queue_prepend_all(&q, &a->tls_pend); /* conn_read may queue them again */
+  while (!sh_queue_empty(&q)) {
+    sh_conn_t *c = sh_queue_data(sh_queue_head(&q), sh_conn_t, pend);
+    sh_queue_remove(&c->pend);
+    conn_read(c);
+    if (!c->closing) conn_rearm(c);
+  }
+  if (sh_queue_empty(&a->tls_pend)) uv_idle_stop(&a->tls_idle);
+}
+
 /* Writes what c->out holds; keeps polling for writability when the socket is
- * full. */
+ * full. A TLS connection writes nothing before its handshake is done. */
 static void conn_flush(sh_conn_t *c) {
-  for (;;) {
+  while (sh_tls_ready(c->tls)) {
     /* Streamed segments (and the frames queued before them) go first. */
     int s = streaming(c);
     if (s && !sh_buf_avail(&c->wbuf)) {
@@ -724,24 +811,42 @@ static void conn_flush(sh_conn_t *c) {
       if (s && !streaming(c)) continue; /* done streaming: now c->out */
       break;
     }
-    ssize_t n = write(c->fd, sh_buf_head(b), sh_buf_avail(b));
+    ssize_t n = sh_tls_send(c->tls, c->fd, sh_buf_head(b), sh_buf_avail(b));
     if (n > 0) {
       sh_buf_consume(b, (size_t)n);
       continue;
     }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    sh_conn_close(c, n < 0 ? strerror(errno) : "short write");
+    if (n == -EAGAIN) break;
+    conn_io_failed(c, n < 0 ? (int)n : -EIO);
     return;
   }
   if (!streaming(c) && c->wbuf.cap > (8u << 20)) sh_buf_close(&c->wbuf);
-  int want = UV_READABLE | (sh_buf_avail(&c->out) || streaming(c) ? UV_WRITABLE : 0);
-  if (want != c->events) {
-    c->events = want;
-    uv_poll_start(&c->poll, want, conn_poll_cb);
-  }
+  conn_rearm(c);
   /* Give memory back after a burst. */
   if (!sh_buf_avail(&c->out) && c->out.cap > (8u << 20)) sh_buf_close(&c->out);
+}
+
+/* Advances a TLS handshake; once done, reads what came with it and sends
+ * what was queued meanwhile (the challenge). */
+static void conn_handshake(sh_conn_t *c) {
+  int rc = sh_tls_handshake(c->tls);
+  if (rc == -EAGAIN) {
+    conn_rearm(c);
+    return;
+  }
+  if (rc) {
+    conn_io_failed(c, rc);
+    return;
+  }
+  sh_queue_remove(&c->tlsq);
+  sh_debug("TLS with %s: %s", c->peer[0] ? c->peer : c->desc, "handshake done");
+  conn_read(c);
+  if (!c->closing) conn_flush(c);
+}
+
+void sh_conn_tls_start(sh_conn_t *c, sh_tls_t *t) {
+  c->tls = t;
+  conn_handshake(c);
 }
 
 static void conn_poll_cb(uv_poll_t *h, int status, int events) {
@@ -761,8 +866,62 @@ static void conn_poll_cb(uv_poll_t *h, int status, int events) {
     sh_uplink_connected(c);
     return;
   }
-  if (events & UV_READABLE) conn_read(c);
-  if (!c->closing && (events & UV_WRITABLE)) conn_flush(c);
+  if (!sh_tls_ready(c->tls)) {
+    conn_handshake(c);
+    return;
+  }
+  int got = (events & UV_READABLE ? SH_TLS_READ : 0) | (events & UV_WRITABLE ? SH_TLS_WRITE : 0);
+  if (got & sh_tls_rd_want(c->tls)) conn_read(c);
+  if (!c->closing && sh_buf_avail(&c->out) && (got & sh_tls_wr_want(c->tls))) conn_flush(c);
+  else conn_rearm(c);
+}
+
+/* ---- TLS peers that say nothing ---- */
+
+static void tls_timer_cb(uv_timer_t *h);
+
+/* Starts the timer for the oldest deadline on tlsq (none: stops it). */
+static void tls_arm(sh_agent_t *a) {
+  if (sh_queue_empty(&a->tlsq)) {
+    uv_timer_stop(&a->tls_timer);
+    return;
+  }
+  sh_conn_t *c = sh_queue_data(sh_queue_head(&a->tlsq), sh_conn_t, tlsq);
+  uint64_t now = uv_now(a->loop);
+  uv_timer_start(&a->tls_timer, tls_timer_cb,
+                 c->tls_hello_ms > now ? c->tls_hello_ms - now : 0, 0);
+}
+
+/* A client without TLS waits for our challenge and sends nothing, while a
+ * TLS listener waits for its ClientHello: tell it in plain text, so that it
+ * fails at once with the reason instead of timing out. A TLS client sends
+ * its hello as soon as it connects, so its first bytes are long there. */
+static void tls_timer_cb(uv_timer_t *h) {
+  sh_agent_t *a = h->data;
+  uint64_t now = uv_now(a->loop);
+  while (!sh_queue_empty(&a->tlsq)) {
+    sh_conn_t *c = sh_queue_data(sh_queue_head(&a->tlsq), sh_conn_t, tlsq);
+    if (c->tls_hello_ms > now) break;
+    sh_queue_remove(&c->tlsq);
+    char b;
+    if (sh_tls_received(c->tls) || recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0) continue;
+    sh_buf_t e;
+    sh_buf_init(&e);
+    if (!sh_error_append(&e, SH_ETLS, "shoal daemon closed the connection: this daemon "
+                         "requires TLS on its TCP port, and this client did not start TLS: "
+                         "connect with the cluster's CA (shoal.init(..., tls_ca=PATH), "
+                         "SHOAL_TLS_CA, or --tls-ca)")) {
+      ssize_t n = send(c->fd, e.data, e.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+      (void)n;
+    }
+    sh_buf_close(&e);
+    shutdown(c->fd, SHUT_WR);
+    sh_warn("connection from %s refused: it sent nothing within %.3g s after connecting: a "
+            "client without TLS (this daemon requires TLS)", c->peer, SH_TLS_HELLO_WAIT_MS / 1000.0);
+    c->auth = 0;
+    sh_conn_close(c, NULL);
+  }
+  tls_arm(a);
 }
 
 /* ---- authentication of TCP peers ---- */
@@ -816,6 +975,25 @@ static void auth_begin(sh_conn_t *c) {
   sh_conn_mark_dirty(c);
 }
 
+/* Starts TLS on a new TCP connection (the challenge waits in c->out for
+ * the handshake); a peer that sends nothing is told it needs TLS. */
+static void tls_begin(sh_conn_t *c) {
+  sh_agent_t *a = c->agent;
+  sh_tls_t *t;
+  if (sh_tls_create(a->opts.tls_server, c->fd, NULL, &t)) {
+    sh_warn("connection from %s closed: cannot start TLS: out of memory", c->peer);
+    c->auth = 0;
+    sh_conn_close(c, NULL);
+    return;
+  }
+  uint64_t wait = SH_TLS_HELLO_WAIT_MS < a->auth_timeout_ms ? SH_TLS_HELLO_WAIT_MS
+                                                            : a->auth_timeout_ms;
+  c->tls_hello_ms = uv_now(a->loop) + wait;
+  sh_queue_insert_tail(&a->tlsq, &c->tlsq);
+  if (!uv_is_active((uv_handle_t *)&a->tls_timer)) tls_arm(a);
+  sh_conn_tls_start(c, t);
+}
+
 static void accept_cb(uv_poll_t *h, int status, int events) {
   sh_agent_t *a = h->data;
   if (status < 0 || a->stopping) return;
@@ -841,6 +1019,7 @@ static void accept_cb(uv_poll_t *h, int status, int events) {
     sh_conn_t *c = sh_conn_create(a, fd, 0, peer);
     snprintf(c->peer, sizeof c->peer, "%s", peer);
     auth_begin(c);
+    if (!c->closing && a->opts.tls_server) tls_begin(c);
   }
 }
 
@@ -876,10 +1055,8 @@ void sh_agent_stop(sh_agent_t *a, const char *why) {
   /* Flush what we can to every client (e.g. final results), then close. */
   while (!sh_queue_empty(&a->conns)) {
     sh_conn_t *c = sh_queue_data(sh_queue_head(&a->conns), sh_conn_t, link);
-    if (sh_buf_avail(&c->out)) {
-      ssize_t n = write(c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out));
-      (void)n;
-    }
+    write_now(c);
+    sh_tls_shutdown(c->tls);
     sh_conn_close(c, NULL);
   }
   uv_stop(a->loop);
@@ -974,6 +1151,8 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   sh_queue_init(&a->conns);
   sh_queue_init(&a->dirty);
   sh_queue_init(&a->authq);
+  sh_queue_init(&a->tlsq);
+  sh_queue_init(&a->tls_pend);
   double auth_s = opts->auth_timeout_s > 0 ? opts->auth_timeout_s : SH_AUTH_TIMEOUT_DEFAULT;
   a->auth_timeout_ms = (uint64_t)(auth_s * 1000.0 + 0.5);
   sh_queue_init(&a->workers);
@@ -1009,14 +1188,17 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   uv_timer_init(a->loop, &a->owner_timer);
   uv_timer_init(a->loop, &a->respawn_timer);
   uv_timer_init(a->loop, &a->auth_timer);
+  uv_timer_init(a->loop, &a->tls_timer);
+  uv_idle_init(a->loop, &a->tls_idle);
   a->owner_timer.data = a->respawn_timer.data = a->auth_timer.data = a;
+  a->tls_timer.data = a->tls_idle.data = a;
   if (opts->embedded) uv_timer_start(&a->owner_timer, owner_timer_cb, 30000, 0);
   for (int i = 0; i < opts->num_workers; i++) sh_pool_spawn(a, NULL);
   /* The first line is what a parent waits for; the second is for people. */
   dprintf(opts->ready_fd, "shoal: ready %s\n", a->sock_path);
   if (a->tcp_fd >= 0)
-    dprintf(opts->ready_fd, "shoal: listening on %s (cluster token: %s)\n", a->tcp_addr,
-            opts->token.where);
+    dprintf(opts->ready_fd, "shoal: listening on %s%s (cluster token: %s)\n", a->tcp_addr,
+            opts->tls_server ? " with TLS" : "", opts->token.where);
   if (opts->ready_fd != 1) close(opts->ready_fd);
   if (opts->log_path) {
     int fd = open(opts->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -1031,7 +1213,8 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   sh_info("listening on %s%s%s, %d workers, resources %s", a->sock_path,
           a->tcp_fd >= 0 ? " and " : "", a->tcp_fd >= 0 ? a->tcp_addr : "", opts->num_workers, res);
   if (a->tcp_fd >= 0)
-    sh_info("TCP peers must prove they hold the cluster token from %s", opts->token.where);
+    sh_info("TCP peers must %sprove they hold the cluster token from %s",
+            opts->tls_server ? "speak TLS and " : "", opts->token.where);
   if (opts->head_address)
     sh_info("node %u joins the head at %s (cluster token from %s)", a->node_id,
             opts->head_address, opts->token.where);

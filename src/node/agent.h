@@ -20,6 +20,7 @@
 #include "common/map.h"
 #include "common/proto.h"
 #include "common/queue.h"
+#include "common/tls.h"
 #include "head/head.h"
 
 typedef struct sh_agent_s sh_agent_t;
@@ -71,6 +72,9 @@ typedef struct sh_agent_opts_s {
   const char *spill_dir;   /* where spilled objects go; NULL: SOCKET_DIR/spill */
   const char *head_address; /* HOST:PORT of the head to join; NULL: be the head */
   double heartbeat_timeout_s; /* silence that declares a peer dead; 0: default */
+  sh_tls_ctx_t *tls_server; /* head: every TCP peer speaks TLS; NULL: plain (owned
+                               by the caller, which frees it after the run) */
+  sh_tls_ctx_t *tls_client; /* node: the uplink speaks TLS; NULL: plain (same) */
 } sh_agent_opts_t;
 
 /* One connection: a driver, a command-line client or a worker's channel. */
@@ -91,6 +95,10 @@ struct sh_conn_s {
   uint64_t auth_deadline_ms;    /* uv_now() by which it must authenticate */
   sh_queue_t authq;    /* agent->authq while auth is set */
   char peer[64];       /* "1.2.3.4:5555" for TCP peers, else "" */
+  sh_tls_t *tls;       /* TLS state of a TCP connection with TLS, else NULL */
+  uint64_t tls_hello_ms; /* uv_now() by which a TLS peer must have sent a byte */
+  sh_queue_t tlsq;     /* agent->tlsq while it has sent nothing yet */
+  sh_queue_t pend;     /* agent->tls_pend while decrypted bytes wait unread */
   sh_buf_t in, out;    /* unparsed input, unsent output */
   sh_worker_t *worker; /* for worker channels */
   sh_node_t *node;     /* head side: the registered node on this connection */
@@ -294,6 +302,10 @@ struct sh_agent_s {
                                first (all deadlines are as long, so this is
                                deadline order too) */
   uint64_t auth_timeout_ms;
+  uv_timer_t tls_timer;     /* the oldest tls_hello_ms on tlsq */
+  sh_queue_t tlsq;          /* TLS peers that sent nothing yet, oldest first */
+  uv_idle_t tls_idle;       /* runs while tls_pend is not empty */
+  sh_queue_t tls_pend;      /* connections with decrypted input left to read */
   char tcp_addr[80];        /* "127.0.0.1:6380" when listening on TCP */
   int stopping;
   int owner_seen;
@@ -351,6 +363,8 @@ void sh_conn_poll(sh_conn_t *c, int events);
 void sh_conn_close(sh_conn_t *c, const char *why);
 /* Sends an ERROR frame with code and why (best effort), logs, closes. */
 void sh_conn_fail(sh_conn_t *c, int code, const char *why);
+/* Makes c a TLS connection (c takes t) and starts the handshake. */
+void sh_conn_tls_start(sh_conn_t *c, sh_tls_t *t);
 sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc);
 sh_conn_t *sh_agent_client(sh_agent_t *a, uint64_t id);
 uint64_t sh_now_ns(void);

@@ -101,6 +101,17 @@ void sh_uplink_connected(sh_conn_t *c) {
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   c->up = SH_UP_CHALLENGE;
   sh_conn_poll(c, UV_READABLE);
+  sh_agent_t *a = c->agent;
+  if (!a->opts.tls_client) return;
+  /* TLS first; the head's certificate must name the host we dialled. */
+  char host[256], port[16];
+  sh_tls_t *t;
+  if (split_address(a->opts.head_address, host, sizeof host, port, sizeof port) ||
+      sh_tls_create(a->opts.tls_client, c->fd, host, &t)) {
+    sh_conn_close(c, "cannot start TLS");
+    return;
+  }
+  sh_conn_tls_start(c, t);
 }
 
 /* What this node reports in a heartbeat. */

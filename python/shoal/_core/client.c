@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/tls.h"
 
 /* ---- helpers ---- */
 
@@ -295,6 +296,7 @@ static void shutdown_client(sh_client_obj_t *c, const char *msg) {
     if (c->fd >= 0) close(c->fd);
     if (c->evfd >= 0) close(c->evfd);
     c->fd = c->evfd = -1;
+    c->tls = NULL; /* the parent's: its locks may be held for ever here */
     c->joinable = 0;
     sh_client_fail_pending(c, "this shoal client belongs to the parent process");
     return;
@@ -312,6 +314,8 @@ static void shutdown_client(sh_client_obj_t *c, const char *msg) {
       join_io_thread(c);
     }
   } else {
+    sh_tls_destroy(c->tls);
+    c->tls = NULL;
     if (c->fd >= 0) close(c->fd);
     if (c->evfd >= 0) close(c->evfd);
     c->fd = c->evfd = -1;
@@ -333,6 +337,7 @@ void sh_client_close_all(sh_core_state_t *st) {
 static void init_sync(sh_client_obj_t *c) {
   pthread_mutex_init(&c->out_mu, NULL);
   pthread_mutex_init(&c->rd_mu, NULL);
+  pthread_mutex_init(&c->tls_mu, NULL);
   pthread_mutex_init(&c->rep_mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
@@ -353,12 +358,15 @@ static PyObject *node_info(const sh_hello_ok_t *ok) {
 
 static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"address", "owner", "timeout", "future_type",
-                           "dep_type", "dumps", "token", "wait_for_nodes", NULL};
+                           "dep_type", "dumps", "token", "wait_for_nodes", "tls_ca",
+                           "tls_cert", "tls_key", NULL};
   PyObject *address, *ft = NULL, *dt = NULL, *dumps = NULL, *token = Py_None;
   int owner = 0, wait_nodes = 0;
   double timeout = 10.0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "U|$pdOOOOp:Client", kwlist, &address,
-                                   &owner, &timeout, &ft, &dt, &dumps, &token, &wait_nodes))
+  sh_client_tls_t tls = {NULL, NULL, NULL};
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "U|$pdOOOOpzzz:Client", kwlist, &address,
+                                   &owner, &timeout, &ft, &dt, &dumps, &token, &wait_nodes,
+                                   &tls.ca, &tls.cert, &tls.key))
     return NULL;
   unsigned hello_flags = (owner ? SH_HELLO_OWNER : 0) | (wait_nodes ? SH_HELLO_WAIT_NODES : 0);
   if (token != Py_None && !PyUnicode_Check(token))
@@ -393,10 +401,10 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   char err[1536];
   int rc;
   Py_BEGIN_ALLOW_THREADS
-  rc = sh_client_connect(c, addr, timeout, hello_flags, tok, &ok, err, sizeof err);
+  rc = sh_client_connect(c, addr, timeout, hello_flags, tok, &tls, &ok, err, sizeof err);
   Py_END_ALLOW_THREADS
   if (rc) {
-    sh_core_raise(rc == -ENOMEM || rc == SH_EAUTH ? rc : SH_ELOST, "%s", err);
+    sh_core_raise(rc == -ENOMEM || rc == SH_EAUTH || rc == SH_ETLS ? rc : SH_ELOST, "%s", err);
     goto fail;
   }
   c->client_id = ok.client_id;
@@ -454,6 +462,7 @@ static void client_dealloc(sh_client_obj_t *c) {
   sh_free(c->rep_dead);
   pthread_mutex_destroy(&c->out_mu);
   pthread_mutex_destroy(&c->rd_mu);
+  pthread_mutex_destroy(&c->tls_mu);
   pthread_mutex_destroy(&c->rep_mu);
   pthread_cond_destroy(&c->rep_cv);
   tp->tp_free((PyObject *)c);
@@ -1073,7 +1082,7 @@ static PyObject *client_repr(sh_client_obj_t *c) {
 
 PyDoc_STRVAR(client_doc,
 "Client(address, *, owner=False, timeout=10.0, future_type, dep_type, dumps, token=None,\n"
-"       wait_for_nodes=False)\n--\n\n"
+"       wait_for_nodes=False, tls_ca=None, tls_cert=None, tls_key=None)\n--\n\n"
 "A driver's connection to a shoal node agent, with one I/O thread.\n\n"
 "Args:\n"
 "    address: \"unix:PATH\", a socket path, or \"HOST:PORT\".\n"
@@ -1087,9 +1096,15 @@ PyDoc_STRVAR(client_doc,
 "    token: the cluster token (str) a HOST:PORT address needs; None looks in\n"
 "        $SHOAL_TOKEN, the file $SHOAL_TOKEN_FILE, then ~/.shoal/token.\n"
 "        Unix sockets need none.\n"
+"    tls_ca, tls_cert, tls_key: PEM files; any of them makes a HOST:PORT\n"
+"        connection speak TLS: the daemon's certificate must be signed by\n"
+"        tls_ca (None: $SHOAL_TLS_CA, else the system's store) and name HOST;\n"
+"        tls_cert and tls_key (None: $SHOAL_TLS_CERT, $SHOAL_TLS_KEY) are\n"
+"        presented to a head that demands client certificates.\n"
 "Raises:\n"
 "    shoal.AuthenticationError: no token was found, or the daemon refused it,\n"
-"        or the daemon did not prove it holds it.\n"
+"        or the daemon did not prove it holds it; or TLS failed (an unusable\n"
+"        file, an untrusted or refused certificate, TLS on one side only).\n"
 "    ConnectionError: nothing listens at the address, or the handshake failed.");
 
 static PyType_Slot client_slots[] = {

@@ -28,6 +28,14 @@
  * thread itself (see append_submit). */
 #define SH_CLIENT_ALONE_NS 20000u
 
+/* The TLS files of a TCP connection; any field NULL falls back to
+ * $SHOAL_TLS_CA, $SHOAL_TLS_CERT, $SHOAL_TLS_KEY; all empty: plain TCP. */
+typedef struct sh_client_tls_s {
+  const char *ca;   /* CA that signed the daemon's certificate (NULL: system store) */
+  const char *cert; /* our certificate, for a head that demands one (mutual TLS) */
+  const char *key;  /* its private key */
+} sh_client_tls_t;
+
 /* A thread blocked in cancel() or status() waiting for a reply frame. Lives
  * on that thread's stack; linked into the client's list under rep_mu. */
 typedef struct sh_waiter_s {
@@ -61,6 +69,10 @@ struct sh_client_obj_s {
   atomic_uint_fast64_t seq;    /* last id handed out by new_id() */
   /* GIL-protected. */
   int fd, evfd;                /* socket and wake-up eventfd, -1 when closed */
+  struct sh_tls_s *tls;        /* TLS on fd, or NULL; freed with fd. Every call
+                                  on it holds tls_mu (OpenSSL allows one thread
+                                  at a time on a connection) */
+  pthread_mutex_t tls_mu;      /* a leaf lock: nothing is taken while held */
   sh_map_t pending;            /* task id -> Future (strong reference) */
   int closed;                  /* close() was called */
   char *lost;                  /* why the connection was lost, or NULL */
@@ -101,13 +113,18 @@ struct sh_client_obj_s {
  * `timeout` seconds; called without the GIL. A TCP address first needs the
  * cluster token handshake: with `token` (NULL: found through SHOAL_TOKEN,
  * SHOAL_TOKEN_FILE, ~/.shoal/token), and the daemon must prove it holds the
- * token too. On success c->fd is a nonblocking socket, *ok describes the node
- * and bytes that followed HELLO_OK are in c->rbuf. Returns 0, or a negative
- * code with a message for the user in err (SH_EAUTH: no token, or a token
- * either side refused). hello_flags: SH_HELLO_OWNER, SH_HELLO_WAIT_NODES. */
+ * token too; with TLS files (`tls`, or the environment), TLS comes before
+ * that and the daemon's certificate must name the address's host. On
+ * success c->fd is a nonblocking socket (c->tls its TLS, or NULL), *ok
+ * describes the node and bytes that followed HELLO_OK are in c->rbuf.
+ * Returns 0, or a negative code with a message for the user in err
+ * (SH_EAUTH: no token, or a token either side refused; SH_ETLS: a TLS file
+ * is unusable, or TLS failed: untrusted or refused certificate, a daemon
+ * without TLS or one that requires it). hello_flags: SH_HELLO_OWNER,
+ * SH_HELLO_WAIT_NODES. */
 int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
-                      unsigned hello_flags, const char *token, sh_hello_ok_t *ok, char *err,
-                      size_t errlen);
+                      unsigned hello_flags, const char *token, const sh_client_tls_t *tls,
+                      sh_hello_ok_t *ok, char *err, size_t errlen);
 
 /* Starts the I/O thread (GIL held); it takes a reference to c. 0 or -errno. */
 int sh_client_start(sh_client_obj_t *c);

@@ -23,6 +23,7 @@
 
 #include "common/alloc.h"
 #include "common/auth.h"
+#include "common/tls.h"
 
 /* ---- addresses and connecting ---- */
 
@@ -43,6 +44,63 @@ static int wait_fd(int fd, short ev, double deadline) {
     if (n > 0) return 0;
     if (n < 0 && errno != EINTR) return -errno;
   }
+}
+
+/* poll events for SH_TLS_READ / SH_TLS_WRITE bits. */
+static short poll_events(int tls_events) {
+  return (short)((tls_events & SH_TLS_READ ? POLLIN : 0) |
+                 (tls_events & SH_TLS_WRITE ? POLLOUT : 0));
+}
+
+/* Reads from the daemon (through TLS when c has it, under tls_mu): as
+ * sh_tls_recv. Any thread. */
+static ssize_t c_recv(sh_client_obj_t *c, void *p, size_t n) {
+  if (!c->tls) return sh_tls_recv(NULL, c->fd, p, n);
+  pthread_mutex_lock(&c->tls_mu);
+  ssize_t r = sh_tls_recv(c->tls, c->fd, p, n);
+  pthread_mutex_unlock(&c->tls_mu);
+  return r;
+}
+
+/* Writes to the daemon: as sh_tls_send. Any thread. */
+static ssize_t c_send(sh_client_obj_t *c, const void *p, size_t n) {
+  if (!c->tls) return sh_tls_send(NULL, c->fd, p, n);
+  pthread_mutex_lock(&c->tls_mu);
+  ssize_t r = sh_tls_send(c->tls, c->fd, p, n);
+  pthread_mutex_unlock(&c->tls_mu);
+  return r;
+}
+
+/* The poll events the next read / write waits for. */
+static short rd_events(sh_client_obj_t *c) {
+  if (!c->tls) return POLLIN;
+  pthread_mutex_lock(&c->tls_mu);
+  int w = sh_tls_rd_want(c->tls);
+  pthread_mutex_unlock(&c->tls_mu);
+  return poll_events(w);
+}
+
+static short wr_events(sh_client_obj_t *c) {
+  if (!c->tls) return POLLOUT;
+  pthread_mutex_lock(&c->tls_mu);
+  int w = sh_tls_wr_want(c->tls);
+  pthread_mutex_unlock(&c->tls_mu);
+  return poll_events(w);
+}
+
+/* Whether decrypted bytes wait to be read: the socket may never become
+ * readable for them, so nobody may poll before reading them. */
+static int tls_pending(sh_client_obj_t *c) {
+  if (!c->tls) return 0;
+  pthread_mutex_lock(&c->tls_mu);
+  size_t n = sh_tls_pending(c->tls);
+  pthread_mutex_unlock(&c->tls_mu);
+  return n > 0;
+}
+
+/* Text for a failed read or write: the TLS reason, or the error's. */
+static const char *io_strerror(sh_client_obj_t *c, int rc) {
+  return rc == SH_ETLS && c->tls ? sh_tls_error(c->tls) : sh_strerror(rc);
 }
 
 /* Connects a nonblocking socket to one address. 0 or -errno. */
@@ -136,17 +194,17 @@ static int connect_address(const char *address, double deadline, int *fd,
 
 /* ---- the handshake ---- */
 
-static int write_all(int fd, const uint8_t *p, size_t n, double deadline) {
+static int write_all(sh_client_obj_t *c, const uint8_t *p, size_t n, double deadline) {
   while (n) {
-    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+    ssize_t w = c_send(c, p, n);
     if (w > 0) {
       p += w;
       n -= (size_t)w;
-    } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-      int rc = wait_fd(fd, POLLOUT, deadline);
+    } else if (w == -EAGAIN) {
+      int rc = wait_fd(c->fd, wr_events(c), deadline);
       if (rc) return rc;
     } else {
-      return -errno;
+      return w < 0 ? (int)w : -EPIPE;
     }
   }
   return 0;
@@ -163,16 +221,16 @@ static int read_frame(sh_client_obj_t *c, sh_frame_t *f, size_t *used,
     if (rc < 0) return rc;
     rc = sh_buf_reserve(&c->rbuf, *used > 4096 ? *used : 4096);
     if (rc) return rc;
-    ssize_t n = read(c->fd, c->rbuf.data + c->rbuf.len, c->rbuf.cap - c->rbuf.len);
+    ssize_t n = c_recv(c, c->rbuf.data + c->rbuf.len, c->rbuf.cap - c->rbuf.len);
     if (n > 0) {
       c->rbuf.len += (size_t)n;
     } else if (n == 0) {
       return -ECONNRESET;
-    } else if (errno == EAGAIN || errno == EINTR) {
-      rc = wait_fd(c->fd, POLLIN, deadline);
+    } else if (n == -EAGAIN) {
+      rc = wait_fd(c->fd, rd_events(c), deadline);
       if (rc) return rc;
     } else {
-      return -errno;
+      return (int)n;
     }
   }
 }
@@ -202,7 +260,7 @@ static int read_expect(sh_client_obj_t *c, unsigned want, const sh_auth_token_t 
   if (f->hdr.type == SH_MSG_ERROR && f->hdr.len >= 4) {
     snprintf(err, errlen, "the shoal daemon at %s refused the connection: %.*s",
              c->addr, (int)(f->hdr.len - 4), (const char *)f->body + 4);
-    return -ECONNREFUSED;
+    return (int32_t)sh_get_u32(f->body) == SH_ETLS ? SH_ETLS : -ECONNREFUSED;
   }
   snprintf(err, errlen, "the shoal daemon at %s sent %s where %s was expected "
            "(a different shoal version?)", c->addr, sh_msg_name(f->hdr.type),
@@ -263,7 +321,7 @@ static int handshake(sh_client_obj_t *c, unsigned hello_flags, const sh_auth_tok
   sh_buf_init(&b);
   int rc = tok ? answer_challenge(c, tok, &b, sn, cn, deadline, err, errlen) : 0;
   if (!rc) rc = sh_hello_append(&b, &h);
-  if (!rc) rc = write_all(c->fd, b.data, b.len, deadline);
+  if (!rc) rc = write_all(c, b.data, b.len, deadline);
   sh_buf_close(&b);
   if (!rc && tok) rc = check_daemon_proof(c, tok, sn, cn, deadline, err, errlen);
   sh_frame_t f;
@@ -316,9 +374,15 @@ static void connect_error(const char *address, double timeout, int is_tcp, int r
 }
 
 /* The message for a handshake that failed without saying why itself. */
-static void handshake_error(const char *address, double timeout, int rc, char *err,
-                            size_t errlen) {
-  if (rc == -ETIMEDOUT)
+static void handshake_error(sh_client_obj_t *c, const char *address, double timeout, int rc,
+                            char *err, size_t errlen) {
+  if (rc == SH_ETLS)
+    snprintf(err, errlen, "TLS with the shoal daemon at %s failed: %s", address,
+             io_strerror(c, rc));
+  else if (rc == -ETIMEDOUT && c->tls && !sh_tls_ready(c->tls))
+    snprintf(err, errlen, "timed out after %gs in the TLS handshake with the shoal daemon "
+             "at %s: is it a shoal daemon, and is it responsive?", timeout, address);
+  else if (rc == -ETIMEDOUT)
     snprintf(err, errlen, "timed out after %gs waiting for the shoal daemon "
              "at %s to answer the handshake: is it a shoal daemon, and is it "
              "responsive?", timeout, address);
@@ -327,25 +391,63 @@ static void handshake_error(const char *address, double timeout, int rc, char *e
              address, rc == -ECONNRESET ? "it closed the connection" : sh_strerror(rc));
 }
 
+/* The TLS context for a TCP connection to `address`: NULL in *out when no
+ * TLS file is given (arguments first, then $SHOAL_TLS_CA, $SHOAL_TLS_CERT,
+ * $SHOAL_TLS_KEY). 0, or SH_ETLS with err set. */
+static int client_tls_ctx(const char *address, const sh_client_tls_t *tls, sh_tls_ctx_t **out,
+                          char *err, size_t errlen) {
+  const char *f[3] = {tls ? tls->ca : NULL, tls ? tls->cert : NULL, tls ? tls->key : NULL};
+  static const char *const env[3] = {"SHOAL_TLS_CA", "SHOAL_TLS_CERT", "SHOAL_TLS_KEY"};
+  *out = NULL;
+  for (int i = 0; i < 3; i++)
+    if (!f[i] || !*f[i]) f[i] = getenv(env[i]) && *getenv(env[i]) ? getenv(env[i]) : NULL;
+  if (!f[0] && !f[1] && !f[2]) return 0;
+  char why[1024];
+  if (!sh_tls_ctx_create(SH_TLS_CLIENT, f[1], f[2], f[0], out, why, sizeof why)) return 0;
+  snprintf(err, errlen, "connecting to the shoal cluster at %s with TLS: %s", address, why);
+  return SH_ETLS;
+}
+
+/* Starts TLS on c->fd and completes its handshake by the deadline; the
+ * daemon's certificate must name the host of `address`. 0 or an error. */
+static int start_tls(sh_client_obj_t *c, sh_tls_ctx_t *ctx, const char *address,
+                     double deadline) {
+  char host[256], port[8];
+  split_tcp(address, host, sizeof host, port);
+  int rc = sh_tls_create(ctx, c->fd, host, &c->tls);
+  while (!rc && (rc = sh_tls_handshake(c->tls)) == -EAGAIN)
+    rc = wait_fd(c->fd, poll_events(sh_tls_rd_want(c->tls)), deadline);
+  return rc;
+}
+
 int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
-                      unsigned hello_flags, const char *token, sh_hello_ok_t *ok, char *err,
-                      size_t errlen) {
+                      unsigned hello_flags, const char *token, const sh_client_tls_t *tls,
+                      sh_hello_ok_t *ok, char *err, size_t errlen) {
   double deadline = now_s() + timeout;
   int is_tcp;
   err[0] = 0;
   sh_auth_token_t tok = {.len = 0};
-  /* The token first: a missing one is reported without connecting. */
+  sh_tls_ctx_t *ctx = NULL;
+  /* The token and TLS files first: a missing one is reported without
+   * connecting. */
   if (address_is_tcp(address) && client_token(address, token, &tok, err, errlen))
     return SH_EAUTH;
+  if (address_is_tcp(address) && client_tls_ctx(address, tls, &ctx, err, errlen)) {
+    sh_auth_token_clear(&tok);
+    return SH_ETLS;
+  }
   int rc = connect_address(address, deadline, &c->fd, &is_tcp);
   if (rc) {
     connect_error(address, timeout, is_tcp, rc, err, errlen);
     sh_auth_token_clear(&tok);
+    sh_tls_ctx_destroy(ctx);
     return rc;
   }
-  rc = handshake(c, hello_flags, is_tcp ? &tok : NULL, ok, deadline, err, errlen);
+  if (ctx) rc = start_tls(c, ctx, address, deadline);
+  sh_tls_ctx_destroy(ctx); /* the connection keeps what it needs */
+  if (!rc) rc = handshake(c, hello_flags, is_tcp ? &tok : NULL, ok, deadline, err, errlen);
   sh_auth_token_clear(&tok);
-  if (rc && !err[0]) handshake_error(address, timeout, rc, err, errlen);
+  if (rc && !err[0]) handshake_error(c, address, timeout, rc, err, errlen);
   if (!rc) {
     c->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (c->evfd < 0) {
@@ -413,16 +515,10 @@ static int take_output_locked(sh_client_obj_t *c) {
 /* Writes as much of wbuf as the socket takes. 0 or -errno. */
 static int write_some(sh_client_obj_t *c) {
   while (sh_buf_avail(&c->wbuf)) {
-    ssize_t w = send(c->fd, sh_buf_head(&c->wbuf), sh_buf_avail(&c->wbuf), MSG_NOSIGNAL);
-    if (w > 0) {
-      sh_buf_consume(&c->wbuf, (size_t)w);
-    } else if (w < 0 && errno == EINTR) {
-      continue;
-    } else if (w < 0 && errno == EAGAIN) {
-      return 0;
-    } else {
-      return -errno;
-    }
+    ssize_t w = c_send(c, sh_buf_head(&c->wbuf), sh_buf_avail(&c->wbuf));
+    if (w > 0) sh_buf_consume(&c->wbuf, (size_t)w);
+    else if (w == -EAGAIN) return 0;
+    else return w < 0 ? (int)w : -EPIPE;
   }
   /* Keep the capacity (reallocating per batch costs page faults) unless a
    * one-off huge frame made it big. */
@@ -431,23 +527,24 @@ static int write_some(sh_client_obj_t *c) {
 }
 
 /* Reads what is available, up to a few MiB per turn. Returns 0, 1 at end of
- * file, or -errno. */
+ * file, or a negative code. Decrypted TLS bytes may be left for the next
+ * turn (tls_pending says so). */
 static int read_some(sh_client_obj_t *c, size_t want) {
   size_t got = 0;
   while (got < (4u << 20)) {
     if (sh_buf_reserve(&c->rbuf, want > 65536 ? want : 65536)) return -ENOMEM;
     size_t room = c->rbuf.cap - c->rbuf.len;
-    ssize_t n = read(c->fd, c->rbuf.data + c->rbuf.len, room);
+    ssize_t n = c_recv(c, c->rbuf.data + c->rbuf.len, room);
     if (n > 0) {
       c->rbuf.len += (size_t)n;
       got += (size_t)n;
-      if ((size_t)n < room) return 0;
+      /* A short plain read emptied the socket; a TLS read returns one
+       * record at a time, so only -EAGAIN says it is empty. */
+      if ((size_t)n < room && !c->tls) return 0;
     } else if (n == 0) {
       return 1;
-    } else if (errno == EINTR) {
-      continue;
     } else {
-      return errno == EAGAIN ? 0 : -errno;
+      return n == -EAGAIN ? 0 : (int)n;
     }
   }
   return 0;
@@ -580,7 +677,7 @@ static int read_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
   else if (rc == 1)
     snprintf(reason, rlen, "the daemon closed the connection (it stopped or crashed)");
   else
-    snprintf(reason, rlen, "reading from it failed: %s", sh_strerror(rc));
+    snprintf(reason, rlen, "reading from it failed: %s", io_strerror(c, rc));
   return rc == 1 ? -ECONNRESET : rc;
 }
 
@@ -598,7 +695,7 @@ static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
     if ((rc = write_some(c)) < 0) {
       /* The daemon may have said why before it closed: read that first. */
       if (read_turn(c, ts, reason, rlen) == 0 || !c->err_text[0])
-        snprintf(reason, rlen, "writing to it failed: %s", sh_strerror(rc));
+        snprintf(reason, rlen, "writing to it failed: %s", io_strerror(c, rc));
       return rc;
     }
     if (sh_buf_avail(&c->wbuf) == 0) timeout = 0; /* look for more at once */
@@ -609,7 +706,12 @@ static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
   int waiter = pthread_mutex_trylock(&c->rd_mu) != 0;
   if (!waiter) pthread_mutex_unlock(&c->rd_mu);
   else if (timeout < 0 || timeout > 1) timeout = 1;
-  short events = (short)((waiter ? 0 : POLLIN) | (sh_buf_avail(&c->wbuf) ? POLLOUT : 0));
+  /* Level-triggered: poll only for what the next read and write wait for
+   * (a TLS write may wait for readability, a read for writability). */
+  short rd = waiter ? 0 : rd_events(c);
+  short events = (short)(rd | (sh_buf_avail(&c->wbuf) ? wr_events(c) : 0));
+  int pending = !waiter && tls_pending(c);
+  if (pending) timeout = 0;
   struct pollfd p[2] = {
       {.fd = events ? c->fd : -1, .events = events},
       {.fd = c->evfd, .events = POLLIN},
@@ -629,7 +731,7 @@ static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
     c->awake = 1;
     pthread_mutex_unlock(&c->out_mu);
   }
-  if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR))) return 0;
+  if (!pending && !(p[0].revents & (rd | POLLHUP | POLLERR))) return 0;
   /* A waiting thread may be reading (sh_client_wait_io); it is done within
    * a slice, and then what it left is read here. */
   pthread_mutex_lock(&c->rd_mu);
@@ -655,10 +757,8 @@ void sh_client_flush_direct_locked(sh_client_obj_t *c) {
   /* Released ids ride along instead of costing the I/O thread a write. */
   if (c->nrel || c->nunmap) sh_client_flush_releases_locked(c);
   while (sh_buf_avail(&c->out)) {
-    ssize_t w = send(c->fd, sh_buf_head(&c->out), sh_buf_avail(&c->out),
-                     MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w = c_send(c, sh_buf_head(&c->out), sh_buf_avail(&c->out));
     if (w > 0) sh_buf_consume(&c->out, (size_t)w);
-    else if (w < 0 && errno == EINTR) continue;
     else break; /* full or failing: the I/O thread deals with it */
   }
 }
@@ -691,8 +791,8 @@ int sh_client_wait_io(sh_client_obj_t *c, uint64_t id, double timeout) {
     double left = slice - ((now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9);
     if (left <= 0) break;
     struct timespec tmo = {(time_t)left, (long)((left - (time_t)left) * 1e9)};
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    int n = ppoll(&p, 1, &tmo, NULL);
+    struct pollfd p = {.fd = fd, .events = rd_events(c)};
+    int n = tls_pending(c) ? 1 : ppoll(&p, 1, &tmo, NULL);
     if (n < 0 && errno != EINTR) break;
     if (n <= 0) continue;
     if (p.revents & (POLLHUP | POLLERR)) break; /* the I/O thread reports it */
@@ -722,11 +822,17 @@ static void *io_main(void *arg) {
     snprintf(reason, sizeof reason, "it sent a malformed frame: %s", sh_strerror(rc));
   while (rc == 0 && (rc = io_turn(c, &ts, reason, sizeof reason)) == 0) {
   }
+  /* With rd_mu no waiter reads the socket (sh_client_wait_io), and with the
+   * GIL nobody writes to it; afterwards c->fd < 0 keeps both away. */
+  pthread_mutex_lock(&c->rd_mu);
   PyEval_RestoreThread(ts);
   if (rc < 0) io_lost(c, reason);
+  sh_tls_destroy(c->tls);
+  c->tls = NULL;
   close(c->fd);
   close(c->evfd);
   c->fd = c->evfd = -1;
+  pthread_mutex_unlock(&c->rd_mu);
   Py_DECREF(c); /* may free c, on this thread: see client_dealloc */
   PyGILState_Release(g);
   return NULL;

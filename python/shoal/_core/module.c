@@ -63,7 +63,7 @@ PyObject *sh_core_raise(int rc, const char *fmt, ...) {
     case -E2BIG:
     case -EINVAL: type = Py_NewRef(PyExc_ValueError); break;
     case SH_EFORKED: type = Py_NewRef(PyExc_RuntimeError); break;
-    case SH_EAUTH: type = auth_type(); break;
+    case SH_EAUTH: case SH_ETLS: type = auth_type(); break;
     default: type = Py_NewRef(PyExc_ConnectionError); break;
   }
   PyErr_SetString(type, msg);
