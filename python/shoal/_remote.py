@@ -19,7 +19,7 @@ KIND_TASK, KIND_ACTOR_CREATE, KIND_ACTOR_CALL = 0, 1, 2
 
 _TASK_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources", "max_retries",
                  "retry_exceptions", "timeout", "name")
-_ACTOR_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources", "name")
+_ACTOR_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources", "max_restarts", "name")
 _RESERVED = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
 _MAX_CUSTOM = 16
 _NAME_MAX = 63
@@ -63,10 +63,10 @@ def _validate(options, allowed, what):
             _number(key, value)
         elif key == "resources":
             _check_resources(value)
-        elif key == "max_retries":
+        elif key in ("max_retries", "max_restarts"):
             _number(key, value, integer=True)
             if value > 1_000_000:
-                raise ValueError(f"option max_retries={value} is too large")
+                raise ValueError(f"option {key}={value} is too large")
         elif key == "retry_exceptions":
             if not isinstance(value, bool):
                 raise TypeError(f"option retry_exceptions must be True or False, not {value!r}")
@@ -232,6 +232,9 @@ class ActorClass:
         self._registration = registration or _Registration(cls)
         self._methods = _public_methods(cls)
         self._kwargs = _spec_kwargs(self._options, 0, 0, f"{cls.__qualname__}.__init__")
+        # An actor's creation carries its restart budget where tasks carry
+        # their retries (docs/protocol.md, SUBMIT).
+        self._kwargs["max_retries"] = self._options.get("max_restarts", 0)
         self._bound = (None, None)
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
             try:
@@ -399,7 +402,11 @@ def remote(*args, **options):
             raises), ``timeout`` (seconds; the task fails with
             ``TaskTimeoutError`` and its worker is replaced), ``name``. For
             classes: ``num_cpus`` (default 0), ``num_gpus``, ``memory``,
-            ``resources``, ``name``.
+            ``resources``, ``max_restarts`` (default 0: when the actor's
+            process or node dies, construct it again, with the same
+            arguments, up to this many times; the calls running then fail
+            with ``ActorDiedError``, the queued ones run on the new
+            instance), ``name``.
     Returns:
         A ``RemoteFunction`` or ``ActorClass``, or a decorator that makes one.
     Raises:

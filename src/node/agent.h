@@ -137,6 +137,7 @@ struct sh_task_s {
   uint8_t released;     /* the driver dropped its Future: do not keep the result */
   uint8_t interrupted;  /* SIGINT sent to cancel it */
   uint8_t orphan;       /* its driver is gone: run out, report to nobody */
+  uint8_t restart;      /* an actor's creation run again: its result goes nowhere */
   uint8_t remote;       /* node side: the head sent it; the result goes there */
   uint8_t took;         /* head side, REMOTE: holds its request on node_id in
                            the head's registry (released with the result) */
@@ -216,6 +217,8 @@ struct sh_actor_s {
   uint32_t node_id;      /* head side: the node hosting it, 0 when local */
   uint32_t remote_calls; /* head side: calls forwarded and not yet answered */
   int holds_remote;      /* head side: `held` is taken on node_id in the registry */
+  sh_task_t *recipe;     /* a copy of its creation, kept while it may restart */
+  uint32_t restarts;     /* times it was constructed again after dying */
   sh_queue_t dirty;      /* agent->actors_dirty: has calls that may be sendable */
 };
 

@@ -194,6 +194,7 @@ void sh_sched_release(sh_agent_t *a, uint64_t id) {
 /* ---- finishing a task ---- */
 
 static void make_ready(sh_agent_t *a, sh_task_t *t);
+static void fail_queue(sh_agent_t *a, sh_queue_t *q, uint32_t status, const char *why);
 static void actor_die(sh_agent_t *a, sh_actor_t *ac, const char *why);
 static void actor_free(sh_agent_t *a, sh_actor_t *ac);
 static int actor_retire_if_idle(sh_agent_t *a, sh_actor_t *ac);
@@ -267,7 +268,7 @@ static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
                    const uint8_t *p, uint32_t n) {
   uint64_t id = t->id;
   sh_map_del(&a->tasks, id);
-  sh_conn_t *c = t->orphan ? NULL : t->remote ? a->uplink : sh_agent_client(a, id);
+  sh_conn_t *c = t->orphan || t->restart ? NULL : t->remote ? a->uplink : sh_agent_client(a, id);
   sh_waiters_t *wl = sh_map_del(&a->waiters, id);
   int keep = wl || (!t->released && !t->orphan && c);
   char why[768];
@@ -619,9 +620,110 @@ static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t) {
   sh_conn_mark_dirty(c);
 }
 
+/* ---- actor restarts ---- */
+
+static sh_task_t *task_clone(const sh_task_t *t) {
+  size_t extra = (size_t)t->ndeps * 8 + t->method_len + t->args_len;
+  sh_task_t *c = sh_try_malloc(sizeof *c + extra);
+  if (!c) return NULL;
+  memcpy(c, t, sizeof *c + extra);
+  sh_queue_init(&c->link);
+  c->custom = NULL;
+  if (t->ncustom) {
+    c->custom = sh_try_malloc(t->ncustom * sizeof(sh_custom_t));
+    if (!c->custom) {
+      sh_free(c);
+      return NULL;
+    }
+    memcpy(c->custom, t->custom, t->ncustom * sizeof(sh_custom_t));
+  }
+  c->state = 0;
+  c->worker = NULL;
+  c->took = 0;
+  c->node_id = 0;
+  return c;
+}
+
+/* Before an actor's first construction goes out: keeps a copy of it (and a
+ * pin on each of its dependencies) when it may be restarted. */
+static void actor_keep_recipe(sh_agent_t *a, sh_actor_t *ac, const sh_task_t *t) {
+  if (ac->recipe || t->restart || !t->max_retries || t->remote) return;
+  if (!(ac->recipe = task_clone(t))) {
+    sh_warn("out of memory keeping actor %#llx's constructor: it will not be restarted",
+            (unsigned long long)ac->id);
+    return;
+  }
+  const uint8_t *d = sh_task_deps(t);
+  for (uint32_t i = 0; i < t->ndeps; i++) {
+    sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
+    if (o) o->pins++;
+  }
+}
+
+static void actor_drop_recipe(sh_agent_t *a, sh_actor_t *ac) {
+  sh_task_t *r = ac->recipe;
+  if (!r) return;
+  ac->recipe = NULL;
+  const uint8_t *d = sh_task_deps(r);
+  for (uint32_t i = 0; i < r->ndeps; i++) obj_unpin(a, sh_get_u64(d + 8 * i));
+  task_free(r);
+}
+
+/* The actor's process or node died (why): constructs it again from its
+ * recipe while restarts are left; the calls it was running fail, the queued
+ * ones wait for the new instance. 1 when it restarts, 0 when it must die. */
+static int actor_restart(sh_agent_t *a, sh_actor_t *ac, const char *why) {
+  sh_task_t *r = ac->recipe;
+  if (!r || ac->state != SH_ACTOR_ALIVE || ac->kill_when_idle || ac->restarts >= r->max_retries)
+    return 0;
+  sh_task_t *t = task_clone(r);
+  if (!t || sh_map_put(&a->tasks, t->id, t)) {
+    if (t) task_free(t);
+    return 0;
+  }
+  char msg[768];
+  ac->restarts++;
+  snprintf(msg, sizeof msg, "%s; the call was running then (the actor is being restarted: "
+           "restart %u of %u)", why, ac->restarts, r->max_retries);
+  sh_warn("actor %#llx: %s; restarting it (%u of %u)", (unsigned long long)ac->id, why,
+          ac->restarts, r->max_retries);
+  if (ac->holds) {
+    sh_req_t req = sh_res_as_req(&ac->held);
+    sh_res_add(&a->avail, &req);
+    ac->holds = 0;
+  }
+  if (ac->holds_remote) {
+    sh_req_t req = sh_res_as_req(&ac->held);
+    sh_head_release(&a->head, ac->node_id, &req);
+    ac->holds_remote = 0;
+  }
+  if (ac->worker) {
+    sh_worker_t *w = ac->worker;
+    sh_pool_timeout_stop(w);
+    fail_queue(a, &w->inflight, SH_ST_ACTOR_DIED, msg);
+    w->actor = NULL;
+    ac->worker = NULL;
+    if (!w->exited) sh_pool_kill(w, SH_REASON_ACTOR);
+  }
+  ac->node_id = 0;
+  ac->state = SH_ACTOR_PENDING;
+  /* The new construction: its deps are pinned like a submitted task's. */
+  t->restart = 1;
+  t->released = 1;
+  const uint8_t *d = sh_task_deps(t);
+  for (uint32_t i = 0; i < t->ndeps; i++) {
+    sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
+    if (o) o->pins++;
+  }
+  ac->create = t;
+  make_ready(a, t);
+  return 1;
+}
+
 static void place_actor(sh_agent_t *a, sh_task_t *t) {
   if (t->ndeps && ensure_deps(a, t)) return;
   sh_actor_t *ac = sh_map_get(&a->actors, t->id);
+  actor_keep_recipe(a, ac, t);
   sh_req_t req = task_req(t);
   sh_res_sub(&a->avail, &req);
   sh_res_from_req(&ac->held, &req);
@@ -814,6 +916,7 @@ static int place_remote(sh_agent_t *a, sh_task_t *t) {
   if (t->kind == SH_KIND_ACTOR_CREATE) {
     /* The actor holds the resources for its life, not the creation task. */
     sh_actor_t *ac = sh_map_get(&a->actors, t->id);
+    actor_keep_recipe(a, ac, t);
     ac->create = NULL;
     ac->node_id = nid;
     sh_res_from_req(&ac->held, &req);
@@ -973,6 +1076,7 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
     if (ac->state != SH_ACTOR_DEAD) {
       snprintf(msg, sizeof msg, "the actor's worker process (pid %d) died: %s%s%s", (int)w->pid, how,
                why ? "; " : "", why ? why : "");
+      if (w->kill_reason != SH_REASON_ACTOR && actor_restart(a, ac, msg)) return;
       actor_die(a, ac, msg);
     }
     ac->worker = NULL;
@@ -1098,6 +1202,7 @@ static void fail_queue(sh_agent_t *a, sh_queue_t *q, uint32_t status, const char
 static void actor_die(sh_agent_t *a, sh_actor_t *ac, const char *why) {
   if (ac->state == SH_ACTOR_DEAD) return;
   ac->state = SH_ACTOR_DEAD;
+  actor_drop_recipe(a, ac);
   ac->dead_reason = sh_strdup(why);
   sh_queue_remove(&ac->dirty);
   if (ac->holds) {
@@ -1133,6 +1238,7 @@ static void actor_die(sh_agent_t *a, sh_actor_t *ac, const char *why) {
 }
 
 static void actor_free(sh_agent_t *a, sh_actor_t *ac) {
+  actor_drop_recipe(a, ac);
   sh_map_del(&a->actors, ac->id);
   if (ac->worker) ac->worker->actor = NULL;
   sh_free(ac->dead_reason);
@@ -1284,6 +1390,7 @@ void sh_sched_node_died(sh_agent_t *a, sh_node_t *n, const char *why) {
     sh_actor_t *ac = v;
     if (ac->node_id != n->node_id || ac->state == SH_ACTOR_DEAD) continue;
     ac->holds_remote = 0; /* the node's record is reset when it comes back */
+    if (actor_restart(a, ac, msg)) continue;
     actor_die(a, ac, msg);
   }
   sh_queue_t redo;

@@ -96,9 +96,13 @@ def test_kill_actor(cluster):  # noqa: F811
         pending.result(timeout=T)
     with pytest.raises(shoal.ActorDiedError):
         c.incr.remote().result(timeout=T)
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
-               open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
-               10, 0.05, "the actor's worker to exit")
+    def gone():
+        try:  # reaped (no /proc entry) or a zombie waiting to be
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+    wait_until(gone, 10, 0.05, "the actor's worker to exit")
 
 
 def test_actor_crash_fails_calls(cluster):  # noqa: F811
@@ -176,3 +180,52 @@ def test_dropped_handle_stops_actor_after_its_calls(cluster):  # noqa: F811
     assert actors_alive() == before
     st = shoal.status()
     assert st["workers"]["actors"] <= before
+
+
+@shoal.remote(max_restarts=2)
+class Phoenix:
+    def __init__(self, start):
+        self.n = start
+
+    def incr(self):
+        self.n += 1
+        return self.n
+
+    def pid(self):
+        return os.getpid()
+
+    def die(self):
+        os._exit(3)
+
+
+def test_actor_restarts_after_its_process_dies(cluster):  # noqa: F811
+    p = Phoenix.remote(10)
+    assert p.incr.remote().result(timeout=30) == 11
+    first = p.pid.remote().result(timeout=30)
+    for attempt in (1, 2):
+        # The call running when the process died fails, saying it restarts...
+        with pytest.raises(shoal.ActorDiedError, match=f"restart {attempt} of 2"):
+            p.die.remote().result(timeout=30)
+        # ...and later calls run on a new instance built from the same arguments.
+        assert p.incr.remote().result(timeout=30) == 11
+        pid = p.pid.remote().result(timeout=30)
+        assert pid != first
+        first = pid
+    # Out of restarts: dead for good, with the reason.
+    with pytest.raises(shoal.ActorDiedError):
+        p.die.remote().result(timeout=30)
+    with pytest.raises(shoal.ActorDiedError, match="exited with status 3"):
+        p.incr.remote().result(timeout=30)
+
+
+def test_actor_without_restarts_and_killed_actors_stay_dead(cluster):  # noqa: F811
+    q = Phoenix.options(max_restarts=0).remote(0)
+    with pytest.raises(shoal.ActorDiedError):
+        q.die.remote().result(timeout=30)
+    with pytest.raises(shoal.ActorDiedError):
+        q.incr.remote().result(timeout=30)
+    r = Phoenix.remote(0)  # restarts left, but shoal.kill is final
+    assert r.incr.remote().result(timeout=30) == 1
+    shoal.kill(r)
+    with pytest.raises(shoal.ActorDiedError, match="killed"):
+        r.incr.remote().result(timeout=30)

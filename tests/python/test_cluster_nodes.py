@@ -304,6 +304,44 @@ def test_cluster_placement_prefers_the_node_holding_the_arguments(fresh):  # noq
         head.stop()
 
 
+@shoal.remote(max_restarts=1, resources={"roam": 1})
+class Roaming:
+    def __init__(self, start):
+        self.n = start
+
+    def inc(self):
+        self.n += 1
+        return self.n, os.environ["SHOAL_NODE_ID"]
+
+
+def test_cluster_actor_restarts_on_another_node(fresh):  # noqa: F811
+    head = Head()
+    nodes = []
+    try:
+        nodes.append(Node(head, workers=1, cpus=1, resources={"roam": 1}))
+        nodes.append(Node(head, workers=1, cpus=1, resources={"roam": 1}))
+        shoal.init(address=head.address, token=TOKEN)
+        r = Roaming.remote(100)  # only the nodes have "roam"
+        n1, where1 = r.inc.remote().result(timeout=T)
+        assert n1 == 101
+        victim = next(x for x in nodes if str(x.node_id) == where1)
+        os.kill(victim.pid, signal.SIGKILL)
+        # Constructed again, from the same arguments, on the node that is left.
+        def restarted():
+            try:
+                return r.inc.remote().result(timeout=T)
+            except shoal.ActorDiedError:
+                return None  # a call that was in flight when the node died
+        n2, where2 = wait_until(restarted, 30, 0.1, "the actor restarted elsewhere")
+        assert n2 == 101 and where2 != where1
+        assert r.inc.remote().result(timeout=T) == (102, where2)
+    finally:
+        shoal.shutdown()
+        for n in nodes:
+            n.stop()
+        head.stop()
+
+
 def test_cluster_infeasible_and_actors(cluster3):
     head, a, b = cluster3
 
