@@ -282,6 +282,18 @@ struct sh_node_s {
   sh_map_t funcs_sent;   /* fn ids already sent on this connection */
 };
 
+/* Ready tasks that ask for the same thing (resources, kind; for tasks that
+ * may be pipelined, the same function): when the first cannot be placed,
+ * none behind it can, so placement stops there and moves on to the next
+ * shape; a queue of unplaceable tasks never holds up others. */
+typedef struct sh_shape_s {
+  sh_queue_t link;   /* agent->shapes */
+  sh_queue_t tasks;  /* in submission order */
+  uint64_t cpu_milli, gpu_milli, memory, fn_id;
+  uint32_t kind, timed, ncustom;
+  sh_custom_t custom[];
+} sh_shape_t;
+
 typedef struct sh_waiters_s {
   uint32_t n, cap;
   sh_task_t *t[];
@@ -336,7 +348,8 @@ struct sh_agent_s {
   sh_map_t funcs;    /* fn id -> sh_func_t */
   sh_map_t waiters;  /* object id -> sh_waiters_t of tasks waiting for it */
   sh_map_t actors;   /* actor id -> sh_actor_t */
-  sh_queue_t ready;  /* plain tasks and actor creations ready to place */
+  sh_queue_t shapes; /* sh_shape_t: tasks and actor creations ready to place,
+                        one FIFO queue per resource shape (sched.c) */
   sh_queue_t actors_dirty; /* actors whose queued calls may be sendable */
   sh_res_t avail;    /* free resources on this node */
   sh_store_t store;

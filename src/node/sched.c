@@ -13,7 +13,6 @@
 
 #define PIPELINE_MAX 64
 #define PIPELINE_TARGET_NS 1000000ull /* keep ~1 ms of work queued per worker */
-#define SCAN_LIMIT 256
 
 void sh_sched_init(sh_agent_t *a) {
   sh_map_init(&a->tasks);
@@ -21,7 +20,7 @@ void sh_sched_init(sh_agent_t *a) {
   sh_map_init(&a->funcs);
   sh_map_init(&a->waiters);
   sh_map_init(&a->actors);
-  sh_queue_init(&a->ready);
+  sh_queue_init(&a->shapes);
   sh_queue_init(&a->actors_dirty);
 }
 
@@ -358,13 +357,71 @@ static void reject(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint32_t status, co
 
 /* ---- submit ---- */
 
+/* ---- the ready queues, one per shape ---- */
+
+static int pipelinable(const sh_task_t *t);
+
+static int shape_is(const sh_shape_t *s, const sh_task_t *t) {
+  if (s->cpu_milli != t->cpu_milli || s->gpu_milli != t->gpu_milli || s->memory != t->memory ||
+      s->kind != t->kind || s->timed != (t->timeout_ms != 0) || s->ncustom != t->ncustom ||
+      s->fn_id != (pipelinable(t) ? t->fn_id : 0))
+    return 0;
+  for (uint32_t i = 0; i < t->ncustom; i++)
+    if (s->custom[i].milli != t->custom[i].milli || strcmp(s->custom[i].name, t->custom[i].name))
+      return 0;
+  return 1;
+}
+
+/* t's shape, made when new (NULL when out of memory). */
+static sh_shape_t *shape_of(sh_agent_t *a, const sh_task_t *t) {
+  sh_queue_t *q;
+  sh_queue_foreach(q, &a->shapes) {
+    sh_shape_t *s = sh_queue_data(q, sh_shape_t, link);
+    if (shape_is(s, t)) return s;
+  }
+  sh_shape_t *s = sh_try_malloc(sizeof *s + t->ncustom * sizeof(sh_custom_t));
+  if (!s) return NULL;
+  sh_queue_init(&s->tasks);
+  s->cpu_milli = t->cpu_milli;
+  s->gpu_milli = t->gpu_milli;
+  s->memory = t->memory;
+  s->kind = t->kind;
+  s->timed = t->timeout_ms != 0;
+  s->fn_id = pipelinable(t) ? t->fn_id : 0;
+  s->ncustom = t->ncustom;
+  if (t->ncustom) memcpy(s->custom, t->custom, t->ncustom * sizeof(sh_custom_t));
+  sh_queue_insert_tail(&a->shapes, &s->link);
+  return s;
+}
+
+/* Queues t to be placed: behind the others of its shape, or in front. */
+static void ready_push(sh_agent_t *a, sh_task_t *t, int front) {
+  sh_shape_t *s = shape_of(a, t);
+  if (!s) {
+    sh_task_fail(a, t, SH_ST_BAD_REQUEST, 0, "the daemon is out of memory");
+    return;
+  }
+  if (front) sh_queue_insert_head(&s->tasks, &t->link);
+  else sh_queue_insert_tail(&s->tasks, &t->link);
+  a->need_schedule = 1;
+}
+
+/* Puts the tasks of `redo` in front of their shapes, keeping their order. */
+static void ready_prepend(sh_agent_t *a, sh_queue_t *redo) {
+  while (!sh_queue_empty(redo)) {
+    sh_task_t *t = sh_queue_data(redo->prev, sh_task_t, link);
+    sh_queue_remove(&t->link);
+    ready_push(a, t, 1);
+  }
+}
+
 static void make_ready(sh_agent_t *a, sh_task_t *t) {
   t->state = SH_TASK_READY;
   if (t->kind == SH_KIND_ACTOR_CALL) {
     sh_actor_t *ac = sh_map_get(&a->actors, t->actor_id);
     if (ac && !sh_queue_linked(&ac->dirty)) sh_queue_insert_tail(&a->actors_dirty, &ac->dirty);
   } else {
-    sh_queue_insert_tail(&a->ready, &t->link);
+    ready_push(a, t, 0);
   }
   a->need_schedule = 1;
 }
@@ -962,44 +1019,54 @@ static void run_actors(sh_agent_t *a) {
   }
 }
 
+/* Places the first ready task of a shape: 1 when it left the queue (sent,
+ * forwarded or failed), 0 when it cannot go anywhere now. */
+static int place_one(sh_agent_t *a, sh_task_t *t) {
+  sh_req_t req = task_req(t);
+  int fits = !a->local_draining && sh_res_fits(&a->avail, &req);
+  /* Other nodes exist (the head): what cannot start here now goes to one
+   * with room, before it would queue behind a busy local worker. */
+  int cluster = a->head.nnodes > 1;
+  if (t->kind == SH_KIND_ACTOR_CREATE) {
+    if (fits) {
+      sh_queue_remove(&t->link);
+      place_actor(a, t);
+      return 1;
+    }
+    return cluster && place_remote(a, t);
+  }
+  sh_worker_t *w = fits ? idle_worker(a) : NULL;
+  int idle = w != NULL;
+  if (!w && cluster && place_remote(a, t)) return 1;
+  if (!w && pipelinable(t) && !a->local_draining) w = pipeline_worker(a, t);
+  if (!w) return 0;
+  sh_queue_remove(&t->link);
+  if (t->ndeps && ensure_deps(a, t)) return 1;
+  if (idle) {
+    sh_res_sub(&a->avail, &req);
+    sh_res_from_req(&w->held, &req);
+    w->holds = 1;
+  }
+  send_task(a, w, t);
+  return 1;
+}
+
 void sh_sched_run(sh_agent_t *a) {
   a->need_schedule = 0;
   run_actors(a);
-  int scanned = 0;
-  sh_queue_t *q = a->ready.next;
-  while (q != &a->ready && scanned < SCAN_LIMIT) {
-    sh_task_t *t = sh_queue_data(q, sh_task_t, link);
+  /* Each shape in turn, in order within it; a shape whose first task cannot
+   * go now is left for the next run (every task behind asks the same). */
+  sh_queue_t *q = a->shapes.next;
+  while (q != &a->shapes) {
+    sh_shape_t *s = sh_queue_data(q, sh_shape_t, link);
     q = q->next;
-    sh_req_t req = task_req(t);
-    int fits = !a->local_draining && sh_res_fits(&a->avail, &req);
-    /* Other nodes exist (the head): what cannot start here now goes to one
-     * with room, before it would queue behind a busy local worker. */
-    int cluster = a->head.nnodes > 1;
-    if (t->kind == SH_KIND_ACTOR_CREATE) {
-      if (fits) {
-        sh_queue_remove(&t->link);
-        place_actor(a, t);
-      } else if (!cluster || !place_remote(a, t)) {
-        scanned++;
-      }
-      continue;
+    while (!sh_queue_empty(&s->tasks) &&
+           place_one(a, sh_queue_data(sh_queue_head(&s->tasks), sh_task_t, link))) {
     }
-    sh_worker_t *w = fits ? idle_worker(a) : NULL;
-    int idle = w != NULL;
-    if (!w && cluster && place_remote(a, t)) continue;
-    if (!w && pipelinable(t) && !a->local_draining) w = pipeline_worker(a, t);
-    if (!w) {
-      scanned++;
-      continue;
+    if (sh_queue_empty(&s->tasks)) {
+      sh_queue_remove(&s->link);
+      sh_free(s);
     }
-    sh_queue_remove(&t->link);
-    if (t->ndeps && ensure_deps(a, t)) continue;
-    if (idle) {
-      sh_res_sub(&a->avail, &req);
-      sh_res_from_req(&w->held, &req);
-      w->holds = 1;
-    }
-    send_task(a, w, t);
   }
   run_actors(a);
 }
@@ -1052,7 +1119,7 @@ void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result
     a->n_retried++;
     t->state = SH_TASK_READY;
     t->worker = NULL;
-    sh_queue_insert_head(&a->ready, &t->link);
+    ready_push(a, t, 1);
     return;
   }
   finish(a, t, r->status, r->code, r->payload, r->payload_len);
@@ -1126,13 +1193,21 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
     t->state = SH_TASK_READY;
     sh_queue_insert_tail(&redo, &t->link);
   }
-  sh_queue_prepend_all(&a->ready, &redo);
+  ready_prepend(a, &redo);
   a->need_schedule = 1;
 }
 
 void sh_sched_fail_ready(sh_agent_t *a, const char *why) {
-  while (!sh_queue_empty(&a->ready)) {
-    sh_task_t *t = sh_queue_data(sh_queue_head(&a->ready), sh_task_t, link);
+  sh_queue_t all;
+  sh_queue_init(&all);
+  while (!sh_queue_empty(&a->shapes)) {
+    sh_shape_t *s = sh_queue_data(sh_queue_head(&a->shapes), sh_shape_t, link);
+    sh_queue_remove(&s->link);
+    sh_queue_prepend_all(&all, &s->tasks); /* order across shapes does not matter here */
+    sh_free(s);
+  }
+  while (!sh_queue_empty(&all)) {
+    sh_task_t *t = sh_queue_data(sh_queue_head(&all), sh_task_t, link);
     sh_queue_remove(&t->link);
     if (t->kind == SH_KIND_ACTOR_CREATE) {
       sh_actor_t *ac = sh_map_get(&a->actors, t->id);
@@ -1360,7 +1435,7 @@ void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
   if (retry && t->kind == SH_KIND_TASK && !t->orphan && t->attempts < t->max_retries) {
     t->attempts++;
     a->n_retried++;
-    sh_queue_insert_head(&a->ready, &t->link);
+    ready_push(a, t, 1);
     return;
   }
   if (status == SH_ST_CRASHED && t->kind == SH_KIND_TASK) {
@@ -1421,7 +1496,7 @@ void sh_sched_node_died(sh_agent_t *a, sh_node_t *n, const char *why) {
     a->n_retried++;
     sh_queue_insert_tail(&redo, &t->link);
   }
-  sh_queue_prepend_all(&a->ready, &redo);
+  ready_prepend(a, &redo);
   a->need_schedule = 1;
 }
 
@@ -1463,6 +1538,11 @@ void sh_sched_uplink_gone(sh_agent_t *a) {
 void sh_sched_close(sh_agent_t *a) {
   uint64_t id;
   void *v;
+  while (!sh_queue_empty(&a->shapes)) {
+    sh_shape_t *s = sh_queue_data(sh_queue_head(&a->shapes), sh_shape_t, link);
+    sh_queue_remove(&s->link);
+    sh_free(s);
+  }
   for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);) task_free(v);
   for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) sh_free(v);
   for (size_t i = 0; sh_map_next(&a->funcs, &i, &id, &v);) sh_free(v);

@@ -340,7 +340,8 @@ static void crash_retries_then_fails_with_signal(void **state) {
   sh_task_t *t10 = sh_map_get(&fx.a.tasks, tid(10)), *t11 = sh_map_get(&fx.a.tasks, tid(11));
   assert_int_equal(t10->attempts, 1);
   assert_int_equal(t11->attempts, 0);
-  assert_ptr_equal(sh_queue_data(sh_queue_head(&fx.a.ready), sh_task_t, link), t10);
+  sh_shape_t *shape = sh_queue_data(sh_queue_head(&fx.a.shapes), sh_shape_t, link);
+  assert_ptr_equal(sh_queue_data(sh_queue_head(&shape->tasks), sh_task_t, link), t10);
   assert_int_equal(fx.a.avail.cpu_milli, 1000);
   /* A second worker takes them; it dies too: retries are spent. */
   sh_worker_t *w2 = fake_worker();
@@ -607,6 +608,39 @@ static void stored_dependency_is_sent_by_reference_and_busy(void **state) {
   teardown();
 }
 
+static void unplaceable_tasks_do_not_hold_up_others(void **state) {
+  /* 300 tasks that each need the node's one licence, queued first, then a
+   * plain one: the plain one starts at once (it used to wait behind the
+   * first 256 of them). */
+  setup(2, 2);
+  sh_res_set_custom(&fx.a.avail, "lic", 1000);
+  sh_res_set_custom(&fx.a.opts.resources, "lic", 1000);
+  sh_head_close(&fx.a.head);
+  sh_head_init(&fx.a.head);
+  sh_head_add_node(&fx.a.head, 1, &fx.a.opts.resources);
+  register_fn(tid(1));
+  sh_submit_t lic = plain(tid(1));
+  lic.ncustom = 1;
+  snprintf(lic.custom[0].name, sizeof lic.custom[0].name, "lic");
+  lic.custom[0].milli = 1000;
+  for (int i = 0; i < 300; i++) sh_sched_submit(&fx.a, fx.driver, tid(100 + i), &lic);
+  sh_submit_t s = plain(tid(1));
+  sh_sched_submit(&fx.a, fx.driver, tid(10), &s);
+  sh_sched_run(&fx.a);
+  /* One licence task runs on one worker, the plain task on the other. */
+  sh_task_t *t = sh_map_get(&fx.a.tasks, tid(10));
+  assert_int_equal(t->state, SH_TASK_SENT);
+  assert_int_equal(fx.w[0]->ninflight + fx.w[1]->ninflight, 2);
+  /* The rest keep their order: the licence's next task is 101. */
+  sh_task_t *first = sh_map_get(&fx.a.tasks, tid(100));
+  assert_int_equal(first->state, SH_TASK_SENT);
+  worker_returns(first->worker, tid(100), SH_ST_OK);
+  sh_sched_run(&fx.a);
+  assert_int_equal(((sh_task_t *)sh_map_get(&fx.a.tasks, tid(101)))->state, SH_TASK_SENT);
+  assert_int_equal(((sh_task_t *)sh_map_get(&fx.a.tasks, tid(102)))->state, SH_TASK_READY);
+  teardown();
+}
+
 static void reap_removes_unfinished_segments(void **state) {
   setup(1, 1);
   char path[4200];
@@ -636,6 +670,7 @@ static const struct CMUnitTest tests[] = {
     SH_TEST(store_refuses_what_cannot_fit),
     SH_TEST(stored_dependency_is_sent_by_reference_and_busy),
     SH_TEST(reap_removes_unfinished_segments),
+    SH_TEST(unplaceable_tasks_do_not_hold_up_others),
 };
 
 SH_TEST_MAIN(tests)

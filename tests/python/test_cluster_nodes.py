@@ -278,7 +278,8 @@ def test_cluster_placement_prefers_the_node_holding_the_arguments(fresh):  # noq
     """Locality first: a task goes to the node that already holds its big
     argument. Everything else being equal the lowest node id wins, so the
     copy is put on the node with the higher id: only locality sends the
-    task there."""
+    task there (measured load, the same machine's load average reported at
+    different moments, can favour either node; any locality beats it)."""
     np = pytest.importorskip("numpy")
     head = Head()
     nodes = []
@@ -295,8 +296,6 @@ def test_cluster_placement_prefers_the_node_holding_the_arguments(fresh):  # noq
             got = plain_sum.remote(ref).result(timeout=T)
             assert got == (float(arr.sum()), str(nodes[high].node_id)), \
                 "not placed where its argument is"
-        # A task without arguments goes by load, then the lowest id.
-        assert where.remote(1).result(timeout=T)[1] == str(nodes[1 - high].node_id)
     finally:
         shoal.shutdown()
         for n in nodes:
