@@ -139,13 +139,16 @@ def records_for(mod, systems, state, args):
             rec["median"] = rec["min"] = rec["max"] = None
         # ratios[x]: how many times faster shoal system x is than this row;
         # for peers only (a floor row has its own column).
+        # With SHOAL_CROSS_RATIOS, shoal rows get them too (one shoal shape
+        # against another, e.g. a cluster against one node).
         rec["ratios"] = {}
+        cross = s.role == "peer" or (s.role == "shoal" and getattr(mod, "SHOAL_CROSS_RATIOS", False))
         for sh in shoal_systems:
             sh_med = summ[sh.name]["median"] if summ.get(sh.name) and state[sh.name]["status"] in (None, OK) else None
-            if s.role == "peer" and s.unit == sh.unit and rec["median"] is not None:
-                rec["ratios"][sh.name] = harness.speedup(sh_med, rec["median"], s.better)
-            elif s.name == sh.name and rec["median"] is not None:
+            if s.name == sh.name and rec["median"] is not None:
                 rec["ratios"][sh.name] = 1.0
+            elif cross and s.unit == sh.unit and rec["median"] is not None:
+                rec["ratios"][sh.name] = harness.speedup(sh_med, rec["median"], s.better)
         rec["ratio_to_shoal"] = rec["ratios"].get(mod.PRIMARY)
         rec["floor"] = floor_med
         rec["x_floor"] = (rec["median"] / floor_med if floor_med and rec["median"] is not None

@@ -6,4 +6,4 @@ expected(system, params) -> check string, and measure(system, params) ->
 {"value", "check", "extra"}, which runs in a fresh child process."""
 
 ORDER = ["floor", "tasks_async", "tasks_sync", "map", "startup", "memory", "large_objects",
-         "transfer", "placement"]
+         "transfer", "placement", "cluster_tasks_async"]
