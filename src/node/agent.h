@@ -197,6 +197,7 @@ typedef struct sh_store_s {
 /* A registered function or class. */
 typedef struct sh_func_s {
   uint64_t avg_ns;  /* moving average run time, 0 until measured */
+  uint64_t remote_ns; /* head: moving average from forwarding to result */
   uint32_t len;
   uint8_t data[];
 } sh_func_t;

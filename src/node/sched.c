@@ -899,6 +899,7 @@ static void forward(sh_agent_t *a, sh_node_t *n, sh_task_t *t) {
   }
   t->state = SH_TASK_REMOTE;
   t->node_id = n->node_id;
+  t->sent_ns = sh_now_ns();
   sh_queue_insert_tail(&n->tasks, &t->link);
   n->ntasks++;
   if (t->kind == SH_KIND_ACTOR_CALL) {
@@ -944,13 +945,49 @@ static uint32_t locality(sh_agent_t *a, const sh_task_t *t, sh_head_hint_t *h, u
   return n;
 }
 
+#define REMOTE_SHORT_NS 2000000ull /* forward-to-result under this: sent ahead */
+
+/* A live node that can take short task t ahead of its free CPUs: the
+ * function's measured forward-to-result time is short, and the node holds
+ * fewer than PIPELINE_MAX tasks per worker. The least loaded such node, or
+ * NULL. */
+static sh_node_t *pipeline_node(sh_agent_t *a, const sh_task_t *t) {
+  sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
+  if (!f || !f->remote_ns || f->remote_ns > REMOTE_SHORT_NS) return NULL;
+  sh_node_t *best = NULL;
+  uint64_t id;
+  void *v;
+  for (size_t i = 0; sh_map_next(&a->nodes, &i, &id, &v);) {
+    sh_node_t *n = v;
+    if (!n->conn || !n->alive || n->draining || !n->num_workers ||
+        n->total.cpu_milli < t->cpu_milli || n->ntasks >= PIPELINE_MAX * n->num_workers)
+      continue;
+    if (!best || n->ntasks * best->num_workers < best->ntasks * n->num_workers) best = n;
+  }
+  return best;
+}
+
 static int place_remote(sh_agent_t *a, sh_task_t *t) {
   sh_req_t req = task_req(t);
   uint32_t nid;
   char why[1024];
   sh_head_hint_t hints[8];
   uint32_t nhints = t->ndeps ? locality(a, t, hints, 8) : 0;
-  int rc = sh_head_place(&a->head, &req, nhints ? hints : NULL, nhints, &nid, why, sizeof why);
+  /* No message unless it is needed: "no room now" is the common answer
+   * while every node is busy, and formatting it each time cost more than
+   * the placement. */
+  int rc = sh_head_place(&a->head, &req, nhints ? hints : NULL, nhints, &nid, NULL, 0);
+  if (rc == SH_EINFEASIBLE) sh_head_feasible(&a->head, &req, why, sizeof why);
+  if (rc == SH_ENOROOM && pipelinable(t)) {
+    /* Short tasks are sent ahead to a busy node, as to a busy local worker:
+     * the node queues them for its workers, and the round trips overlap. */
+    sh_node_t *n = pipeline_node(a, t);
+    if (n) {
+      sh_queue_remove(&t->link);
+      forward(a, n, t);
+      return 1;
+    }
+  }
   if (rc == SH_EINFEASIBLE && !owner_waits(a, t)) {
     sh_queue_remove(&t->link);
     if (t->kind == SH_KIND_ACTOR_CREATE) {
@@ -1401,6 +1438,11 @@ void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
     sh_debug("node %u sent a result for %#llx, which is not running there", n->node_id,
              (unsigned long long)id);
     return;
+  }
+  if (t->kind == SH_KIND_TASK && t->sent_ns) {
+    sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
+    uint64_t d = sh_now_ns() - t->sent_ns;
+    if (f) f->remote_ns = f->remote_ns ? (f->remote_ns * 7 + d) / 8 : (d ? d : 1);
   }
   leave_node(a, n, t);
   uint32_t status = r->status, len = r->payload_len;
