@@ -357,6 +357,19 @@ static void reject(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint32_t status, co
 
 /* ---- submit ---- */
 
+/* Fails a ready task that cannot be placed (t on no queue); an actor's
+ * creation takes its actor with it. */
+static void fail_unplaced(sh_agent_t *a, sh_task_t *t, uint32_t status, const char *why) {
+  if (t->kind == SH_KIND_ACTOR_CREATE) {
+    sh_actor_t *ac = sh_map_get(&a->actors, t->id);
+    if (ac) {
+      ac->create = NULL;
+      actor_die(a, ac, why);
+    }
+  }
+  sh_task_fail(a, t, status, 0, why);
+}
+
 /* ---- the ready queues, one per shape ---- */
 
 static int pipelinable(const sh_task_t *t);
@@ -990,14 +1003,7 @@ static int place_remote(sh_agent_t *a, sh_task_t *t) {
   }
   if (rc == SH_EINFEASIBLE && !owner_waits(a, t)) {
     sh_queue_remove(&t->link);
-    if (t->kind == SH_KIND_ACTOR_CREATE) {
-      sh_actor_t *ac = sh_map_get(&a->actors, t->id);
-      if (ac) {
-        ac->create = NULL;
-        actor_die(a, ac, why);
-      }
-    }
-    sh_task_fail(a, t, SH_ST_INFEASIBLE, 0, why);
+    fail_unplaced(a, t, SH_ST_INFEASIBLE, why);
     return 1;
   }
   if (rc) return 0;
@@ -1246,14 +1252,7 @@ void sh_sched_fail_ready(sh_agent_t *a, const char *why) {
   while (!sh_queue_empty(&all)) {
     sh_task_t *t = sh_queue_data(sh_queue_head(&all), sh_task_t, link);
     sh_queue_remove(&t->link);
-    if (t->kind == SH_KIND_ACTOR_CREATE) {
-      sh_actor_t *ac = sh_map_get(&a->actors, t->id);
-      if (ac) {
-        ac->create = NULL;
-        actor_die(a, ac, why);
-      }
-    }
-    sh_task_fail(a, t, SH_ST_CRASHED, 0, why);
+    fail_unplaced(a, t, SH_ST_CRASHED, why);
   }
 }
 
