@@ -165,11 +165,16 @@ class Future(concurrent.futures.Future):
             raise err
         if self._value is _UNSET:
             if self._raw[1] == CODE_STORED:
-                # In the object store: mapped afresh on each call, so the
-                # mapping lives as long as the value the caller keeps, not
-                # as long as this Future (an unused object can be spilled).
+                # In the object store. A value that views the mapping (it
+                # has buffers) is mapped afresh on each call, so the mapping
+                # lives as long as the value the caller keeps, not as long
+                # as this Future (an unused object can be spilled); one that
+                # does not is kept like any other.
                 from . import _serial
-                return _serial.load_mapped(self._client, self._id)
+                value, views = _serial.load_mapped(self._client, self._id, True)
+                if not views:
+                    self._value = value
+                return value
             self._value = pickle.loads(self._raw[2])
         return self._value
 

@@ -172,6 +172,14 @@ def _write_segment(oid, stream, bufs):
         raise
 
 
+# A value with no buffers to share (a list of numbers, a dict of strings)
+# is copied out of the stream when it is read, wherever the stream is: the
+# store saves it only the message, so it goes there from this size (or the
+# inline threshold, if larger). Top-level bytes-like values follow the
+# inline threshold itself.
+STREAM_ONLY_MIN = 1 << 20
+
+
 def _stored(value):
     """Pickles value for the store or for a message: (stream, buffers) when
     it belongs in the store, else (None, inline bytes)."""
@@ -182,6 +190,9 @@ def _stored(value):
         stream, bufs, _ = _oob(value)  # memoryviews, or values only cloudpickle takes
     if not bufs and len(stream) < _threshold:
         return None, stream  # the common case: one pickling, nothing more
+    if not bufs and len(stream) < STREAM_ONLY_MIN and \
+            not isinstance(value, (bytes, bytearray, memoryview)):
+        return None, stream
     size = len(stream)
     for b in bufs:
         size += b.raw().nbytes
@@ -214,9 +225,13 @@ def dumps_result(value, task_id):
     return _write_segment(task_id, stream, blob)
 
 
-def _load_segment(seg):
+def _load_segment(seg, with_views=False):
+    """The value a segment holds; with_views: (value, whether it may view
+    the mapping). A value without out-of-band buffers cannot: unpickling
+    copies what it needs out of the stream."""
     stream, bufs = seg.parts()
-    return pickle.loads(stream, buffers=bufs)
+    value = pickle.loads(stream, buffers=bufs)
+    return (value, bool(bufs)) if with_views else value
 
 
 def _map(oid):
@@ -256,10 +271,10 @@ def forget_stored(ids):
         _mapped.pop(oid, None)
 
 
-def load_mapped(client, oid):
+def load_mapped(client, oid, with_views=False):
     """The driver's loader for a stored object: asks the daemon to make it
     resident and count the mapping, which ends when the last view of the
-    value is gone."""
+    value is gone. with_views: (value, whether it may view the mapping)."""
     from ._future import _engine_error
     if client is None or _store_dir is None:
         from .exceptions import ObjectLostError
@@ -275,4 +290,4 @@ def load_mapped(client, oid):
         raise
     unmap = client.unmap
     seg.on_release = lambda: unmap(oid)
-    return _load_segment(seg)
+    return _load_segment(seg, with_views)
