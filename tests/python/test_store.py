@@ -105,6 +105,22 @@ def test_small_values_travel_inline(cluster):
     assert f"{ref.id:016x}" not in store_files()
 
 
+@shoal.remote
+def numbers(n):
+    return list(range(n))
+
+
+def test_values_without_buffers_go_to_the_store_only_when_large(cluster):
+    before = store()["objects"]
+    small = numbers.remote(20_000)  # ~100 KB pickled, no buffers: inline
+    assert small.result(timeout=30)[-1] == 19_999
+    assert store()["objects"] == before
+    big = numbers.remote(400_000)  # ~2 MiB: stored, and kept by the Future once read
+    first = big.result(timeout=30)
+    assert first[-1] == 399_999 and big.result() is first
+    assert f"{big.id:016x}" in store_files()
+
+
 def test_bytes_bytearray_memoryview_and_frames(cluster):
     big = os.urandom(3 * MiB)
     for value in (big, bytearray(big), memoryview(big)):
