@@ -93,7 +93,8 @@ static void fuzz_result(const sh_frame_t *f, sh_buf_t *b) {
 
 static void fuzz_exec(const sh_frame_t *f, sh_buf_t *b) {
   sh_exec_t e;
-  if (sh_exec_decode(f->body, f->hdr.len, &e)) return;
+  uint64_t devices;
+  if (sh_exec_decode_flags(f->body, f->hdr.len, f->hdr.flags, &e, &devices)) return;
   /* Walk the dependencies as the worker does; re-encode only a consistent
    * frame (the decoder leaves the ndeps check to the walker). */
   sh_rd_t r;
@@ -113,6 +114,7 @@ static void fuzz_exec(const sh_frame_t *f, sh_buf_t *b) {
   while (sh_exec_dep_next(&r, &d) == 1)
     CHECK((d.stored ? sh_exec_add_stored_dep(b, d.id, d.size) : sh_exec_add_dep(b, d.data, d.len)) == 0);
   CHECK(sh_exec_finish(b, at, e.method, e.method_len, e.args, e.args_len) == 0);
+  if (f->hdr.flags & SH_EXEC_DEVICES) CHECK(sh_exec_add_devices(b, at, devices) == 0);
   check_reencoded(b, SH_MSG_EXEC, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
 }
 

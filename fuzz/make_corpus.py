@@ -165,6 +165,7 @@ def seeds():
     s["hello-ok-no-store"] = hello_ok(store_dir=b"")
     s["hello-ok-dir-nul"] = hello_ok(store_dir=b"/dev/shm/a\0b")
     s["exec-actor-call"] = frame(T["EXEC"], exec_body(kind=2, actor_id=3, method=b"m"), fid=tid)
+    s["exec-devices"] = frame(T["EXEC"], exec_body() + struct.pack("<Q", 0b101), fid=tid, flags=1)
     s["error"] = error(-1004, b"frame larger than the size limit")
     s["auth-challenge"] = challenge()
     s["auth-response"] = auth_response()
@@ -219,6 +220,8 @@ def seeds():
     s["result-short"] = frame(T["RESULT"], b"\0" * 7, fid=1)
     s["result-bad-status"] = result(1, status=99)
     s["exec-kind-3"] = frame(T["EXEC"], exec_body(kind=3), fid=1)
+    s["exec-devices-short"] = frame(T["EXEC"], b"\x01\x02", fid=1, flags=1)
+    s["exec-unknown-flag"] = frame(T["EXEC"], exec_body(), fid=1, flags=2)
     s["exec-deps-len-huge"] = frame(T["EXEC"], exec_body(deps=(b"a",), deps_len=0xFFFFFFF0), fid=1)
     bad_dep = bytearray(exec_body(deps=(b"abc",)))
     bad_dep[36:40] = struct.pack("<I", 0xFFFFFFFF)  # the one dep's length

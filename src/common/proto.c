@@ -168,6 +168,27 @@ int sh_exec_finish(sh_buf_t *b, long at, const char *method, uint32_t method_len
   return 0;
 }
 
+int sh_exec_add_devices(sh_buf_t *b, long at, uint64_t mask) {
+  int rc = sh_buf_u64(b, mask);
+  if (rc) return rc;
+  uint8_t *h = b->data + b->off + (size_t)at;
+  sh_put_u16(h + 6, (uint16_t)(sh_get_u16(h + 6) | SH_EXEC_DEVICES));
+  sh_frame_finish(b, at);
+  return 0;
+}
+
+int sh_exec_decode_flags(const uint8_t *body, size_t len, unsigned flags, sh_exec_t *e,
+                         uint64_t *devices) {
+  *devices = 0;
+  if (flags & ~SH_EXEC_DEVICES) return SH_EBODY;
+  if (flags & SH_EXEC_DEVICES) {
+    if (len < 8) return SH_EBODY;
+    len -= 8;
+    *devices = sh_get_u64(body + len);
+  }
+  return sh_exec_decode(body, len, e);
+}
+
 int sh_exec_decode(const uint8_t *body, size_t len, sh_exec_t *e) {
   sh_rd_t r;
   sh_rd_init(&r, body, len);

@@ -36,6 +36,7 @@ enum { SH_CANCEL_NONE = 0, SH_CANCEL_QUEUED = 1, SH_CANCEL_RUNNING = 2 };
 #define SH_PUT_STORED 0x1u    /* PUT flag: body is u64 segment size; PUT_REPLY follows */
 #define SH_PUT_SEGMENT 0x2u   /* PUT flag (head to node): body is the u64 size of a segment
                                * whose bytes came before in CHUNK frames */
+#define SH_EXEC_DEVICES 0x1u  /* EXEC flag: the body ends in a u64 mask of GPU devices */
 #define SH_RELEASE_UNMAP 0x1u /* RELEASE flag: the ids are mappings dropped, not handles */
 #define SH_STATUS_OBJECTS 0x1u /* STATUS flag: include the object list */
 #define SH_CODE_STORED 1      /* RESULT code of an OK value that is in the store:
@@ -180,6 +181,14 @@ int sh_exec_add_stored_dep(sh_buf_t *b, uint64_t id, uint64_t size);
 int sh_exec_finish(sh_buf_t *b, long at, const char *method, uint32_t method_len,
                    const void *args, uint32_t args_len);
 int sh_exec_decode(const uint8_t *body, size_t len, sh_exec_t *e);
+/* Appends the GPU devices the task may use (bit i: device i) to the EXEC
+ * frame at `at`, already finished by sh_exec_finish, and sets its DEVICES
+ * flag. 0 or -ENOMEM (the frame is then unusable: abort it). */
+int sh_exec_add_devices(sh_buf_t *b, long at, uint64_t mask);
+/* sh_exec_decode for a frame with header flags `flags`: with SH_EXEC_DEVICES
+ * the body ends in the u64 device mask, returned in *devices (else 0). */
+int sh_exec_decode_flags(const uint8_t *body, size_t len, unsigned flags, sh_exec_t *e,
+                         uint64_t *devices);
 /* Walks the dependency list: returns 1 and fills *d, 0 at the end, or
  * SH_EBODY. `r` must start as sh_rd_init(r, e->deps, e->deps_len). */
 int sh_exec_dep_next(sh_rd_t *r, sh_exec_dep_t *d);

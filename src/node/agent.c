@@ -1160,6 +1160,7 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   sh_head_init(&a->head);
   sh_head_add_node(&a->head, a->node_id, &opts->resources);
   a->avail = opts->resources;
+  sh_gpus_init(&a->gpus, opts->resources.gpu_milli);
   signal(SIGPIPE, SIG_IGN);
   if (opts->embedded) {
     /* Die with the driver that started us, also before it connects. */

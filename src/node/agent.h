@@ -22,6 +22,7 @@
 #include "common/queue.h"
 #include "common/tls.h"
 #include "head/head.h"
+#include "node/gpus.h"
 
 typedef struct sh_agent_s sh_agent_t;
 typedef struct sh_conn_s sh_conn_t;
@@ -212,6 +213,7 @@ struct sh_actor_s {
   int state;
   char *dead_reason;     /* why calls fail, once dead */
   sh_res_t held;         /* resources held while alive */
+  uint64_t gpu_mask;     /* the GPU devices of `held` (sh_gpus_t indices) */
   int holds;             /* held is valid */
   int kill_when_idle;    /* its last handle is gone: stop once its calls ran */
   int remote;            /* node side: created by the head */
@@ -250,6 +252,7 @@ struct sh_worker_s {
   sh_queue_t inflight;   /* tasks sent, in order; the first is running */
   uint32_t ninflight;
   sh_res_t held;         /* resources held by the in-flight tasks */
+  uint64_t gpu_mask;     /* the GPU devices of `held` */
   int holds;             /* held is valid */
   sh_actor_t *actor;     /* the actor it serves, NULL once that actor is freed */
   int dedicated;         /* spawned for an actor, not part of the pool */
@@ -353,6 +356,7 @@ struct sh_agent_s {
                         one FIFO queue per resource shape (sched.c) */
   sh_queue_t actors_dirty; /* actors whose queued calls may be sendable */
   sh_res_t avail;    /* free resources on this node */
+  sh_gpus_t gpus;    /* which GPU devices are free (avail counts them too) */
   sh_store_t store;
   int need_schedule;
   int pool_size;     /* pool workers alive or starting */

@@ -10,6 +10,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "node/agent.h"
+#include "node/gpus.h"
 
 #define PIPELINE_MAX 64
 #define PIPELINE_TARGET_NS 1000000ull /* keep ~1 ms of work queued per worker */
@@ -535,6 +536,13 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
   }
   sh_req_t req = {s->cpu_milli, s->gpu_milli, s->memory, s->ncustom, s->custom};
   sh_actor_t *ac = NULL;
+  if (sh_gpus_valid(s->gpu_milli)) {
+    snprintf(why, sizeof why, "num_gpus=%g cannot be given as devices: ask for a fraction of "
+             "one GPU (below 1) or for whole GPUs", (double)s->gpu_milli / 1000);
+    if (s->kind == SH_KIND_ACTOR_CREATE) actor_die(a, actor_new(a, id), why);
+    reject(a, c, id, SH_ST_INFEASIBLE, why);
+    return;
+  }
   int waits = c->role == SH_ROLE_DRIVER && (c->flags & SH_HELLO_WAIT_NODES);
   if (!waits && !sh_head_feasible(&a->head, &req, why, sizeof why)) {
     if (s->kind == SH_KIND_ACTOR_CREATE) actor_die(a, actor_new(a, id), why);
@@ -652,8 +660,9 @@ static void task_started(sh_worker_t *w, sh_task_t *t) {
   if (t->timeout_ms) sh_pool_timeout_start(w, t->timeout_ms);
 }
 
-/* Appends FUNC (first time for this process) and EXEC for t to w. */
-static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t) {
+/* Appends FUNC (first time for this process) and EXEC for t to w; `gpus`:
+ * the devices t may use (its own, or its actor's). */
+static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t, uint64_t gpus) {
   sh_conn_t *c = w->conn;
   if (t->fn_id && !sh_map_get(&w->funcs_sent, t->fn_id)) {
     sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
@@ -675,6 +684,10 @@ static void send_task(sh_agent_t *a, sh_worker_t *w, sh_task_t *t) {
     }
   }
   if (!rc) rc = sh_exec_finish(&c->out, at, sh_task_method(t), t->method_len, sh_task_args(t), t->args_len);
+  /* On a node with GPUs every task is told its devices (none: an empty
+   * CUDA_VISIBLE_DEVICES), so a task never uses a device another holds. */
+  if (!rc && a->gpus.n)
+    rc = sh_exec_add_devices(&c->out, at, gpus);
   if (rc && at >= 0) sh_frame_abort(&c->out, at);
   if (rc) {
     /* Out of memory: the worker cannot be told consistently; replace it. */
@@ -760,6 +773,7 @@ static int actor_restart(sh_agent_t *a, sh_actor_t *ac, const char *why) {
   if (ac->holds) {
     sh_req_t req = sh_res_as_req(&ac->held);
     sh_res_add(&a->avail, &req);
+    sh_gpus_give(&a->gpus, req.gpu_milli, ac->gpu_mask);
     ac->holds = 0;
   }
   if (ac->holds_remote) {
@@ -797,6 +811,9 @@ static void place_actor(sh_agent_t *a, sh_task_t *t) {
   sh_req_t req = task_req(t);
   sh_res_sub(&a->avail, &req);
   sh_res_from_req(&ac->held, &req);
+  ac->gpu_mask = 0; /* place_one checked that devices fit */
+  sh_gpus_pick(&a->gpus, req.gpu_milli, &ac->gpu_mask);
+  sh_gpus_take(&a->gpus, req.gpu_milli, ac->gpu_mask);
   ac->holds = 1;
   ac->worker = sh_pool_spawn(a, ac);
   ac->create = NULL;
@@ -805,7 +822,7 @@ static void place_actor(sh_agent_t *a, sh_task_t *t) {
     sh_task_fail(a, t, SH_ST_ACTOR_DIED, 0, "could not start a worker process for the actor");
     return;
   }
-  send_task(a, ac->worker, t);
+  send_task(a, ac->worker, t, ac->gpu_mask);
   if (!sh_queue_linked(&ac->dirty)) sh_queue_insert_tail(&a->actors_dirty, &ac->dirty);
 }
 
@@ -1057,7 +1074,7 @@ static void run_actors(sh_agent_t *a) {
       if (t->missing) break; /* later calls wait: one caller's calls run in order */
       sh_queue_remove(&t->link);
       if (t->ndeps && ensure_deps(a, t)) continue;
-      send_task(a, ac->worker, t);
+      send_task(a, ac->worker, t, ac->gpu_mask);
     }
   }
 }
@@ -1066,7 +1083,9 @@ static void run_actors(sh_agent_t *a) {
  * forwarded or failed), 0 when it cannot go anywhere now. */
 static int place_one(sh_agent_t *a, sh_task_t *t) {
   sh_req_t req = task_req(t);
-  int fits = !a->local_draining && sh_res_fits(&a->avail, &req);
+  uint64_t gpu_mask = 0;
+  int fits = !a->local_draining && sh_res_fits(&a->avail, &req) &&
+             !sh_gpus_pick(&a->gpus, req.gpu_milli, &gpu_mask);
   /* Other nodes exist (the head): what cannot start here now goes to one
    * with room, before it would queue behind a busy local worker. */
   int cluster = a->head.nnodes > 1;
@@ -1088,9 +1107,11 @@ static int place_one(sh_agent_t *a, sh_task_t *t) {
   if (idle) {
     sh_res_sub(&a->avail, &req);
     sh_res_from_req(&w->held, &req);
+    sh_gpus_take(&a->gpus, req.gpu_milli, gpu_mask);
+    w->gpu_mask = gpu_mask;
     w->holds = 1;
   }
-  send_task(a, w, t);
+  send_task(a, w, t, idle ? gpu_mask : 0);
   return 1;
 }
 
@@ -1120,6 +1141,8 @@ static void worker_release(sh_agent_t *a, sh_worker_t *w) {
   if (!w->holds) return;
   sh_req_t req = sh_res_as_req(&w->held);
   sh_res_add(&a->avail, &req);
+  sh_gpus_give(&a->gpus, req.gpu_milli, w->gpu_mask);
+  w->gpu_mask = 0;
   w->holds = 0;
   a->need_schedule = 1;
 }
@@ -1319,6 +1342,7 @@ static void actor_die(sh_agent_t *a, sh_actor_t *ac, const char *why) {
   if (ac->holds) {
     sh_req_t req = sh_res_as_req(&ac->held);
     sh_res_add(&a->avail, &req);
+    sh_gpus_give(&a->gpus, req.gpu_milli, ac->gpu_mask);
     ac->holds = 0;
     a->need_schedule = 1;
   }

@@ -65,6 +65,7 @@ typedef struct worker_s {
   int gone;           /* a write failed: the agent closed its end */
   pthread_t flusher;
   int flusher_started;
+  int64_t devices;    /* GPU mask last exported as CUDA_VISIBLE_DEVICES; -1: never */
 } worker_t;
 
 static double now_s(void) {
@@ -543,11 +544,33 @@ static int queue_result(worker_t *w, uint64_t task_id, outcome_t *o) {
   return rc ? -1 : 0;
 }
 
+/* Exports the GPU devices a task was given as CUDA_VISIBLE_DEVICES, through
+ * os.environ so Python code sees it too. 0, or -1 with an exception. */
+static int set_devices(worker_t *w, uint64_t mask) {
+  if (w->devices == (int64_t)mask) return 0;
+  char list[256];
+  int n = 0;
+  for (int i = 0; i < 64; i++)
+    if (mask >> i & 1) n += snprintf(list + n, sizeof list - (size_t)n, "%s%d", n ? "," : "", i);
+  PyObject *os = PyImport_ImportModule("os");
+  PyObject *env = os ? PyObject_GetAttrString(os, "environ") : NULL;
+  PyObject *v = env ? PyUnicode_FromStringAndSize(list, n) : NULL;
+  int rc = v ? PyMapping_SetItemString(env, "CUDA_VISIBLE_DEVICES", v) : -1;
+  Py_XDECREF(v);
+  Py_XDECREF(env);
+  Py_XDECREF(os);
+  if (!rc) w->devices = (int64_t)mask;
+  return rc;
+}
+
 /* Handles one EXEC frame. 0, -1 with an exception, 1 when the agent left. */
-static int exec_frame(worker_t *w, uint64_t task_id, const uint8_t *body, uint32_t len) {
+static int exec_frame(worker_t *w, uint64_t task_id, unsigned flags, const uint8_t *body,
+                      uint32_t len) {
   sh_exec_t e;
-  if (sh_exec_decode(body, len, &e))
+  uint64_t devices;
+  if (sh_exec_decode_flags(body, len, flags, &e, &devices))
     fatal(w, "malformed EXEC frame for task %#llx", (unsigned long long)task_id);
+  if ((flags & SH_EXEC_DEVICES) && set_devices(w, devices)) return -1;
   if (e.ndeps > e.deps_len / 4) fatal(w, "malformed dependency list in EXEC");
   deps_t d = {.n = e.ndeps};
   sh_exec_dep_t dep_small[8];
@@ -599,7 +622,7 @@ static int run_ready(worker_t *w) {
       PyObject *blob = PyBytes_FromStringAndSize((const char *)f.body, f.hdr.len);
       rc = blob ? map_store(&w->fns, f.hdr.id, blob) : -1;
     } else if (f.hdr.type == SH_MSG_EXEC) {
-      rc = exec_frame(w, f.hdr.id, f.body, f.hdr.len);
+      rc = exec_frame(w, f.hdr.id, f.hdr.flags, f.body, f.hdr.len);
     } else if (f.hdr.type == SH_MSG_RELEASE && (f.hdr.flags & SH_RELEASE_UNMAP)) {
       PyObject *ids = PyList_New(0);
       for (uint32_t i = 0; ids && i + 8 <= f.hdr.len; i += 8) {
@@ -690,7 +713,7 @@ PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nar
    * (we were reparented before the prctl took effect). */
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) return PyErr_SetFromErrno(PyExc_OSError);
   if (getppid() == 1) Py_RETURN_NONE;
-  worker_t w = {.fd = fd};
+  worker_t w = {.fd = fd, .devices = -1};
   sh_map_init(&w.fns);
   sh_map_init(&w.actors);
   sh_buf_init(&w.rbuf);
