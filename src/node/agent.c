@@ -491,7 +491,7 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
 
 static void handle_worker(sh_conn_t *c, const sh_frame_t *f) {
   if (f->hdr.type == SH_MSG_HELLO && !c->worker->hello) {
-    c->worker->hello = 1;
+    sh_pool_hello(c->worker);
     return;
   }
   if (f->hdr.type != SH_MSG_RESULT) {
@@ -1194,7 +1194,7 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   a->owner_timer.data = a->respawn_timer.data = a->auth_timer.data = a;
   a->tls_timer.data = a->tls_idle.data = a;
   if (opts->embedded) uv_timer_start(&a->owner_timer, owner_timer_cb, 30000, 0);
-  for (int i = 0; i < opts->num_workers; i++) sh_pool_spawn(a, NULL);
+  sh_pool_respawn(a);
   /* The first line is what a parent waits for; the second is for people. */
   dprintf(opts->ready_fd, "shoal: ready %s\n", a->sock_path);
   if (a->tcp_fd >= 0)

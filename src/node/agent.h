@@ -362,6 +362,7 @@ struct sh_agent_s {
   int pool_size;     /* pool workers alive or starting */
   int worker_seq;
   int early_exits;   /* consecutive pool workers that died right after start */
+  int pool_warm;     /* a pool worker said HELLO (or 250 ms passed): start the rest */
   char worker_error[640]; /* last words of a worker that could not start */
 
   /* Counters for status. */
@@ -422,7 +423,11 @@ void sh_task_fail(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
 sh_worker_t *sh_pool_spawn(sh_agent_t *a, sh_actor_t *actor);
 void sh_pool_kill(sh_worker_t *w, int reason);
 void sh_pool_stop_all(sh_agent_t *a);
+/* Keeps the pool at --workers: spawns what is missing (at start-up one
+ * worker first, the rest once it said HELLO or after 250 ms). */
 void sh_pool_respawn(sh_agent_t *a);
+/* A worker said HELLO: its imports are done. */
+void sh_pool_hello(sh_worker_t *w);
 int sh_pool_timeout_start(sh_worker_t *w, uint64_t ms);
 void sh_pool_timeout_stop(sh_worker_t *w);
 

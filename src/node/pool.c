@@ -18,6 +18,7 @@ extern char **environ;
 
 #define EARLY_EXIT_LIMIT 3          /* consecutive early exits before failing work */
 #define LINE_MAX_BYTES 8192
+#define POOL_WARM_MS 250            /* the rest of the pool starts after this at the latest */
 
 static void worker_handle_closed(uv_handle_t *h) {
   sh_worker_t *w = h->data;
@@ -124,9 +125,34 @@ static void drain_output(sh_worker_t *w) {
 
 static void respawn_cb(uv_timer_t *h) { sh_pool_respawn(h->data); }
 
+static void warm_cb(uv_timer_t *h) {
+  sh_agent_t *a = h->data;
+  a->pool_warm = 1;
+  sh_pool_respawn(a);
+}
+
 void sh_pool_respawn(sh_agent_t *a) {
-  while (!a->stopping && a->pool_size < a->opts.num_workers)
+  while (!a->stopping && a->pool_size < a->opts.num_workers) {
+    /* At start-up one worker goes first: interpreters starting together
+     * share the CPUs (with the driver's own imports too), so the first
+     * result would wait for all of them. The rest follow its HELLO, or
+     * POOL_WARM_MS when it is slow to come. */
+    if (!a->pool_warm && a->pool_size >= 1) {
+      if (!uv_is_active((uv_handle_t *)&a->respawn_timer))
+        uv_timer_start(&a->respawn_timer, warm_cb, POOL_WARM_MS, 0);
+      return;
+    }
     if (!sh_pool_spawn(a, NULL)) break;
+  }
+}
+
+void sh_pool_hello(sh_worker_t *w) {
+  sh_agent_t *a = w->agent;
+  w->hello = 1;
+  if (a->pool_warm || w->dedicated) return;
+  a->pool_warm = 1;
+  uv_timer_stop(&a->respawn_timer);
+  sh_pool_respawn(a);
 }
 
 static void exit_cb(uv_process_t *p, int64_t status, int sig) {
