@@ -170,11 +170,20 @@ static void pack_object_list(msgpack_packer *pk, sh_agent_t *a) {
   for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
     const sh_obj_t *o = v;
     const sh_conn_t *c = sh_agent_client(a, id);
-    msgpack_pack_map(pk, 12);
+    msgpack_pack_map(pk, 14);
     kv_u64(pk, "id", id);
-    kv_u64(pk, "node_id", a->node_id);
+    kv_u64(pk, "node_id", o->remote && o->nnodes ? o->nodes[0] : a->node_id);
     kv_u64(pk, "size", o->stored ? o->size : o->len);
-    kv_str(pk, "where", !o->stored ? "inline" : o->spilled ? "spilled" : "memory");
+    kv_str(pk, "where", !o->stored ? "inline" : o->remote ? (o->nnodes ? "remote" : "lost")
+                        : o->spilled ? "spilled" : "memory");
+    /* Every node holding a copy: this one (unless kept only elsewhere), then
+     * the nodes the head knows to hold one. */
+    key(pk, "nodes");
+    msgpack_pack_array(pk, (o->remote ? 0 : 1) + o->nnodes);
+    if (!o->remote) msgpack_pack_uint64(pk, a->node_id);
+    for (uint32_t j = 0; j < o->nnodes; j++) msgpack_pack_uint64(pk, o->nodes[j]);
+    key(pk, "rebuildable");
+    o->recipe ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
     kv_str(pk, "status", sh_status_name(o->status));
     kv_u64(pk, "owner_client", (uint32_t)(id >> 40));
     kv_u64(pk, "owner_pid", c ? c->pid : 0);
