@@ -144,7 +144,7 @@ static void pack_tasks(msgpack_packer *pk, sh_agent_t *a) {
 
 static void pack_store(msgpack_packer *pk, sh_agent_t *a) {
   const sh_store_t *s = &a->store;
-  msgpack_pack_map(pk, 15);
+  msgpack_pack_map(pk, 17);
   kv_str(pk, "dir", s->dir);
   kv_str(pk, "spill_dir", s->spill_dir);
   kv_u64(pk, "capacity", s->capacity);
@@ -159,6 +159,8 @@ static void pack_store(msgpack_packer *pk, sh_agent_t *a) {
   kv_u64(pk, "sent_objects", s->n_sent);
   kv_u64(pk, "sent_bytes", s->sent_bytes);
   kv_u64(pk, "received_objects", s->n_received);
+  kv_u64(pk, "pulls", s->n_pulls);
+  kv_u64(pk, "rebuilds", s->n_rebuilds);
   kv_u64(pk, "received_bytes", s->received_bytes);
 }
 
@@ -219,8 +221,9 @@ int sh_status_encode(sh_agent_t *a, sh_buf_t *out, unsigned flags) {
   pack_nodes(&pk, a, load[0]);
   if (a->opts.head_address) {
     key(&pk, "head");
-    msgpack_pack_map(&pk, 3);
+    msgpack_pack_map(&pk, 4);
     kv_str(&pk, "address", a->opts.head_address);
+    kv_str(&pk, "node_port", a->node_addr); /* where other nodes pull from; "" none */
     kv_bool(&pk, "connected", a->uplink && a->uplink->up == SH_UP_READY);
     kv_str(&pk, "error", a->up_why);
   }
