@@ -521,8 +521,10 @@ int sh_register_decode(const uint8_t *body, size_t len, sh_register_t *r) {
   if (rd.err || memchr(host, 0, hl)) return SH_EBODY;
   memcpy(r->host, host, hl);
   r->host[hl] = 0;
-  r->node_port = sh_rd_left(&rd) == 4 ? sh_rd_u32(&rd) : 0;
-  if (rd.err || sh_rd_left(&rd) != 0 || r->node_port > 65535) return SH_EBODY;
+  int has_port = sh_rd_left(&rd) == 4;
+  r->node_port = has_port ? sh_rd_u32(&rd) : 0;
+  if (rd.err || sh_rd_left(&rd) != 0 || r->node_port > 65535 || (has_port && !r->node_port))
+    return SH_EBODY;
   return 0;
 }
 

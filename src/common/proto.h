@@ -244,7 +244,8 @@ typedef struct sh_register_s {
 /* Appends a NODE_REGISTER frame. 0, -ENOMEM, or -EINVAL for a bad custom name
  * or more than SH_MAX_CUSTOM of them (b unchanged). */
 int sh_register_append(sh_buf_t *b, const sh_register_t *r);
-/* 0, or SH_EBODY: short, trailing bytes, node_id 0, host_len >= SH_HOST_MAX,
+/* 0, or SH_EBODY: short, trailing bytes (other than a u32 node port 1-65535),
+ * node_id 0, host_len >= SH_HOST_MAX,
  * a NUL in the host, or bad resources (as SUBMIT's custom list). */
 int sh_register_decode(const uint8_t *body, size_t len, sh_register_t *r);
 
