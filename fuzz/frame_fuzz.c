@@ -57,7 +57,7 @@ static void check_reencoded(const sh_buf_t *b, unsigned type, const uint8_t *bod
 static void fuzz_hello(const sh_frame_t *f, sh_buf_t *b) {
   sh_hello_t h;
   if (sh_hello_decode(f->body, f->hdr.len, &h)) return;
-  CHECK(h.role >= SH_ROLE_DRIVER && h.role <= SH_ROLE_NODE);
+  CHECK(h.role >= SH_ROLE_DRIVER && h.role <= SH_ROLE_PEER);
   CHECK(sh_hello_append(b, &h) == 0);
   check_reencoded(b, SH_MSG_HELLO, f->body, f->hdr.len, 12, 16); /* reserved */
 }
@@ -182,6 +182,26 @@ static void fuzz_heartbeat(const sh_frame_t *f, sh_buf_t *b) {
   check_reencoded(b, SH_MSG_HEARTBEAT, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
 }
 
+static void fuzz_pull_reply(const sh_frame_t *f, sh_buf_t *b) {
+  sh_pull_reply_t r;
+  if (sh_pull_reply_decode(f->body, f->hdr.len, &r)) return;
+  CHECK(r.status < SH_ST_MAX_ && r.text_len == f->hdr.len - 12);
+  char text[4096];
+  if (r.text_len >= sizeof text || memchr(r.text, 0, r.text_len)) return;
+  memcpy(text, r.text, r.text_len);
+  text[r.text_len] = 0;
+  CHECK(sh_pull_reply_append(b, f->hdr.id, r.status, r.size, text) == 0);
+  check_reencoded(b, SH_MSG_PULL_REPLY, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
+}
+
+static void fuzz_locate(const sh_frame_t *f, sh_buf_t *b) {
+  sh_locate_t l;
+  if (sh_locate_decode(f->body, f->hdr.len, &l)) return;
+  CHECK(l.node_id != 0 && l.addr[0] && strnlen(l.addr, SH_ADDR_MAX) < SH_ADDR_MAX);
+  CHECK(sh_locate_append(b, f->hdr.id, &l) == 0);
+  check_reencoded(b, SH_MSG_LOCATE, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
+}
+
 /* Runs the decoder of the frame's type, if proto.h has one. */
 static void fuzz_body(const sh_frame_t *f) {
   sh_buf_t b;
@@ -196,6 +216,8 @@ static void fuzz_body(const sh_frame_t *f) {
     case SH_MSG_ERROR: fuzz_error(f, &b); break;
     case SH_MSG_NODE_REGISTER: fuzz_register(f, &b); break;
     case SH_MSG_HEARTBEAT: fuzz_heartbeat(f, &b); break;
+    case SH_MSG_PULL_REPLY: fuzz_pull_reply(f, &b); break;
+    case SH_MSG_LOCATE: fuzz_locate(f, &b); break;
     case SH_MSG_AUTH_CHALLENGE:
     case SH_MSG_AUTH_RESPONSE:
     case SH_MSG_AUTH_OK: fuzz_auth(f, &b); break;

@@ -25,8 +25,9 @@ T = dict(HELLO=1, HELLO_OK=2, FUNC=3, SUBMIT=4, RESULT=5, PUT=6, RELEASE=7,
          CANCEL=8, CANCEL_REPLY=9, KILL_ACTOR=10, STATUS=11, STATUS_REPLY=12,
          STOP=13, OUTPUT=14, EXEC=15, ERROR=16, PUT_REPLY=17, MAP=18, MAP_REPLY=19,
          AUTH_CHALLENGE=20, AUTH_RESPONSE=21, AUTH_OK=22, NODE_REGISTER=23,
-         HEARTBEAT=24, DRAIN=25, DRAIN_REPLY=26, CHUNK=27)
-FIRST_UNKNOWN_TYPE = 28
+         HEARTBEAT=24, DRAIN=25, DRAIN_REPLY=26, CHUNK=27,
+         PULL=32, PULL_REPLY=33, LOCATE=34, HAVE=35)
+FIRST_UNKNOWN_TYPE = 36
 
 
 def frame(typ, body=b"", fid=0, flags=0, version=VERSION, magic=MAGIC,
@@ -159,6 +160,23 @@ def seeds():
     s["map"] = frame(T["MAP"], fid=1 << 40 | 9)
     s["chunk"] = frame(T["CHUNK"], struct.pack("<QQ", 100, 0) + b"s" * 60, fid=1 << 40 | 9)
     s["chunk-short"] = frame(T["CHUNK"], b"\0" * 15, fid=1 << 40 | 9)
+    s["pull"] = frame(T["PULL"], fid=1 << 40 | 9)
+    s["pull-with-body"] = frame(T["PULL"], b"abc", fid=1 << 40 | 9)
+    s["pull-reply-ok"] = frame(T["PULL_REPLY"], struct.pack("<IQ", 0, 20 << 20), fid=1 << 40 | 9)
+    s["pull-reply-lost"] = frame(T["PULL_REPLY"], struct.pack("<IQ", 7, 0) + b"gone", fid=1 << 40 | 9)
+    s["pull-reply-bad-status"] = frame(T["PULL_REPLY"], struct.pack("<IQ", 10, 0), fid=1 << 40 | 9)
+    s["pull-reply-short"] = frame(T["PULL_REPLY"], b"\0" * 11, fid=1 << 40 | 9)
+    addr = b"127.0.0.1:41000"
+    s["locate"] = frame(T["LOCATE"], struct.pack("<QII", 20 << 20, 4242, len(addr)) + addr,
+                        fid=1 << 40 | 9)
+    s["locate-node-0"] = frame(T["LOCATE"], struct.pack("<QII", 1, 0, len(addr)) + addr)
+    s["locate-long-addr"] = frame(T["LOCATE"], struct.pack("<QII", 1, 3, 80) + b"a" * 80)
+    s["locate-trailing"] = frame(T["LOCATE"], struct.pack("<QII", 1, 3, len(addr)) + addr + b"x")
+    s["have"] = frame(T["HAVE"], struct.pack("<QQ", 1 << 40 | 9, 1 << 40 | 10))
+    s["have-odd"] = frame(T["HAVE"], b"\0" * 12)
+    s["register-node-port"] = frame(T["NODE_REGISTER"], register()[24:] + struct.pack("<I", 40123))
+    s["register-node-port-0"] = frame(T["NODE_REGISTER"], register()[24:] + struct.pack("<I", 0))
+    s["bad-type-gap-28"] = frame(28)
     s["map-reply"] = frame(T["MAP_REPLY"], struct.pack("<IQ", 0, 4096), fid=1 << 40 | 9)
     s["release-unmap"] = frame(T["RELEASE"], struct.pack("<QQ", 1 << 40 | 9, 1 << 40 | 10), flags=1)
     s["status-objects"] = frame(T["STATUS"], fid=5, flags=1)

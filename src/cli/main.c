@@ -62,6 +62,9 @@ static const char *usage_start =
     "  --head                 start a head\n"
     "  --address HOST:PORT    start a node agent that joins the head listening there\n"
     "                         (its --port); the token as for --token-file below\n"
+    "  --node-port N          node: the TCP port other nodes pull objects from, on the\n"
+    "                         address its connection to the head uses (default: any\n"
+    "                         free port; 0 too; -1: none, objects go through the head)\n"
     "  --heartbeat-timeout SECONDS  a node (head: any node; node: the head) silent\n"
     "                         this long is declared dead (default 10)\n"
     "  --socket-dir DIR       0700 directory for agent.sock and agent.pid\n"
@@ -679,7 +682,7 @@ enum { OPT_HEAD = 256, OPT_SOCKET_DIR, OPT_PORT, OPT_WORKERS, OPT_NUM_CPUS, OPT_
        OPT_MEMORY, OPT_RESOURCES, OPT_PYTHON, OPT_BLOCK, OPT_EMBEDDED, OPT_MAX_FRAME,
        OPT_LOG_LEVEL, OPT_ADDRESS, OPT_JSON, OPT_TIMEOUT, OPT_BIND, OPT_TOKEN_FILE,
        OPT_AUTH_TIMEOUT, OPT_STORE_MEMORY, OPT_STORE_DIR, OPT_SPILL_DIR,
-       OPT_INLINE_THRESHOLD, OPT_HEARTBEAT_TIMEOUT, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA };
+       OPT_INLINE_THRESHOLD, OPT_HEARTBEAT_TIMEOUT, OPT_NODE_PORT, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA };
 
 /* Prints the TCP address the head listens on, the token it demands and how a
  * driver on another machine connects. */
@@ -781,6 +784,7 @@ static int cmd_start(int argc, char **argv) {
       {"auth-timeout", required_argument, 0, OPT_AUTH_TIMEOUT},
       {"address", required_argument, 0, OPT_ADDRESS},
       {"heartbeat-timeout", required_argument, 0, OPT_HEARTBEAT_TIMEOUT},
+      {"node-port", required_argument, 0, OPT_NODE_PORT},
       {"tls-cert", required_argument, 0, OPT_TLS_CERT}, {"tls-key", required_argument, 0, OPT_TLS_KEY},
       {"tls-ca", required_argument, 0, OPT_TLS_CA},
       {0, 0, 0, 0}};
@@ -805,6 +809,12 @@ static int cmd_start(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
       case OPT_HEAD: head = 1; break;
+      case OPT_NODE_PORT:
+        if (parse_num(optarg, &v) || v < -1 || v > 65535 || v != floor(v))
+          return usage_error(usage_start, "--node-port needs a port number 0-65535 (or -1: "
+                             "none), got '%s'", optarg);
+        o.node_port = (int)v;
+        break;
       case OPT_SOCKET_DIR: snprintf(dir, sizeof dir, "%s", optarg); break;
       case OPT_PORT:
         if (parse_num(optarg, &v) || v < 1 || v > 65535 || v != floor(v))

@@ -42,7 +42,7 @@ int sh_frame_hdr_decode(const uint8_t *p, size_t max_body, sh_frame_hdr_t *h) {
   h->reserved = sh_get_u32(p + 20);
   if (h->magic != SH_FRAME_MAGIC) return SH_EMAGIC;
   if (h->version != SH_FRAME_VERSION) return SH_EVERSION;
-  if (h->type == 0 || h->type >= SH_MSG_MAX_) return SH_ETYPE;
+  if (h->type == 0 || h->type >= SH_MSG_MAX_ || !msg_names[h->type]) return SH_ETYPE;
   if (h->reserved != 0) return SH_ERESERVED;
   if (h->len > max_body) return SH_ETOOBIG;
   return 0;

@@ -43,7 +43,11 @@
   X(HEARTBEAT, 24, "liveness both ways; from a node: free, load, running")    \
   X(DRAIN, 25, "stop sending new work to a node")                             \
   X(DRAIN_REPLY, 26, "outcome of DRAIN (status, text)")                       \
-  X(CHUNK, 27, "a piece of a segment between head and node (total, offset, bytes)")
+  X(CHUNK, 27, "a piece of a segment between head and node (total, offset, bytes)") \
+  X(PULL, 32, "asks the holder of a stored object for its segment")           \
+  X(PULL_REPLY, 33, "outcome of PULL after its CHUNKs (status, size, text)")  \
+  X(LOCATE, 34, "head to node: where a stored object it needs is (size, node, address)") \
+  X(HAVE, 35, "node to head: the stored objects it now holds (u64 ids)")
 
 typedef enum {
 #define SH_X(name, val, doc) SH_MSG_##name = val,

@@ -246,7 +246,7 @@ int sh_hello_decode(const uint8_t *body, size_t len, sh_hello_t *h) {
   h->role = sh_get_u32(body);
   h->pid = sh_get_u32(body + 4);
   h->flags = sh_get_u32(body + 8);
-  if (h->role < SH_ROLE_DRIVER || h->role > SH_ROLE_NODE) return SH_EBODY;
+  if (h->role < SH_ROLE_DRIVER || h->role > SH_ROLE_PEER) return SH_EBODY;
   return 0;
 }
 
@@ -379,6 +379,63 @@ int sh_map_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size
   return 0;
 }
 
+int sh_pull_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size,
+                         const char *text) {
+  long at = sh_frame_begin(b, SH_MSG_PULL_REPLY, 0, id);
+  if (at < 0) return (int)at;
+  int rc = sh_buf_u32(b, status);
+  if (!rc) rc = sh_buf_u64(b, size);
+  if (!rc) rc = sh_buf_append(b, text, strlen(text));
+  if (rc) {
+    sh_frame_abort(b, at);
+    return rc;
+  }
+  sh_frame_finish(b, at);
+  return 0;
+}
+
+int sh_pull_reply_decode(const uint8_t *body, size_t len, sh_pull_reply_t *r) {
+  sh_rd_t rd;
+  sh_rd_init(&rd, body, len);
+  r->status = sh_rd_u32(&rd);
+  r->size = sh_rd_u64(&rd);
+  if (rd.err || r->status >= SH_ST_MAX_) return SH_EBODY;
+  r->text_len = (uint32_t)sh_rd_left(&rd);
+  r->text = (const char *)sh_rd_bytes(&rd, r->text_len);
+  return 0;
+}
+
+int sh_locate_append(sh_buf_t *b, uint64_t id, const sh_locate_t *l) {
+  size_t al = strnlen(l->addr, SH_ADDR_MAX);
+  if (!al || al >= SH_ADDR_MAX || !l->node_id) return -EINVAL;
+  long at = sh_frame_begin(b, SH_MSG_LOCATE, 0, id);
+  if (at < 0) return (int)at;
+  int rc = sh_buf_u64(b, l->size);
+  if (!rc) rc = sh_buf_u32(b, l->node_id);
+  if (!rc) rc = sh_buf_u32(b, (uint32_t)al);
+  if (!rc) rc = sh_buf_append(b, l->addr, al);
+  if (rc) {
+    sh_frame_abort(b, at);
+    return rc;
+  }
+  sh_frame_finish(b, at);
+  return 0;
+}
+
+int sh_locate_decode(const uint8_t *body, size_t len, sh_locate_t *l) {
+  sh_rd_t rd;
+  sh_rd_init(&rd, body, len);
+  l->size = sh_rd_u64(&rd);
+  l->node_id = sh_rd_u32(&rd);
+  uint32_t al = sh_rd_u32(&rd);
+  if (rd.err || !l->node_id || al == 0 || al >= SH_ADDR_MAX) return SH_EBODY;
+  const uint8_t *p = sh_rd_bytes(&rd, al);
+  if (rd.err || sh_rd_left(&rd) != 0 || memchr(p, 0, al)) return SH_EBODY;
+  memcpy(l->addr, p, al);
+  l->addr[al] = 0;
+  return 0;
+}
+
 int sh_error_append(sh_buf_t *b, int code, const char *text) {
   long at = sh_frame_begin(b, SH_MSG_ERROR, 0, 0);
   if (at < 0) return (int)at;
@@ -452,7 +509,7 @@ int sh_register_append(sh_buf_t *b, const sh_register_t *r) {
   size_t rl = res_len(&r->total);
   size_t hl = strnlen(r->host, SH_HOST_MAX);
   if (!rl || hl >= SH_HOST_MAX) return -EINVAL;
-  size_t len = 16 + rl + hl;
+  size_t len = 16 + rl + hl + (r->node_port ? 4 : 0);
   int rc = sh_buf_reserve(b, SH_FRAME_HDR + len);
   if (rc) return rc;
   uint8_t *p = b->data + b->len;
@@ -465,6 +522,10 @@ int sh_register_append(sh_buf_t *b, const sh_register_t *r) {
   res_put(b, &r->total);
   memcpy(b->data + b->len, r->host, hl);
   b->len += hl;
+  if (r->node_port) {
+    sh_put_u32(b->data + b->len, r->node_port);
+    b->len += 4;
+  }
   return 0;
 }
 
@@ -478,9 +539,13 @@ int sh_register_decode(const uint8_t *body, size_t len, sh_register_t *r) {
   if (rd.err || r->node_id == 0 || hl >= SH_HOST_MAX) return SH_EBODY;
   if (res_get(&rd, &r->total)) return SH_EBODY;
   const uint8_t *host = sh_rd_bytes(&rd, hl);
-  if (rd.err || sh_rd_left(&rd) != 0 || memchr(host, 0, hl)) return SH_EBODY;
+  if (rd.err || memchr(host, 0, hl)) return SH_EBODY;
   memcpy(r->host, host, hl);
   r->host[hl] = 0;
+  int has_port = sh_rd_left(&rd) == 4;
+  r->node_port = has_port ? sh_rd_u32(&rd) : 0;
+  if (rd.err || sh_rd_left(&rd) != 0 || r->node_port > 65535 || (has_port && !r->node_port))
+    return SH_EBODY;
   return 0;
 }
 

@@ -12,7 +12,7 @@
 #include "common/frame.h"
 
 /* HELLO roles and flags. */
-enum { SH_ROLE_DRIVER = 1, SH_ROLE_WORKER = 2, SH_ROLE_CLI = 3, SH_ROLE_NODE = 4 };
+enum { SH_ROLE_DRIVER = 1, SH_ROLE_WORKER = 2, SH_ROLE_CLI = 3, SH_ROLE_NODE = 4, SH_ROLE_PEER = 5 };
 #define SH_HELLO_OWNER 0x1u      /* the daemon exits when this connection closes */
 #define SH_HELLO_WAIT_NODES 0x2u /* driver: an infeasible request waits for nodes
                                   * to join instead of failing */
@@ -44,6 +44,10 @@ enum { SH_CANCEL_NONE = 0, SH_CANCEL_QUEUED = 1, SH_CANCEL_RUNNING = 2 };
 #define SH_CODE_SEGMENT 2     /* RESULT code of an OK value from a node (node to head):
                                * payload is the u64 size of a segment whose bytes came
                                * before in CHUNK frames */
+#define SH_CODE_ON_NODE 3     /* RESULT code of an OK value a node keeps in its own store
+                               * (node to head): payload is its u64 segment size */
+#define SH_CODE_PULL_FAILED 4 /* RESULT code of a LOST task (node to head): a dependency
+                               * could not be pulled; the task did not run */
 /* CHUNK body: u64 total size, u64 offset, bytes; chunks of one segment come
  * in order, each at most SH_CHUNK_MAX bytes (and within the frame limit). */
 #define SH_CHUNK_HDR 16
@@ -242,12 +246,15 @@ typedef struct sh_register_s {
   uint32_t pid, num_workers;
   sh_res_t total;        /* what the node offers */
   char host[SH_HOST_MAX]; /* its host name, NUL-terminated */
+  uint32_t node_port;    /* TCP port other nodes pull objects from; 0: none (optional
+                            trailing u32 on the wire) */
 } sh_register_t;
 
 /* Appends a NODE_REGISTER frame. 0, -ENOMEM, or -EINVAL for a bad custom name
  * or more than SH_MAX_CUSTOM of them (b unchanged). */
 int sh_register_append(sh_buf_t *b, const sh_register_t *r);
-/* 0, or SH_EBODY: short, trailing bytes, node_id 0, host_len >= SH_HOST_MAX,
+/* 0, or SH_EBODY: short, trailing bytes (other than a u32 node port 1-65535),
+ * node_id 0, host_len >= SH_HOST_MAX,
  * a NUL in the host, or bad resources (as SUBMIT's custom list). */
 int sh_register_decode(const uint8_t *body, size_t len, sh_register_t *r);
 
@@ -267,6 +274,32 @@ int sh_heartbeat_decode(const uint8_t *body, size_t len, sh_heartbeat_t *h);
 /* DRAIN_REPLY body: u32 status (SH_ST_OK, or SH_ST_BAD_REQUEST for an unknown
  * node), UTF-8 text. Header id: the node id. */
 int sh_drain_reply_append(sh_buf_t *b, uint64_t node_id, uint32_t status, const char *text);
+
+/* PULL_REPLY body (holder to puller, after the segment's CHUNKs when OK):
+ * u32 status, u64 size, UTF-8 text. Header id: the object. */
+int sh_pull_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size,
+                         const char *text);
+typedef struct sh_pull_reply_s {
+  uint32_t status;       /* SH_ST_OK, or SH_ST_LOST etc. */
+  uint64_t size;         /* the segment's size when OK */
+  const char *text;      /* why (not NUL-terminated) */
+  uint32_t text_len;
+} sh_pull_reply_t;
+/* 0, or SH_EBODY (short, status >= SH_ST_MAX_). */
+int sh_pull_reply_decode(const uint8_t *body, size_t len, sh_pull_reply_t *r);
+
+/* LOCATE body (head to node): u64 size, u32 holder node id, u32 addr_len,
+ * bytes[addr_len] the holder's node port as "HOST:PORT". Header id: object. */
+#define SH_ADDR_MAX 80
+typedef struct sh_locate_s {
+  uint64_t size;
+  uint32_t node_id;           /* the holder, not 0 */
+  char addr[SH_ADDR_MAX];     /* NUL-terminated, not empty */
+} sh_locate_t;
+int sh_locate_append(sh_buf_t *b, uint64_t id, const sh_locate_t *l);
+/* 0, or SH_EBODY: short, trailing bytes, node_id 0, an address that is
+ * empty, SH_ADDR_MAX bytes or longer, or holds a NUL. */
+int sh_locate_decode(const uint8_t *body, size_t len, sh_locate_t *l);
 
 /* ERROR body: u32 code, UTF-8 text. */
 int sh_error_append(sh_buf_t *b, int code, const char *text);

@@ -90,7 +90,7 @@ static void format_addr(const struct sockaddr *sa, socklen_t len, char *out, siz
  * or -errno (-EADDRNOTAVAIL with desc empty when it is no IP address). Every
  * TCP peer must authenticate with the cluster token, loopback ones included:
  * other users of this machine can reach loopback too. */
-static int listen_tcp(const char *bind_addr, int port, char *desc, size_t dn) {
+int sh_listen_tcp(const char *bind_addr, int port, char *desc, size_t dn) {
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                            .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
   struct addrinfo *res;
@@ -304,6 +304,8 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
     /* The process exit callback does the bookkeeping; make sure it comes. */
     if (!c->worker->exited && !a->stopping) sh_pool_kill(c->worker, SH_REASON_NONE);
   }
+  if (c->role == SH_ROLE_PULL || c->role == SH_ROLE_NODE || c->role == SH_ROLE_UPLINK)
+    sh_pull_conn_closed(a, c);
   if (c->role == SH_ROLE_UPLINK) sh_uplink_closed(a, c, why);
   if (c->role == SH_ROLE_NODE) sh_cluster_node_closed(a, c, why);
   if (c->role == SH_ROLE_DRIVER && c->client_id) {
@@ -363,6 +365,14 @@ static void handle_hello(sh_conn_t *c, const sh_frame_t *f) {
   }
   if (h.role == SH_ROLE_WORKER) {
     conn_fail(c, SH_EBODY, "workers are spawned by the agent and cannot connect");
+    return;
+  }
+  if (h.role == SH_ROLE_PEER) {
+    /* Another node pulling objects: it sends PULLs and gets no HELLO_OK. */
+    c->role = SH_ROLE_PEER;
+    c->pid = h.pid;
+    snprintf(c->desc, sizeof c->desc, "node pulling objects (pid %u)%s%s", h.pid,
+             c->peer[0] ? " from " : "", c->peer);
     return;
   }
   if (h.role == SH_ROLE_NODE) {
@@ -556,6 +566,23 @@ static void handle_uplink(sh_conn_t *c, const sh_frame_t *f) {
         return;
       }
       break;
+    case SH_MSG_PULL:
+      if (c->up == SH_UP_READY && f->hdr.len == 0) {
+        sh_pull_serve(c->agent, c, f->hdr.id);
+        return;
+      }
+      break;
+    case SH_MSG_LOCATE:
+      if (c->up == SH_UP_READY) {
+        sh_locate_t l;
+        if (sh_locate_decode(f->body, f->hdr.len, &l)) {
+          conn_fail(c, SH_EBODY, "malformed LOCATE body from the head");
+          return;
+        }
+        sh_pull_locate(c->agent, f->hdr.id, &l);
+        return;
+      }
+      break;
     case SH_MSG_CHUNK:
       if (c->up == SH_UP_READY) {
         char why[600];
@@ -576,6 +603,8 @@ static void dispatch(sh_conn_t *c, const sh_frame_t *f) {
   unsigned type = f->hdr.type;
   if (c->auth) handle_auth(c, f);
   else if (c->role == SH_ROLE_UPLINK) handle_uplink(c, f);
+  else if (c->role == SH_ROLE_PULL) sh_pull_peer_frame(c, f);
+  else if (c->role == SH_ROLE_PEER) sh_pull_serve_frame(c, f);
   else if (c->role == 0) handle_hello(c, f);
   else if (c->role == SH_ROLE_WORKER) handle_worker(c, f);
   else if (c->role == SH_ROLE_NODE) sh_cluster_node_frame(c, f);
@@ -594,13 +623,15 @@ static void dispatch(sh_conn_t *c, const sh_frame_t *f) {
  * the file. */
 static int chunk_direct(const sh_conn_t *c) {
   if (c->tls) return 0; /* the socket carries TLS records, not the bytes */
-  return (c->role == SH_ROLE_NODE && c->node) || (c->role == SH_ROLE_UPLINK && c->up == SH_UP_READY);
+  return (c->role == SH_ROLE_NODE && c->node) ||
+         ((c->role == SH_ROLE_UPLINK || c->role == SH_ROLE_PULL) && c->up == SH_UP_READY);
 }
 
 /* The peer is alive (what its frames would say). */
 static void chunk_touch(sh_conn_t *c) {
-  if (c->role == SH_ROLE_NODE && c->node) c->node->last_seen_ms = uv_now(c->agent->loop);
-  else c->agent->up_last_ms = uv_now(c->agent->loop);
+  c->last_rx_ms = uv_now(c->agent->loop);
+  if (c->role == SH_ROLE_NODE && c->node) c->node->last_seen_ms = c->last_rx_ms;
+  else if (c->role == SH_ROLE_UPLINK) c->agent->up_last_ms = c->last_rx_ms;
 }
 
 /* The frame at the front of c->in is incomplete: when it is a CHUNK whose
@@ -674,7 +705,8 @@ static void conn_parse(sh_conn_t *c) {
      * it cannot make us reserve room for a big one. */
     size_t max = c->auth ? SH_AUTH_MAX_BODY : a->opts.max_frame;
     /* Nor can a head that has not proved itself to this node. */
-    if (c->role == SH_ROLE_UPLINK && c->up < SH_UP_REGISTERED) max = 65536;
+    if ((c->role == SH_ROLE_UPLINK || c->role == SH_ROLE_PULL) && c->up < SH_UP_REGISTERED)
+      max = 65536;
     int rc = sh_frame_parse(sh_buf_head(&c->in), sh_buf_avail(&c->in), max, &f, &used);
     if (rc < 0) {
       char why[160];
@@ -863,7 +895,8 @@ static void conn_poll_cb(uv_poll_t *h, int status, int events) {
     return;
   }
   if (c->up == SH_UP_CONNECTING) {
-    sh_uplink_connected(c);
+    if (c->role == SH_ROLE_PULL) sh_pull_peer_connected(c);
+    else sh_uplink_connected(c);
     return;
   }
   if (!sh_tls_ready(c->tls)) {
@@ -995,14 +1028,18 @@ static void tls_begin(sh_conn_t *c) {
 }
 
 static void accept_cb(uv_poll_t *h, int status, int events) {
+  (void)events;
   sh_agent_t *a = h->data;
   if (status < 0 || a->stopping) return;
   int tcp = h == &a->tcp_poll;
+  sh_agent_accept(a, tcp ? a->tcp_fd : a->listen_fd, tcp, tcp && a->opts.tls_server);
+}
+
+void sh_agent_accept(sh_agent_t *a, int lfd, int tcp, int tls) {
   for (int i = 0; i < 64; i++) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    int fd = accept4(tcp ? a->tcp_fd : a->listen_fd, (struct sockaddr *)&ss, &sl,
-                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
         sh_warn("accept: %s", strerror(errno));
@@ -1019,7 +1056,7 @@ static void accept_cb(uv_poll_t *h, int status, int events) {
     sh_conn_t *c = sh_conn_create(a, fd, 0, peer);
     snprintf(c->peer, sizeof c->peer, "%s", peer);
     auth_begin(c);
-    if (!c->closing && a->opts.tls_server) tls_begin(c);
+    if (!c->closing && tls) tls_begin(c);
   }
 }
 
@@ -1103,7 +1140,7 @@ static int setup_listeners(sh_agent_t *a) {
       fprintf(stderr, "shoal: listening on TCP needs a cluster token\n");
       return -EINVAL;
     }
-    a->tcp_fd = listen_tcp(bind_addr, a->opts.port, a->tcp_addr, sizeof a->tcp_addr);
+    a->tcp_fd = sh_listen_tcp(bind_addr, a->opts.port, a->tcp_addr, sizeof a->tcp_addr);
     if (a->tcp_fd == -EADDRNOTAVAIL && !a->tcp_addr[0]) {
       fprintf(stderr, "shoal: cannot listen on %s port %d: --bind needs an IP address of this "
               "machine (0.0.0.0 for every interface), and '%s' is not one\n",
@@ -1177,6 +1214,7 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
     return 1;
   }
   sh_sched_init(a);
+  sh_pull_init(a);
   sh_cluster_start(a);
   uv_signal_init(a->loop, &a->sig_term);
   uv_signal_init(a->loop, &a->sig_int);
@@ -1226,6 +1264,7 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   uv_walk(a->loop, close_walk_cb, NULL);
   uv_run(a->loop, UV_RUN_NOWAIT);
   sh_cluster_close(a);
+  sh_pull_close(a);
   sh_sched_close(a);
   sh_map_close(&a->clients);
   sh_head_close(&a->head);

@@ -7,6 +7,7 @@
  *   store.c    the object store: segments, sealing, spilling, freeing
  *   status.c   the STATUS reply (msgpack)
  *   cluster.c  a node's link to its head; the head's side of its nodes
+ *   pull.c     objects between nodes: the node port, PULL, LOCATE, peers
  * Everything here runs on the loop thread; nothing takes a lock. */
 #ifndef SH_AGENT_H
 #define SH_AGENT_H
@@ -34,6 +35,9 @@ typedef struct sh_node_s sh_node_t;
 /* The role of a node agent's own connection to its head (local only, never
  * on the wire; the head sees role SH_ROLE_NODE). */
 #define SH_ROLE_UPLINK 100
+/* A node's own connection to another node's port, to pull objects from it
+ * (local only; the other side sees role SH_ROLE_PEER). */
+#define SH_ROLE_PULL 101
 
 /* A node agent numbers its own drivers from here, so their ids never collide
  * with those of the head's drivers (which the head's objects carry). */
@@ -76,6 +80,7 @@ typedef struct sh_agent_opts_s {
   sh_tls_ctx_t *tls_server; /* head: every TCP peer speaks TLS; NULL: plain (owned
                                by the caller, which frees it after the run) */
   sh_tls_ctx_t *tls_client; /* node: the uplink speaks TLS; NULL: plain (same) */
+  int node_port;           /* node: port other nodes pull from; 0 ephemeral, <0 none */
 } sh_agent_opts_t;
 
 /* One connection: a driver, a command-line client or a worker's channel. */
@@ -109,7 +114,10 @@ struct sh_conn_s {
   uint64_t chunk_id;   /* a CHUNK's payload read straight into its file: */
   size_t chunk_left;   /* ...bytes still to come (0: reading frames) */
   int chunk_drop;      /* ...its transfer failed: the bytes are read and dropped */
-  int up;              /* node side, role SH_ROLE_UPLINK: SH_UP_* */
+  int up;              /* node side, role SH_ROLE_UPLINK or SH_ROLE_PULL: SH_UP_* */
+  uint32_t peer_node;  /* role SH_ROLE_PULL: the node it pulls from */
+  uint8_t my_nonce[SH_AUTH_NONCE]; /* role SH_ROLE_PULL: our nonce in the handshake */
+  uint64_t last_rx_ms; /* uv_now() of the last bytes of a CHUNK (pull deadlines) */
   sh_queue_t link;     /* agent->conns */
   sh_queue_t dirty;    /* agent->dirty while out has bytes to flush */
   char desc[128];      /* "driver pid 123" (and the peer address) for logs */
@@ -143,6 +151,10 @@ struct sh_task_s {
   uint8_t took;         /* head side, REMOTE: holds its request on node_id in
                            the head's registry (released with the result) */
   uint32_t node_id;     /* head side: the node it was forwarded to, when REMOTE */
+  uint8_t rebuild;      /* head: runs again to remake its lost result (lineage);
+                           the result goes to the object, not to a driver */
+  uint8_t pull_fails;   /* head: times a node could not pull its dependencies */
+  uint64_t parked;      /* head: the object whose pull or rebuild it waits for */
   sh_worker_t *worker;  /* when SENT */
   uint64_t sent_ns;     /* when it became the running task on its worker */
   uint8_t data[];
@@ -170,8 +182,12 @@ typedef struct sh_obj_s {
   uint8_t stored;   /* the value is a segment in the store */
   uint8_t spilled;  /* that segment was moved to the spill directory */
   uint8_t on_workers; /* sent to workers, which keep it mapped until told */
-  uint32_t nnodes;    /* head: nodes holding a copy (sent once each) */
+  uint8_t remote;     /* head: stored only on other nodes (`nodes`): no file here */
+  uint32_t nnodes;    /* head: nodes holding a copy (sent once each, or pulled) */
   uint32_t *nodes;
+  uint32_t lost_node; /* head: the node whose death took its last copy */
+  sh_task_t *recipe;  /* head: lineage, a copy of the task that made it (pins on
+                         its dependencies), while it may have to be made again */
   uint64_t size;    /* segment bytes when stored */
   uint64_t last_use_ns;
   sh_queue_t lru;   /* store.lru while stored and resident, least recent first */
@@ -192,6 +208,7 @@ typedef struct sh_store_s {
   uint64_t nstored, nspilled;   /* objects in the store, of which spilled */
   uint64_t n_spills, n_restores, n_full;
   uint64_t n_sent, sent_bytes, n_received, received_bytes; /* between head and nodes */
+  uint64_t n_pulls, n_rebuilds; /* pulls this agent started; objects remade from lineage */
   sh_queue_t lru;
 } sh_store_t;
 
@@ -284,7 +301,25 @@ struct sh_node_s {
   sh_queue_t tasks;      /* tasks forwarded here (SH_TASK_REMOTE), oldest first */
   uint32_t ntasks;
   sh_map_t funcs_sent;   /* fn ids already sent on this connection */
+  char pull_addr[SH_ADDR_MAX]; /* "HOST:PORT" of its node port; "" when none */
 };
+
+/* An object on its way to this agent's store from another node, at most one
+ * per object: every task that needs it waits for this one. On a node the
+ * tasks wait in agent->waiters (the object does not exist here yet); on the
+ * head the object exists (remote) and the tasks and MAPs that need it
+ * locally are parked here, as are those waiting for a rebuild. */
+typedef struct sh_pull_s {
+  uint64_t id, size;
+  uint32_t from;          /* the node it comes from; 0 while a rebuild runs */
+  sh_conn_t *conn;        /* the connection it arrives on; NULL: none (yet) */
+  uint64_t started_ms;    /* uv_now() when it began */
+  char addr[SH_ADDR_MAX]; /* node: the holder's node port */
+  uint32_t ntasks, cap;   /* head: tasks parked for it (they hold their pins) */
+  sh_task_t **tasks;
+  uint32_t nmaps, mcap;   /* head: drivers whose MAP waits for it (client ids) */
+  uint32_t *maps;
+} sh_pull_t;
 
 /* Ready tasks that ask for the same thing (resources, kind; for tasks that
  * may be pipelined, the same function): when the first cannot be placed,
@@ -344,6 +379,12 @@ struct sh_agent_s {
   uint32_t up_backoff_ms;   /* node: delay after the next failure */
   uint8_t up_nonce[2][SH_AUTH_NONCE]; /* node: the head's and our nonce */
   char up_why[256];         /* node: why the last attempt failed ("" when none) */
+  int node_fd;              /* node: the node port's listening socket, or -1 */
+  uv_poll_t node_poll;
+  uint16_t node_port;       /* node: the port it listens on (0: none) */
+  char node_addr[80];       /* node: "IP:PORT" of the node port */
+  sh_map_t pulls;           /* object id -> sh_pull_t (pull.c) */
+  sh_map_t peers;           /* node: node id -> sh_conn_t pulling from it */
 
   sh_queue_t conns, dirty, workers;
   sh_map_t clients;  /* client_id -> sh_conn_t */
@@ -515,6 +556,56 @@ void sh_cluster_node_closed(sh_agent_t *a, sh_conn_t *c, const char *why);
 /* DRAIN of node_id: answers DRAIN_REPLY on c. */
 void sh_cluster_drain(sh_agent_t *a, sh_conn_t *c, uint64_t node_id);
 void sh_cluster_close(sh_agent_t *a);
+
+/* Head: a node now holds copies of these objects (HAVE: u64 ids). */
+void sh_sched_have(sh_agent_t *a, sh_node_t *n, const uint8_t *ids, uint32_t len);
+/* The pull p ended: status SH_ST_OK when the whole segment came on p->conn,
+ * else why. Makes the object (node) or its local copy (head), wakes or
+ * fails what waits; p is dropped. */
+void sh_sched_pulled(sh_agent_t *a, sh_pull_t *p, uint32_t status, const char *why);
+
+/* pull.c */
+void sh_pull_init(sh_agent_t *a);
+void sh_pull_close(sh_agent_t *a);
+/* Node: opens the node port on the local address of the uplink's socket
+ * (fd). 0, or -errno (logged). */
+int sh_pull_listen(sh_agent_t *a, int uplink_fd);
+/* PULL of id on c: streams the segment then PULL_REPLY, or PULL_REPLY with
+ * why it cannot. */
+void sh_pull_serve(sh_agent_t *a, sh_conn_t *c, uint64_t id);
+/* Node: LOCATE from the head: pulls the object from its holder unless it
+ * is here or on its way. */
+void sh_pull_locate(sh_agent_t *a, uint64_t id, const sh_locate_t *l);
+/* Head: starts pulling o's segment from node n over n's connection. The
+ * record, or NULL (out of memory). */
+sh_pull_t *sh_pull_from_node(sh_agent_t *a, uint64_t id, uint64_t size, sh_node_t *n);
+/* Head: a record with no transfer, for tasks waiting on a rebuild. */
+sh_pull_t *sh_pull_new(sh_agent_t *a, uint64_t id, uint64_t size);
+static inline sh_pull_t *sh_pull_get(sh_agent_t *a, uint64_t id) {
+  return sh_map_get(&a->pulls, id);
+}
+/* Forgets p (its waiters must have been taken off). */
+void sh_pull_drop(sh_agent_t *a, sh_pull_t *p);
+/* PULL_REPLY on c. 0, or SH_EBODY when it does not decode. */
+int sh_pull_reply(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body, uint32_t len);
+/* c closed: its pulls fail. */
+void sh_pull_conn_closed(sh_agent_t *a, sh_conn_t *c);
+/* Fails pulls that made no progress for the heartbeat timeout. */
+void sh_pull_tick(sh_agent_t *a, uint64_t now);
+/* Node: the head is gone: every pull is dropped (nobody waits any more). */
+void sh_pull_uplink_gone(sh_agent_t *a);
+/* Role SH_ROLE_PULL: the connect finished; a frame arrived. */
+void sh_pull_peer_connected(sh_conn_t *c);
+void sh_pull_peer_frame(sh_conn_t *c, const sh_frame_t *f);
+/* Role SH_ROLE_PEER (another node pulling from this one): a frame. */
+void sh_pull_serve_frame(sh_conn_t *c, const sh_frame_t *f);
+
+/* agent.c, for pull.c */
+/* Listens on numeric address bind_addr, port (0: any); fd or -errno. */
+int sh_listen_tcp(const char *bind_addr, int port, char *desc, size_t dn);
+/* Accepts what waits on listening socket lfd (tcp: its peers authenticate
+ * with the token first; tls: and speak TLS). */
+void sh_agent_accept(sh_agent_t *a, int lfd, int tcp, int tls);
 
 /* status.c */
 /* flags: SH_STATUS_OBJECTS adds the list of objects. */

@@ -102,6 +102,9 @@ void sh_uplink_connected(sh_conn_t *c) {
   c->up = SH_UP_CHALLENGE;
   sh_conn_poll(c, UV_READABLE);
   sh_agent_t *a = c->agent;
+  /* The node port listens where the head reaches us: the uplink's local
+   * address (reported in NODE_REGISTER). */
+  sh_pull_listen(a, c->fd);
   if (!a->opts.tls_client) return;
   /* TLS first; the head's certificate must name the host we dialled. */
   char host[256], port[16];
@@ -162,7 +165,8 @@ static void check_head(sh_conn_t *c, const sh_frame_t *f) {
   }
   sh_hello_t h = {SH_ROLE_NODE, (uint32_t)getpid(), 0};
   sh_register_t r = {.node_id = a->node_id, .pid = (uint32_t)getpid(),
-                     .num_workers = (uint32_t)a->opts.num_workers, .total = a->opts.resources};
+                     .num_workers = (uint32_t)a->opts.num_workers, .total = a->opts.resources,
+                     .node_port = a->node_port};
   if (gethostname(r.host, sizeof r.host)) snprintf(r.host, sizeof r.host, "?");
   r.host[sizeof r.host - 1] = 0;
   if (sh_hello_append(&c->out, &h) || sh_register_append(&c->out, &r)) {
@@ -218,6 +222,7 @@ void sh_uplink_closed(sh_agent_t *a, sh_conn_t *c, const char *why) {
     sh_warn("lost the head at %s: %s; the work it sent is stopped; reconnecting",
             a->opts.head_address, why ? why : "it closed the connection");
     sh_sched_uplink_gone(a);
+    sh_pull_uplink_gone(a);
     a->up_retry_ms = uv_now(a->loop); /* at once, then with backoff */
     return;
   }
@@ -283,6 +288,12 @@ static void register_node(sh_conn_t *c, const sh_register_t *r) {
   if (n->draining) sh_head_set_draining(&a->head, n->node_id, 1);
   snprintf(n->host, sizeof n->host, "%s", r->host);
   snprintf(n->addr, sizeof n->addr, "%s", c->peer[0] ? c->peer : "local");
+  /* Other nodes pull from its node port, at the address it reached us from. */
+  n->pull_addr[0] = 0;
+  const char *colon = strrchr(c->peer, ':');
+  if (r->node_port && colon)
+    snprintf(n->pull_addr, sizeof n->pull_addr, "%.*s:%u", (int)(colon - c->peer), c->peer,
+             r->node_port);
   n->dead_reason[0] = 0;
   n->pid = r->pid;
   n->num_workers = r->num_workers;
@@ -338,6 +349,13 @@ void sh_cluster_node_frame(sh_conn_t *c, const sh_frame_t *f) {
       return;
     }
     case SH_MSG_CANCEL_REPLY: return; /* the RESULT follows */
+    case SH_MSG_PULL_REPLY:
+      if (sh_pull_reply(a, c, f->hdr.id, f->body, f->hdr.len)) break;
+      return;
+    case SH_MSG_HAVE:
+      if (f->hdr.len % 8) break;
+      sh_sched_have(a, n, f->body, f->hdr.len);
+      return;
     case SH_MSG_CHUNK: {
       char err[600];
       if (sh_store_chunk(a, c, f->hdr.id, f->body, f->hdr.len, err, sizeof err))
@@ -439,6 +457,7 @@ static void hb_timer_cb(uv_timer_t *h) {
   if (a->stopping) return;
   if (a->opts.head_address) node_tick(a, uv_now(a->loop));
   else head_tick(a, uv_now(a->loop));
+  if (!a->stopping) sh_pull_tick(a, uv_now(a->loop));
 }
 
 void sh_cluster_start(sh_agent_t *a) {

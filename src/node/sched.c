@@ -37,8 +37,11 @@ static void task_free(sh_task_t *t) {
 
 /* ---- objects ---- */
 
+static void recipe_drop(sh_agent_t *a, sh_obj_t *o);
+
 static void obj_free(sh_agent_t *a, uint64_t id, sh_obj_t *o) {
   sh_map_del(&a->objects, id);
+  recipe_drop(a, o);
   a->obj_bytes -= o->len;
   sh_store_free(a, o);
   /* Head: the nodes holding a copy drop theirs. */
@@ -141,6 +144,9 @@ void sh_sched_put_stored(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t
   else sh_conn_mark_dirty(c);
 }
 
+static uint32_t need_obj(sh_agent_t *a, sh_obj_t *o, sh_task_t *t, uint32_t cid, char *why,
+                         size_t n);
+
 void sh_sched_map(sh_agent_t *a, sh_conn_t *c, uint64_t id) {
   char why[768] = "";
   uint32_t st = SH_ST_OK;
@@ -152,6 +158,9 @@ void sh_sched_map(sh_agent_t *a, sh_conn_t *c, uint64_t id) {
   } else if (!o->stored || o->status != SH_ST_OK) {
     st = SH_ST_BAD_REQUEST;
     snprintf(why, sizeof why, "object %#llx is not in the object store", (unsigned long long)id);
+  } else if (o->remote) {
+    /* Head: pulled from a node (or made again) first; answered then. */
+    if ((st = need_obj(a, o, NULL, c->client_id, why, sizeof why)) == SH_ST_OK) return;
   } else if ((st = sh_store_resident(a, o, why, sizeof why)) == SH_ST_OK) {
     o->maps++;
   }
@@ -226,8 +235,11 @@ static void deps_unbusy(sh_agent_t *a, sh_task_t *t) {
 
 /* Drops what t holds on its dependencies: a pin on each available one, a
  * place on the waiter list of each missing one. */
+static void unpark(sh_agent_t *a, sh_task_t *t);
+
 static void release_deps(sh_agent_t *a, sh_task_t *t) {
   const uint8_t *d = sh_task_deps(t);
+  if (t->parked) unpark(a, t);
   if (t->state == SH_TASK_SENT) deps_unbusy(a, t);
   for (uint32_t i = 0; i < t->ndeps; i++) {
     uint64_t dep = sh_get_u64(d + 8 * i);
@@ -236,36 +248,21 @@ static void release_deps(sh_agent_t *a, sh_task_t *t) {
   }
 }
 
-/* Sends a remote task's stored result to the head as its segment's bytes
- * (RESULT code SH_CODE_SEGMENT), or a failure saying why it cannot. The
- * segment itself is removed by the caller. */
-static void send_segment_result(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
-                                uint32_t n) {
-  char why[512];
-  uint64_t size = n == 8 ? sh_get_u64(p) : 0;
-  uint32_t st = SH_ST_BAD_REQUEST;
-  if (n != 8) {
-    snprintf(why, sizeof why, "the worker sent a malformed stored result");
-  } else {
-    int rc = sh_store_send(a, c, id, size);
-    if (!rc) rc = sh_result_append(&c->out, id, SH_ST_OK, SH_CODE_SEGMENT, p, 8);
-    if (!rc) {
-      sh_conn_mark_dirty(c);
-      return;
-    }
-    st = SH_ST_LOST;
-    snprintf(why, sizeof why, "reading the result's segment on node %u failed: %s", a->node_id,
-             sh_strerror(rc));
-  }
-  sh_result_append(&c->out, id, st, 0, why, strlen(why));
-  sh_conn_mark_dirty(c);
-}
-
 /* Sends the outcome to the owner, keeps the value for dependents and for the
  * owner's later use, wakes (or fails) tasks waiting for it, frees t. t must
  * be on no queue. */
+static void wake_waiters(sh_agent_t *a, uint64_t id, sh_waiters_t *wl, sh_obj_t *o,
+                         uint32_t status, int32_t code, const uint8_t *p, uint32_t n);
+static void rebuild_done(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
+                         const uint8_t *p, uint32_t n);
+static sh_obj_t *remote_obj(sh_agent_t *a, sh_task_t *t, uint64_t size);
+
 static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
                    const uint8_t *p, uint32_t n) {
+  if (t->rebuild) {
+    rebuild_done(a, t, status, code, p, n);
+    return;
+  }
   uint64_t id = t->id;
   sh_map_del(&a->tasks, id);
   sh_conn_t *c = t->orphan || t->restart ? NULL : t->remote ? a->uplink : sh_agent_client(a, id);
@@ -273,12 +270,19 @@ static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
   int keep = wl || (!t->released && !t->orphan && c);
   char why[768];
   sh_obj_t *o = NULL;
-  if (t->remote && c && status == SH_ST_OK && code == SH_CODE_STORED) {
-    /* The head keeps the value: its segment's bytes go there, inline. */
-    send_segment_result(a, c, id, p, n);
-    c = NULL;
-  }
-  if (status == SH_ST_OK && code == SH_CODE_STORED) {
+  /* A node keeps a large result of the head's task in its own store and
+   * tells the head where it is; the head owns it (RELEASE frees it). */
+  int on_node = t->remote && c && status == SH_ST_OK && code == SH_CODE_STORED;
+  if (on_node) keep = 1;
+  uint8_t size8[8];
+  if (status == SH_ST_OK && code == SH_CODE_ON_NODE && n == 8) {
+    /* Head: a node keeps the value; here is only where it is. */
+    o = remote_obj(a, t, sh_get_u64(p));
+    code = SH_CODE_STORED; /* what the driver is told: MAP it */
+    memcpy(size8, p, 8);
+    p = size8;
+    if (o && !keep) o->released = 1;
+  } else if (status == SH_ST_OK && code == SH_CODE_STORED) {
     /* The value is a segment the worker wrote: seal it, or drop it. */
     uint32_t st = n == 8 ? SH_ST_OK : SH_ST_BAD_REQUEST;
     if (st) snprintf(why, sizeof why, "the worker sent a malformed stored result");
@@ -302,13 +306,21 @@ static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
   }
   if (status == SH_ST_OK) a->n_done++;
   else a->n_failed++;
+  if (on_node && status == SH_ST_OK) {
+    if (sh_result_append(&c->out, id, SH_ST_OK, SH_CODE_ON_NODE, p, 8))
+      sh_conn_close(c, "out of memory queuing a result");
+    else sh_conn_mark_dirty(c);
+    c = NULL;
+  } else if (on_node) {
+    keep = wl != NULL; /* the failure goes to the head; nothing stays here */
+  }
   if (c) {
     if (sh_result_append(&c->out, id, status, code, p, n))
       sh_conn_close(c, "out of memory queuing a result");
     else sh_conn_mark_dirty(c);
   }
   if (keep && !o) o = obj_store(a, id, status, code, p, n);
-  if (o && !c) o->released = 1; /* nobody can release it later */
+  if (o && !c && !(on_node && status == SH_ST_OK)) o->released = 1; /* nobody can release it */
   release_deps(a, t);
   if (t->kind == SH_KIND_ACTOR_CREATE && status != SH_ST_OK) {
     sh_actor_t *ac = sh_map_get(&a->actors, id);
@@ -326,6 +338,14 @@ static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
     if (ac && ac->state == SH_ACTOR_PENDING) ac->state = SH_ACTOR_ALIVE;
   }
   task_free(t);
+  if (!wl && o && obj_unused(o)) obj_free(a, id, o);
+  else wake_waiters(a, id, wl, o, status, code, p, n);
+}
+
+/* Wakes the tasks of wl (waiting for object id, now o, or failed with
+ * status, code and payload p/n when o is NULL or status is not OK). */
+static void wake_waiters(sh_agent_t *a, uint64_t id, sh_waiters_t *wl, sh_obj_t *o,
+                         uint32_t status, int32_t code, const uint8_t *p, uint32_t n) {
   if (!wl) return;
   for (uint32_t i = 0; i < wl->n; i++) {
     sh_task_t *w = wl->t[i];
@@ -451,7 +471,7 @@ static uint32_t check_deps(sh_agent_t *a, const sh_submit_t *s, const sh_obj_t *
       *failed = o;
       return o->status;
     }
-    if (!o && !sh_map_get(&a->tasks, dep)) {
+    if (!o && !sh_map_get(&a->tasks, dep) && !sh_pull_get(a, dep)) {
       snprintf(why, n, "object %#llx that this task depends on is unknown to the cluster: it "
                "was released (its Future was garbage collected) or never existed",
                (unsigned long long)dep);
@@ -565,7 +585,8 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
   if (st != SH_ST_OK) {
     a->n_failed++;
     if (failed) sh_result_append(&c->out, id, failed->status, failed->code, failed->data, failed->len);
-    else sh_result_append(&c->out, id, st, 0, why, strlen(why));
+    else sh_result_append(&c->out, id, st, c->role == SH_ROLE_UPLINK ? SH_CODE_PULL_FAILED : 0,
+                          why, strlen(why)); /* from the head: its pull failed first */
     sh_conn_mark_dirty(c);
     if (s->kind == SH_KIND_ACTOR_CREATE) actor_die(a, actor_new(a, id), "a dependency of the actor's constructor failed");
     return;
@@ -847,6 +868,8 @@ static int obj_on_node(const sh_obj_t *o, uint32_t node_id) {
  * releases it): inline bytes, or a stored object's segment in CHUNK frames
  * then a PUT (SH_PUT_SEGMENT) with its size. SH_ST_OK, or a status with a
  * message in why. */
+static uint32_t locate_dep(sh_agent_t *a, sh_node_t *nd, sh_obj_t *o, char *why, size_t n);
+
 static uint32_t put_dep(sh_agent_t *a, sh_node_t *nd, sh_obj_t *o, char *why, size_t n) {
   sh_conn_t *c = nd->conn;
   if (obj_on_node(o, nd->node_id)) return SH_ST_OK;
@@ -856,6 +879,7 @@ static uint32_t put_dep(sh_agent_t *a, sh_node_t *nd, sh_obj_t *o, char *why, si
     return SH_ST_STORE_FULL;
   }
   o->nodes = grown;
+  if (o->remote) return locate_dep(a, nd, o, why, n);
   if (!o->stored) {
     if (sh_frame_append(&c->out, SH_MSG_PUT, 0, o->id, o->data, o->len)) {
       snprintf(why, n, "the head is out of memory");
@@ -877,6 +901,23 @@ static uint32_t put_dep(sh_agent_t *a, sh_node_t *nd, sh_obj_t *o, char *why, si
   snprintf(why, n, "sending object %#llx to node %u failed: %s", (unsigned long long)o->id,
            nd->node_id, sh_strerror(rc));
   return rc == -ENOMEM ? SH_ST_STORE_FULL : SH_ST_LOST;
+}
+
+/* Tells node nd where o, kept on other nodes, is: nd pulls it from there
+ * itself (the node adds itself to o's holders when it has it, HAVE).
+ * SH_ST_OK, or SH_ST_LOST when no live holder has a node port. */
+static uint32_t locate_dep(sh_agent_t *a, sh_node_t *nd, sh_obj_t *o, char *why, size_t n) {
+  for (uint32_t i = 0; i < o->nnodes; i++) {
+    sh_node_t *h = live_node(a, o->nodes[i]);
+    if (!h || !h->pull_addr[0]) continue;
+    sh_locate_t l = {.size = o->size, .node_id = h->node_id};
+    snprintf(l.addr, sizeof l.addr, "%s", h->pull_addr);
+    if (sh_locate_append(&nd->conn->out, o->id, &l)) break;
+    return SH_ST_OK;
+  }
+  snprintf(why, n, "object %#llx is kept only on node%s that cannot be pulled from now (no node "
+           "port, or dead)", (unsigned long long)o->id, o->nnodes == 1 ? "" : "s");
+  return SH_ST_LOST;
 }
 
 /* t leaves node n's list (a result came, or n died). */
@@ -1081,7 +1122,12 @@ static void run_actors(sh_agent_t *a) {
 
 /* Places the first ready task of a shape: 1 when it left the queue (sent,
  * forwarded or failed), 0 when it cannot go anywhere now. */
+static int park_for_deps(sh_agent_t *a, sh_task_t *t, int local);
+
 static int place_one(sh_agent_t *a, sh_task_t *t) {
+  /* A dependency whose only copies died with their node is made again
+   * first (or t fails): t waits for that wherever it will run. */
+  if (t->ndeps && park_for_deps(a, t, 0)) return 1;
   sh_req_t req = task_req(t);
   uint64_t gpu_mask = 0;
   int fits = !a->local_draining && sh_res_fits(&a->avail, &req) &&
@@ -1102,6 +1148,8 @@ static int place_one(sh_agent_t *a, sh_task_t *t) {
   if (!w && cluster && place_remote(a, t)) return 1;
   if (!w && pipelinable(t) && !a->local_draining) w = pipeline_worker(a, t);
   if (!w) return 0;
+  /* Runs here: dependencies kept on other nodes are pulled first. */
+  if (t->ndeps && park_for_deps(a, t, 1)) return 1;
   sh_queue_remove(&t->link);
   if (t->ndeps && ensure_deps(a, t)) return 1;
   if (idle) {
@@ -1468,6 +1516,7 @@ void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
     if (f) f->remote_ns = f->remote_ns ? (f->remote_ns * 7 + d) / 8 : (d ? d : 1);
   }
   leave_node(a, n, t);
+  t->node_id = n->node_id; /* where an ON_NODE value is (finish reads it) */
   uint32_t status = r->status, len = r->payload_len;
   int32_t code = r->code;
   const uint8_t *p = r->payload;
@@ -1490,6 +1539,19 @@ void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
   } else if (status == SH_ST_OK && code == SH_CODE_STORED) {
     status = SH_ST_BAD_REQUEST;
     snprintf(why, sizeof why, "node %u sent a result that is in its own store", n->node_id);
+  } else if (status == SH_ST_OK && code == SH_CODE_ON_NODE && len != 8) {
+    status = SH_ST_BAD_REQUEST;
+    snprintf(why, sizeof why, "node %u sent a malformed ON_NODE result", n->node_id);
+  } else if (status == SH_ST_LOST && code == SH_CODE_PULL_FAILED && t->kind == SH_KIND_TASK &&
+             !t->orphan && t->pull_fails < 3) {
+    /* It did not run: a dependency could not be pulled there (its holder
+     * died meanwhile, say). Placed again: the holders or a rebuild now. */
+    t->pull_fails++;
+    t->node_id = 0;
+    sh_debug("task %#llx: node %u could not pull a dependency: %.*s", (unsigned long long)id,
+             n->node_id, (int)(len < 300 ? len : 300), p);
+    ready_push(a, t, 1);
+    return;
   }
   if (status != r->status) {
     code = 0;
@@ -1500,6 +1562,7 @@ void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
   if (retry && t->kind == SH_KIND_TASK && !t->orphan && t->attempts < t->max_retries) {
     t->attempts++;
     a->n_retried++;
+    t->node_id = 0;
     ready_push(a, t, 1);
     return;
   }
@@ -1519,11 +1582,13 @@ void sh_sched_node_died(sh_agent_t *a, sh_node_t *n, const char *why) {
   char msg[768];
   uint64_t id;
   void *v;
-  /* Its copies of objects are gone with it (a node coming back starts empty). */
+  /* Its copies of objects are gone with it (a node coming back starts empty);
+   * an object whose last copy it was is made again when it is needed. */
   for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
     sh_obj_t *o = v;
     for (uint32_t j = 0; j < o->nnodes; j++)
       if (o->nodes[j] == n->node_id) o->nodes[j--] = o->nodes[--o->nnodes];
+    if (o->remote && !o->nnodes) o->lost_node = n->node_id;
   }
   snprintf(msg, sizeof msg, "the node %u (%s) hosting the actor died: %s", n->node_id, n->host, why);
   for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {
@@ -1600,6 +1665,325 @@ void sh_sched_uplink_gone(sh_agent_t *a) {
   }
 }
 
+/* ---- objects kept on nodes: pulls to the head, lineage ---- */
+
+/* Drops o's lineage: the copy of its task and the pins on its inputs. */
+static void recipe_drop(sh_agent_t *a, sh_obj_t *o) {
+  sh_task_t *r = o->recipe;
+  if (!r) return;
+  o->recipe = NULL;
+  const uint8_t *d = sh_task_deps(r);
+  for (uint32_t i = 0; i < r->ndeps; i++) obj_unpin(a, sh_get_u64(d + 8 * i));
+  task_free(r);
+}
+
+/* Head: the object of finished task t (ON_NODE: kept on t->node_id, size
+ * bytes): where it is and, for a plain task, how to make it again. NULL
+ * when out of memory. */
+static sh_obj_t *remote_obj(sh_agent_t *a, sh_task_t *t, uint64_t size) {
+  sh_obj_t *o = obj_store(a, t->id, SH_ST_OK, SH_CODE_STORED, NULL, 0);
+  if (!o) return NULL;
+  o->stored = o->remote = 1;
+  o->size = size;
+  o->nodes = sh_try_malloc(sizeof *o->nodes);
+  if (o->nodes) o->nodes[o->nnodes++] = t->node_id;
+  if (t->kind != SH_KIND_TASK) return o; /* an actor's result has no lineage */
+  sh_task_t *r = task_clone(t);
+  if (!r) return o;
+  if (t->ncustom) {
+    r->custom = sh_try_malloc(t->ncustom * sizeof(sh_custom_t));
+    if (!r->custom) {
+      sh_free(r);
+      return o;
+    }
+    memcpy(r->custom, t->custom, t->ncustom * sizeof(sh_custom_t));
+  }
+  const uint8_t *d = sh_task_deps(r);
+  for (uint32_t i = 0; i < r->ndeps; i++) {
+    sh_obj_t *dep = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
+    if (dep) dep->pins++; /* its inputs live while it may run again */
+  }
+  r->state = 0;
+  r->node_id = 0;
+  o->recipe = r;
+  return o;
+}
+
+/* Adds node_id to o's holders (once). */
+static void add_holder(sh_obj_t *o, uint32_t node_id) {
+  if (obj_on_node(o, node_id)) return;
+  uint32_t *g = sh_try_realloc(o->nodes, (o->nnodes + 1) * sizeof *g);
+  if (!g) return;
+  o->nodes = g;
+  o->nodes[o->nnodes++] = node_id;
+}
+
+static void drop_holder(sh_obj_t *o, uint32_t node_id) {
+  for (uint32_t j = 0; j < o->nnodes; j++)
+    if (o->nodes[j] == node_id) o->nodes[j--] = o->nodes[--o->nnodes];
+}
+
+/* Starts making o again from its lineage: a copy of its task, run like any
+ * other (its own lost inputs are made again the same way when it is
+ * placed), counting one attempt against the task's max_retries. The
+ * record tasks wait on, or NULL with SH_ST_LOST and why. */
+static sh_pull_t *rebuild_start(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
+  sh_task_t *r = o->recipe;
+  if (!r) {
+    snprintf(why, n, "object %#llx was lost: its only copy was on node %u, which died, and it "
+             "has no lineage to make it again (a put value, or an actor's result)",
+             (unsigned long long)o->id, o->lost_node);
+    return NULL;
+  }
+  if (r->attempts >= r->max_retries) {
+    snprintf(why, n, "object %#llx (the result of task %#llx) was lost: its only copy was on "
+             "node %u, which died, and the task's retry budget is spent: it ran %u time%s "
+             "(max_retries=%u)", (unsigned long long)o->id, (unsigned long long)o->id,
+             o->lost_node, r->attempts + 1, r->attempts ? "s" : "", r->max_retries);
+    return NULL;
+  }
+  sh_task_t *t = task_clone(r);
+  sh_pull_t *p = t ? sh_pull_new(a, o->id, o->size) : NULL;
+  if (t && r->ncustom) {
+    t->custom = sh_try_malloc(r->ncustom * sizeof(sh_custom_t));
+    if (!t->custom) t->ncustom = 0;
+    else memcpy(t->custom, r->custom, r->ncustom * sizeof(sh_custom_t));
+  }
+  if (!p || sh_map_put(&a->tasks, o->id, t)) {
+    if (p) sh_pull_drop(a, p);
+    if (t) task_free(t);
+    snprintf(why, n, "object %#llx was lost and the head is out of memory", (unsigned long long)o->id);
+    return NULL;
+  }
+  r->attempts++;
+  t->attempts = r->attempts;
+  t->rebuild = 1;
+  t->released = 1;
+  const uint8_t *d = sh_task_deps(t);
+  for (uint32_t i = 0; i < t->ndeps; i++) {
+    sh_obj_t *dep = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
+    if (dep) dep->pins++;
+  }
+  a->n_retried++;
+  a->store.n_rebuilds++;
+  sh_info("object %#llx was lost with node %u: running its task again (attempt %u of %u)",
+          (unsigned long long)o->id, o->lost_node, t->attempts + 1, r->max_retries + 1);
+  make_ready(a, t);
+  return p;
+}
+
+/* Head: o (kept on other nodes) is needed here (t parked, or a MAP of
+ * client cid, when t is NULL) or, for a task placed elsewhere, needs some
+ * live copy. Joins or starts the pull or the rebuild; SH_ST_OK when the
+ * waiter is parked, else a status and why. */
+static uint32_t need_obj(sh_agent_t *a, sh_obj_t *o, sh_task_t *t, uint32_t cid, char *why,
+                         size_t n) {
+  sh_pull_t *p = sh_pull_get(a, o->id);
+  for (uint32_t i = 0; !p && i < o->nnodes; i++) {
+    sh_node_t *h = live_node(a, o->nodes[i]);
+    if (h) p = sh_pull_from_node(a, o->id, o->size, h);
+  }
+  if (!p && !(p = rebuild_start(a, o, why, n))) return SH_ST_LOST;
+  if (t) {
+    if (p->ntasks == p->cap) {
+      uint32_t cap = p->cap ? p->cap * 2 : 4;
+      sh_task_t **g = sh_try_realloc(p->tasks, cap * sizeof *g);
+      if (!g) goto oom;
+      p->tasks = g;
+      p->cap = cap;
+    }
+    p->tasks[p->ntasks++] = t;
+    t->parked = o->id;
+    t->missing = 1;
+    t->state = SH_TASK_WAITING;
+    return SH_ST_OK;
+  }
+  if (p->nmaps == p->mcap) {
+    uint32_t cap = p->mcap ? p->mcap * 2 : 4;
+    uint32_t *g = sh_try_realloc(p->maps, cap * sizeof *g);
+    if (!g) goto oom;
+    p->maps = g;
+    p->mcap = cap;
+  }
+  p->maps[p->nmaps++] = cid;
+  return SH_ST_OK;
+oom:
+  snprintf(why, n, "the head is out of memory");
+  return SH_ST_STORE_FULL;
+}
+
+/* Head: parks ready task t (on a queue, or on none once local) when a
+ * dependency is kept only elsewhere and t runs here (local), or has no
+ * live copy at all. 1 when t left its queue (parked, or failed). */
+static int park_for_deps(sh_agent_t *a, sh_task_t *t, int local) {
+  const uint8_t *d = sh_task_deps(t);
+  char why[768];
+  for (uint32_t i = 0; i < t->ndeps; i++) {
+    sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
+    if (!o || !o->remote || (!local && o->nnodes)) continue;
+    sh_queue_remove(&t->link);
+    uint32_t st = need_obj(a, o, t, 0, why, sizeof why);
+    if (st != SH_ST_OK) fail_unplaced(a, t, st, why);
+    return 1;
+  }
+  return 0;
+}
+
+/* t leaves the record it is parked on (it finishes some other way). */
+static void unpark(sh_agent_t *a, sh_task_t *t) {
+  sh_pull_t *p = sh_pull_get(a, t->parked);
+  t->parked = 0;
+  if (t->missing) t->missing--;
+  for (uint32_t i = 0; p && i < p->ntasks; i++) {
+    if (p->tasks[i] != t) continue;
+    p->tasks[i] = p->tasks[--p->ntasks];
+    return;
+  }
+}
+
+/* Head: the pull or rebuild p ended. OK: everything parked tries again
+ * (tasks are placed again, MAPs answered now); else the tasks fail with
+ * status, code and payload, and the MAPs with why. p is dropped. */
+static void wake_parked(sh_agent_t *a, sh_pull_t *p, uint32_t status, int32_t code,
+                        const uint8_t *pl, uint32_t n, const char *why) {
+  uint64_t id = p->id;
+  uint32_t nt = p->ntasks, nm = p->nmaps;
+  sh_task_t **tasks = p->tasks;
+  uint32_t *maps = p->maps;
+  p->tasks = NULL;
+  p->maps = NULL;
+  p->ntasks = p->nmaps = 0;
+  sh_pull_drop(a, p);
+  for (uint32_t i = 0; i < nt; i++) {
+    sh_task_t *t = tasks[i];
+    t->parked = 0;
+    t->missing = 0;
+    if (status == SH_ST_OK) make_ready(a, t);
+    else finish(a, t, status, code, pl, n);
+  }
+  for (uint32_t i = 0; i < nm; i++) {
+    sh_conn_t *c = sh_map_get(&a->clients, maps[i]);
+    if (!c) continue;
+    if (status == SH_ST_OK) sh_sched_map(a, c, id);
+    else if (sh_map_reply_append(&c->out, id, SH_ST_LOST, 0, why)) sh_conn_close(c, "out of memory");
+    else sh_conn_mark_dirty(c);
+  }
+  sh_free(tasks);
+  sh_free(maps);
+}
+
+/* A rebuild task ended: its value is o's again (kept on the node that ran
+ * it, or stored here), or what waits for o fails the way it did. */
+static void rebuild_done(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
+                         const uint8_t *p, uint32_t n) {
+  uint64_t id = t->id;
+  char why[900];
+  sh_map_del(&a->tasks, id);
+  release_deps(a, t);
+  sh_obj_t *o = sh_map_get(&a->objects, id);
+  if (o && o->recipe && t->attempts > o->recipe->attempts) o->recipe->attempts = t->attempts;
+  uint32_t st = status;
+  if (o && status == SH_ST_OK && code == SH_CODE_ON_NODE && n == 8 && o->remote) {
+    add_holder(o, t->node_id);
+  } else if (o && status == SH_ST_OK && code == SH_CODE_STORED && n == 8 && o->remote) {
+    o->remote = o->stored = 0;
+    if ((st = sh_store_seal(a, o, sh_get_u64(p), why, sizeof why)) != SH_ST_OK) {
+      o->remote = o->stored = 1;
+      o->code = SH_CODE_STORED;
+    }
+  } else if (status == SH_ST_OK) {
+    st = SH_ST_LOST;
+    snprintf(why, sizeof why, "object %#llx was made again but came back in another form",
+             (unsigned long long)id);
+    if (code == SH_CODE_STORED) sh_store_discard(a, id);
+  }
+  if (st != SH_ST_OK && status == SH_ST_OK) {
+    p = (const uint8_t *)why;
+    n = (uint32_t)strlen(why);
+    code = 0;
+  } else if (st != SH_ST_OK) {
+    snprintf(why, sizeof why, "making lost object %#llx again failed (%s): %.*s",
+             (unsigned long long)id, sh_status_name(st), (int)(n < 600 ? n : 600), p);
+    if (st != SH_ST_ERROR) { /* an exception's payload is a pickle: keep it */
+      p = (const uint8_t *)why;
+      n = (uint32_t)strlen(why);
+      code = st == SH_ST_CRASHED ? code : 0;
+    }
+  }
+  uint32_t node = t->node_id;
+  task_free(t);
+  (void)node;
+  sh_pull_t *pr = sh_pull_get(a, id);
+  if (pr) wake_parked(a, pr, st, code, p, n, why);
+  else if (o && obj_unused(o)) obj_free(a, id, o);
+}
+
+void sh_sched_pulled(sh_agent_t *a, sh_pull_t *p, uint32_t status, const char *why) {
+  uint64_t id = p->id;
+  sh_obj_t *o = sh_map_get(&a->objects, id);
+  char why2[768] = "";
+  if (a->opts.head_address) {
+    /* Node: the object exists from now on, owned by the head (RELEASE). */
+    sh_waiters_t *wl = sh_map_del(&a->waiters, id);
+    uint32_t st = status;
+    uint64_t size = p->size;
+    sh_pull_drop(a, p);
+    if (st == SH_ST_OK && !o) {
+      o = obj_store(a, id, SH_ST_OK, 0, NULL, 0);
+      if (!o) st = SH_ST_STORE_FULL;
+      else if ((st = sh_store_seal(a, o, size, why2, sizeof why2)) != SH_ST_OK) {
+        obj_free(a, id, o);
+        o = NULL;
+      }
+      why = why2;
+    }
+    if (st == SH_ST_OK && o && a->uplink && a->uplink->up == SH_UP_READY) {
+      uint8_t b[8];
+      sh_put_u64(b, id);
+      if (!sh_frame_append(&a->uplink->out, SH_MSG_HAVE, 0, 0, b, 8)) sh_conn_mark_dirty(a->uplink);
+    }
+    if (st != SH_ST_OK) {
+      sh_store_discard(a, id);
+      sh_warn("%s", why);
+    }
+    if (wl) wake_waiters(a, id, wl, st == SH_ST_OK ? o : NULL, st, SH_CODE_PULL_FAILED,
+                         (const uint8_t *)why, (uint32_t)strlen(why));
+    else if (o && obj_unused(o)) obj_free(a, id, o);
+    return;
+  }
+  /* Head: a local copy now, or this holder is no good (another copy or a
+   * rebuild is tried when the waiters try again). */
+  if (status == SH_ST_OK && o && o->remote) {
+    o->remote = o->stored = 0;
+    uint32_t st = sh_store_seal(a, o, p->size, why2, sizeof why2);
+    if (st != SH_ST_OK) {
+      o->remote = o->stored = 1;
+      o->code = SH_CODE_STORED;
+      wake_parked(a, p, st, 0, (const uint8_t *)why2, (uint32_t)strlen(why2), why2);
+      return;
+    }
+  } else if (status != SH_ST_OK) {
+    if (o) drop_holder(o, p->from);
+    if (o && o->remote && !o->nnodes && !o->lost_node) o->lost_node = p->from;
+    sh_warn("%s", why);
+  }
+  wake_parked(a, p, SH_ST_OK, 0, NULL, 0, "");
+}
+
+void sh_sched_have(sh_agent_t *a, sh_node_t *n, const uint8_t *ids, uint32_t len) {
+  for (uint32_t i = 0; i + 8 <= len; i += 8) {
+    uint64_t id = sh_get_u64(ids + i);
+    sh_obj_t *o = sh_map_get(&a->objects, id);
+    if (o && o->stored) {
+      add_holder(o, n->node_id);
+      continue;
+    }
+    /* Freed meanwhile: the node drops its copy too. */
+    if (!sh_frame_append(&n->conn->out, SH_MSG_RELEASE, 0, 0, ids + i, 8))
+      sh_conn_mark_dirty(n->conn);
+  }
+}
+
 void sh_sched_close(sh_agent_t *a) {
   uint64_t id;
   void *v;
@@ -1609,7 +1993,12 @@ void sh_sched_close(sh_agent_t *a) {
     sh_free(s);
   }
   for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);) task_free(v);
-  for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) sh_free(v);
+  for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
+    sh_obj_t *o = v;
+    if (o->recipe) task_free(o->recipe);
+    sh_free(o->nodes);
+    sh_free(o);
+  }
   for (size_t i = 0; sh_map_next(&a->funcs, &i, &id, &v);) sh_free(v);
   for (size_t i = 0; sh_map_next(&a->waiters, &i, &id, &v);) sh_free(v);
   for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {

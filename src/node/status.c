@@ -144,7 +144,7 @@ static void pack_tasks(msgpack_packer *pk, sh_agent_t *a) {
 
 static void pack_store(msgpack_packer *pk, sh_agent_t *a) {
   const sh_store_t *s = &a->store;
-  msgpack_pack_map(pk, 15);
+  msgpack_pack_map(pk, 17);
   kv_str(pk, "dir", s->dir);
   kv_str(pk, "spill_dir", s->spill_dir);
   kv_u64(pk, "capacity", s->capacity);
@@ -159,6 +159,8 @@ static void pack_store(msgpack_packer *pk, sh_agent_t *a) {
   kv_u64(pk, "sent_objects", s->n_sent);
   kv_u64(pk, "sent_bytes", s->sent_bytes);
   kv_u64(pk, "received_objects", s->n_received);
+  kv_u64(pk, "pulls", s->n_pulls);
+  kv_u64(pk, "rebuilds", s->n_rebuilds);
   kv_u64(pk, "received_bytes", s->received_bytes);
 }
 
@@ -170,11 +172,20 @@ static void pack_object_list(msgpack_packer *pk, sh_agent_t *a) {
   for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
     const sh_obj_t *o = v;
     const sh_conn_t *c = sh_agent_client(a, id);
-    msgpack_pack_map(pk, 12);
+    msgpack_pack_map(pk, 14);
     kv_u64(pk, "id", id);
-    kv_u64(pk, "node_id", a->node_id);
+    kv_u64(pk, "node_id", o->remote && o->nnodes ? o->nodes[0] : a->node_id);
     kv_u64(pk, "size", o->stored ? o->size : o->len);
-    kv_str(pk, "where", !o->stored ? "inline" : o->spilled ? "spilled" : "memory");
+    kv_str(pk, "where", !o->stored ? "inline" : o->remote ? (o->nnodes ? "remote" : "lost")
+                        : o->spilled ? "spilled" : "memory");
+    /* Every node holding a copy: this one (unless kept only elsewhere), then
+     * the nodes the head knows to hold one. */
+    key(pk, "nodes");
+    msgpack_pack_array(pk, (o->remote ? 0 : 1) + o->nnodes);
+    if (!o->remote) msgpack_pack_uint64(pk, a->node_id);
+    for (uint32_t j = 0; j < o->nnodes; j++) msgpack_pack_uint64(pk, o->nodes[j]);
+    key(pk, "rebuildable");
+    o->recipe ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
     kv_str(pk, "status", sh_status_name(o->status));
     kv_u64(pk, "owner_client", (uint32_t)(id >> 40));
     kv_u64(pk, "owner_pid", c ? c->pid : 0);
@@ -210,8 +221,9 @@ int sh_status_encode(sh_agent_t *a, sh_buf_t *out, unsigned flags) {
   pack_nodes(&pk, a, load[0]);
   if (a->opts.head_address) {
     key(&pk, "head");
-    msgpack_pack_map(&pk, 3);
+    msgpack_pack_map(&pk, 4);
     kv_str(&pk, "address", a->opts.head_address);
+    kv_str(&pk, "node_port", a->node_addr); /* where other nodes pull from; "" none */
     kv_bool(&pk, "connected", a->uplink && a->uplink->up == SH_UP_READY);
     kv_str(&pk, "error", a->up_why);
   }

@@ -367,7 +367,7 @@ uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
 
 void sh_store_free(sh_agent_t *a, sh_obj_t *o) {
   sh_store_t *s = &a->store;
-  if (!o->stored) return;
+  if (!o->stored || o->remote) return; /* remote: no file here */
   forget_on_workers(a, o);
   char name[24];
   seg_name(o->id, name);

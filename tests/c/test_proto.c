@@ -56,7 +56,9 @@ static void hello_rejects(void **state) {
   assert_int_equal(sh_hello_decode(p, 0, &h), SH_EBODY);
   sh_put_u32(p, 0);
   assert_int_equal(sh_hello_decode(p, 16, &h), SH_EBODY);
-  sh_put_u32(p, SH_ROLE_NODE + 1);
+  sh_put_u32(p, SH_ROLE_PEER);
+  assert_int_equal(sh_hello_decode(p, 16, &h), 0);
+  sh_put_u32(p, SH_ROLE_PEER + 1);
   assert_int_equal(sh_hello_decode(p, 16, &h), SH_EBODY);
   sh_put_u32(p, UINT32_MAX);
   assert_int_equal(sh_hello_decode(p, 16, &h), SH_EBODY);
@@ -629,6 +631,98 @@ static void register_round_trip_and_layout(void **state) {
   sh_buf_close(&b);
 }
 
+static void register_node_port(void **state) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  sh_register_t in = full_register(), out;
+  in.node_port = 40123;
+  assert_int_equal(sh_register_append(&b, &in), 0);
+  sh_frame_t f = one_frame(&b, SH_MSG_NODE_REGISTER, 0);
+  assert_int_equal(sh_get_u32(f.body + f.hdr.len - 4), 40123);
+  assert_int_equal(sh_register_decode(f.body, f.hdr.len, &out), 0);
+  assert_int_equal(out.node_port, 40123);
+  assert_string_equal(out.host, in.host);
+  /* Without it the body ends at the host (as before); 1-3 or 5 extra bytes,
+   * or a port above 65535, are rejected. */
+  assert_int_equal(sh_register_decode(f.body, f.hdr.len - 4, &out), 0);
+  assert_int_equal(out.node_port, 0);
+  for (size_t cut = 1; cut < 4; cut++)
+    assert_int_equal(sh_register_decode(f.body, f.hdr.len - cut, &out), SH_EBODY);
+  uint8_t longer[600];
+  memcpy(longer, f.body, f.hdr.len);
+  longer[f.hdr.len] = 0;
+  assert_int_equal(sh_register_decode(longer, f.hdr.len + 1, &out), SH_EBODY);
+  sh_put_u32(longer + f.hdr.len - 4, 65536);
+  assert_int_equal(sh_register_decode(longer, f.hdr.len, &out), SH_EBODY);
+  sh_buf_close(&b);
+}
+
+static void pull_reply_round_trip_and_rejects(void **state) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  assert_int_equal(sh_pull_reply_append(&b, 0x77, SH_ST_LOST, 0, "gone"), 0);
+  sh_frame_t f = one_frame(&b, SH_MSG_PULL_REPLY, 0x77);
+  assert_int_equal(f.hdr.len, 4 + 8 + 4);
+  sh_pull_reply_t r;
+  assert_int_equal(sh_pull_reply_decode(f.body, f.hdr.len, &r), 0);
+  assert_int_equal(r.status, SH_ST_LOST);
+  assert_int_equal(r.size, 0);
+  assert_int_equal(r.text_len, 4);
+  assert_memory_equal(r.text, "gone", 4);
+  for (size_t len = 0; len < 12; len++)
+    assert_int_equal(sh_pull_reply_decode(f.body, len, &r), SH_EBODY);
+  uint8_t p[12] = {0};
+  sh_put_u32(p, SH_ST_MAX_);
+  assert_int_equal(sh_pull_reply_decode(p, 12, &r), SH_EBODY);
+  sh_put_u32(p, SH_ST_OK);
+  sh_put_u64(p + 4, 1ull << 40);
+  assert_int_equal(sh_pull_reply_decode(p, 12, &r), 0);
+  assert_int_equal(r.size, 1ull << 40);
+  assert_int_equal(r.text_len, 0);
+  sh_buf_close(&b);
+}
+
+static void locate_round_trip_and_rejects(void **state) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  sh_locate_t in = {.size = 20u << 20, .node_id = 4242}, out;
+  snprintf(in.addr, sizeof in.addr, "10.0.0.7:41000");
+  assert_int_equal(sh_locate_append(&b, 0x99, &in), 0);
+  sh_frame_t f = one_frame(&b, SH_MSG_LOCATE, 0x99);
+  size_t al = strlen(in.addr);
+  assert_int_equal(f.hdr.len, 16 + al);
+  assert_int_equal(sh_get_u64(f.body), 20u << 20);
+  assert_int_equal(sh_get_u32(f.body + 8), 4242);
+  assert_int_equal(sh_get_u32(f.body + 12), al);
+  assert_int_equal(sh_locate_decode(f.body, f.hdr.len, &out), 0);
+  assert_int_equal(out.size, in.size);
+  assert_int_equal(out.node_id, 4242);
+  assert_string_equal(out.addr, in.addr);
+  for (size_t len = 0; len < f.hdr.len; len++)
+    assert_int_equal(sh_locate_decode(f.body, len, &out), SH_EBODY);
+  uint8_t p[128];
+  memcpy(p, f.body, f.hdr.len);
+  p[f.hdr.len] = 'x';
+  assert_int_equal(sh_locate_decode(p, f.hdr.len + 1, &out), SH_EBODY); /* trailing */
+  p[16] = 0;
+  assert_int_equal(sh_locate_decode(p, f.hdr.len, &out), SH_EBODY);     /* a NUL */
+  memcpy(p, f.body, f.hdr.len);
+  sh_put_u32(p + 8, 0);
+  assert_int_equal(sh_locate_decode(p, f.hdr.len, &out), SH_EBODY);     /* node 0 */
+  memcpy(p, f.body, f.hdr.len);
+  sh_put_u32(p + 12, 0);
+  assert_int_equal(sh_locate_decode(p, 16, &out), SH_EBODY);            /* empty */
+  sh_put_u32(p + 12, SH_ADDR_MAX);
+  assert_int_equal(sh_locate_decode(p, 16 + SH_ADDR_MAX, &out), SH_EBODY); /* too long */
+  /* The encoder refuses what the decoder would. */
+  in.addr[0] = 0;
+  assert_int_equal(sh_locate_append(&b, 1, &in), -EINVAL);
+  snprintf(in.addr, sizeof in.addr, "h:1");
+  in.node_id = 0;
+  assert_int_equal(sh_locate_append(&b, 1, &in), -EINVAL);
+  sh_buf_close(&b);
+}
+
 static void register_rejects(void **state) {
   sh_buf_t b;
   sh_buf_init(&b);
@@ -742,6 +836,11 @@ static int enc_op(void *p) {
     case 9: return sh_register_append(&c->b, &reg);
     case 10: return sh_heartbeat_append(&c->b, &hb);
     case 11: return sh_drain_reply_append(&c->b, 7, SH_ST_OK, "draining");
+    case 12: return sh_pull_reply_append(&c->b, 7, SH_ST_OK, 1 << 20, "");
+    case 13: {
+      sh_locate_t l = {.size = 1, .node_id = 3, .addr = "127.0.0.1:9"};
+      return sh_locate_append(&c->b, 7, &l);
+    }
     default: return build_exec(&c->b);
   }
 }
@@ -753,7 +852,7 @@ static void enc_unchanged(void *p) {
 }
 
 static void fault_loop_encoders(void **state) {
-  for (int which = 0; which <= 12; which++) {
+  for (int which = 0; which <= 14; which++) {
     struct enc_ctx c = {.which = which};
     sh_buf_init(&c.b);
     uint8_t fill[256];
@@ -827,6 +926,9 @@ static const struct CMUnitTest tests[] = {
     SH_TEST(status_names),
     SH_TEST(register_round_trip_and_layout),
     SH_TEST(register_rejects),
+    SH_TEST(register_node_port),
+    SH_TEST(pull_reply_round_trip_and_rejects),
+    SH_TEST(locate_round_trip_and_rejects),
     SH_TEST(heartbeat_round_trip_and_rejects),
     SH_TEST(drain_reply_layout),
     SH_TEST(hello_round_trip),
