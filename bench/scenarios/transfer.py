@@ -1,13 +1,15 @@
 """transfer: a 1 GiB object moving between two node agents (issue 4), beside
 the raw loopback TCP bulk bandwidth measured in the same run.
 
-A head with no workers and one node agent with one worker run on this machine
-over loopback TCP (with the cluster token, as a real cluster would). The
-driver puts a fresh 1 GiB array in the head's object store (not timed), then
-times one task on the node that needs it and returns its size without reading
-it: the head sends the segment in CHUNK frames, the node assembles it in its
-own store, seals it and its worker maps it. GB/s = object bytes / that time.
-A fresh object per timed transfer (a node keeps what it received).
+A head with no workers and two node agents with one worker each run on this
+machine over loopback TCP (with the cluster token, as a real cluster would).
+A task on node A makes a fresh 1 GiB array, which stays in A's store (not
+timed); then one task on node B that needs it and returns its size without
+reading it is timed: B pulls the segment from A over the node-to-node
+connection (A sends it with sendfile, B splices it into its own store), seals
+it and its worker maps it. GB/s = object bytes / that time. A fresh object per
+timed transfer. A second row times the head pushing a driver's `put` to a
+node (the older path, for tasks whose inputs live on the head).
 
 SHOAL_BENCH_TRANSFER_MB sets another size (default 1024: the issue's 1 GiB).
 """
@@ -41,15 +43,19 @@ DESCRIPTION = (
     "its own store, seals it, and its worker maps it. GB/s is the object's bytes over "
     f"that time; median of {TIMED} transfers after a warm-up, each a new object. Floor: "
     f"{_size} sent over a loopback TCP socket between two processes (Python "
-    "`sendall`/`recv_into`, 4 MiB at a time)."
+    "`sendall`/`recv_into`, 4 MiB at a time). The target's row is node → node: a task on "
+    "node A makes the array (kept in A's store, not timed), a task on node B that needs it "
+    "is timed; B pulls it from A directly."
 )
 PRIMARY = "shoal"
 FLOOR = "tcp_loopback"
 WARMUP_ROUND = False
 
 SYSTEMS = [
-    System("shoal", "shoal: head → node, object store to object store", n=SIZE, unit="GB/s",
+    System("shoal", "shoal: node → node pull, object store to object store", n=SIZE, unit="GB/s",
            role="shoal", timeout=300),
+    System("shoal_push", "shoal: head → node (a driver's put sent to the task's node)", n=SIZE,
+           unit="GB/s", role="shoal", timeout=300),
     System("tcp_loopback", f"floor: loopback TCP bulk ({_size})", n=SIZE, unit="GB/s",
            role="floor", timeout=120),
 ]
@@ -81,7 +87,7 @@ def _stop(p):
         p.wait(timeout=5)
 
 
-def _shoal(n):
+def _shoal(n, pull):
     import numpy as np
     import shoal
     from shoal import _cluster
@@ -105,26 +111,36 @@ def _shoal(n):
             if time.monotonic() > deadline or procs[0].poll() is not None:
                 raise RuntimeError("the head did not start")
             time.sleep(0.05)
-        procs.append(subprocess.Popen(
-            [binary, "start", "--address", address, "--block", "--token-file", token,
-             "--workers", "1", "--num-cpus", "1", "--socket-dir", os.path.join(tmp, "n"),
-             "--object-store-memory", store, "--python", sys.executable],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        while sum(x["alive"] for x in (_status(binary, address, token) or {}).get("nodes", [])) < 2:
-            if time.monotonic() > deadline or procs[1].poll() is not None:
+        for name in ("a", "b") if pull else ("b",):
+            procs.append(subprocess.Popen(
+                [binary, "start", "--address", address, "--block", "--token-file", token,
+                 "--workers", "1", "--num-cpus", "1", "--socket-dir", os.path.join(tmp, name),
+                 "--resources", json.dumps({name: 1}),
+                 "--object-store-memory", store, "--python", sys.executable],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        while sum(x["alive"] for x in (_status(binary, address, token) or {}).get("nodes", [])) < len(procs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError("the node did not join")
             time.sleep(0.05)
         os.environ["SHOAL_TOKEN_FILE"] = token
         shoal.init(address=address)
 
-        @shoal.remote
+        @shoal.remote(resources={"b": 1})
         def size_of(x):
             return x.nbytes
 
-        a = np.ones(n // 8)
+        @shoal.remote(resources={"a": 1})
+        def make(k):
+            import numpy
+            return numpy.ones(k)
+
+        a = None if pull else np.ones(n // 8)
         rates, got = [], 0
         for i in range(TIMED + 1):
-            ref = shoal.put(a)
+            ref = make.remote(n // 8) if pull else shoal.put(a)
+            shoal.wait([ref], timeout=240)          # made, and still on A only
+            if not ref.done():
+                raise RuntimeError("the object was not made within 240 s")
             t0 = time.perf_counter()
             got = size_of.remote(ref).result(timeout=240)
             dt = time.perf_counter() - t0
@@ -142,8 +158,8 @@ def _shoal(n):
 
 def measure(system, params):
     n = params["n"]
-    if system == "shoal":
-        rate, got = _shoal(n)
+    if system in ("shoal", "shoal_push"):
+        rate, got = _shoal(n, pull=system == "shoal")
         return {"value": rate, "check": digest(got)}
     if system == "tcp_loopback":
         from scenarios import floor
