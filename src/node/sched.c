@@ -1688,16 +1688,8 @@ static sh_obj_t *remote_obj(sh_agent_t *a, sh_task_t *t, uint64_t size) {
   o->nodes = sh_try_malloc(sizeof *o->nodes);
   if (o->nodes) o->nodes[o->nnodes++] = t->node_id;
   if (t->kind != SH_KIND_TASK) return o; /* an actor's result has no lineage */
-  sh_task_t *r = task_clone(t);
+  sh_task_t *r = task_clone(t); /* its own copy of the custom resources too */
   if (!r) return o;
-  if (t->ncustom) {
-    r->custom = sh_try_malloc(t->ncustom * sizeof(sh_custom_t));
-    if (!r->custom) {
-      sh_free(r);
-      return o;
-    }
-    memcpy(r->custom, t->custom, t->ncustom * sizeof(sh_custom_t));
-  }
   const uint8_t *d = sh_task_deps(r);
   for (uint32_t i = 0; i < r->ndeps; i++) {
     sh_obj_t *dep = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
@@ -1742,13 +1734,8 @@ static sh_pull_t *rebuild_start(sh_agent_t *a, sh_obj_t *o, char *why, size_t n)
              o->lost_node, r->attempts + 1, r->attempts ? "s" : "", r->max_retries);
     return NULL;
   }
-  sh_task_t *t = task_clone(r);
+  sh_task_t *t = task_clone(r); /* custom resources copied with it */
   sh_pull_t *p = t ? sh_pull_new(a, o->id, o->size) : NULL;
-  if (t && r->ncustom) {
-    t->custom = sh_try_malloc(r->ncustom * sizeof(sh_custom_t));
-    if (!t->custom) t->ncustom = 0;
-    else memcpy(t->custom, r->custom, r->ncustom * sizeof(sh_custom_t));
-  }
   if (!p || sh_map_put(&a->tasks, o->id, t)) {
     if (p) sh_pull_drop(a, p);
     if (t) task_free(t);

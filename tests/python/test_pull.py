@@ -23,6 +23,8 @@ from test_cluster_nodes import Head, Node, node_store
 T = 60
 MiB = 1 << 20
 
+pytestmark = pytest.mark.asan  # real daemons; the whole file runs in ~15 s under ASan
+
 
 @shoal.remote(resources={"ra": 1})
 def make_on_a(n, seed):
