@@ -172,6 +172,20 @@ def test_pull_lost_object_without_retries_is_object_lost(three_nodes):
         ref.result(timeout=T)
 
 
+def partial_xfer(store_dir, oid, size):
+    """Bytes of oid received so far into store_dir, when under way (0 < n < size)."""
+    prefix = f"{oid:016x}."
+    for name in os.listdir(store_dir):
+        if name.startswith(prefix) and name.endswith(".xfer"):
+            try:
+                n = os.stat(os.path.join(store_dir, name)).st_size
+            except FileNotFoundError:
+                continue
+            if 0 < n < size:
+                return n
+    return 0
+
+
 def test_pull_source_dies_mid_transfer(three_nodes):
     head, nodes = three_nodes
     b = nodes[2]
@@ -179,16 +193,22 @@ def test_pull_source_dies_mid_transfer(three_nodes):
     ref = make_plain.remote(size, 5)
     shoal.wait([ref], timeout=T)
     victim = next(n for n in nodes if n.node_id == holder_of(head, ref.id)[0])
+    bdir = node_store(b)["dir"]
     fut = use_on_b.remote(ref)
-    time.sleep(0.05)  # the pull is under way (or done: then the value is there)
+    # Freeze the source once B has part of the object, check that B still has
+    # only part of it, then kill the source: the pull fails mid-transfer.
+    wait_until(lambda: partial_xfer(bdir, ref.id, size), T, 0.001,
+               "node B to have received part of the object")
+    os.kill(victim.pid, signal.SIGSTOP)
+    time.sleep(0.3)
+    assert partial_xfer(bdir, ref.id, size), "the transfer finished before the source stopped"
     os.kill(victim.pid, signal.SIGKILL)
     t0 = time.monotonic()
-    try:
-        got = fut.result(timeout=T)
-        assert got == (5, size, str(b.node_id))
-    except shoal.ObjectLostError as e:
-        assert f"{ref.id:#x}" in str(e)
+    # B gives the task back (PULL_FAILED); the object is made again elsewhere.
+    assert fut.result(timeout=T) == (5, size, str(b.node_id))
     assert time.monotonic() - t0 < 30
+    assert head_store(head)["rebuilds"] == 1
+    assert not [n for n in os.listdir(bdir) if n.endswith(".xfer")], os.listdir(bdir)
 
 
 def _hdr(typ, length, ident=0):
