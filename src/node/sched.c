@@ -1859,6 +1859,15 @@ static void wake_parked(sh_agent_t *a, sh_pull_t *p, uint32_t status, int32_t co
   sh_free(maps);
 }
 
+/* Node node_id drops its copy of object id (the head has no record of it). */
+static void release_on_node(sh_agent_t *a, uint32_t node_id, uint64_t id) {
+  sh_node_t *nd = live_node(a, node_id);
+  uint8_t b[8];
+  sh_put_u64(b, id);
+  if (nd && !sh_frame_append(&nd->conn->out, SH_MSG_RELEASE, 0, 0, b, 8))
+    sh_conn_mark_dirty(nd->conn);
+}
+
 /* A rebuild task ended: its value is o's again (kept on the node that ran
  * it, or stored here), or what waits for o fails the way it did. */
 static void rebuild_done(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
@@ -1880,9 +1889,12 @@ static void rebuild_done(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t c
     }
   } else if (status == SH_ST_OK) {
     st = SH_ST_LOST;
-    snprintf(why, sizeof why, "object %#llx was made again but came back in another form",
+    snprintf(why, sizeof why, o ? "object %#llx was made again but came back in another form"
+             : "object %#llx was released while it was being made again",
              (unsigned long long)id);
     if (code == SH_CODE_STORED) sh_store_discard(a, id);
+    /* Nobody here owns the copy the node kept: it drops it. */
+    if (code == SH_CODE_ON_NODE) release_on_node(a, t->node_id, id);
   }
   if (st != SH_ST_OK && status == SH_ST_OK) {
     p = (const uint8_t *)why;
@@ -1897,9 +1909,7 @@ static void rebuild_done(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t c
       code = st == SH_ST_CRASHED ? code : 0;
     }
   }
-  uint32_t node = t->node_id;
   task_free(t);
-  (void)node;
   sh_pull_t *pr = sh_pull_get(a, id);
   if (pr) wake_parked(a, pr, st, code, p, n, why);
   else if (o && obj_unused(o)) obj_free(a, id, o);
@@ -1949,6 +1959,8 @@ void sh_sched_pulled(sh_agent_t *a, sh_pull_t *p, uint32_t status, const char *w
       wake_parked(a, p, st, 0, (const uint8_t *)why2, (uint32_t)strlen(why2), why2);
       return;
     }
+  } else if (status == SH_ST_OK && !o) {
+    sh_store_discard(a, id); /* released while it came: nobody owns these bytes */
   } else if (status != SH_ST_OK) {
     if (o) drop_holder(o, p->from);
     if (o && o->remote && !o->nnodes && !o->lost_node) o->lost_node = p->from;

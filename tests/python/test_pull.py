@@ -44,6 +44,13 @@ def make_plain(n, seed):
     return np.full(n, seed, dtype=np.uint8)
 
 
+@shoal.remote(resources={"ra": 1})
+def make_slowly(n, seed):
+    import numpy as np
+    time.sleep(1.0)
+    return np.full(n, seed, dtype=np.uint8)
+
+
 @shoal.remote(resources={"rb": 1})
 def use_on_b(x):
     return int(x[0]), int(x.nbytes), os.environ["SHOAL_NODE_ID"]
@@ -209,6 +216,57 @@ def test_pull_source_dies_mid_transfer(three_nodes):
     assert time.monotonic() - t0 < 30
     assert head_store(head)["rebuilds"] == 1
     assert not [n for n in os.listdir(bdir) if n.endswith(".xfer")], os.listdir(bdir)
+
+
+def test_pull_released_while_made_again(three_nodes):
+    # The driver drops the object while its task runs again: the node that made
+    # it again drops its copy (the head has nobody to give it to).
+    head, nodes = three_nodes
+    ref = make_slowly.remote(20 * MiB, 4)
+    shoal.wait([ref], timeout=T)
+    victim = next(n for n in nodes if n.node_id == holder_of(head, ref.id)[0])
+    other = next(n for n in nodes[:2] if n is not victim)
+    os.kill(victim.pid, signal.SIGKILL)
+    wait_until(lambda: not {n["node_id"]: n for n in shoal.nodes()}[victim.node_id]["alive"], 15,
+               0.05, "the node declared dead")
+    with pytest.raises(Exception):  # the MAP starts the rebuild; 1 s is longer than 0.1 s
+        ref._client.map(ref.id, timeout=0.1)
+    assert head_store(head)["rebuilds"] == 1
+    del ref
+    import gc
+    gc.collect()
+    wait_until(lambda: node_stats(other)["tasks"]["done"] == 1, T, 0.05, "the rebuild to end")
+    wait_until(lambda: node_store(other)["objects"] == 0, 15, 0.05,
+               "the node that made it again to drop its copy")
+
+
+def test_pull_released_while_pulled_to_the_head(two_nodes):
+    # The driver drops the object while the head pulls it: the bytes that
+    # arrive after are not kept in the head's store.
+    head, (a, b) = two_nodes
+    size = 256 * MiB
+    ref = make_plain.remote(size, 6)
+    shoal.wait([ref], timeout=T)
+    hdir = head_store(head)["dir"]
+    oid = ref.id
+    client = ref._client
+    with pytest.raises(Exception):
+        client.map(oid, timeout=0.001)
+    wait_until(lambda: partial_xfer(hdir, oid, size), T, 0.001,
+               "the head to have received part of the object")
+    os.kill(a.pid, signal.SIGSTOP)  # the rest comes after the release
+    try:
+        del ref
+        import gc
+        gc.collect()
+        wait_until(lambda: oid not in {o["id"] for o in status_of(head)["object_list"]}, 15,
+                   0.05, "the head to free the object")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    wait_until(lambda: head_store(head)["received_objects"] == 1, T, 0.05, "the pull to end")
+    time.sleep(0.2)
+    assert not [n for n in os.listdir(hdir) if n.startswith(f"{oid:016x}")], os.listdir(hdir)
+    wait_until(lambda: node_store(a)["objects"] == 0, 15, 0.05, "node A to drop its copy")
 
 
 def _hdr(typ, length, ident=0):
