@@ -43,7 +43,8 @@
   X(HEARTBEAT, 24, "liveness both ways; from a node: free, load, running")    \
   X(DRAIN, 25, "stop sending new work to a node")                             \
   X(DRAIN_REPLY, 26, "outcome of DRAIN (status, text)")                       \
-  X(CHUNK, 27, "a piece of a segment between head and node (total, offset, bytes)")
+  X(CHUNK, 27, "a piece of a segment between head and node (total, offset, bytes)") \
+  X(NODE_HOLDS, 28, "a node rejoining its head: the head's tasks and actors it kept")
 
 typedef enum {
 #define SH_X(name, val, doc) SH_MSG_##name = val,
