@@ -191,6 +191,11 @@ typedef struct sh_obj_s {
   uint8_t data[];
 } sh_obj_t;
 
+/* A file in a head's store (and spill) directory naming its journal: while
+ * that journal exists, agents starting on the machine leave the directory
+ * alone even when the head is dead (a restarted head takes it over). */
+#define SH_STORE_JOURNAL_MARK ".head-journal"
+
 /* The node's object store: one segment file per object in a tmpfs
  * directory, written by drivers and workers, sealed, spilled (least recently
  * used first, never while in use) and freed by the agent. */
@@ -303,6 +308,7 @@ typedef struct sh_recover_s {
   char path[4200];         /* SOCKET_DIR/head.journal; "" when not journaled */
   sh_journal_t j;          /* as last saved */
   int restarted;           /* this head found a journal: it is a restart */
+  int marked;              /* its store directories name the journal */
   int gate;                /* resubmitted tasks wait (rec.held) for the nodes */
   int grace;               /* unclaimed results, adopted tasks and segments are kept */
   uint64_t gate_until_ms, grace_until_ms;
@@ -576,9 +582,11 @@ void sh_recover_save(sh_agent_t *a);
 /* Head: a driver needs a client id: the next free one, or `want` when asked
  * (SH_HELLO_RESUME) and free. Journals the high-water mark. */
 uint32_t sh_recover_client_id(sh_agent_t *a, uint32_t want);
-/* Head: a node registered or died: journal, and open the gate when every
- * expected node is back. */
+/* Head: a node registered or died: journal it. */
 void sh_recover_node(sh_agent_t *a, uint32_t node_id, int alive);
+/* Head: node_id said what it kept (NODE_HOLDS, sent at every registration):
+ * the gate opens once every node of the journal did. */
+void sh_recover_holds_done(sh_agent_t *a, uint32_t node_id);
 /* Head: heartbeat timer: the gate and the grace period expire. */
 void sh_recover_tick(sh_agent_t *a, uint64_t now);
 /* Head: a clean stop: the journal goes with the store. */

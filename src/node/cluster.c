@@ -173,11 +173,18 @@ static void check_head(sh_conn_t *c, const sh_frame_t *f) {
   sh_conn_mark_dirty(c);
 }
 
-/* Back with a head after losing one: tells it which of its tasks and actors
- * this node kept (a restarted head adopts them, another stops them), sends
- * the results that waited, and again those sent just before the loss (the
- * head may have died before it passed them on). */
+/* Registered: tells the head which of its tasks and actors this node kept
+ * (none on a first join; a restarted head adopts them, another stops them,
+ * and a restarted head waits for this before it runs again what nobody
+ * kept). Back after a loss, also sends the results that waited, and again
+ * those sent just before the loss (the head may have died before it passed
+ * them on). */
 static void rejoin(sh_agent_t *a, sh_conn_t *c) {
+  if (!a->up_lost_ms) {
+    if (sh_holds_append(&c->out, NULL, 0, NULL, 0)) sh_warn("out of memory joining the head");
+    sh_conn_mark_dirty(c);
+    return;
+  }
   uint64_t id, *tasks = NULL, *actors = NULL;
   uint32_t nt = 0, na = 0, held = 0;
   void *v;
@@ -192,15 +199,17 @@ static void rejoin(sh_agent_t *a, sh_conn_t *c) {
     if (ac->remote && ac->state != SH_ACTOR_DEAD) actors[na++] = id;
   }
   for (sh_held_t *h = a->up_held; h; h = h->next) held++;
-  if (sh_holds_append(&c->out, tasks, nt, actors, na))
-    sh_warn("out of memory telling the head what this node kept");
-  sh_free(tasks);
-  sh_free(actors);
+  /* Results first: a restarted head holds the tasks drivers send again until
+   * every node said what it kept, and then runs again what nobody had. */
   for (int k = 1; k >= 0; k--) {
     sh_buf_append(&c->out, sh_buf_head(&a->up_recent[k]), sh_buf_avail(&a->up_recent[k]));
     sh_buf_reset(&a->up_recent[k]);
   }
   sh_sched_send_held(a, c);
+  if (sh_holds_append(&c->out, tasks, nt, actors, na))
+    sh_warn("out of memory telling the head what this node kept");
+  sh_free(tasks);
+  sh_free(actors);
   sh_sched_uplink_back(a);
   sh_info("back with the head after %.3g s: it kept %u task%s and %u actor%s of the head's, "
           "and %u result%s waited for it", (uv_now(a->loop) - a->up_lost_ms) / 1000.0, nt,
@@ -221,7 +230,7 @@ static void registered(sh_conn_t *c, const sh_frame_t *f) {
   a->up_backoff_ms = 0;
   a->up_why[0] = 0;
   sh_info("joined the head at %s as node %u", a->opts.head_address, a->node_id);
-  if (a->up_lost_ms) rejoin(a, c);
+  rejoin(a, c);
   send_heartbeat(a);
 }
 
@@ -386,9 +395,12 @@ void sh_cluster_node_frame(sh_conn_t *c, const sh_frame_t *f) {
       for (uint32_t i = 0; i < h.ntasks; i++) sh_sched_adopt_task(a, n, sh_get_u64(h.ids + 8 * i));
       for (uint32_t i = 0; i < h.nactors; i++)
         sh_sched_adopt_actor(a, n, sh_get_u64(h.ids + 8 * ((size_t)h.ntasks + i)));
-      sh_info("node %u kept %u task%s and %u actor%s across the loss of its head: %s", n->node_id,
-              h.ntasks, h.ntasks == 1 ? "" : "s", h.nactors, h.nactors == 1 ? "" : "s",
-              a->rec.grace ? "adopted" : "stopped (this head did not restart)");
+      if (h.ntasks || h.nactors)
+        sh_info("node %u kept %u task%s and %u actor%s across the loss of its head: %s",
+                n->node_id, h.ntasks, h.ntasks == 1 ? "" : "s", h.nactors,
+                h.nactors == 1 ? "" : "s",
+                a->rec.grace ? "adopted" : "stopped (this head did not restart)");
+      sh_recover_holds_done(a, n->node_id); /* the gate may open now */
       return;
     }
     case SH_MSG_CHUNK: {
@@ -452,7 +464,8 @@ void sh_cluster_drain(sh_agent_t *a, sh_conn_t *c, uint64_t node_id) {
 static void node_tick(sh_agent_t *a, uint64_t now) {
   sh_conn_t *c = a->uplink;
   char why[128];
-  if (now - a->up_recent_ms >= 1000) { /* results older than 1-2 s are not sent again */
+  if (!a->up_lost_ms && now - a->up_recent_ms >= 1000) {
+    /* Results older than 1-2 s before a loss are not sent again. */
     sh_buf_t t = a->up_recent[1];
     a->up_recent[1] = a->up_recent[0];
     a->up_recent[0] = t;

@@ -77,9 +77,25 @@ void sh_recover_open(sh_agent_t *a) {
           r->nexpect == 1 ? "" : "s", hb, grace);
 }
 
+/* Marks dir as this head's (see SH_STORE_JOURNAL_MARK). */
+static void mark_dir(const char *dir, const char *journal) {
+  char mark[4200];
+  if (!dir[0]) return;
+  snprintf(mark, sizeof mark, "%s/" SH_STORE_JOURNAL_MARK, dir);
+  FILE *f = fopen(mark, "we");
+  if (!f) return;
+  fprintf(f, "%s\n", journal);
+  fclose(f);
+}
+
 void sh_recover_save(sh_agent_t *a) {
   sh_recover_t *r = &a->rec;
   if (!journaled(a)) return;
+  if (strcmp(r->j.store_dir, a->store.dir) || !r->marked) {
+    mark_dir(a->store.dir, r->path);
+    mark_dir(a->store.spill_dir, r->path);
+    r->marked = 1;
+  }
   snprintf(r->j.store_dir, sizeof r->j.store_dir, "%s", a->store.dir);
   snprintf(r->j.spill_dir, sizeof r->j.spill_dir, "%s", a->store.spill_dir);
   if (r->j.next_client < a->next_client_id) r->j.next_client = a->next_client_id + CLIENT_RESERVE;
@@ -136,7 +152,11 @@ void sh_recover_node(sh_agent_t *a, uint32_t node_id, int alive) {
   if (alive) sh_journal_add_node(&r->j, node_id);
   else sh_journal_remove_node(&r->j, node_id);
   sh_recover_save(a);
-  if (!alive || !r->gate) return;
+}
+
+void sh_recover_holds_done(sh_agent_t *a, uint32_t node_id) {
+  sh_recover_t *r = &a->rec;
+  if (!r->gate) return;
   expect_drop(r, node_id);
   if (!r->nexpect) open_gate(a, "every node it had is back");
 }

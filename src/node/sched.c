@@ -470,6 +470,7 @@ static void ready_prepend(sh_agent_t *a, sh_queue_t *redo) {
 
 static int charge_resent(sh_agent_t *a, sh_task_t *t);
 static int claim_orphan(sh_agent_t *a, sh_conn_t *c, uint64_t id);
+static void bind_remote(sh_agent_t *a, sh_node_t *n, sh_task_t *t);
 
 static void make_ready(sh_agent_t *a, sh_task_t *t) {
   t->state = SH_TASK_READY;
@@ -1497,6 +1498,11 @@ void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
   if (!t) {
     sh_sched_orphan_result(a, n, id, r);
     return;
+  }
+  if (t->gated && t->state == SH_TASK_READY && a->rec.grace) {
+    /* Sent again by its driver and held behind the gate: it ran on n. */
+    sh_queue_remove(&t->link);
+    bind_remote(a, n, t);
   }
   if (t->state != SH_TASK_REMOTE || t->node_id != n->node_id) {
     sh_debug("node %u sent a result for %#llx, which is not running there", n->node_id,

@@ -49,6 +49,20 @@ static void remove_tree(const char *path) {
   if (rmdir(path) < 0 && errno != ENOENT) sh_warn("could not remove %s: %s", path, strerror(errno));
 }
 
+/* Whether the store directory `path` belongs to a head whose journal still
+ * exists (it was killed and may be restarted: the new head takes it over). */
+static int journaled(const char *path) {
+  char mark[4200], journal[4200];
+  snprintf(mark, sizeof mark, "%s/" SH_STORE_JOURNAL_MARK, path);
+  FILE *f = fopen(mark, "re");
+  if (!f) return 0;
+  int ok = fgets(journal, sizeof journal, f) != NULL;
+  fclose(f);
+  if (!ok) return 0;
+  journal[strcspn(journal, "\n")] = 0;
+  return journal[0] && access(journal, F_OK) == 0;
+}
+
 /* Removes `base/<prefix><pid>-XXXXXX` directories whose agent is dead, but
  * not `keep` (a directory a restarted head takes over; may be NULL). */
 static void reap_stale(const char *base, const char *prefix, const char *keep) {
@@ -65,6 +79,7 @@ static void reap_stale(const char *base, const char *prefix, const char *keep) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", base, e->d_name);
     if (keep && !strcmp(path, keep)) continue;
+    if (journaled(path)) continue;
     sh_info("removing the object store %s left by agent pid %ld, which is gone", path, pid);
     remove_tree(path);
   }
