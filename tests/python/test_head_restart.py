@@ -39,10 +39,16 @@ class RestartableHead:
         self.token_file = write_token(self.tokdir)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # A store base of its own: agents of other shoal versions starting on
+        # this machine meanwhile would take the killed head's store in
+        # /dev/shm for a dead agent's and remove it (this version leaves a
+        # store whose head journal exists alone).
+        import tempfile
+        self.store_base = tempfile.mkdtemp(prefix="shrs-", dir="/dev/shm")
         self.argv = [binary(), "start", "--head", "--block", "--socket-dir", self.dir,
                      "--workers", str(workers), "--num-cpus", str(cpus), "--python",
                      sys.executable, "--port", str(self.port), "--token-file", self.token_file,
-                     "--heartbeat-timeout", "3", *args]
+                     "--heartbeat-timeout", "3", "--object-store-dir", self.store_base, *args]
         self.pids = []
         self.errs = []
         self.start()
@@ -88,6 +94,7 @@ class RestartableHead:
         for pid in self.pids:
             for d in glob.glob(f"/dev/shm/shoal-{pid}-*"):
                 shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(self.store_base, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.tokdir, ignore_errors=True)
         return "\n".join(self.errs)
@@ -188,6 +195,8 @@ def test_head_killed_and_restarted_mid_run(fresh, tmp_path):  # noqa: F811
         for n in nodes:
             n.stop()
         err = head.stop()
+        if os.environ.get("SH_DEBUG_HEAD"):
+            print("HEADLOG", err)
     assert "this head restarted" in err
 
 
