@@ -143,6 +143,7 @@ def runs_of(log):
     return runs, where
 
 
+@pytest.mark.asan
 def test_head_killed_and_restarted_mid_run(fresh, tmp_path):  # noqa: F811
     log = str(tmp_path / "runs")
     open(log, "w").close()
@@ -200,6 +201,7 @@ def test_head_killed_and_restarted_mid_run(fresh, tmp_path):  # noqa: F811
     assert "this head restarted" in err
 
 
+@pytest.mark.asan
 def test_head_that_never_comes_back(fresh, tmp_path):  # noqa: F811
     log = str(tmp_path / "runs")
     open(log, "w").close()
