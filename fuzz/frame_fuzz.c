@@ -202,6 +202,18 @@ static void fuzz_locate(const sh_frame_t *f, sh_buf_t *b) {
   check_reencoded(b, SH_MSG_LOCATE, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
 }
 
+static void fuzz_holds(const sh_frame_t *f, sh_buf_t *b) {
+  sh_holds_t h;
+  if (sh_holds_decode(f->body, f->hdr.len, &h)) return;
+  uint32_t n = h.ntasks + h.nactors;
+  uint64_t *ids = n ? malloc((size_t)n * 8) : NULL;
+  CHECK(!n || ids);
+  for (uint32_t i = 0; i < n; i++) ids[i] = sh_get_u64(h.ids + 8 * (size_t)i);
+  CHECK(sh_holds_append(b, ids, h.ntasks, ids + h.ntasks, h.nactors) == 0);
+  free(ids);
+  check_reencoded(b, SH_MSG_NODE_HOLDS, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
+}
+
 /* Runs the decoder of the frame's type, if proto.h has one. */
 static void fuzz_body(const sh_frame_t *f) {
   sh_buf_t b;
@@ -218,6 +230,7 @@ static void fuzz_body(const sh_frame_t *f) {
     case SH_MSG_HEARTBEAT: fuzz_heartbeat(f, &b); break;
     case SH_MSG_PULL_REPLY: fuzz_pull_reply(f, &b); break;
     case SH_MSG_LOCATE: fuzz_locate(f, &b); break;
+    case SH_MSG_NODE_HOLDS: fuzz_holds(f, &b); break;
     case SH_MSG_AUTH_CHALLENGE:
     case SH_MSG_AUTH_RESPONSE:
     case SH_MSG_AUTH_OK: fuzz_auth(f, &b); break;

@@ -25,7 +25,7 @@ T = dict(HELLO=1, HELLO_OK=2, FUNC=3, SUBMIT=4, RESULT=5, PUT=6, RELEASE=7,
          CANCEL=8, CANCEL_REPLY=9, KILL_ACTOR=10, STATUS=11, STATUS_REPLY=12,
          STOP=13, OUTPUT=14, EXEC=15, ERROR=16, PUT_REPLY=17, MAP=18, MAP_REPLY=19,
          AUTH_CHALLENGE=20, AUTH_RESPONSE=21, AUTH_OK=22, NODE_REGISTER=23,
-         HEARTBEAT=24, DRAIN=25, DRAIN_REPLY=26, CHUNK=27,
+         HEARTBEAT=24, DRAIN=25, DRAIN_REPLY=26, CHUNK=27, NODE_HOLDS=28,
          PULL=32, PULL_REPLY=33, LOCATE=34, HAVE=35)
 FIRST_UNKNOWN_TYPE = 36
 
@@ -159,6 +159,11 @@ def seeds():
     s["put-reply"] = frame(T["PUT_REPLY"], struct.pack("<I", 9) + b"the object store is full", fid=1 << 40 | 9)
     s["map"] = frame(T["MAP"], fid=1 << 40 | 9)
     s["chunk"] = frame(T["CHUNK"], struct.pack("<QQ", 100, 0) + b"s" * 60, fid=1 << 40 | 9)
+    s["node-holds"] = frame(T["NODE_HOLDS"], struct.pack("<IIQQQ", 2, 1, 1 << 40 | 3, 1 << 40 | 4,
+                                                         1 << 40 | 2))
+    s["node-holds-short"] = frame(T["NODE_HOLDS"], struct.pack("<IIQ", 2, 0, 1 << 40 | 3))
+    s["hello-resume"] = frame(T["HELLO"], struct.pack("<IIII", 1, 1234, 4, 7))
+    s["submit-resent"] = frame(T["SUBMIT"], submit_body(), fid=tid, flags=1)
     s["chunk-short"] = frame(T["CHUNK"], b"\0" * 15, fid=1 << 40 | 9)
     s["pull"] = frame(T["PULL"], fid=1 << 40 | 9)
     s["pull-with-body"] = frame(T["PULL"], b"abc", fid=1 << 40 | 9)

@@ -46,11 +46,13 @@ def _load_core():
     return _core
 
 
-def _connect(core, address, owner, token=None, wait_for_nodes=False, tls=None):
+def _connect(core, address, owner, token=None, wait_for_nodes=False, tls=None,
+             reconnect_timeout=0.0):
     from . import _serial
     client = core.Client(address, owner=owner, timeout=10.0, future_type=Future,
                          dep_type=_serial.DepRef, dumps=_serial.dumps_args, token=token,
-                         wait_for_nodes=wait_for_nodes, **(tls or {}))
+                         wait_for_nodes=wait_for_nodes, reconnect_timeout=reconnect_timeout,
+                         **(tls or {}))
     _serial.configure(client.node_info)
     return client
 
@@ -68,7 +70,7 @@ def _info():
 
 def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
          token=None, object_store_memory=None, wait_for_nodes=False, tls_ca=None,
-         tls_cert=None, tls_key=None, _daemon=None):
+         tls_cert=None, tls_key=None, reconnect_timeout=60.0, _daemon=None):
     """Connects this process to a shoal cluster, starting a private one if needed.
 
     With no ``address`` and no ``SHOAL_ADDRESS`` in the environment, starts a
@@ -108,6 +110,15 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
             Defaults to ``$SHOAL_TLS_CERT``.
         tls_key: the PEM private key of ``tls_cert`` (no passphrase).
             Defaults to ``$SHOAL_TLS_KEY``.
+        reconnect_timeout: seconds this driver keeps trying to reconnect
+            when its connection to a cluster it joined (an ``address``)
+            breaks, for example because the head was killed and is
+            restarted on the same address: its unfinished tasks, functions
+            and live objects are sent again, with the same ids, and its
+            futures complete as if nothing happened; blocking calls keep
+            their own timeouts meanwhile. When the head is not back in time
+            the pending futures fail with ``ConnectionLostError``. 0
+            disables reconnecting. A private cluster never reconnects.
         _daemon: internal: a private daemon ``shoal.init`` already started (not
             yet waited for), used when a private cluster is what this call
             starts and killed otherwise.
@@ -133,8 +144,11 @@ def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=
     """
     try:
         tls = _tls_files(tls_ca, tls_cert, tls_key)
+        if not isinstance(reconnect_timeout, (int, float)) or not reconnect_timeout >= 0:
+            raise ValueError(f"reconnect_timeout must be a number of seconds >= 0, "
+                             f"not {reconnect_timeout!r}")
         return _init(address, num_workers, resources, ignore_reinit_error, token, _daemon,
-                     object_store_memory, wait_for_nodes, tls)
+                     object_store_memory, wait_for_nodes, tls, float(reconnect_timeout))
     finally:
         if _daemon is not None and _state.daemon is not _daemon:
             _daemon.kill()  # started early, but this call did not use it
@@ -165,7 +179,7 @@ def _check_store_memory(v):
 
 
 def _init(address, num_workers, resources, ignore_reinit_error, token, early,
-          object_store_memory=None, wait_for_nodes=False, tls=None):
+          object_store_memory=None, wait_for_nodes=False, tls=None, reconnect_timeout=0.0):
     with _lock:
         if _state.client is not None:
             if ignore_reinit_error:
@@ -203,7 +217,8 @@ def _init(address, num_workers, resources, ignore_reinit_error, token, early,
                     "they cannot be used when connecting to an existing one "
                     f"(address={address!r}). Pass them to `shoal start` instead")
             client = _connect(core, _cluster.resolve_address(address), owner=False, token=token,
-                              wait_for_nodes=bool(wait_for_nodes), tls=tls)
+                              wait_for_nodes=bool(wait_for_nodes), tls=tls,
+                              reconnect_timeout=reconnect_timeout)
             daemon = None
         else:
             if early is not None:

@@ -38,14 +38,15 @@ def _prestart(address, num_workers, resources, token, object_store_memory=None, 
 
 def init(address=None, *, num_workers=None, resources=None, ignore_reinit_error=False,
          token=None, object_store_memory=None, wait_for_nodes=False, tls_ca=None,
-         tls_cert=None, tls_key=None):
+         tls_cert=None, tls_key=None, reconnect_timeout=60.0):
     daemon = _prestart(address, num_workers, resources, token, object_store_memory,
                        tls=tls_ca is not None or tls_cert is not None or tls_key is not None)
     from . import _api
     return _api.init(address, num_workers=num_workers, resources=resources,
                      ignore_reinit_error=ignore_reinit_error, token=token,
                      object_store_memory=object_store_memory, wait_for_nodes=wait_for_nodes,
-                     tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, _daemon=daemon)
+                     tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                     reconnect_timeout=reconnect_timeout, _daemon=daemon)
 
 
 init.__doc__ = """Connects this process to a shoal cluster, starting a private one if needed.
@@ -72,6 +73,10 @@ init.__doc__ = """Connects this process to a shoal cluster, starting a private o
             head: the CA that signed its certificate, and this driver's
             certificate and key when the head requires one. Default
             ``$SHOAL_TLS_CA``, ``$SHOAL_TLS_CERT``, ``$SHOAL_TLS_KEY``.
+        reconnect_timeout: seconds to keep reconnecting (and then sending
+            again what is unfinished) when the connection to a cluster at
+            ``address`` breaks, e.g. a head killed and restarted on the same
+            port; 0 disables it (default 60).
     Returns:
         A dict describing the connection (see ``shoal._api.init``).
     Raises:

@@ -67,6 +67,10 @@ static const char *usage_start =
     "                         free port; 0 too; -1: none, objects go through the head)\n"
     "  --heartbeat-timeout SECONDS  a node (head: any node; node: the head) silent\n"
     "                         this long is declared dead (default 10)\n"
+    "  --head-timeout SECONDS  node: keep running the head's work this long after\n"
+    "                         losing the head, for it to come back (default 60);\n"
+    "                         a restarted head: keep results and objects this long\n"
+    "                         for their drivers to reconnect and claim\n"
     "  --socket-dir DIR       0700 directory for agent.sock and agent.pid\n"
     "                         (default $SHOAL_SOCKET_DIR or /tmp/shoal-UID/default)\n"
     "  --port N               also listen on TCP port N (on 127.0.0.1 unless --bind);\n"
@@ -461,7 +465,7 @@ static int hello_cli(int fd, sh_buf_t *in, double timeout_s) {
   sh_buf_t out, body;
   sh_buf_init(&out);
   sh_buf_init(&body);
-  sh_hello_t h = {SH_ROLE_CLI, (uint32_t)getpid(), 0};
+  sh_hello_t h = {SH_ROLE_CLI, (uint32_t)getpid(), 0, 0};
   sh_hello_append(&out, &h);
   int rc = write_all(fd, out.data, out.len);
   if (!rc) rc = read_frame(fd, SH_MSG_HELLO_OK, in, &body, timeout_s);
@@ -682,7 +686,8 @@ enum { OPT_HEAD = 256, OPT_SOCKET_DIR, OPT_PORT, OPT_WORKERS, OPT_NUM_CPUS, OPT_
        OPT_MEMORY, OPT_RESOURCES, OPT_PYTHON, OPT_BLOCK, OPT_EMBEDDED, OPT_MAX_FRAME,
        OPT_LOG_LEVEL, OPT_ADDRESS, OPT_JSON, OPT_TIMEOUT, OPT_BIND, OPT_TOKEN_FILE,
        OPT_AUTH_TIMEOUT, OPT_STORE_MEMORY, OPT_STORE_DIR, OPT_SPILL_DIR,
-       OPT_INLINE_THRESHOLD, OPT_HEARTBEAT_TIMEOUT, OPT_NODE_PORT, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA };
+       OPT_INLINE_THRESHOLD, OPT_HEARTBEAT_TIMEOUT, OPT_NODE_PORT, OPT_HEAD_TIMEOUT, OPT_TLS_CERT,
+       OPT_TLS_KEY, OPT_TLS_CA };
 
 /* Prints the TCP address the head listens on, the token it demands and how a
  * driver on another machine connects. */
@@ -785,6 +790,7 @@ static int cmd_start(int argc, char **argv) {
       {"address", required_argument, 0, OPT_ADDRESS},
       {"heartbeat-timeout", required_argument, 0, OPT_HEARTBEAT_TIMEOUT},
       {"node-port", required_argument, 0, OPT_NODE_PORT},
+      {"head-timeout", required_argument, 0, OPT_HEAD_TIMEOUT},
       {"tls-cert", required_argument, 0, OPT_TLS_CERT}, {"tls-key", required_argument, 0, OPT_TLS_KEY},
       {"tls-ca", required_argument, 0, OPT_TLS_CA},
       {0, 0, 0, 0}};
@@ -862,6 +868,12 @@ static int cmd_start(int argc, char **argv) {
         if (parse_num(optarg, &o.heartbeat_timeout_s) || o.heartbeat_timeout_s < 0.2 ||
             o.heartbeat_timeout_s > 3600)
           return usage_error(usage_start, "--heartbeat-timeout needs seconds, from 0.2 to 3600, "
+                             "got '%s'", optarg);
+        break;
+      case OPT_HEAD_TIMEOUT:
+        if (parse_num(optarg, &o.head_timeout_s) || o.head_timeout_s < 0.2 ||
+            o.head_timeout_s > 86400)
+          return usage_error(usage_start, "--head-timeout needs seconds, from 0.2 to 86400, "
                              "got '%s'", optarg);
         break;
       case OPT_PYTHON: o.python = optarg; break;

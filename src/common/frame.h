@@ -44,6 +44,7 @@
   X(DRAIN, 25, "stop sending new work to a node")                             \
   X(DRAIN_REPLY, 26, "outcome of DRAIN (status, text)")                       \
   X(CHUNK, 27, "a piece of a segment between head and node (total, offset, bytes)") \
+  X(NODE_HOLDS, 28, "a node rejoining its head: the head's tasks and actors it kept")      \
   X(PULL, 32, "asks the holder of a stored object for its segment")           \
   X(PULL_REPLY, 33, "outcome of PULL after its CHUNKs (status, size, text)")  \
   X(LOCATE, 34, "head to node: where a stored object it needs is (size, node, address)") \

@@ -237,7 +237,7 @@ int sh_hello_append(sh_buf_t *b, const sh_hello_t *h) {
   sh_put_u32(p, h->role);
   sh_put_u32(p + 4, h->pid);
   sh_put_u32(p + 8, h->flags);
-  sh_put_u32(p + 12, 0);
+  sh_put_u32(p + 12, h->flags & SH_HELLO_RESUME ? h->client_id : 0);
   return sh_frame_append(b, SH_MSG_HELLO, 0, 0, p, sizeof p);
 }
 
@@ -246,6 +246,7 @@ int sh_hello_decode(const uint8_t *body, size_t len, sh_hello_t *h) {
   h->role = sh_get_u32(body);
   h->pid = sh_get_u32(body + 4);
   h->flags = sh_get_u32(body + 8);
+  h->client_id = h->flags & SH_HELLO_RESUME ? sh_get_u32(body + 12) : 0;
   if (h->role < SH_ROLE_DRIVER || h->role > SH_ROLE_PEER) return SH_EBODY;
   return 0;
 }
@@ -570,5 +571,31 @@ int sh_heartbeat_decode(const uint8_t *body, size_t len, sh_heartbeat_t *h) {
   h->load_milli = sh_rd_u32(&rd);
   h->running = sh_rd_u32(&rd);
   if (rd.err || res_get(&rd, &h->free) || sh_rd_left(&rd) != 0) return SH_EBODY;
+  return 0;
+}
+
+int sh_holds_append(sh_buf_t *b, const uint64_t *tasks, uint32_t ntasks,
+                    const uint64_t *actors, uint32_t nactors) {
+  size_t len = 8 + 8 * ((size_t)ntasks + nactors);
+  int rc = sh_buf_reserve(b, SH_FRAME_HDR + len);
+  if (rc) return rc;
+  uint8_t *p = b->data + b->len;
+  sh_frame_hdr_encode(p, SH_MSG_NODE_HOLDS, 0, 0, (uint32_t)len);
+  p += SH_FRAME_HDR;
+  sh_put_u32(p, ntasks);
+  sh_put_u32(p + 4, nactors);
+  p += 8;
+  for (uint32_t i = 0; i < ntasks; i++, p += 8) sh_put_u64(p, tasks[i]);
+  for (uint32_t i = 0; i < nactors; i++, p += 8) sh_put_u64(p, actors[i]);
+  b->len += SH_FRAME_HDR + len;
+  return 0;
+}
+
+int sh_holds_decode(const uint8_t *body, size_t len, sh_holds_t *h) {
+  if (len < 8) return SH_EBODY;
+  h->ntasks = sh_get_u32(body);
+  h->nactors = sh_get_u32(body + 4);
+  if ((len - 8) / 8 != (uint64_t)h->ntasks + h->nactors || (len - 8) % 8) return SH_EBODY;
+  h->ids = body + 8;
   return 0;
 }

@@ -16,10 +16,16 @@ enum { SH_ROLE_DRIVER = 1, SH_ROLE_WORKER = 2, SH_ROLE_CLI = 3, SH_ROLE_NODE = 4
 #define SH_HELLO_OWNER 0x1u      /* the daemon exits when this connection closes */
 #define SH_HELLO_WAIT_NODES 0x2u /* driver: an infeasible request waits for nodes
                                   * to join instead of failing */
+#define SH_HELLO_RESUME 0x4u     /* driver: give me back the client id in HELLO's
+                                  * client_id field (a reconnect after a head
+                                  * restart); the daemon grants it when free */
 
 /* SUBMIT kinds and flags. */
 enum { SH_KIND_TASK = 0, SH_KIND_ACTOR_CREATE = 1, SH_KIND_ACTOR_CALL = 2 };
 #define SH_SUBMIT_RETRY_EXC 0x1u /* retry when the user function raises */
+/* SUBMIT frame header flag: sent again by a driver that reconnected to a
+ * restarted head (the task may have been queued or running there). */
+#define SH_SUBMIT_RESENT 0x1u
 
 /* CANCEL / KILL_ACTOR frame flags. */
 #define SH_CANCEL_FORCE 0x1u
@@ -102,6 +108,7 @@ typedef struct sh_res_s {
 
 typedef struct sh_hello_s {
   uint32_t role, pid, flags;
+  uint32_t client_id; /* with SH_HELLO_RESUME: the id asked for; else 0 */
 } sh_hello_t;
 
 typedef struct sh_hello_ok_s {
@@ -257,6 +264,20 @@ int sh_register_append(sh_buf_t *b, const sh_register_t *r);
  * node_id 0, host_len >= SH_HOST_MAX,
  * a NUL in the host, or bad resources (as SUBMIT's custom list). */
 int sh_register_decode(const uint8_t *body, size_t len, sh_register_t *r);
+
+/* NODE_HOLDS body (node to head, right after NODE_REGISTER when the node
+ * kept work across losing its head): u32 ntasks, u32 nactors, then ntasks
+ * task ids and nactors actor ids, each u64. `ids` points into the body. */
+typedef struct sh_holds_s {
+  uint32_t ntasks, nactors;
+  const uint8_t *ids; /* (ntasks + nactors) little-endian u64 */
+} sh_holds_t;
+
+/* Appends a NODE_HOLDS frame. 0 or -ENOMEM (b unchanged). */
+int sh_holds_append(sh_buf_t *b, const uint64_t *tasks, uint32_t ntasks,
+                    const uint64_t *actors, uint32_t nactors);
+/* 0, or SH_EBODY: short, or a length other than 8 + 8 x (ntasks + nactors). */
+int sh_holds_decode(const uint8_t *body, size_t len, sh_holds_t *h);
 
 /* HEARTBEAT body from a node: u32 load_milli, u32 running, resources free
  * (as in NODE_REGISTER). From the head the body is empty. */

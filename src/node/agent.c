@@ -392,7 +392,10 @@ static void handle_hello(sh_conn_t *c, const sh_frame_t *f) {
   c->flags = h.flags;
   sh_hello_ok_t ok = {0};
   if (h.role == SH_ROLE_DRIVER) {
-    c->client_id = a->next_client_id++;
+    c->client_id = sh_recover_client_id(a, h.flags & SH_HELLO_RESUME ? h.client_id : 0);
+    if ((h.flags & SH_HELLO_RESUME) && c->client_id != h.client_id)
+      sh_info("driver pid %u asked for its client id %u back, which is taken: it gets %u",
+              h.pid, h.client_id, c->client_id);
     sh_map_put(&a->clients, c->client_id, c);
     if (h.flags & SH_HELLO_OWNER) {
       a->owner_seen = 1;
@@ -439,7 +442,9 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
         conn_fail(c, SH_EBODY, "malformed SUBMIT body");
         return;
       }
+      a->cur_resent = c->role == SH_ROLE_DRIVER && (f->hdr.flags & SH_SUBMIT_RESENT);
       sh_sched_submit(a, c, id, &s);
+      a->cur_resent = 0;
       return;
     }
     case SH_MSG_FUNC: sh_sched_func(a, c, id, body, len); return;
@@ -1208,11 +1213,13 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
   int rc = setup_listeners(a);
   if (rc) return 1;
   char err[512];
+  sh_recover_open(a);
   if (sh_store_open(a, err, sizeof err)) {
     fprintf(stderr, "shoal: %s\n", err);
     cleanup_files(a);
     return 1;
   }
+  sh_recover_save(a);
   sh_sched_init(a);
   sh_pull_init(a);
   sh_cluster_start(a);
@@ -1259,6 +1266,7 @@ int sh_agent_run(const sh_agent_opts_t *opts) {
             opts->head_address, opts->token.where);
   uv_run(a->loop, UV_RUN_DEFAULT);
   sh_store_close(a);
+  sh_recover_close(a);
   cleanup_files(a);
   /* Close remaining handles so the sanitizer build sees a clean exit. */
   uv_walk(a->loop, close_walk_cb, NULL);

@@ -24,6 +24,7 @@
 #include "common/tls.h"
 #include "head/head.h"
 #include "node/gpus.h"
+#include "head/journal.h"
 
 typedef struct sh_agent_s sh_agent_t;
 typedef struct sh_conn_s sh_conn_t;
@@ -56,6 +57,9 @@ enum {
  * sees it) is declared dead, and the heartbeat period. */
 #define SH_HEARTBEAT_TIMEOUT_DEFAULT 10.0
 #define SH_HEARTBEAT_PERIOD_MS 1000
+/* Default seconds a node keeps the head's work after losing its head, and a
+ * restarted head keeps results and objects for drivers to claim. */
+#define SH_HEAD_TIMEOUT_DEFAULT 60.0
 
 /* Options the command line fills in. */
 typedef struct sh_agent_opts_s {
@@ -75,8 +79,14 @@ typedef struct sh_agent_opts_s {
   uint64_t inline_threshold; /* values this big or bigger go to the store */
   const char *store_dir;   /* where segments live (a tmpfs); NULL: /dev/shm */
   const char *spill_dir;   /* where spilled objects go; NULL: SOCKET_DIR/spill */
+  const char *adopt_store_dir; /* a restarted head: the store directory to take
+                                  over (its segments kept), NULL: a new one */
+  const char *adopt_spill_dir; /* the same for the spill directory */
   const char *head_address; /* HOST:PORT of the head to join; NULL: be the head */
   double heartbeat_timeout_s; /* silence that declares a peer dead; 0: default */
+  double head_timeout_s;   /* node: how long it keeps the head's work after
+                              losing the head; head: how long a restarted head
+                              keeps what nobody claimed; 0: default */
   sh_tls_ctx_t *tls_server; /* head: every TCP peer speaks TLS; NULL: plain (owned
                                by the caller, which frees it after the run) */
   sh_tls_ctx_t *tls_client; /* node: the uplink speaks TLS; NULL: plain (same) */
@@ -150,6 +160,10 @@ struct sh_task_s {
   uint8_t remote;       /* node side: the head sent it; the result goes there */
   uint8_t took;         /* head side, REMOTE: holds its request on node_id in
                            the head's registry (released with the result) */
+  uint8_t resent;       /* head side: sent again by a driver after a head restart */
+  uint8_t gated;        /* head side: resent, waits on rec.held for the nodes
+                           that may hold it to come back (recover.c) */
+  uint8_t unpinned;     /* head side: adopted from a node; its deps were not pinned */
   uint32_t node_id;     /* head side: the node it was forwarded to, when REMOTE */
   uint8_t rebuild;      /* head: runs again to remake its lost result (lineage);
                            the result goes to the object, not to a driver */
@@ -193,6 +207,11 @@ typedef struct sh_obj_s {
   sh_queue_t lru;   /* store.lru while stored and resident, least recent first */
   uint8_t data[];
 } sh_obj_t;
+
+/* A file in a head's store (and spill) directory naming its journal: while
+ * that journal exists, agents starting on the machine leave the directory
+ * alone even when the head is dead (a restarted head takes it over). */
+#define SH_STORE_JOURNAL_MARK ".head-journal"
 
 /* The node's object store: one segment file per object in a tmpfs
  * directory, written by drivers and workers, sealed, spilled (least recently
@@ -321,6 +340,36 @@ typedef struct sh_pull_s {
   uint32_t *maps;
 } sh_pull_t;
 
+/* A restarted head's recovery (recover.c): what the journal said, what the
+ * nodes that came back hold, and the resubmitted work waiting for them. */
+typedef struct sh_recover_s {
+  char path[4200];         /* SOCKET_DIR/head.journal; "" when not journaled */
+  sh_journal_t j;          /* as last saved */
+  int restarted;           /* this head found a journal: it is a restart */
+  int marked;              /* its store directories name the journal */
+  int gate;                /* resubmitted tasks wait (rec.held) for the nodes */
+  int grace;               /* unclaimed results, adopted tasks and segments are kept */
+  uint64_t gate_until_ms, grace_until_ms;
+  uint32_t *expect;        /* journal nodes not back yet */
+  uint32_t nexpect;
+  sh_queue_t held;         /* resubmitted tasks behind the gate */
+  sh_map_t adopted;        /* task id -> node id: running on a node that came back,
+                              not yet claimed by its driver */
+  sh_map_t orphans;        /* object id -> 1: results that came before their driver */
+  uint64_t n_adopted, n_charged, n_claimed;
+} sh_recover_t;
+
+/* A result a node could not send because it had lost its head: sent when it
+ * rejoins (recover.c). */
+typedef struct sh_held_s {
+  struct sh_held_s *next;
+  uint64_t id;
+  uint32_t status;
+  int32_t code;
+  uint32_t len;
+  uint8_t data[];
+} sh_held_t;
+
 /* Ready tasks that ask for the same thing (resources, kind; for tasks that
  * may be pipelined, the same function): when the first cannot be placed,
  * none behind it can, so placement stops there and moves on to the next
@@ -385,6 +434,16 @@ struct sh_agent_s {
   char node_addr[80];       /* node: "IP:PORT" of the node port */
   sh_map_t pulls;           /* object id -> sh_pull_t (pull.c) */
   sh_map_t peers;           /* node: node id -> sh_conn_t pulling from it */
+  uint64_t up_lost_ms;      /* node: when it lost a head it had joined (0: not lost);
+                               the head's work is kept until head_timeout */
+  uint64_t head_timeout_ms;
+  sh_held_t *up_held;       /* node: results held while the head is gone, newest first */
+  sh_buf_t up_recent[2];    /* node: RESULT frames sent in the last 1-2 s, sent
+                               again after a rejoin (the head may have died
+                               before it passed them on) */
+  uint64_t up_recent_ms;    /* node: when up_recent[0] was started */
+  sh_recover_t rec;         /* head: restart and recovery */
+  int cur_resent;           /* the SUBMIT being handled has SH_SUBMIT_RESENT */
 
   sh_queue_t conns, dirty, workers;
   sh_map_t clients;  /* client_id -> sh_conn_t */
@@ -538,6 +597,52 @@ void sh_sched_uplink_gone(sh_agent_t *a);
 /* PUT with SH_PUT_SEGMENT from the head: writes and seals the segment. */
 void sh_sched_put_segment(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
                           uint32_t n);
+
+/* Head: a driver re-sent SUBMIT (SH_SUBMIT_RESENT) after a restart; t is
+ * made (deps pinned, in a->tasks) and on no queue, not yet ready. Binds t to
+ * the node that reported it, answers it with a result kept for it, holds it
+ * behind the gate, or charges it one attempt (failing it when none is left).
+ * 1 when t was dealt with (the caller stops), 0 when it goes on as usual. */
+int sh_sched_resent(sh_agent_t *a, sh_task_t *t);
+/* Head: ready tasks that waited behind the gate go on (charged). */
+void sh_sched_open_gate(sh_agent_t *a);
+/* Head: node n (rejoining a restarted head) reports that it holds task id /
+ * hosts actor id. */
+void sh_sched_adopt_task(sh_agent_t *a, sh_node_t *n, uint64_t id);
+void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id);
+/* Head: a RESULT from n for a task this head does not know (a restarted head:
+ * it ran before the restart); kept for its driver when in the grace period. */
+void sh_sched_orphan_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r);
+/* Head: the grace period ended: what nobody claimed is dropped. */
+void sh_sched_grace_over(sh_agent_t *a);
+/* Node: it rejoined after losing its head: the head's objects go once the
+ * work that needs them is done (the new head sends again what it needs). */
+void sh_sched_uplink_back(sh_agent_t *a);
+/* Node: sends the results held during the gap (c is the uplink). */
+void sh_sched_send_held(sh_agent_t *a, sh_conn_t *c);
+
+/* recover.c */
+/* Head: reads SOCKET_DIR/head.journal (before the store opens); a journal
+ * makes this a restart: the previous store directories are adopted
+ * (a->opts.store_dir / spill_dir point at them) and the gate is set. */
+void sh_recover_open(sh_agent_t *a);
+/* Head: writes the journal (after the store opened, and when nodes or client
+ * ids change). */
+void sh_recover_save(sh_agent_t *a);
+/* Head: a driver needs a client id: the next free one, or `want` when asked
+ * (SH_HELLO_RESUME) and free. Journals the high-water mark. */
+uint32_t sh_recover_client_id(sh_agent_t *a, uint32_t want);
+/* Head: a node registered or died: journal it. */
+void sh_recover_node(sh_agent_t *a, uint32_t node_id, int alive);
+/* Head: node_id said what it kept (NODE_HOLDS, sent at every registration):
+ * the gate opens once every node of the journal did. */
+void sh_recover_holds_done(sh_agent_t *a, uint32_t node_id);
+/* Head: heartbeat timer: the gate and the grace period expire. */
+void sh_recover_tick(sh_agent_t *a, uint64_t now);
+/* Head: a clean stop: the journal goes with the store. */
+void sh_recover_close(sh_agent_t *a);
+/* The store directory `dir` (adopted) keeps only what objects hold. */
+void sh_recover_sweep_store(sh_agent_t *a);
 
 /* cluster.c */
 /* Starts the heartbeat timer and, for a node, the first connection to the

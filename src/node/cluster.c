@@ -163,7 +163,7 @@ static void check_head(sh_conn_t *c, const sh_frame_t *f) {
     sh_conn_fail(c, SH_EAUTH, "the head did not prove that it holds the cluster token");
     return;
   }
-  sh_hello_t h = {SH_ROLE_NODE, (uint32_t)getpid(), 0};
+  sh_hello_t h = {SH_ROLE_NODE, (uint32_t)getpid(), 0, 0};
   sh_register_t r = {.node_id = a->node_id, .pid = (uint32_t)getpid(),
                      .num_workers = (uint32_t)a->opts.num_workers, .total = a->opts.resources,
                      .node_port = a->node_port};
@@ -174,6 +174,51 @@ static void check_head(sh_conn_t *c, const sh_frame_t *f) {
     return;
   }
   c->up = SH_UP_REGISTERED;
+  sh_conn_mark_dirty(c);
+}
+
+/* Registered: tells the head which of its tasks and actors this node kept
+ * (none on a first join; a restarted head adopts them, another stops them,
+ * and a restarted head waits for this before it runs again what nobody
+ * kept). Back after a loss, also sends the results that waited, and again
+ * those sent just before the loss (the head may have died before it passed
+ * them on). */
+static void rejoin(sh_agent_t *a, sh_conn_t *c) {
+  if (!a->up_lost_ms) {
+    if (sh_holds_append(&c->out, NULL, 0, NULL, 0)) sh_warn("out of memory joining the head");
+    sh_conn_mark_dirty(c);
+    return;
+  }
+  uint64_t id, *tasks = NULL, *actors = NULL;
+  uint32_t nt = 0, na = 0, held = 0;
+  void *v;
+  if (a->tasks.count) tasks = sh_malloc(a->tasks.count * sizeof *tasks);
+  if (a->actors.count) actors = sh_malloc(a->actors.count * sizeof *actors);
+  for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);) {
+    sh_task_t *t = v;
+    if (t->remote && !t->orphan && !t->restart) tasks[nt++] = id;
+  }
+  for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {
+    sh_actor_t *ac = v;
+    if (ac->remote && ac->state != SH_ACTOR_DEAD) actors[na++] = id;
+  }
+  for (sh_held_t *h = a->up_held; h; h = h->next) held++;
+  /* Results first: a restarted head holds the tasks drivers send again until
+   * every node said what it kept, and then runs again what nobody had. */
+  for (int k = 1; k >= 0; k--) {
+    sh_buf_append(&c->out, sh_buf_head(&a->up_recent[k]), sh_buf_avail(&a->up_recent[k]));
+    sh_buf_reset(&a->up_recent[k]);
+  }
+  sh_sched_send_held(a, c);
+  if (sh_holds_append(&c->out, tasks, nt, actors, na))
+    sh_warn("out of memory telling the head what this node kept");
+  sh_free(tasks);
+  sh_free(actors);
+  sh_sched_uplink_back(a);
+  sh_info("back with the head after %.3g s: it kept %u task%s and %u actor%s of the head's, "
+          "and %u result%s waited for it", (uv_now(a->loop) - a->up_lost_ms) / 1000.0, nt,
+          nt == 1 ? "" : "s", na, na == 1 ? "" : "s", held, held == 1 ? "" : "s");
+  a->up_lost_ms = 0;
   sh_conn_mark_dirty(c);
 }
 
@@ -189,6 +234,7 @@ static void registered(sh_conn_t *c, const sh_frame_t *f) {
   a->up_backoff_ms = 0;
   a->up_why[0] = 0;
   sh_info("joined the head at %s as node %u", a->opts.head_address, a->node_id);
+  rejoin(a, c);
   send_heartbeat(a);
 }
 
@@ -219,10 +265,13 @@ void sh_uplink_closed(sh_agent_t *a, sh_conn_t *c, const char *why) {
   a->uplink = NULL;
   if (a->stopping) return;
   if (c->up == SH_UP_READY) {
-    sh_warn("lost the head at %s: %s; the work it sent is stopped; reconnecting",
-            a->opts.head_address, why ? why : "it closed the connection");
-    sh_sched_uplink_gone(a);
-    sh_pull_uplink_gone(a);
+    /* The head may come back (restarted on the same address): its work goes
+     * on here, and its results wait, for up to --head-timeout. */
+    sh_warn("lost the head at %s: %s; its work goes on here for up to %.3g s "
+            "(--head-timeout) while this node reconnects", a->opts.head_address,
+            why ? why : "it closed the connection", a->head_timeout_ms / 1000.0);
+    if (!a->up_lost_ms) a->up_lost_ms = uv_now(a->loop);
+    /* Pulls from other nodes go on: they do not need the head. */
     a->up_retry_ms = uv_now(a->loop); /* at once, then with backoff */
     return;
   }
@@ -244,6 +293,7 @@ static void node_dead(sh_agent_t *a, sh_node_t *n, const char *why) {
   sh_warn("node %u (%s) is dead: %s; %u task%s there run again elsewhere or fail", n->node_id,
           n->host, why, n->ntasks, n->ntasks == 1 ? "" : "s");
   sh_sched_node_died(a, n, why);
+  sh_recover_node(a, n->node_id, 0);
   if (c) sh_conn_close(c, NULL);
 }
 
@@ -312,6 +362,7 @@ static void register_node(sh_conn_t *c, const sh_register_t *r) {
   sh_info("node %u (%s, pid %u, %u workers) joined from %s: %s", n->node_id, n->host, n->pid,
           n->num_workers, n->addr, res);
   a->need_schedule = 1; /* queued work may fit there now */
+  sh_recover_node(a, n->node_id, 1);
 }
 
 void sh_cluster_node_frame(sh_conn_t *c, const sh_frame_t *f) {
@@ -356,6 +407,20 @@ void sh_cluster_node_frame(sh_conn_t *c, const sh_frame_t *f) {
       if (f->hdr.len % 8) break;
       sh_sched_have(a, n, f->body, f->hdr.len);
       return;
+    case SH_MSG_NODE_HOLDS: {
+      sh_holds_t h;
+      if (sh_holds_decode(f->body, f->hdr.len, &h)) break;
+      for (uint32_t i = 0; i < h.ntasks; i++) sh_sched_adopt_task(a, n, sh_get_u64(h.ids + 8 * i));
+      for (uint32_t i = 0; i < h.nactors; i++)
+        sh_sched_adopt_actor(a, n, sh_get_u64(h.ids + 8 * ((size_t)h.ntasks + i)));
+      if (h.ntasks || h.nactors)
+        sh_info("node %u kept %u task%s and %u actor%s across the loss of its head: %s",
+                n->node_id, h.ntasks, h.ntasks == 1 ? "" : "s", h.nactors,
+                h.nactors == 1 ? "" : "s",
+                a->rec.grace ? "adopted" : "stopped (this head did not restart)");
+      sh_recover_holds_done(a, n->node_id); /* the gate may open now */
+      return;
+    }
     case SH_MSG_CHUNK: {
       char err[600];
       if (sh_store_chunk(a, c, f->hdr.id, f->body, f->hdr.len, err, sizeof err))
@@ -417,6 +482,22 @@ void sh_cluster_drain(sh_agent_t *a, sh_conn_t *c, uint64_t node_id) {
 static void node_tick(sh_agent_t *a, uint64_t now) {
   sh_conn_t *c = a->uplink;
   char why[128];
+  if (!a->up_lost_ms && now - a->up_recent_ms >= 1000) {
+    /* Results older than 1-2 s before a loss are not sent again. */
+    sh_buf_t t = a->up_recent[1];
+    a->up_recent[1] = a->up_recent[0];
+    a->up_recent[0] = t;
+    sh_buf_reset(&a->up_recent[0]);
+    if (a->up_recent[0].cap > (1u << 20)) sh_buf_close(&a->up_recent[0]);
+    a->up_recent_ms = now;
+  }
+  if (a->up_lost_ms && now - a->up_lost_ms > a->head_timeout_ms) {
+    sh_warn("the head at %s did not come back within %.3g s (--head-timeout): the work it "
+            "sent is stopped", a->opts.head_address, a->head_timeout_ms / 1000.0);
+    a->up_lost_ms = 0;
+    sh_sched_uplink_gone(a);
+    sh_pull_uplink_gone(a);
+  }
   if (!c) {
     if (now >= a->up_retry_ms) uplink_connect(a);
     return;
@@ -439,6 +520,7 @@ static void head_tick(sh_agent_t *a, uint64_t now) {
   uint64_t id;
   void *v;
   char why[128];
+  sh_recover_tick(a, now);
   for (size_t i = 0; sh_map_next(&a->nodes, &i, &id, &v);) {
     sh_node_t *n = v;
     if (!n->alive) continue;
@@ -464,6 +546,8 @@ void sh_cluster_start(sh_agent_t *a) {
   double s = a->opts.heartbeat_timeout_s > 0 ? a->opts.heartbeat_timeout_s
                                              : SH_HEARTBEAT_TIMEOUT_DEFAULT;
   a->hb_timeout_ms = (uint64_t)(s * 1000.0 + 0.5);
+  double g = a->opts.head_timeout_s > 0 ? a->opts.head_timeout_s : SH_HEAD_TIMEOUT_DEFAULT;
+  a->head_timeout_ms = (uint64_t)(g * 1000.0 + 0.5);
   uint64_t period = a->hb_timeout_ms / 3 < SH_HEARTBEAT_PERIOD_MS ? a->hb_timeout_ms / 3
                                                                  : SH_HEARTBEAT_PERIOD_MS;
   if (period < 50) period = 50;

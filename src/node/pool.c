@@ -65,7 +65,9 @@ static void forward_lines(sh_worker_t *w, int i, int all) {
     owner = (uint64_t)w->last_client << 40;
   }
   /* The head's tasks: their output goes to the head, which passes it on. */
-  sh_conn_t *c = remote ? a->uplink : sh_agent_client(a, owner);
+  /* Not while the uplink is (re)joining: only the handshake goes there. */
+  sh_conn_t *c = remote ? (a->uplink && a->uplink->up == SH_UP_READY ? a->uplink : NULL)
+                        : sh_agent_client(a, owner);
   if (c && remote && c->up != SH_UP_READY) c = NULL;
   if (c) {
     sh_output_append(&c->out, owner, (uint32_t)w->pid, i ? SH_STREAM_STDERR : SH_STREAM_STDOUT, p, upto);

@@ -260,7 +260,7 @@ static void peer_proved(sh_conn_t *c, const sh_frame_t *f) {
     sh_conn_fail(c, SH_EAUTH, "the peer node did not prove that it holds the cluster token");
     return;
   }
-  sh_hello_t h = {SH_ROLE_PEER, (uint32_t)getpid(), 0};
+  sh_hello_t h = {.role = SH_ROLE_PEER, .pid = (uint32_t)getpid()};
   if (sh_hello_append(&c->out, &h)) {
     sh_conn_close(c, "out of memory");
     return;

@@ -86,7 +86,10 @@ static sh_obj_t *obj_store(sh_agent_t *a, uint64_t id, uint32_t status, int32_t 
 }
 
 void sh_sched_put(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, uint32_t n) {
-  if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) return;
+  sh_obj_t *old = sh_map_get(&a->objects, id);
+  /* A copy kept from before a head restart: the new head owns it now. */
+  if (old && c->role == SH_ROLE_UPLINK) old->released = 0;
+  if (old || sh_map_get(&a->tasks, id)) return;
   sh_obj_t *o = obj_store(a, id, SH_ST_OK, 0, p, n);
   if (!o) sh_warn("out of memory storing a %u-byte object from %s", n, c->desc);
   /* A dependency from the head stays until the head releases it (the head
@@ -238,6 +241,7 @@ static void deps_unbusy(sh_agent_t *a, sh_task_t *t) {
 static void unpark(sh_agent_t *a, sh_task_t *t);
 
 static void release_deps(sh_agent_t *a, sh_task_t *t) {
+  if (t->unpinned) return;
   const uint8_t *d = sh_task_deps(t);
   if (t->parked) unpark(a, t);
   if (t->state == SH_TASK_SENT) deps_unbusy(a, t);
@@ -246,6 +250,31 @@ static void release_deps(sh_agent_t *a, sh_task_t *t) {
     if (t->missing && unwait(a, dep, t)) continue;
     obj_unpin(a, dep);
   }
+}
+
+/* Node: keeps a result for the head while it is gone. 1 when kept. */
+static int hold_result(sh_agent_t *a, uint64_t id, uint32_t status, int32_t code,
+                       const uint8_t *p, uint32_t n) {
+  sh_held_t *h = sh_try_malloc(sizeof *h + n);
+  if (!h) {
+    sh_warn("out of memory keeping the result of %#llx for the head", (unsigned long long)id);
+    return 0;
+  }
+  h->id = id;
+  h->status = status;
+  h->code = code;
+  h->len = n;
+  if (n) memcpy(h->data, p, n);
+  h->next = a->up_held;
+  a->up_held = h;
+  return 1;
+}
+
+/* Node: copies the RESULT frame just appended to the uplink (its last
+ * `len` bytes) to the recent results, sent again after a rejoin. */
+static void recent_add(sh_agent_t *a, sh_conn_t *c, size_t len) {
+  if (!len || len > sh_buf_avail(&c->out)) return;
+  sh_buf_append(&a->up_recent[0], c->out.data + c->out.len - len, len);
 }
 
 /* Sends the outcome to the owner, keeps the value for dependents and for the
@@ -265,15 +294,21 @@ static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
   }
   uint64_t id = t->id;
   sh_map_del(&a->tasks, id);
-  sh_conn_t *c = t->orphan || t->restart ? NULL : t->remote ? a->uplink : sh_agent_client(a, id);
+  sh_conn_t *up = a->uplink && a->uplink->up == SH_UP_READY ? a->uplink : NULL;
+  sh_conn_t *c = t->orphan || t->restart ? NULL : t->remote ? up : sh_agent_client(a, id);
   sh_waiters_t *wl = sh_map_del(&a->waiters, id);
   int keep = wl || (!t->released && !t->orphan && c);
   char why[768];
   sh_obj_t *o = NULL;
   /* A node keeps a large result of the head's task in its own store and
-   * tells the head where it is; the head owns it (RELEASE frees it). */
-  int on_node = t->remote && c && status == SH_ST_OK && code == SH_CODE_STORED;
+   * tells the head where it is; the head owns it (RELEASE frees it). While
+   * the head is gone (it may come back, restarted), the result is held for
+   * it: a large one stays here all the same and is reported when the node
+   * rejoins. */
+  int holding = t->remote && !t->orphan && !t->restart && !c && a->up_lost_ms;
+  int on_node = t->remote && (c || holding) && status == SH_ST_OK && code == SH_CODE_STORED;
   if (on_node) keep = 1;
+  if (holding && !on_node) hold_result(a, id, status, code, p, n);
   uint8_t size8[8];
   if (status == SH_ST_OK && code == SH_CODE_ON_NODE && n == 8) {
     /* Head: a node keeps the value; here is only where it is. */
@@ -306,18 +341,25 @@ static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
   }
   if (status == SH_ST_OK) a->n_done++;
   else a->n_failed++;
-  if (on_node && status == SH_ST_OK) {
+  if (on_node && status == SH_ST_OK && !c) {
+    hold_result(a, id, SH_ST_OK, SH_CODE_ON_NODE, p, 8); /* o stays, owned by the head */
+  } else if (on_node && status == SH_ST_OK) {
+    size_t before = sh_buf_avail(&c->out);
     if (sh_result_append(&c->out, id, SH_ST_OK, SH_CODE_ON_NODE, p, 8))
       sh_conn_close(c, "out of memory queuing a result");
     else sh_conn_mark_dirty(c);
+    recent_add(a, c, sh_buf_avail(&c->out) - before);
     c = NULL;
   } else if (on_node) {
+    if (holding) hold_result(a, id, status, code, p, n);
     keep = wl != NULL; /* the failure goes to the head; nothing stays here */
   }
   if (c) {
+    size_t before = sh_buf_avail(&c->out);
     if (sh_result_append(&c->out, id, status, code, p, n))
       sh_conn_close(c, "out of memory queuing a result");
     else sh_conn_mark_dirty(c);
+    if (t->remote) recent_add(a, c, sh_buf_avail(&c->out) - before);
   }
   if (keep && !o) o = obj_store(a, id, status, code, p, n);
   if (o && !c && !(on_node && status == SH_ST_OK)) o->released = 1; /* nobody can release it */
@@ -449,8 +491,20 @@ static void ready_prepend(sh_agent_t *a, sh_queue_t *redo) {
   }
 }
 
+static int charge_resent(sh_agent_t *a, sh_task_t *t);
+static int claim_orphan(sh_agent_t *a, sh_conn_t *c, uint64_t id);
+static void bind_remote(sh_agent_t *a, sh_node_t *n, sh_task_t *t);
+
 static void make_ready(sh_agent_t *a, sh_task_t *t) {
   t->state = SH_TASK_READY;
+  if (t->gated) {
+    if (a->rec.gate) { /* the nodes that may hold it are not all back */
+      sh_queue_insert_tail(&a->rec.held, &t->link);
+      return;
+    }
+    t->gated = 0;
+    if (charge_resent(a, t)) return;
+  }
   if (t->kind == SH_KIND_ACTOR_CALL) {
     sh_actor_t *ac = sh_map_get(&a->actors, t->actor_id);
     if (ac && !sh_queue_linked(&ac->dirty)) sh_queue_insert_tail(&a->actors_dirty, &ac->dirty);
@@ -546,7 +600,11 @@ static sh_actor_t *actor_new(sh_agent_t *a, uint64_t id) {
 void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t *s) {
   char why[1024];
   a->n_submitted++;
-  if (sh_map_get(&a->tasks, id) || sh_map_get(&a->objects, id) || sh_map_get(&a->actors, id)) {
+  if (a->cur_resent && claim_orphan(a, c, id)) return;
+  int adopted_actor = a->cur_resent && s->kind == SH_KIND_ACTOR_CREATE &&
+                      sh_map_get(&a->rec.adopted, id) && sh_map_get(&a->actors, id);
+  if (sh_map_get(&a->tasks, id) || sh_map_get(&a->objects, id) ||
+      (sh_map_get(&a->actors, id) && !adopted_actor)) {
     reject(a, c, id, SH_ST_BAD_REQUEST, "duplicate task id");
     return;
   }
@@ -571,6 +629,11 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
   }
   if (s->kind == SH_KIND_ACTOR_CALL) {
     ac = sh_map_get(&a->actors, s->actor_id);
+    if (!ac && a->rec.restarted && c->role == SH_ROLE_DRIVER) {
+      reject(a, c, id, SH_ST_ACTOR_DIED, "the actor is gone: the head restarted, and the "
+             "actor lived on the head's own node or on a node that did not come back");
+      return;
+    }
     if (!ac || (c->role != SH_ROLE_UPLINK && (uint32_t)(s->actor_id >> 40) != c->client_id)) {
       reject(a, c, id, SH_ST_ACTOR_DIED, "unknown actor: it was never created by this driver");
       return;
@@ -605,6 +668,7 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
     if (o) o->pins++;
     else if (add_waiter(a, dep, t) == 0) t->missing++;
   }
+  if (a->cur_resent && sh_sched_resent(a, t)) return;
   if (s->kind == SH_KIND_ACTOR_CREATE) {
     ac = actor_new(a, id);
     ac->create = t;
@@ -1505,7 +1569,16 @@ void sh_sched_client_gone(sh_agent_t *a, uint32_t cid) {
 
 void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r) {
   sh_task_t *t = sh_map_get(&a->tasks, id);
-  if (!t || t->state != SH_TASK_REMOTE || t->node_id != n->node_id) {
+  if (!t) {
+    sh_sched_orphan_result(a, n, id, r);
+    return;
+  }
+  if (t->gated && t->state == SH_TASK_READY && a->rec.grace) {
+    /* Sent again by its driver and held behind the gate: it ran on n. */
+    sh_queue_remove(&t->link);
+    bind_remote(a, n, t);
+  }
+  if (t->state != SH_TASK_REMOTE || t->node_id != n->node_id) {
     sh_debug("node %u sent a result for %#llx, which is not running there", n->node_id,
              (unsigned long long)id);
     return;
@@ -1630,9 +1703,21 @@ void sh_sched_node_died(sh_agent_t *a, sh_node_t *n, const char *why) {
   a->need_schedule = 1;
 }
 
+/* Node: drops the results held for the head (and their segments). */
+static void drop_held(sh_agent_t *a) {
+  sh_held_t *h;
+  while ((h = a->up_held)) {
+    a->up_held = h->next;
+    sh_free(h); /* an ON_NODE result's segment is its object's: freed with it */
+  }
+  sh_buf_reset(&a->up_recent[0]);
+  sh_buf_reset(&a->up_recent[1]);
+}
+
 void sh_sched_uplink_gone(sh_agent_t *a) {
   uint64_t id;
   void *v;
+  drop_held(a);
   for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {
     sh_actor_t *ac = v;
     if (!ac->remote) continue;
@@ -1983,9 +2068,209 @@ void sh_sched_have(sh_agent_t *a, sh_node_t *n, const uint8_t *ids, uint32_t len
   }
 }
 
+/* ---- a head restart (see recover.c) ---- */
+
+/* A result kept for task `id` since before its driver came back: it is the
+ * answer to the driver's SUBMIT sent again. 1 when there was one. */
+static int claim_orphan(sh_agent_t *a, sh_conn_t *c, uint64_t id) {
+  if (!sh_map_del(&a->rec.orphans, id)) return 0;
+  sh_obj_t *o = sh_map_get(&a->objects, id);
+  if (!o) return 0;
+  uint8_t size8[8];
+  sh_put_u64(size8, o->size);
+  o->released = 0; /* the driver holds it now, and releases it */
+  a->rec.n_claimed++;
+  if (o->stored) sh_result_append(&c->out, id, o->status, SH_CODE_STORED, size8, 8);
+  else sh_result_append(&c->out, id, o->status, o->code, o->data, o->len);
+  sh_conn_mark_dirty(c);
+  return 1;
+}
+
+/* Counts the attempt a resent task may have had before the restart. 1 when
+ * that was its last: it failed (t is freed). */
+static int charge_resent(sh_agent_t *a, sh_task_t *t) {
+  char msg[512];
+  if (t->kind != SH_KIND_TASK) return 0; /* actors: created again, calls run */
+  a->rec.n_charged++;
+  if (t->attempts < t->max_retries) {
+    t->attempts++;
+    a->n_retried++;
+    return 0;
+  }
+  snprintf(msg, sizeof msg, "the head restarted while the task was queued or running (it may "
+           "have run on the head's own node, whose workers died with it, or on a node that did "
+           "not come back); tried %u time%s (max_retries=%u)", t->attempts + 1,
+           t->attempts ? "s" : "", t->max_retries);
+  sh_task_fail(a, t, SH_ST_CRASHED, 0, msg);
+  return 1;
+}
+
+/* Records t as running on node n, which reported it: its result comes from
+ * there. t's deps are dropped (the node has them). */
+static void bind_remote(sh_agent_t *a, sh_node_t *n, sh_task_t *t) {
+  release_deps(a, t);
+  t->missing = 0;
+  t->unpinned = 1;
+  t->gated = 0;
+  t->state = SH_TASK_REMOTE;
+  t->node_id = n->node_id;
+  t->sent_ns = 0;
+  sh_queue_insert_tail(&n->tasks, &t->link);
+  n->ntasks++;
+  sh_req_t req = task_req(t);
+  if (t->kind == SH_KIND_TASK && sh_head_take(&a->head, n->node_id, &req) == 0) t->took = 1;
+  sh_actor_t *ac = sh_map_get(&a->actors, t->actor_id);
+  if (ac && t->kind == SH_KIND_ACTOR_CALL) ac->remote_calls++;
+  if (ac && t->kind == SH_KIND_ACTOR_CREATE) ac->create = NULL;
+  a->rec.n_adopted++;
+}
+
+int sh_sched_resent(sh_agent_t *a, sh_task_t *t) {
+  sh_recover_t *r = &a->rec;
+  t->resent = 1;
+  uint32_t nid = (uint32_t)(uintptr_t)sh_map_del(&r->adopted, t->id);
+  sh_node_t *n = live_node(a, nid);
+  if (n) {
+    bind_remote(a, n, t);
+    return 1;
+  }
+  if (t->kind != SH_KIND_TASK) return 0;
+  t->gated = 1; /* make_ready holds it behind the gate, or charges it */
+  if (t->missing) {
+    t->state = SH_TASK_WAITING;
+    return 1;
+  }
+  make_ready(a, t);
+  return 1;
+}
+
+void sh_sched_open_gate(sh_agent_t *a) {
+  sh_queue_t *q = &a->rec.held;
+  while (!sh_queue_empty(q)) {
+    sh_task_t *t = sh_queue_data(sh_queue_head(q), sh_task_t, link);
+    sh_queue_remove(&t->link);
+    make_ready(a, t);
+  }
+  a->need_schedule = 1;
+}
+
+void sh_sched_adopt_task(sh_agent_t *a, sh_node_t *n, uint64_t id) {
+  sh_task_t *t = sh_map_get(&a->tasks, id);
+  if (!a->rec.grace || (t && !(t->gated && t->state == SH_TASK_READY))) {
+    /* Not a restarted head's, or run again already: it must not run twice. */
+    sh_frame_append(&n->conn->out, SH_MSG_CANCEL, SH_CANCEL_FORCE, id, NULL, 0);
+    sh_conn_mark_dirty(n->conn);
+    return;
+  }
+  if (t) {
+    sh_queue_remove(&t->link); /* from behind the gate */
+    bind_remote(a, n, t);
+    return;
+  }
+  sh_map_put(&a->rec.adopted, id, (void *)(uintptr_t)n->node_id);
+}
+
+void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id) {
+  if (!a->rec.grace || sh_map_get(&a->actors, id)) {
+    sh_frame_append(&n->conn->out, SH_MSG_KILL_ACTOR, SH_KILL_NO_RESTART, id, NULL, 0);
+    sh_conn_mark_dirty(n->conn);
+    return;
+  }
+  sh_actor_t *ac = actor_new(a, id);
+  ac->state = SH_ACTOR_ALIVE;
+  ac->node_id = n->node_id;
+}
+
+void sh_sched_orphan_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r) {
+  char why[768];
+  sh_map_del(&a->rec.adopted, id);
+  /* A crash is not kept: the driver's resubmission is charged and runs. */
+  if (!a->rec.grace || r->status == SH_ST_CRASHED || sh_map_get(&a->objects, id) ||
+      (uint32_t)(id >> 40) >= SH_NODE_CLIENT_BASE) {
+    sh_debug("node %u sent a result for %#llx, which is not running there", n->node_id,
+             (unsigned long long)id);
+    return;
+  }
+  sh_obj_t *o;
+  if (r->status == SH_ST_OK && r->code == SH_CODE_SEGMENT) {
+    uint64_t size = r->payload_len == 8 ? sh_get_u64(r->payload) : 0;
+    if (r->payload_len != 8 || !n->conn || !sh_store_received(a, n->conn, id, size)) return;
+    if (!(o = obj_store(a, id, SH_ST_OK, SH_CODE_STORED, NULL, 0))) return;
+    if (sh_store_seal(a, o, size, why, sizeof why) != SH_ST_OK) {
+      obj_free(a, id, o);
+      sh_store_discard(a, id);
+      return;
+    }
+  } else if (!(o = obj_store(a, id, r->status, r->code, r->payload, r->payload_len))) {
+    return;
+  }
+  sh_map_put(&a->rec.orphans, id, (void *)1);
+}
+
+void sh_sched_grace_over(sh_agent_t *a) {
+  uint64_t id;
+  void *v;
+  for (size_t i = 0; sh_map_next(&a->rec.orphans, &i, &id, &v);) {
+    sh_obj_t *o = sh_map_get(&a->objects, id);
+    if (!o) continue;
+    o->released = 1;
+    if (obj_unused(o)) obj_free(a, id, o);
+  }
+  sh_map_close(&a->rec.orphans);
+  sh_map_init(&a->rec.orphans);
+  /* Tasks nodes reported whose drivers never came back: stop them. */
+  for (size_t i = 0; sh_map_next(&a->rec.adopted, &i, &id, &v);) {
+    sh_node_t *n = live_node(a, (uint32_t)(uintptr_t)v);
+    if (!n) continue;
+    sh_frame_append(&n->conn->out, SH_MSG_CANCEL, SH_CANCEL_FORCE, id, NULL, 0);
+    sh_conn_mark_dirty(n->conn);
+  }
+  sh_map_close(&a->rec.adopted);
+  sh_map_init(&a->rec.adopted);
+  for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {
+    sh_actor_t *ac = v;
+    if (!ac->node_id || sh_map_get(&a->clients, id >> 40)) continue;
+    actor_die(a, ac, "its driver did not come back after the head restarted");
+    actor_free(a, ac);
+  }
+}
+
+void sh_sched_uplink_back(sh_agent_t *a) {
+  uint64_t id;
+  void *v;
+  for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
+    sh_obj_t *o = v;
+    if ((uint32_t)(id >> 40) >= SH_NODE_CLIENT_BASE) continue;
+    o->released = 1;
+    if (obj_unused(o)) obj_free(a, id, o);
+  }
+}
+
+void sh_sched_send_held(sh_agent_t *a, sh_conn_t *c) {
+  /* Oldest first: the list is newest first. */
+  sh_held_t *h = a->up_held, *rev = NULL;
+  a->up_held = NULL;
+  while (h) {
+    sh_held_t *next = h->next;
+    h->next = rev;
+    rev = h;
+    h = next;
+  }
+  while ((h = rev)) {
+    rev = h->next;
+    /* A large result (ON_NODE) stays here; the head learns where it is. */
+    sh_result_append(&c->out, h->id, h->status, h->code, h->data, h->len);
+    sh_free(h);
+  }
+  sh_conn_mark_dirty(c);
+}
+
 void sh_sched_close(sh_agent_t *a) {
   uint64_t id;
   void *v;
+  drop_held(a);
+  sh_buf_close(&a->up_recent[0]);
+  sh_buf_close(&a->up_recent[1]);
   while (!sh_queue_empty(&a->shapes)) {
     sh_shape_t *s = sh_queue_data(sh_queue_head(&a->shapes), sh_shape_t, link);
     sh_queue_remove(&s->link);

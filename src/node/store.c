@@ -49,8 +49,23 @@ static void remove_tree(const char *path) {
   if (rmdir(path) < 0 && errno != ENOENT) sh_warn("could not remove %s: %s", path, strerror(errno));
 }
 
-/* Removes `base/<prefix><pid>-XXXXXX` directories whose agent is dead. */
-static void reap_stale(const char *base, const char *prefix) {
+/* Whether the store directory `path` belongs to a head whose journal still
+ * exists (it was killed and may be restarted: the new head takes it over). */
+static int journaled(const char *path) {
+  char mark[4200], journal[4200];
+  snprintf(mark, sizeof mark, "%s/" SH_STORE_JOURNAL_MARK, path);
+  FILE *f = fopen(mark, "re");
+  if (!f) return 0;
+  int ok = fgets(journal, sizeof journal, f) != NULL;
+  fclose(f);
+  if (!ok) return 0;
+  journal[strcspn(journal, "\n")] = 0;
+  return journal[0] && access(journal, F_OK) == 0;
+}
+
+/* Removes `base/<prefix><pid>-XXXXXX` directories whose agent is dead, but
+ * not `keep` (a directory a restarted head takes over; may be NULL). */
+static void reap_stale(const char *base, const char *prefix, const char *keep) {
   DIR *d = opendir(base);
   if (!d) return;
   size_t pl = strlen(prefix);
@@ -63,6 +78,8 @@ static void reap_stale(const char *base, const char *prefix) {
     if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", base, e->d_name);
+    if (keep && !strcmp(path, keep)) continue;
+    if (journaled(path)) continue;
     sh_info("removing the object store %s left by agent pid %ld, which is gone", path, pid);
     remove_tree(path);
   }
@@ -103,8 +120,11 @@ int sh_store_open(sh_agent_t *a, char *err, size_t n) {
             "(pass --object-store-dir to choose a tmpfs)", fallback);
     base = fallback;
   }
-  reap_stale(base, "shoal-");
-  if (make_dir(base, "shoal-", s->dir, sizeof s->dir) < 0) {
+  const char *keep = a->opts.adopt_store_dir;
+  reap_stale(base, "shoal-", keep);
+  if (keep && is_dir(keep) && strlen(keep) < sizeof s->dir) {
+    snprintf(s->dir, sizeof s->dir, "%s", keep); /* a restarted head's: segments stay */
+  } else if (make_dir(base, "shoal-", s->dir, sizeof s->dir) < 0) {
     snprintf(err, n, "cannot create the object store directory in %s: %s (choose another "
              "with --object-store-dir)", base, strerror(errno));
     s->dir[0] = 0;
@@ -127,8 +147,11 @@ int sh_store_open(sh_agent_t *a, char *err, size_t n) {
     snprintf(err, n, "cannot create the spill directory %s: %s", sbase, strerror(errno));
     goto fail;
   }
-  reap_stale(sbase, "shoal-spill-");
-  if (make_dir(sbase, "shoal-spill-", s->spill_dir, sizeof s->spill_dir) < 0) {
+  keep = a->opts.adopt_spill_dir;
+  reap_stale(sbase, "shoal-spill-", keep);
+  if (keep && is_dir(keep) && strlen(keep) < sizeof s->spill_dir) {
+    snprintf(s->spill_dir, sizeof s->spill_dir, "%s", keep);
+  } else if (make_dir(sbase, "shoal-spill-", s->spill_dir, sizeof s->spill_dir) < 0) {
     snprintf(err, n, "cannot create the spill directory in %s: %s (choose another with "
              "--spill-dir)", sbase, strerror(errno));
     s->spill_dir[0] = 0;

@@ -63,6 +63,16 @@ static int send_frame(sh_client_obj_t *c, unsigned type, unsigned flags,
   return rc;
 }
 
+/* With reconnecting: keeps a copy of the frame (type, flags, id, body) to
+ * send again to a restarted head (out_mu held). */
+static void keep_frame_locked(sh_client_obj_t *c, unsigned type, unsigned flags, uint64_t id,
+                              const void *body, size_t len) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  if (!sh_frame_append(&b, type, flags, id, body, len)) sh_client_keep_locked(c, id, b.data, b.len);
+  sh_buf_close(&b);
+}
+
 static int get_id(PyObject *o, const char *what, uint64_t *out) {
   *out = PyLong_AsUnsignedLongLong(o);
   if (*out == (uint64_t)-1 && PyErr_Occurred()) {
@@ -103,9 +113,26 @@ static void complete(sh_client_obj_t *c, PyObject *fut, uint32_t status,
   if (PyErr_Occurred()) PyErr_WriteUnraisable(fut);
 }
 
+/* A task finished: its SUBMIT is not sent again; a value it returned, which
+ * the driver may still pass to other tasks, is (as a PUT with its id). */
+static void result_kept(sh_client_obj_t *c, uint64_t id, const sh_result_t *r) {
+  pthread_mutex_lock(&c->out_mu);
+  sh_client_rec_t *rec = sh_map_get(&c->replay, id);
+  int task = rec && rec->frame[5] == SH_MSG_SUBMIT && rec->len >= SH_FRAME_HDR + 20 &&
+             sh_get_u32(rec->frame + SH_FRAME_HDR + 16) == SH_KIND_TASK;
+  if (task && r->status == SH_ST_OK && r->code == SH_CODE_STORED && r->payload_len == 8)
+    keep_frame_locked(c, SH_MSG_PUT, SH_PUT_STORED, id, r->payload, 8);
+  else if (task && r->status == SH_ST_OK && r->code == 0)
+    keep_frame_locked(c, SH_MSG_PUT, 0, id, r->payload, r->payload_len);
+  else if (rec)
+    sh_client_forget_locked(c, id);
+  pthread_mutex_unlock(&c->out_mu);
+}
+
 void sh_client_complete(sh_client_obj_t *c, uint64_t id, const sh_result_t *r) {
   PyObject *fut = sh_map_del(&c->pending, id);
   if (!fut) return; /* completed locally already (close, cancel) */
+  if (c->reconnect_timeout > 0) result_kept(c, id, r);
   if (id == c->wait_id) c->wait_done = 1;
   PyObject *payload = PyBytes_FromStringAndSize((const char *)r->payload, r->payload_len);
   if (payload) {
@@ -219,6 +246,14 @@ static int request_body(sh_client_obj_t *c, unsigned type, unsigned flags,
   memset(w, 0, sizeof *w);
   w->type = reply;
   w->id = id;
+  w->req_type = type;
+  w->req_flags = flags;
+  if (len <= sizeof w->req_body) {
+    if (len) memcpy(w->req_body, body, len);
+    w->req_len = len;
+  } else {
+    w->req_type = 0; /* not sent again */
+  }
   pthread_mutex_lock(&c->rep_mu);
   w->next = c->waiters;
   c->waiters = w;
@@ -359,15 +394,17 @@ static PyObject *node_info(const sh_hello_ok_t *ok) {
 static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"address", "owner", "timeout", "future_type",
                            "dep_type", "dumps", "token", "wait_for_nodes", "tls_ca",
-                           "tls_cert", "tls_key", NULL};
+                           "tls_cert", "tls_key", "reconnect_timeout", NULL};
   PyObject *address, *ft = NULL, *dt = NULL, *dumps = NULL, *token = Py_None;
   int owner = 0, wait_nodes = 0;
-  double timeout = 10.0;
+  double timeout = 10.0, reconnect = 0.0;
   sh_client_tls_t tls = {NULL, NULL, NULL};
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "U|$pdOOOOpzzz:Client", kwlist, &address,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "U|$pdOOOOpzzzd:Client", kwlist, &address,
                                    &owner, &timeout, &ft, &dt, &dumps, &token, &wait_nodes,
-                                   &tls.ca, &tls.cert, &tls.key))
+                                   &tls.ca, &tls.cert, &tls.key, &reconnect))
     return NULL;
+  if (!(reconnect >= 0))
+    return PyErr_Format(PyExc_ValueError, "Client(): reconnect_timeout must be >= 0");
   unsigned hello_flags = (owner ? SH_HELLO_OWNER : 0) | (wait_nodes ? SH_HELLO_WAIT_NODES : 0);
   if (token != Py_None && !PyUnicode_Check(token))
     return PyErr_Format(PyExc_TypeError, "Client(): token must be a str or None, not %s",
@@ -389,6 +426,14 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   init_sync(c);
   c->fd = c->evfd = -1;
   sh_map_init(&c->pending);
+  sh_map_init(&c->replay);
+  /* An embedded daemon dies with its owner: nothing to reconnect to. */
+  c->reconnect_timeout = owner ? 0.0 : reconnect;
+  c->hello_flags = hello_flags;
+  c->token = tok ? sh_strdup(tok) : NULL;
+  c->tls_ca = tls.ca ? sh_strdup(tls.ca) : NULL;
+  c->tls_cert = tls.cert ? sh_strdup(tls.cert) : NULL;
+  c->tls_key = tls.key ? sh_strdup(tls.key) : NULL;
   c->st = PyType_GetModuleState(type);
   c->fork_gen = sh_core_fork_gen();
   c->pid = getpid();
@@ -452,6 +497,17 @@ static void client_dealloc(sh_client_obj_t *c) {
   client_clear(c);
   Py_CLEAR(c->address);
   sh_map_close(&c->pending);
+  {
+    size_t i = 0;
+    uint64_t id;
+    void *v;
+    while (sh_map_next(&c->replay, &i, &id, &v)) sh_free(v);
+    sh_map_close(&c->replay);
+  }
+  sh_free(c->token);
+  sh_free(c->tls_ca);
+  sh_free(c->tls_cert);
+  sh_free(c->tls_key);
   sh_buf_close(&c->out);
   sh_buf_close(&c->rbuf);
   sh_buf_close(&c->wbuf);
@@ -668,7 +724,12 @@ static int append_submit(sh_client_obj_t *c, const sh_spec_obj_t *spec,
   s.args = blob->buf;
   s.args_len = (uint32_t)blob->len;
   pthread_mutex_lock(&c->out_mu);
+  size_t before = sh_buf_avail(&c->out);
   int rc = sh_submit_append(&c->out, task_id, &s);
+  if (!rc && c->reconnect_timeout > 0) {
+    size_t n = sh_buf_avail(&c->out) - before;
+    sh_client_keep_locked(c, task_id, c->out.data + c->out.len - n, n);
+  }
   /* A submit that comes alone (the last one was a while ago: one call, then
    * a wait for its result) is written right here, which costs the same one
    * syscall as waking the I/O thread and no thread switch. Submits in a burst
@@ -808,6 +869,11 @@ static PyObject *send_blob(sh_client_obj_t *c, unsigned type, const char *fname,
   if (get_blob(args[1], &view, type == SH_MSG_FUNC ? "the pickled function" : "the value", 0) < 0)
     return NULL;
   int rc = send_frame(c, type, 0, id, view.buf, (size_t)view.len);
+  if (!rc && c->reconnect_timeout > 0) {
+    pthread_mutex_lock(&c->out_mu);
+    keep_frame_locked(c, type, 0, id, view.buf, (size_t)view.len);
+    pthread_mutex_unlock(&c->out_mu);
+  }
   PyBuffer_Release(&view);
   if (rc) return sh_core_raise(rc, NULL);
   Py_RETURN_NONE;
@@ -859,6 +925,11 @@ static PyObject *client_release(sh_client_obj_t *c, PyObject *arg) {
   if (!id || id == (uint64_t)-1 || c->fork_gen != sh_core_fork_gen() || c->closed ||
       c->lost)
     Py_RETURN_NONE;
+  if (c->reconnect_timeout > 0) {
+    pthread_mutex_lock(&c->out_mu);
+    sh_client_forget_locked(c, id);
+    pthread_mutex_unlock(&c->out_mu);
+  }
   queue_id(c, &c->rel, &c->nrel, &c->rel_cap, id);
   Py_RETURN_NONE;
 }
@@ -889,6 +960,11 @@ static PyObject *client_put_stored(sh_client_obj_t *c, PyObject *const *args,
   if (size == (uint64_t)-1 && PyErr_Occurred()) return NULL;
   uint8_t body[8];
   sh_put_u64(body, size);
+  if (c->reconnect_timeout > 0) {
+    pthread_mutex_lock(&c->out_mu);
+    keep_frame_locked(c, SH_MSG_PUT, SH_PUT_STORED, id, body, 8);
+    pthread_mutex_unlock(&c->out_mu);
+  }
   sh_waiter_t w;
   if (request_body(c, SH_MSG_PUT, SH_PUT_STORED, id, body, 8, SH_MSG_PUT_REPLY, timeout, &w,
                    "put()") < 0)

@@ -43,6 +43,9 @@ typedef struct sh_waiter_s {
   unsigned type; /* SH_MSG_CANCEL_REPLY or SH_MSG_STATUS_REPLY */
   uint64_t id;   /* request id the reply must carry */
   int done;      /* 0 waiting, 1 body set, -1 the connection is gone */
+  unsigned req_type, req_flags; /* the request, sent again after a reconnect */
+  uint8_t req_body[8];
+  size_t req_len;
   uint8_t *body; /* sh_try_malloc'd copy of the reply body (owned) */
   size_t len;
 } sh_waiter_t;
@@ -101,11 +104,27 @@ struct sh_client_obj_s {
   sh_buf_t rbuf;               /* bytes read, not yet dispatched */
   size_t want;                 /* bytes the partial frame in rbuf still needs */
   char err_text[512];          /* text of the last ERROR frame, or "" */
+  /* Reconnecting (io.c, "reconnecting"). Set at construction: */
+  double reconnect_timeout;    /* seconds; 0: a lost connection fails everything */
+  unsigned hello_flags;
+  char *token;                 /* sh_strdup'd copies for reconnecting, or NULL */
+  char *tls_ca, *tls_cert, *tls_key;
+  /* Under out_mu: what a restarted head is sent again, by id: FUNC and PUT
+   * frames of live objects, SUBMIT frames of unfinished work, PUTs made of
+   * results still held (sh_client_rec_t). Kept only with reconnect_timeout. */
+  sh_map_t replay;
+  int reconnecting;            /* the I/O thread is reconnecting (also GIL) */
   uint64_t wait_id;            /* the result a reading waiter wants (GIL) */
   int wait_done;               /* ...and whether it came (GIL) */
   /* I/O thread only (after construction). */
   sh_buf_t wbuf;               /* bytes being written */
 };
+
+/* A frame kept for sending again after a reconnect. */
+typedef struct sh_client_rec_s {
+  uint32_t len;     /* bytes of the whole frame */
+  uint8_t frame[];
+} sh_client_rec_t;
 
 /* ---- io.c ---- */
 
@@ -151,6 +170,13 @@ void sh_client_flush_direct_locked(sh_client_obj_t *c);
 
 /* Whether the calling thread is c's I/O thread. */
 int sh_client_on_io_thread(const sh_client_obj_t *c);
+
+/* Keeps a copy of the frame of `len` bytes at p under id (out_mu held),
+ * replacing any kept before. Never fails loudly: without memory the frame is
+ * not kept (and not sent again). */
+void sh_client_keep_locked(sh_client_obj_t *c, uint64_t id, const uint8_t *p, size_t len);
+/* Drops what is kept under id (out_mu held). */
+void sh_client_forget_locked(sh_client_obj_t *c, uint64_t id);
 
 /* ---- client.c ---- */
 

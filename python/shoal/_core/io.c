@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -315,7 +316,8 @@ static int check_daemon_proof(sh_client_obj_t *c, const sh_auth_token_t *tok,
  * first, its answer written together with HELLO (one round trip less). */
 static int handshake(sh_client_obj_t *c, unsigned hello_flags, const sh_auth_token_t *tok,
                      sh_hello_ok_t *ok, double deadline, char *err, size_t errlen) {
-  sh_hello_t h = {.role = SH_ROLE_DRIVER, .pid = (uint32_t)getpid(), .flags = hello_flags};
+  sh_hello_t h = {.role = SH_ROLE_DRIVER, .pid = (uint32_t)getpid(), .flags = hello_flags,
+                  .client_id = hello_flags & SH_HELLO_RESUME ? (uint32_t)c->client_id : 0};
   uint8_t sn[SH_AUTH_NONCE], cn[SH_AUTH_NONCE];
   sh_buf_t b;
   sh_buf_init(&b);
@@ -420,9 +422,10 @@ static int start_tls(sh_client_obj_t *c, sh_tls_ctx_t *ctx, const char *address,
   return rc;
 }
 
-int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
-                      unsigned hello_flags, const char *token, const sh_client_tls_t *tls,
-                      sh_hello_ok_t *ok, char *err, size_t errlen) {
+/* sh_client_connect without the eventfd: also what a reconnect does. */
+static int connect_hello(sh_client_obj_t *c, const char *address, double timeout,
+                         unsigned hello_flags, const char *token, const sh_client_tls_t *tls,
+                         sh_hello_ok_t *ok, char *err, size_t errlen) {
   double deadline = now_s() + timeout;
   int is_tcp;
   err[0] = 0;
@@ -448,6 +451,13 @@ int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
   if (!rc) rc = handshake(c, hello_flags, is_tcp ? &tok : NULL, ok, deadline, err, errlen);
   sh_auth_token_clear(&tok);
   if (rc && !err[0]) handshake_error(c, address, timeout, rc, err, errlen);
+  return rc;
+}
+
+int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
+                      unsigned hello_flags, const char *token, const sh_client_tls_t *tls,
+                      sh_hello_ok_t *ok, char *err, size_t errlen) {
+  int rc = connect_hello(c, address, timeout, hello_flags, token, tls, ok, err, errlen);
   if (!rc) {
     c->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (c->evfd < 0) {
@@ -753,7 +763,7 @@ static void io_lost(sh_client_obj_t *c, const char *reason) {
 }
 
 void sh_client_flush_direct_locked(sh_client_obj_t *c) {
-  if (c->writing || c->fd < 0) return;
+  if (c->writing || c->fd < 0 || c->reconnecting) return;
   /* Released ids ride along instead of costing the I/O thread a write. */
   if (c->nrel || c->nunmap) sh_client_flush_releases_locked(c);
   while (sh_buf_avail(&c->out)) {
@@ -764,7 +774,8 @@ void sh_client_flush_direct_locked(sh_client_obj_t *c) {
 }
 
 int sh_client_wait_io(sh_client_obj_t *c, uint64_t id, double timeout) {
-  if (c->closed || c->lost || c->fd < 0 || sh_client_on_io_thread(c)) return 0;
+  if (c->closed || c->lost || c->fd < 0 || c->reconnecting || sh_client_on_io_thread(c))
+    return 0;
   if (!sh_map_get(&c->pending, id)) return 1;
   pthread_mutex_lock(&c->out_mu);
   sh_client_flush_direct_locked(c);
@@ -808,6 +819,170 @@ int sh_client_wait_io(sh_client_obj_t *c, uint64_t id, double timeout) {
   return done;
 }
 
+/* ---- reconnecting ---- */
+
+void sh_client_keep_locked(sh_client_obj_t *c, uint64_t id, const uint8_t *p, size_t len) {
+  sh_client_rec_t *r = sh_try_malloc(sizeof *r + len);
+  if (r) {
+    r->len = (uint32_t)len;
+    memcpy(r->frame, p, len);
+  }
+  sh_client_rec_t *old = sh_map_del(&c->replay, id);
+  sh_free(old);
+  if (r && sh_map_put(&c->replay, id, r)) sh_free(r);
+}
+
+void sh_client_forget_locked(sh_client_obj_t *c, uint64_t id) {
+  sh_free(sh_map_del(&c->replay, id));
+}
+
+typedef struct {
+  uint64_t id;
+  sh_client_rec_t *r;
+} rec_ref_t;
+
+/* FUNC frames first (tasks need them), then everything by id: ids grow in
+ * the order things were made, so objects come before the tasks that use
+ * them and one caller's actor calls keep their order. */
+static int rec_cmp(const void *x, const void *y) {
+  const rec_ref_t *a = x, *b = y;
+  int fa = a->r->frame[5] == SH_MSG_FUNC, fb = b->r->frame[5] == SH_MSG_FUNC;
+  if (fa != fb) return fb - fa;
+  return a->id < b->id ? -1 : a->id > b->id;
+}
+
+/* What a restarted head is sent again, into b (out_mu held). Returns 0 or
+ * -ENOMEM; counts SUBMITs and the rest. */
+static int build_replay_locked(sh_client_obj_t *c, sh_buf_t *b, size_t *nsub, size_t *nobj) {
+  size_t n = c->replay.count, k = 0, i = 0;
+  uint64_t id;
+  void *v;
+  rec_ref_t *refs = n ? sh_try_malloc(n * sizeof *refs) : NULL;
+  if (n && !refs) return -ENOMEM;
+  while (sh_map_next(&c->replay, &i, &id, &v)) refs[k++] = (rec_ref_t){id, v};
+  qsort(refs, k, sizeof *refs, rec_cmp);
+  int rc = 0;
+  *nsub = *nobj = 0;
+  for (i = 0; i < k && !rc; i++) {
+    sh_client_rec_t *r = refs[i].r;
+    size_t at = b->len;
+    rc = sh_buf_append(b, r->frame, r->len);
+    if (rc || r->frame[5] != SH_MSG_SUBMIT) {
+      ++*nobj;
+      continue;
+    }
+    /* The head may have had it queued or running: it says so to the new one. */
+    uint16_t fl = (uint16_t)(b->data[at + 6] | b->data[at + 7] << 8) | SH_SUBMIT_RESENT;
+    b->data[at + 6] = (uint8_t)fl;
+    b->data[at + 7] = (uint8_t)(fl >> 8);
+    ++*nsub;
+  }
+  sh_free(refs);
+  return rc;
+}
+
+/* One attempt to connect again, within timeout, asking for our client id. */
+static int reconnect_once(sh_client_obj_t *c, double timeout, char *err, size_t errlen) {
+  sh_client_tls_t tls = {c->tls_ca, c->tls_cert, c->tls_key};
+  sh_hello_ok_t ok;
+  sh_buf_reset(&c->rbuf);
+  c->want = 0;
+  c->err_text[0] = 0;
+  int rc = connect_hello(c, c->addr, timeout, c->hello_flags | SH_HELLO_RESUME, c->token, &tls,
+                         &ok, err, errlen);
+  if (!rc && ok.client_id != c->client_id) {
+    snprintf(err, errlen, "the head gave this driver another client id (%u, not %llu): its "
+             "task and object ids would clash", ok.client_id, (unsigned long long)c->client_id);
+    rc = -EEXIST;
+  }
+  if (rc) {
+    sh_tls_destroy(c->tls);
+    c->tls = NULL;
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+  }
+  return rc;
+}
+
+/* After a reconnect: the queued output is replaced by what the head must be
+ * sent again, then the requests threads still wait answers for. */
+static void resend(sh_client_obj_t *c) {
+  size_t nsub = 0, nobj = 0;
+  sh_buf_t b;
+  sh_buf_init(&b);
+  pthread_mutex_lock(&c->out_mu);
+  int rc = build_replay_locked(c, &b, &nsub, &nobj);
+  pthread_mutex_lock(&c->rep_mu);
+  for (sh_waiter_t *w = c->waiters; w && !rc; w = w->next)
+    if (!w->done && w->req_type && w->req_type != SH_MSG_PUT)
+      rc = sh_frame_append(&b, w->req_type, w->req_flags, w->id, w->req_body, w->req_len);
+  pthread_mutex_unlock(&c->rep_mu);
+  sh_buf_close(&c->out);
+  c->out = b;
+  sh_buf_reset(&c->wbuf);
+  c->writing = 0;
+  c->awake = 1;
+  c->reconnecting = 0;
+  pthread_mutex_unlock(&c->out_mu);
+  fprintf(stderr, "shoal: reconnected to the head at %s; sent again %zu unfinished task%s and "
+          "%zu function%s and object%s%s\n", c->addr, nsub, nsub == 1 ? "" : "s", nobj,
+          nobj == 1 ? "" : "s", nobj == 1 ? "" : "s", rc ? " (out of memory: some were not)" : "");
+}
+
+/* The connection broke without an ERROR from the daemon (a head killed,
+ * say): connects again with backoff (0.2 s doubling to 2 s) for up to
+ * reconnect_timeout, asking for the same client id, and sends again what is
+ * unfinished. 0 when connected again; 1 when asked to stop; a negative code
+ * with `reason` set when the head did not come back in time. */
+static int reconnect(sh_client_obj_t *c, PyThreadState **ts, char *reason, size_t rlen) {
+  char why[1024];
+  snprintf(why, sizeof why, "%s", reason);
+  pthread_mutex_lock(&c->rd_mu);
+  PyEval_RestoreThread(*ts);
+  pthread_mutex_lock(&c->out_mu);
+  c->reconnecting = 1;
+  pthread_mutex_unlock(&c->out_mu);
+  sh_tls_destroy(c->tls);
+  c->tls = NULL;
+  close(c->fd);
+  c->fd = -1;
+  *ts = PyEval_SaveThread();
+  pthread_mutex_unlock(&c->rd_mu);
+  fprintf(stderr, "shoal: lost the connection to the head at %s (%s); reconnecting for up to "
+          "%g s\n", c->addr, why, c->reconnect_timeout);
+  double start = now_s(), deadline = start + c->reconnect_timeout, next = start, backoff = 0.2;
+  char err[1536] = "no attempt finished";
+  for (;;) {
+    pthread_mutex_lock(&c->out_mu);
+    int stop = c->stop;
+    pthread_mutex_unlock(&c->out_mu);
+    if (stop) return 1;
+    double now = now_s();
+    if (now >= deadline) break;
+    if (now < next) {
+      double wait = (next < deadline ? next : deadline) - now;
+      struct pollfd p = {.fd = c->evfd, .events = POLLIN};
+      if (poll(&p, 1, (int)(wait * 1000) + 1) > 0) {
+        uint64_t v;
+        ssize_t r = read(c->evfd, &v, sizeof v);
+        (void)r;
+      }
+      continue;
+    }
+    double left = deadline - now;
+    if (reconnect_once(c, left < 5 ? left : 5, err, sizeof err) == 0) {
+      resend(c);
+      return 0;
+    }
+    next = now_s() + backoff;
+    backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
+  }
+  snprintf(reason, rlen, "the shoal head at %s did not come back within %g s "
+           "(reconnect_timeout); the connection broke because %.300s; last attempt: %.400s",
+           c->addr, c->reconnect_timeout, why, err);
+  return -ETIMEDOUT;
+}
+
 static void *io_main(void *arg) {
   sh_client_obj_t *c = arg;
   PyGILState_STATE g = PyGILState_Ensure();
@@ -820,7 +995,16 @@ static void *io_main(void *arg) {
   pthread_mutex_unlock(&c->rd_mu);
   if (rc < 0)
     snprintf(reason, sizeof reason, "it sent a malformed frame: %s", sh_strerror(rc));
-  while (rc == 0 && (rc = io_turn(c, &ts, reason, sizeof reason)) == 0) {
+  for (;;) {
+    while (rc == 0 && (rc = io_turn(c, &ts, reason, sizeof reason)) == 0) {
+    }
+    /* An ERROR from the daemon says it refused us: no use coming back. */
+    if (rc >= 0 || c->reconnect_timeout <= 0 || c->err_text[0]) break;
+    if ((rc = reconnect(c, &ts, reason, sizeof reason)) != 0) break;
+    pthread_mutex_lock(&c->rd_mu); /* frames that came with HELLO_OK */
+    rc = dispatch(c, &ts, &c->want, &what);
+    pthread_mutex_unlock(&c->rd_mu);
+    if (rc < 0) snprintf(reason, sizeof reason, "it sent a malformed frame: %s", sh_strerror(rc));
   }
   /* With rd_mu no waiter reads the socket (sh_client_wait_io), and with the
    * GIL nobody writes to it; afterwards c->fd < 0 keeps both away. */
@@ -829,7 +1013,7 @@ static void *io_main(void *arg) {
   if (rc < 0) io_lost(c, reason);
   sh_tls_destroy(c->tls);
   c->tls = NULL;
-  close(c->fd);
+  if (c->fd >= 0) close(c->fd);
   close(c->evfd);
   c->fd = c->evfd = -1;
   pthread_mutex_unlock(&c->rd_mu);

@@ -688,7 +688,7 @@ static int setup(worker_t *w, PyObject *module, PyObject *support) {
 static int send_hello(int fd) {
   sh_buf_t b;
   sh_buf_init(&b);
-  sh_hello_t h = {SH_ROLE_WORKER, (uint32_t)getpid(), 0};
+  sh_hello_t h = {SH_ROLE_WORKER, (uint32_t)getpid(), 0, 0};
   int rc = sh_hello_append(&b, &h);
   size_t off = 0;
   while (rc == 0 && off < b.len) {

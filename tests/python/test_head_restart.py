@@ -1,0 +1,237 @@
+"""The head killed (SIGKILL) and started again on the same port, socket
+directory and token, mid-run: node agents and the driver reconnect on their
+own, tasks running on nodes finish and their results reach the driver,
+nothing the driver submitted is lost, nothing runs more often than its
+retries allow, a stored object and an actor on a surviving node outlive the
+restart. And a head that never comes back: the driver's calls fail within
+reconnect_timeout saying so, the nodes drop the head's work after
+--head-timeout.
+
+Tasks log every run (task, node) to a file, so runs are counted for real."""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import shoal
+from _helpers import binary, env_with_shoal, fresh, short_tmpdir, wait_until  # noqa: F401
+from test_auth import TOKEN, free_port, write_token
+from test_cluster_nodes import Node
+
+T = 90
+
+
+class RestartableHead:
+    """`shoal start --head --block` with a fixed socket directory, port and
+    token file, that the test can SIGKILL and start again the same way."""
+
+    def __init__(self, *args, workers=1, cpus=1):
+        self.dir = short_tmpdir("shh-")
+        self.tokdir = short_tmpdir("shtok-")
+        self.token_file = write_token(self.tokdir)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # A store base of its own: agents of other shoal versions starting on
+        # this machine meanwhile would take the killed head's store in
+        # /dev/shm for a dead agent's and remove it (this version leaves a
+        # store whose head journal exists alone).
+        import tempfile
+        self.store_base = tempfile.mkdtemp(prefix="shrs-", dir="/dev/shm")
+        self.argv = [binary(), "start", "--head", "--block", "--socket-dir", self.dir,
+                     "--workers", str(workers), "--num-cpus", str(cpus), "--python",
+                     sys.executable, "--port", str(self.port), "--token-file", self.token_file,
+                     "--heartbeat-timeout", "3", "--object-store-dir", self.store_base, *args]
+        self.pids = []
+        self.errs = []
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=env_with_shoal(), text=True)
+        self.pid = self.proc.pid
+        self.pids.append(self.pid)
+        deadline = time.monotonic() + 30
+        while self.cli("status").returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail("the head did not start: " + "\n".join(self.errs))
+            time.sleep(0.05)
+
+    def cli(self, *args):
+        return subprocess.run([binary(), *args, "--address", self.address, "--token-file",
+                               self.token_file, "--timeout", "5"], capture_output=True,
+                              text=True, timeout=30)
+
+    def nodes(self):
+        import json
+        st = self.cli("status", "--json")
+        assert st.returncode == 0, st.stderr
+        return {n["node_id"]: n for n in json.loads(st.stdout)["nodes"]}
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.errs.append(self.proc.communicate(timeout=10)[1])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.errs.append(self.proc.communicate(timeout=15)[1])
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.errs.append(self.proc.communicate(timeout=5)[1])
+        # A SIGKILLed head leaves its object store (a restarted one takes it
+        # over; the last one removes it when it stops cleanly).
+        for pid in self.pids:
+            for d in glob.glob(f"/dev/shm/shoal-{pid}-*"):
+                shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(self.store_base, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.tokdir, ignore_errors=True)
+        return "\n".join(self.errs)
+
+
+def make_tasks(log):
+    @shoal.remote(max_retries=2)
+    def counted(i):
+        with open(log, "a") as f:
+            f.write(f"c{i} {os.environ['SHOAL_NODE_ID']}\n")
+        time.sleep(0.002)
+        return i * 3
+
+    @shoal.remote(max_retries=0)
+    def slow_once(i):
+        with open(log, "a") as f:
+            f.write(f"s{i} {os.environ['SHOAL_NODE_ID']}\n")
+        time.sleep(1.0)
+        return -i
+
+    return counted, slow_once
+
+
+@shoal.remote
+def total(a):
+    return int(a.sum())
+
+
+@shoal.remote(resources={"special": 1})
+class Tally:
+    def __init__(self):
+        self.n = 0
+
+    def inc(self):
+        self.n += 1
+        return self.n, os.environ["SHOAL_NODE_ID"]
+
+
+def runs_of(log):
+    runs, where = Counter(), {}
+    for line in open(log).read().split("\n"):
+        if line:
+            key, node = line.split()
+            runs[key] += 1
+            where.setdefault(key, set()).add(node)
+    return runs, where
+
+
+@pytest.mark.asan
+def test_head_killed_and_restarted_mid_run(fresh, tmp_path):  # noqa: F811
+    log = str(tmp_path / "runs")
+    open(log, "w").close()
+    counted, slow_once = make_tasks(log)
+    head = RestartableHead(workers=1, cpus=1)
+    nodes = []
+    try:
+        nodes.append(Node(head, workers=2, cpus=2, resources={"special": 1}))
+        nodes.append(Node(head, workers=2, cpus=2))
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        arr = np.arange(100_000, dtype=np.int64)  # 800 KB: a stored object
+        ref = shoal.put(arr)
+        tally = Tally.remote()
+        assert shoal.get(tally.inc.remote(), timeout=T)[0] == 1
+        slow = [slow_once.remote(i) for i in range(12)]
+        short = [counted.remote(i) for i in range(2000)]
+        wait_until(lambda: sum(f.done() for f in short[:600]) >= 200, T, 0.01,
+                   "the first results")
+        head.kill9()
+        time.sleep(0.3)
+        head.start()
+        assert [f.result(timeout=T) for f in short] == [i * 3 for i in range(2000)]
+        runs, where = runs_of(log)
+        assert all(runs[f"c{i}"] >= 1 for i in range(2000))
+        assert max(runs[f"c{i}"] for i in range(2000)) <= 1 + 2
+        head_node = "1"
+        for i, f in enumerate(slow):
+            try:
+                assert f.result(timeout=T) == -i
+            except shoal.WorkerCrashedError as e:
+                assert "head restarted" in str(e)
+            key = f"s{i}"
+            assert runs[key] <= 1  # max_retries=0: never more than once
+            if runs[key] and where[key] != {head_node}:
+                # It ran on a node that survived: adopted, so it finished there.
+                assert f.result(timeout=1) == -i
+        # The stored object outlived the head, and still works as an argument.
+        assert shoal.get(total.remote(ref), timeout=T) == int(arr.sum())
+        assert np.array_equal(shoal.get(ref, timeout=T), arr)
+        # The actor on a surviving node kept its state.
+        n, where_actor = shoal.get(tally.inc.remote(), timeout=T)
+        assert n == 2 and where_actor == str(nodes[0].node_id)
+        # New work runs after the restart too.
+        assert shoal.get([counted.remote(10_000 + i) for i in range(50)], timeout=T) == \
+            [(10_000 + i) * 3 for i in range(50)]
+        alive = {n["node_id"] for n in head.nodes().values() if n["alive"]}
+        assert {nodes[0].node_id, nodes[1].node_id} <= alive
+    finally:
+        shoal.shutdown()
+        for n in nodes:
+            n.stop()
+        err = head.stop()
+        if os.environ.get("SH_DEBUG_HEAD"):
+            print("HEADLOG", err)
+    assert "this head restarted" in err
+
+
+@pytest.mark.asan
+def test_head_that_never_comes_back(fresh, tmp_path):  # noqa: F811
+    log = str(tmp_path / "runs")
+    open(log, "w").close()
+    head = RestartableHead(workers=0, cpus=1)
+    node = None
+
+    @shoal.remote(max_retries=0)
+    def nap():
+        with open(log, "a") as f:
+            f.write("nap\n")
+        time.sleep(30)
+
+    try:
+        node = Node(head, "--head-timeout", "2", workers=1, cpus=1)
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=3)
+        f = nap.remote()
+        wait_until(lambda: open(log).read(), T, 0.02, "the task to start")
+        head.kill9()
+        t0 = time.monotonic()
+        with pytest.raises(shoal.ConnectionLostError, match="did not come back within 3 s"):
+            f.result()
+        assert time.monotonic() - t0 < 3 + 5
+        # The node drops the head's work after --head-timeout: its worker is
+        # replaced, so the task does not run for its 30 s.
+        time.sleep(0.5)
+        out, err = node.stop()
+        node = None
+        assert "did not come back within 2 s" in err, err
+    finally:
+        shoal.shutdown()
+        if node:
+            node.stop()
+        head.stop()
