@@ -574,6 +574,8 @@ ssize_t sh_store_chunk_splice(sh_agent_t *a, sh_conn_t *c, uint64_t id, size_t m
                               size_t n);
 /* 1 when c delivered the whole segment of id (size bytes), now in place
  * under its name; forgets the transfer either way. */
+/* 1 when object id's segment is in the store directory (not spilled). */
+int sh_store_exists(sh_agent_t *a, uint64_t id);
 int sh_store_received(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size);
 /* c closed: abandons its unfinished transfers (their files are removed). */
 void sh_store_xfers_close(sh_agent_t *a, sh_conn_t *c);
@@ -617,7 +619,9 @@ void sh_sched_orphan_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
 void sh_sched_grace_over(sh_agent_t *a);
 /* Node: it rejoined after losing its head: the head's objects go once the
  * work that needs them is done (the new head sends again what it needs). */
-void sh_sched_uplink_back(sh_agent_t *a);
+/* Node, rejoined: tells the head (c) which of its stored objects it holds
+ * (HAVE) and marks the head's other objects released. */
+void sh_sched_uplink_back(sh_agent_t *a, sh_conn_t *c);
 /* Node: sends the results held during the gap (c is the uplink). */
 void sh_sched_send_held(sh_agent_t *a, sh_conn_t *c);
 

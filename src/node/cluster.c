@@ -210,11 +210,13 @@ static void rejoin(sh_agent_t *a, sh_conn_t *c) {
     sh_buf_reset(&a->up_recent[k]);
   }
   sh_sched_send_held(a, c);
+  /* The stored objects it holds before NODE_HOLDS: a restarted head opens
+   * its gate on NODE_HOLDS, and what it then places may need them. */
+  sh_sched_uplink_back(a, c);
   if (sh_holds_append(&c->out, tasks, nt, actors, na))
     sh_warn("out of memory telling the head what this node kept");
   sh_free(tasks);
   sh_free(actors);
-  sh_sched_uplink_back(a);
   sh_info("back with the head after %.3g s: it kept %u task%s and %u actor%s of the head's, "
           "and %u result%s waited for it", (uv_now(a->loop) - a->up_lost_ms) / 1000.0, nt,
           nt == 1 ? "" : "s", na, na == 1 ? "" : "s", held, held == 1 ? "" : "s");

@@ -124,6 +124,25 @@ void sh_sched_put_segment(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_
   }
 }
 
+/* A restarted head, in its grace period: a driver's PUT of a stored object
+ * that is not in this store is a result kept on a node (ON_NODE) before the
+ * restart. The record is the node's report (HAVE), or waits for it; one
+ * no node reports reads as lost. 1 when the PUT is answered so. */
+static sh_obj_t *remote_placeholder(sh_agent_t *a, uint64_t id, uint64_t size);
+static int claim_remote(sh_agent_t *a, uint64_t id, uint64_t size) {
+  if (!a->rec.grace) return 0;
+  sh_obj_t *o = sh_map_get(&a->objects, id);
+  if (o && o->remote && sh_map_del(&a->rec.orphans, id)) {
+    o->released = 0;
+    if (!o->size) o->size = size;
+    a->rec.n_claimed++;
+    return 1;
+  }
+  if (o || sh_map_get(&a->tasks, id) || sh_store_exists(a, id)) return 0;
+  if (!(o = remote_placeholder(a, id, size))) return 0;
+  return 1;
+}
+
 void sh_sched_put_stored(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p,
                          uint32_t n) {
   char why[768] = "";
@@ -133,6 +152,8 @@ void sh_sched_put_stored(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t
     st = SH_ST_BAD_REQUEST;
     snprintf(why, sizeof why, "a stored PUT carries the u64 segment size, not %u bytes", n);
     sh_store_discard(a, id);
+  } else if (claim_remote(a, id, sh_get_u64(p))) {
+    /* A result kept on a node across a head restart: the driver still holds it. */
   } else if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) {
     st = SH_ST_BAD_REQUEST; /* the segment is the existing object's: leave it */
     snprintf(why, sizeof why, "object id %#llx is already in use", (unsigned long long)id);
@@ -400,8 +421,11 @@ static void wake_waiters(sh_agent_t *a, uint64_t id, sh_waiters_t *wl, sh_obj_t 
     w->missing--;
     sh_queue_remove(&w->link);
     if (o) o->pins++; /* release_deps below unpins this one like the others */
-    finish(a, w, o ? status : SH_ST_LOST, code, o ? p : (const uint8_t *)"out of memory keeping a dependency",
-           o ? n : 34);
+    /* No object: a failure given here (a pull that failed), or a value that
+     * could not be kept (out of memory). */
+    int oom = !o && status == SH_ST_OK;
+    finish(a, w, oom ? SH_ST_LOST : status, oom ? 0 : code,
+           oom ? (const uint8_t *)"out of memory keeping a dependency" : p, oom ? 34 : n);
   }
   sh_free(wl);
   if (o && obj_unused(o)) obj_free(a, id, o);
@@ -621,7 +645,8 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
     reject(a, c, id, SH_ST_INFEASIBLE, why);
     return;
   }
-  int waits = c->role == SH_ROLE_DRIVER && (c->flags & SH_HELLO_WAIT_NODES);
+  /* A restarted head waiting for its nodes does not know yet what they offer. */
+  int waits = (c->role == SH_ROLE_DRIVER && (c->flags & SH_HELLO_WAIT_NODES)) || a->rec.gate;
   if (!waits && !sh_head_feasible(&a->head, &req, why, sizeof why)) {
     if (s->kind == SH_KIND_ACTOR_CREATE) actor_die(a, actor_new(a, id), why);
     reject(a, c, id, SH_ST_INFEASIBLE, why);
@@ -1762,6 +1787,16 @@ static void recipe_drop(sh_agent_t *a, sh_obj_t *o) {
   task_free(r);
 }
 
+/* Head: a record of object id kept on other nodes (none named yet), size
+ * bytes (0: not known yet), without lineage. NULL when out of memory. */
+static sh_obj_t *remote_placeholder(sh_agent_t *a, uint64_t id, uint64_t size) {
+  sh_obj_t *o = obj_store(a, id, SH_ST_OK, SH_CODE_STORED, NULL, 0);
+  if (!o) return NULL;
+  o->stored = o->remote = 1;
+  o->size = size;
+  return o;
+}
+
 /* Head: the object of finished task t (ON_NODE: kept on t->node_id, size
  * bytes): where it is and, for a plain task, how to make it again. NULL
  * when out of memory. */
@@ -1806,6 +1841,11 @@ static void drop_holder(sh_obj_t *o, uint32_t node_id) {
  * record tasks wait on, or NULL with SH_ST_LOST and why. */
 static sh_pull_t *rebuild_start(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
   sh_task_t *r = o->recipe;
+  if (!r && !o->lost_node) {
+    snprintf(why, n, "object %#llx was lost: it was kept on a node before the head restarted, "
+             "and no node that came back holds it", (unsigned long long)o->id);
+    return NULL;
+  }
   if (!r) {
     snprintf(why, n, "object %#llx was lost: its only copy was on node %u, which died, and it "
              "has no lineage to make it again (a put value, or an actor's result)",
@@ -1855,6 +1895,10 @@ static uint32_t need_obj(sh_agent_t *a, sh_obj_t *o, sh_task_t *t, uint32_t cid,
     sh_node_t *h = live_node(a, o->nodes[i]);
     if (h) p = sh_pull_from_node(a, o->id, o->size, h);
   }
+  /* A restarted head: a node that has not come back yet may hold it (it
+   * reports it with HAVE); wait for that, or for the gate to open. */
+  if (!p && !o->nnodes && !o->lost_node && !o->recipe && a->rec.gate)
+    p = sh_pull_new(a, o->id, o->size);
   if (!p && !(p = rebuild_start(a, o, why, n))) return SH_ST_LOST;
   if (t) {
     if (p->ntasks == p->cap) {
@@ -2060,6 +2104,18 @@ void sh_sched_have(sh_agent_t *a, sh_node_t *n, const uint8_t *ids, uint32_t len
     sh_obj_t *o = sh_map_get(&a->objects, id);
     if (o && o->stored) {
       add_holder(o, n->node_id);
+      sh_pull_t *p = o->remote ? sh_pull_get(a, id) : NULL;
+      if (p && !p->from && !p->conn && !sh_map_get(&a->tasks, id))
+        wake_parked(a, p, SH_ST_OK, 0, NULL, 0, NULL); /* waited for a node to report it */
+      continue;
+    }
+    /* After a restart: a segment kept on a node since before it, which a
+     * driver may still hold (it says so with a PUT of the id); unclaimed,
+     * it goes when the grace period ends. */
+    if (!o && a->rec.grace && (o = remote_placeholder(a, id, 0))) {
+      add_holder(o, n->node_id);
+      o->released = 1;
+      sh_map_put(&a->rec.orphans, id, (void *)1);
       continue;
     }
     /* Freed meanwhile: the node drops its copy too. */
@@ -2145,6 +2201,19 @@ int sh_sched_resent(sh_agent_t *a, sh_task_t *t) {
 }
 
 void sh_sched_open_gate(sh_agent_t *a) {
+  /* What waited for a node to report an object it kept: no node did. */
+  uint64_t id;
+  void *v;
+  char why[256];
+  for (size_t i = 0; sh_map_next(&a->pulls, &i, &id, &v);) {
+    sh_pull_t *p = v;
+    sh_obj_t *o = sh_map_get(&a->objects, id);
+    if (p->from || p->conn || sh_map_get(&a->tasks, id) || !o || o->nnodes) continue;
+    snprintf(why, sizeof why, "object %#llx was lost: it was kept on a node before the head "
+             "restarted, and no node that came back holds it", (unsigned long long)id);
+    wake_parked(a, p, SH_ST_LOST, 0, (const uint8_t *)why, (uint32_t)strlen(why), why);
+    i = 0; /* wake_parked dropped p from the map */
+  }
   sh_queue_t *q = &a->rec.held;
   while (!sh_queue_empty(q)) {
     sh_task_t *t = sh_queue_data(sh_queue_head(q), sh_task_t, link);
@@ -2201,6 +2270,10 @@ void sh_sched_orphan_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
       sh_store_discard(a, id);
       return;
     }
+  } else if (r->status == SH_ST_OK && r->code == SH_CODE_ON_NODE) {
+    /* Kept on the node: here is where. */
+    if (r->payload_len != 8 || !(o = remote_placeholder(a, id, sh_get_u64(r->payload)))) return;
+    add_holder(o, n->node_id);
   } else if (!(o = obj_store(a, id, r->status, r->code, r->payload, r->payload_len))) {
     return;
   }
@@ -2235,15 +2308,25 @@ void sh_sched_grace_over(sh_agent_t *a) {
   }
 }
 
-void sh_sched_uplink_back(sh_agent_t *a) {
+void sh_sched_uplink_back(sh_agent_t *a, sh_conn_t *c) {
   uint64_t id;
   void *v;
+  sh_buf_t have;
+  sh_buf_init(&have);
   for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
     sh_obj_t *o = v;
     if ((uint32_t)(id >> 40) >= SH_NODE_CLIENT_BASE) continue;
+    /* A segment here (a result kept on this node, or a copy) may be the
+     * only one left: the head is told, and releases what it does not want
+     * (a restarted head keeps what its drivers still hold). */
+    if (o->stored && o->status == SH_ST_OK && !o->remote && !sh_buf_u64(&have, id)) continue;
     o->released = 1;
     if (obj_unused(o)) obj_free(a, id, o);
   }
+  if (sh_buf_avail(&have) && !sh_frame_append(&c->out, SH_MSG_HAVE, 0, 0, sh_buf_head(&have),
+                                              sh_buf_avail(&have)))
+    sh_conn_mark_dirty(c);
+  sh_buf_close(&have);
 }
 
 void sh_sched_send_held(sh_agent_t *a, sh_conn_t *c) {

@@ -648,6 +648,12 @@ int sh_store_chunk(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body
   return sh_store_chunk_data(a, c, id, body + SH_CHUNK_HDR, k, why, n);
 }
 
+int sh_store_exists(sh_agent_t *a, uint64_t id) {
+  char name[24];
+  seg_name(id, name);
+  return a->store.dir_fd >= 0 && faccessat(a->store.dir_fd, name, F_OK, 0) == 0;
+}
+
 int sh_store_received(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size) {
   sh_xfer_t *x = sh_map_get(&c->xfers, id);
   if (!x) return 0;

@@ -201,6 +201,54 @@ def test_head_killed_and_restarted_mid_run(fresh, tmp_path):  # noqa: F811
     assert "this head restarted" in err
 
 
+@shoal.remote(resources={"maker": 1})
+def make_array(n, seed, wait_for=None):
+    if wait_for:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(wait_for) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return np.arange(n, dtype=np.int64) * seed
+
+
+@pytest.mark.asan
+def test_results_kept_on_nodes_outlive_a_restart(fresh, tmp_path):  # noqa: F811
+    """Large results stay on the node that made them (ON_NODE); across a head
+    restart the node reports them (HAVE) and the driver still holding them
+    claims them (its PUT of the id, sent again, may come first: it waits for
+    the node): one made before the kill, one finished while the head was
+    down. Released afterwards, the node drops both."""
+    go = str(tmp_path / "go")
+    head = RestartableHead(workers=1, cpus=1)
+    node = None
+    try:
+        node = Node(head, workers=2, cpus=2, resources={"maker": 2})
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        n = 300_000                                  # 2.4 MB: kept on the node
+        before = make_array.remote(n, 3)
+        shoal.wait([before], timeout=T)
+        during = make_array.remote(n, 5, go)         # finishes while the head is down
+        head.kill9()
+        open(go, "w").close()
+        time.sleep(0.5)
+        head.start()
+        assert np.array_equal(before.result(timeout=T), np.arange(n) * 3)
+        assert np.array_equal(during.result(timeout=T), np.arange(n) * 5)
+        assert shoal.get(total.remote(before), timeout=T) == int((np.arange(n) * 3).sum())
+        # The node keeps what the driver holds, and drops it once released.
+        from test_pull import node_store
+        assert node_store(node)["objects"] == 2
+        del before, during
+        import gc
+        gc.collect()
+        wait_until(lambda: node_store(node)["objects"] == 0, T, 0.1,
+                   "the node to drop the released results")
+    finally:
+        shoal.shutdown()
+        if node:
+            node.stop()
+        head.stop()
+
+
 @pytest.mark.asan
 def test_head_that_never_comes_back(fresh, tmp_path):  # noqa: F811
     log = str(tmp_path / "runs")
