@@ -209,7 +209,7 @@ static void fuzz_holds(const sh_frame_t *f, sh_buf_t *b) {
   uint64_t *ids = n ? malloc((size_t)n * 8) : NULL;
   CHECK(!n || ids);
   for (uint32_t i = 0; i < n; i++) ids[i] = sh_get_u64(h.ids + 8 * (size_t)i);
-  CHECK(sh_holds_append(b, ids, h.ntasks, ids + h.ntasks, h.nactors) == 0);
+  CHECK(sh_holds_append(b, ids, h.ntasks, ids ? ids + h.ntasks : NULL, h.nactors) == 0);
   free(ids);
   check_reencoded(b, SH_MSG_NODE_HOLDS, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
 }
