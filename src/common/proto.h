@@ -54,6 +54,9 @@ enum { SH_CANCEL_NONE = 0, SH_CANCEL_QUEUED = 1, SH_CANCEL_RUNNING = 2 };
                                * (node to head): payload is its u64 segment size */
 #define SH_CODE_PULL_FAILED 4 /* RESULT code of a LOST task (node to head): a dependency
                                * could not be pulled; the task did not run */
+#define SH_CODE_ACTOR_GONE 5  /* RESULT code (node to head) for an actor's own id, status
+                               * ACTOR_DIED: the actor's worker died on a node that lives
+                               * on; the node forgot the actor (the head may restart it) */
 /* CHUNK body: u64 total size, u64 offset, bytes; chunks of one segment come
  * in order, each at most SH_CHUNK_MAX bytes (and within the frame limit). */
 #define SH_CHUNK_HDR 16

@@ -1334,6 +1334,21 @@ static void signal_text(char *buf, size_t n, int sig, int64_t status) {
   else snprintf(buf, n, "exited with status %lld", (long long)status);
 }
 
+/* Node: the head's actor ac died here (its worker), not by the head's
+ * KILL_ACTOR: the head is told (RESULT for the actor's id, ACTOR_DIED, code
+ * ACTOR_GONE, after the failed calls) and the actor forgotten, so that the
+ * head may construct it again, here or elsewhere, under the same id. 1 when
+ * told and freed. */
+static int actor_gone_tell_head(sh_agent_t *a, sh_actor_t *ac, const char *why) {
+  sh_conn_t *up = a->uplink && a->uplink->up == SH_UP_READY ? a->uplink : NULL;
+  if (!up) return 0;
+  if (sh_result_append(&up->out, ac->id, SH_ST_ACTOR_DIED, SH_CODE_ACTOR_GONE, why, strlen(why)))
+    return 0;
+  sh_conn_mark_dirty(up);
+  actor_free(a, ac);
+  return 1;
+}
+
 void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status,
                           const char *why) {
   char how[96], msg[512];
@@ -1348,6 +1363,8 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
                why ? "; " : "", why ? why : "");
       if (w->kill_reason != SH_REASON_ACTOR && actor_restart(a, ac, msg)) return;
       actor_die(a, ac, msg);
+      if (ac->remote && w->kill_reason != SH_REASON_ACTOR && actor_gone_tell_head(a, ac, msg))
+        return; /* forgotten here: the head restarts it or lets it die */
     }
     ac->worker = NULL;
     return;
@@ -1592,8 +1609,25 @@ void sh_sched_client_gone(sh_agent_t *a, uint32_t cid) {
 
 /* ---- the cluster: results from nodes, node deaths, a lost head ---- */
 
+/* Head: node n says actor id's worker died there (the node lives on and
+ * forgot it). Restarted elsewhere or there per max_restarts, else dead. */
+static void actor_gone_on_node(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r) {
+  sh_actor_t *ac = sh_map_get(&a->actors, id);
+  if (!ac || ac->node_id != n->node_id || ac->state == SH_ACTOR_DEAD) return;
+  char msg[768];
+  snprintf(msg, sizeof msg, "on node %u (%s): %.*s", n->node_id, n->host,
+           (int)(r->payload_len < 600 ? r->payload_len : 600), (const char *)r->payload);
+  if (actor_restart(a, ac, msg)) return;
+  actor_die(a, ac, msg);
+  ac->node_id = 0; /* the node forgot it: nothing to send KILL_ACTOR to */
+}
+
 void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r) {
   sh_task_t *t = sh_map_get(&a->tasks, id);
+  if (!t && r->status == SH_ST_ACTOR_DIED && r->code == SH_CODE_ACTOR_GONE) {
+    actor_gone_on_node(a, n, id, r);
+    return;
+  }
   if (!t) {
     sh_sched_orphan_result(a, n, id, r);
     return;

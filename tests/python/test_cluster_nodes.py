@@ -341,6 +341,60 @@ def test_cluster_actor_restarts_on_another_node(fresh):  # noqa: F811
         head.stop()
 
 
+@shoal.remote(max_restarts=1, resources={"roam": 1})
+class Fragile:
+    def __init__(self, start):
+        self.n = start
+
+    def inc(self):
+        self.n += 1
+        return self.n, os.getpid(), os.environ["SHOAL_NODE_ID"]
+
+
+@pytest.mark.asan
+def test_cluster_actor_restarts_after_its_worker_dies_on_a_live_node(fresh):  # noqa: F811
+    """The actor's worker is killed, its node lives on: the node tells the
+    head, which constructs the actor again (max_restarts=1); killed a second
+    time, it dies for good, and the node is still alive and serving."""
+    head = Head()
+    node = None
+    try:
+        node = Node(head, workers=1, cpus=1, resources={"roam": 1})
+        shoal.init(address=head.address, token=TOKEN)
+        r = Fragile.remote(10)
+        n1, pid1, where = r.inc.remote().result(timeout=T)
+        assert (n1, where) == (11, str(node.node_id))
+        os.kill(pid1, signal.SIGKILL)
+
+        def restarted():
+            try:
+                return r.inc.remote().result(timeout=T)
+            except shoal.ActorDiedError:
+                return None  # a call that was on its way when the worker died
+        n2, pid2, where2 = wait_until(restarted, 30, 0.1, "the actor constructed again")
+        assert n2 == 11 and pid2 != pid1 and where2 == where   # fresh state, same node
+        os.kill(pid2, signal.SIGKILL)
+
+        def dead():
+            try:
+                r.inc.remote().result(timeout=T)
+                return None
+            except shoal.ActorDiedError as e:
+                return e
+        err = wait_until(dead, 30, 0.1, "the actor to die after its last restart")
+        assert "died" in str(err)
+        assert head.nodes()[node.node_id]["alive"]
+        @shoal.remote(resources={"roam": 1})
+        def here():
+            return os.environ["SHOAL_NODE_ID"]
+        assert here.remote().result(timeout=T) == where     # its resources were given back
+    finally:
+        shoal.shutdown()
+        if node:
+            node.stop()
+        head.stop()
+
+
 def test_cluster_infeasible_and_actors(cluster3):
     head, a, b = cluster3
 
