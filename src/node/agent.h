@@ -319,6 +319,7 @@ struct sh_node_s {
   uint64_t last_seen_ms; /* uv_now() of its last frame */
   sh_queue_t tasks;      /* tasks forwarded here (SH_TASK_REMOTE), oldest first */
   uint32_t ntasks;
+  int refill;            /* short tasks are sent ahead until it is full again */
   sh_map_t funcs_sent;   /* fn ids already sent on this connection */
   char pull_addr[SH_ADDR_MAX]; /* "HOST:PORT" of its node port; "" when none */
 };

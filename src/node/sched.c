@@ -1119,11 +1119,19 @@ static sh_node_t *pipeline_node(sh_agent_t *a, const sh_task_t *t) {
   void *v;
   for (size_t i = 0; sh_map_next(&a->nodes, &i, &id, &v);) {
     sh_node_t *n = v;
+    uint32_t cap = PIPELINE_MAX * n->num_workers;
     if (!n->conn || !n->alive || n->draining || !n->num_workers ||
-        n->total.cpu_milli < t->cpu_milli || n->ntasks >= PIPELINE_MAX * n->num_workers)
+        n->total.cpu_milli < t->cpu_milli || n->ntasks >= cap) {
+      n->refill = 0;
       continue;
+    }
+    /* Hysteresis: a node that was full gets more only once it is down to
+     * half, and then up to full in one go, so its tasks come in batches and
+     * not one per result (a wake-up of the node and its worker each). */
+    if (!n->refill && n->ntasks > cap / 2) continue;
     if (!best || n->ntasks * best->num_workers < best->ntasks * n->num_workers) best = n;
   }
+  if (best) best->refill = 1;
   return best;
 }
 
