@@ -10,6 +10,11 @@ per worker, so that the load stays balanced.
 
 This is splitting input, not scheduling: every chunk is submitted at once
 and the engine places them.
+
+Items and results that are all plain ints or all plain floats travel packed
+(``_core.seq_pack``: one array of numbers, not a pickle of each), which
+takes most of the (un)pickling out of a map over numbers, in the driver and
+in the workers; anything else is pickled as usual.
 """
 
 import itertools
@@ -71,10 +76,42 @@ class ChunkRunner:
             out = list(itertools.starmap(fn, items))
         else:
             out = list(map(fn, items))
-        return out, time.perf_counter() - t0
+        t = time.perf_counter() - t0
+        return packed(out, 0, len(out)) or out, t
 
     def __reduce__(self):
         return (ChunkRunner, (self.fn, self.star, self.init))
+
+
+class Packed:
+    """Items packed by ``_core.seq_pack``; unpickles as the list itself."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce__(self):
+        from . import _core
+        return (_core.seq_unpack, (self.data,))
+
+
+def packed(items, start, stop):
+    """``items[start:stop]`` as a ``Packed`` when they are all plain ints or
+    all plain floats (a list or tuple of them), else None."""
+    from . import _core
+    data = _core.seq_pack(items, start, stop)
+    return None if data is None else Packed(data)
+
+
+def chunk_of(items, start, stop):
+    """The chunk ``items[start:stop]`` as it is sent: packed when it can be,
+    else the slice (a range stays a range)."""
+    if type(items) is list or type(items) is tuple:
+        p = packed(items, start, stop)
+        if p is not None:
+            return p
+    return items[start:stop]
 
 
 def run_initializer(init):
@@ -139,7 +176,7 @@ def submit_chunks(remote_fn, items, chunksize, workers, deadline=None):
         if n <= CHUNKS_PER_WORKER * max(1, workers):
             chunksize = 1
         else:
-            probe = remote_fn.remote(items[:PROBE_ITEMS], PROBE_BUDGET)
+            probe = remote_fn.remote(chunk_of(items, 0, PROBE_ITEMS), PROBE_BUDGET)
             futures.append(probe)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -153,7 +190,7 @@ def submit_chunks(remote_fn, items, chunksize, workers, deadline=None):
             start = len(results)
             chunksize = choose_chunksize(seconds / max(1, start), n - start, workers)
     for i in range(start, n, chunksize):
-        futures.append(remote_fn.remote(items[i:i + chunksize]))
+        futures.append(remote_fn.remote(chunk_of(items, i, i + chunksize)))
     return futures
 
 
@@ -174,9 +211,9 @@ def iter_chunks(futures, deadline=None):
     while futures:
         f = futures[-1]
         if deadline is None:
-            results, _ = f.result()
+            results, _ = f._take()
         else:
-            results, _ = f.result(max(0.0, deadline - time.monotonic()))
+            results, _ = f._take(max(0.0, deadline - time.monotonic()))
         futures.pop()
         del f
         yield results
