@@ -87,7 +87,7 @@ SYSTEMS = [
            better="lower", role="shoal", timeout=180, floor="sum_floor"),
     System("shoal_pass_array", "shoal: array passed to 16 tasks directly", n=BIG, unit="ms",
            better="lower", role="shoal", timeout=300, floor="sum_floor",
-           note="each call stores its own copy of the argument"),
+           note="stored once, then compared (memcmp) on each further call"),
     System("mp_pickle", "multiprocessing Pool.apply_async ×16 (array pickled)", n=BIG, unit="ms",
            better="lower", timeout=420, floor="sum_floor",
            note="" if MP_TASKS == TASKS else

@@ -211,6 +211,13 @@ class Future(concurrent.futures.Future):
         self._wait(timeout)
         return self._value_or_raise()
 
+    def _used_by(self, task):
+        """Called by the client after submitting ``task`` with this Future,
+        a stored copy of the task's arguments, as the argument object."""
+        if "_arg_copy" in self.__dict__:
+            from . import _serial
+            _serial.args_used(self, task)
+
     def _take(self, timeout=None):
         """``result()``, without keeping the value in this Future: for the
         chunks of a map, whose results are read once and copied into the

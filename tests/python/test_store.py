@@ -92,6 +92,73 @@ def test_large_arguments_and_results_go_through_the_store(cluster):
     wait_until(lambda: store()["objects"] <= before, what="temporary objects freed")
 
 
+def test_an_unchanged_argument_passed_again_is_stored_once(cluster):
+    gc.collect()
+    wait_until(lambda: not shoal._serial._args_copies, what="earlier copies released")
+    before = store()["objects"]
+    a = np.arange(2 * MiB, dtype=np.int64)  # 16 MiB
+    futs = [checksum.remote(a) for _ in range(4)]
+    futs.append(checksum.remote(x=a))  # other (args, kwargs): a copy of its own
+    assert store()["objects"] == before + 2
+    assert [f.result(timeout=30) for f in futs] == [(digest(a), False)] * 5
+    # Kept for a moment after its tasks (ARGS_GRACE), then released.
+    assert checksum.remote(a).result(timeout=30) == (digest(a), False)
+    assert store()["objects"] <= before + 2
+    del futs
+    gc.collect()
+    wait_until(lambda: store()["objects"] <= before, what="the copies released after the grace")
+    assert not shoal._serial._args_copies
+
+
+def test_a_changed_argument_is_stored_again(cluster):
+    @shoal.remote
+    def first_and_sum(x, t):
+        time.sleep(t)
+        return int(x[0]), int(x.sum())
+
+    before = store()["objects"]
+    a = np.arange(2 * MiB, dtype=np.int64)
+    s0 = int(a.sum())
+    f0 = first_and_sum.remote(a, 0.5)  # still pending when a changes
+    a[0] = 1000
+    f1 = first_and_sum.remote(a, 0.5)
+    a[-1] = 7  # the last byte of the buffer changes too
+    f2 = first_and_sum.remote(a, 0.5)
+    assert store()["objects"] == before + 3, "a changed array reused a stale copy"
+    assert f0.result(timeout=30) == (0, s0)
+    assert f1.result(timeout=30) == (1000, s0 + 1000)
+    assert f2.result(timeout=30) == (1000, s0 + 1000 - (2 * MiB - 1) + 7)
+    # Unchanged again: reuses the last copy.
+    f3 = first_and_sum.remote(a, 0.5)  # the same (args, kwargs) as f2
+    assert store()["objects"] <= before + 3
+    assert f3.result(timeout=30) == f2.result()
+    del f0, f1, f2, f3
+    gc.collect()
+    wait_until(lambda: store()["objects"] <= before, what="the copies released")
+
+
+def test_store_same_compares_every_byte(tmp_path):
+    a = np.arange(1000, dtype=np.int64)
+    bufs = []
+    stream = __import__("pickle").dumps(a, 5, buffer_callback=bufs.append)
+    path = str(tmp_path / "obj")
+    shoal._core.store_write(path, stream, bufs)
+    assert shoal._core.store_same(path, stream, bufs) is True
+    b = a.copy()
+    b[999] += 1
+    assert shoal._core.store_same(path, stream, [b]) is False
+    assert shoal._core.store_same(path, stream, [a[:999]]) is False
+    assert shoal._core.store_same(path, stream + b"x", bufs) is False
+    assert shoal._core.store_same(path, stream, []) is False
+    with pytest.raises(FileNotFoundError):
+        shoal._core.store_same(str(tmp_path / "none"), stream, bufs)
+    with open(path, "r+b") as f:
+        f.write(b"XXXX")  # not an object file any more
+    assert shoal._core.store_same(path, stream, bufs) is False
+    spans = shoal._core.buffer_spans([a, b"xy"])
+    assert spans[0] == (a.__array_interface__["data"][0], a.nbytes) and spans[1][1] == 2
+
+
 def test_small_values_travel_inline(cluster):
     before = store()
     small = np.arange(100)

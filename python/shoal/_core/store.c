@@ -32,6 +32,9 @@
  * A full tmpfs makes write() fail with ENOSPC, where a store through a
  * mapping would kill the writer with SIGBUS.
  *
+ * Drivers also compare a segment with the value they would write again
+ * (store_same): an argument passed to many tasks is stored once.
+ *
  * Sections: format; writing; mapping and validation; the Segment type; the
  * module functions. */
 #include "core.h"
@@ -566,6 +569,142 @@ fail:
   return NULL;
 }
 
+/* What store_same hands to the part that runs without the GIL. */
+typedef struct cjob_s {
+  const char *path;
+  const Py_buffer *sv, *bv; /* the stream and the buffers to compare */
+  uint32_t n;
+  const char *what; /* on an error: the step that failed */
+} cjob_t;
+
+/* Compares the file at j->path with the stream and buffers; runs without
+ * the GIL. Returns 1 (the file holds exactly them, laid out as store_write
+ * lays them out), 0 (it does not, or it is not a valid object file), or
+ * -errno when it could not be opened or mapped. */
+static int compare_segment(cjob_t *j) {
+  int fd = open(j->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    j->what = "opening";
+    return -errno;
+  }
+  struct stat sb;
+  int rc = 0;
+  void *p = MAP_FAILED;
+  if (fstat(fd, &sb) < 0) {
+    rc = -errno;
+    j->what = "fstat of";
+  } else if (S_ISREG(sb.st_mode) && sb.st_size >= (off_t)SEG_HDR) {
+    /* MAP_POPULATE: every page is read anyway; mapping them in one go costs
+     * less than a fault per 16 pages. */
+    p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) {
+      rc = -errno;
+      j->what = "mapping";
+    }
+  }
+  close(fd);
+  if (p == MAP_FAILED) return rc;
+  const uint8_t *base = p;
+  uint64_t size = (uint64_t)sb.st_size;
+  int same = !check_header(base, size) && get_u32(base + 32) == j->n &&
+             get_u64(base + 24) == (uint64_t)j->sv->len &&
+             !memcmp(base + get_u64(base + 16), j->sv->buf, (size_t)j->sv->len);
+  for (uint32_t i = 0; same && i < j->n; i++) {
+    const uint8_t *e = base + SEG_HDR + (uint64_t)i * SEG_ENTRY;
+    same = get_u64(e + 8) == (uint64_t)j->bv[i].len &&
+           !memcmp(base + get_u64(e), j->bv[i].buf, (size_t)j->bv[i].len);
+  }
+  munmap(p, (size_t)size);
+  return same;
+}
+
+static PyObject *store_same(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs != 3)
+    return PyErr_Format(PyExc_TypeError, "store_same() takes 3 arguments (%zd given)", nargs);
+  PyObject *path = PyOS_FSPath(args[0]), *fsbytes = NULL, *seq = NULL, *res = NULL;
+  Py_buffer sv = {0}, *bv = NULL;
+  Py_ssize_t n = 0, got = 0;
+  if (!path || !PyUnicode_FSConverter(path, &fsbytes)) goto done;
+  if (!(seq = PySequence_Fast(args[2], "store_same: buffers must be a sequence"))) goto done;
+  n = PySequence_Fast_GET_SIZE(seq);
+  if ((uint64_t)n > UINT32_MAX) {
+    PyErr_Format(PyExc_ValueError, "store_same: too many buffers (%zd)", n);
+    goto done;
+  }
+  if (!(bv = PyMem_Calloc((size_t)n + 1, sizeof *bv))) {
+    PyErr_NoMemory();
+    goto done;
+  }
+  if (get_contiguous(args[1], &sv, "the stream") < 0) goto done;
+  for (; got < n; got++) {
+    char part[48];
+    snprintf(part, sizeof part, "buffer %zd", got);
+    if (get_contiguous(PySequence_Fast_GET_ITEM(seq, got), &bv[got], part) < 0) goto done;
+  }
+  cjob_t j = {.path = PyBytes_AS_STRING(fsbytes), .sv = &sv, .bv = bv, .n = (uint32_t)n};
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = compare_segment(&j);
+  Py_END_ALLOW_THREADS
+  if (rc < 0)
+    raise_os(-rc, path, "store_same: %s %s", j.what, j.path);
+  else
+    res = PyBool_FromLong(rc);
+done:
+  if (sv.obj) PyBuffer_Release(&sv);
+  if (bv) release_views(bv, got);
+  PyMem_Free(bv);
+  Py_XDECREF(seq);
+  Py_XDECREF(fsbytes);
+  Py_XDECREF(path);
+  return res;
+}
+
+static PyObject *buffer_spans(PyObject *module, PyObject *arg) {
+  PyObject *seq = PySequence_Fast(arg, "buffer_spans: buffers must be a sequence");
+  if (!seq) return NULL;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  PyObject *out = PyTuple_New(n);
+  for (Py_ssize_t i = 0; out && i < n; i++) {
+    Py_buffer v;
+    if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &v, PyBUF_STRIDES) < 0) {
+      Py_CLEAR(out);
+      break;
+    }
+    PyObject *t = Py_BuildValue("(Kn)", (unsigned long long)(uintptr_t)v.buf, v.len);
+    PyBuffer_Release(&v);
+    if (!t) {
+      Py_CLEAR(out);
+      break;
+    }
+    PyTuple_SET_ITEM(out, i, t);
+  }
+  Py_DECREF(seq);
+  return out;
+}
+
+PyDoc_STRVAR(store_same_doc,
+"store_same(path, stream, buffers) -> bool\n--\n\n"
+"Whether the object file at path holds exactly this pickle stream and these\n"
+"out-of-band buffers (what store_write(path, stream, buffers) would write).\n"
+"Compares the bytes (memcmp against a read-only mapping of the file, without\n"
+"the GIL): reading a copy costs less than writing a new one.\n\n"
+"Args:\n"
+"    path: the object file.\n"
+"    stream, buffers: as for store_write.\n"
+"Returns:\n"
+"    True when every byte is the same; False otherwise, also when the file\n"
+"    is not a valid object file.\n"
+"Raises:\n"
+"    FileNotFoundError: no such file (for example: spilled or freed).\n"
+"    OSError: it could not be opened or mapped.\n"
+"    BufferError, TypeError: as store_write.");
+
+PyDoc_STRVAR(buffer_spans_doc,
+"buffer_spans(buffers) -> tuple\n--\n\n"
+"(address, length) of each buffer's memory, as int pairs: what a stored copy\n"
+"of them is remembered by (with the contents checked by store_same).");
+
 PyDoc_STRVAR(store_write_doc,
 "store_write(path, stream, buffers) -> int\n--\n\n"
 "Writes one object file: the pickle stream and its out-of-band buffers.\n\n"
@@ -599,6 +738,8 @@ PyDoc_STRVAR(store_map_doc,
 static PyMethodDef store_functions[] = {
     {"store_write", (PyCFunction)(void (*)(void))store_write, METH_FASTCALL, store_write_doc},
     {"store_map", store_map, METH_O, store_map_doc},
+    {"store_same", (PyCFunction)(void (*)(void))store_same, METH_FASTCALL, store_same_doc},
+    {"buffer_spans", buffer_spans, METH_O, buffer_spans_doc},
     {NULL, NULL, 0, NULL},
 };
 
