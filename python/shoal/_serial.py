@@ -101,7 +101,9 @@ def configure(node_info):
     means no store: values then travel inline."""
     global _store_dir, _threshold, _capacity
     d = node_info.get("store_dir") or None
-    _store_dir = d if d and os.path.isdir(d) else None
+    # The agent marks its store: a process in another mount namespace may see
+    # the directory but not the private tmpfs the agent mounted on it.
+    _store_dir = d if d and os.path.exists(os.path.join(d, ".shoal-store")) else None
     _threshold = int(node_info.get("inline_threshold") or 65536)
     _capacity = int(node_info.get("store_capacity") or 0)
 

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -38,7 +39,13 @@ static void fmt_bytes(uint64_t v, char *buf, size_t n) {
 
 /* ---- directories ---- */
 
-/* Removes every entry of the flat directory `path`, then the directory. */
+static int is_dir(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Removes every entry of the flat directory `path`, then the directory (and
+ * the private tmpfs mounted on it, if any: see mount_huge). */
 static void remove_tree(const char *path) {
   DIR *d = opendir(path);
   if (!d) return;
@@ -46,7 +53,8 @@ static void remove_tree(const char *path) {
   while ((e = readdir(d)))
     if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(dirfd(d), e->d_name, 0);
   closedir(d);
-  if (rmdir(path) < 0 && errno != ENOENT) sh_warn("could not remove %s: %s", path, strerror(errno));
+  if (rmdir(path) < 0 && errno == EBUSY && umount2(path, MNT_DETACH) == 0) (void)rmdir(path);
+  if (is_dir(path)) sh_warn("could not remove %s: %s", path, strerror(errno));
 }
 
 /* Removes `base/<prefix><pid>-XXXXXX` directories whose agent is dead. */
@@ -69,9 +77,48 @@ static void reap_stale(const char *base, const char *prefix) {
   closedir(d);
 }
 
-static int is_dir(const char *p) {
-  struct stat st;
-  return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+/* Mounts a private tmpfs with transparent huge pages (huge=within_size: a
+ * 2 MiB page only where the file covers all of it, so small objects still
+ * take 4 KiB pages) on the new store directory `dir`, as large as `base`'s
+ * file system. With 4 KiB pages a writer pays a page allocation per 4 KiB
+ * and a reader a fault per 16 pages; measured with 1 GiB on this 2-core VM
+ * (6.18 kernel): writing a new file 1.5-2.6 GB/s -> 4.4-4.9 GB/s, a reader
+ * touching every page 62-80 ms -> 8.5-9 ms. Needs CAP_SYS_ADMIN; without it,
+ * with THP denied (shmem_enabled "deny") or with SHOAL_STORE_HUGE_PAGES=0 the
+ * directory stays a plain one on `base`. Returns 1 when mounted, else 0.
+ * The mount goes with the directory (remove_tree), also a dead agent's. */
+static int mount_huge(const char *dir, const char *base) {
+  const char *env = getenv("SHOAL_STORE_HUGE_PAGES");
+  if (env && !strcmp(env, "0")) return 0;
+  char thp[128] = "";
+  FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r");
+  if (f) {
+    if (!fgets(thp, sizeof thp, f)) thp[0] = 0;
+    fclose(f);
+  }
+  if (!f || strstr(thp, "[deny]")) return 0;
+  struct statvfs vf;
+  if (statvfs(base, &vf) < 0) return 0;
+  char opts[96];
+  snprintf(opts, sizeof opts, "mode=0700,huge=within_size,size=%llu",
+           (unsigned long long)vf.f_blocks * vf.f_frsize);
+  if (mount("shoal-store", dir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) < 0) {
+    sh_debug("object store %s: no private tmpfs with huge pages (%s)", dir, strerror(errno));
+    return 0;
+  }
+  return 1;
+}
+
+/* Creates DIR/.shoal-store: a driver uses the store only if it sees this
+ * file, so one in another mount namespace (which would see the empty
+ * directory under our tmpfs) sends values inline instead. 0 or -1. */
+static int mark_store(const char *dir) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/.shoal-store", dir);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return -1;
+  close(fd);
+  return 0;
 }
 
 /* mkdtemp(base/<prefix><pid>-XXXXXX) into out. 0 or -1 with errno. */
@@ -110,6 +157,11 @@ int sh_store_open(sh_agent_t *a, char *err, size_t n) {
     s->dir[0] = 0;
     return -1;
   }
+  int huge = !a->opts.store_dir && mount_huge(s->dir, base);
+  if (mark_store(s->dir) < 0) {
+    snprintf(err, n, "cannot create %s/.shoal-store: %s", s->dir, strerror(errno));
+    goto fail;
+  }
   struct statvfs vf;
   if (statvfs(s->dir, &vf) == 0) {
     uint64_t room = (uint64_t)vf.f_bavail * vf.f_frsize;
@@ -142,7 +194,8 @@ int sh_store_open(sh_agent_t *a, char *err, size_t n) {
   }
   char cap[32];
   fmt_bytes(s->capacity, cap, sizeof cap);
-  sh_info("object store %s (%s), spilling to %s", s->dir, cap, s->spill_dir);
+  sh_info("object store %s (%s%s), spilling to %s", s->dir, cap,
+          huge ? ", private tmpfs with huge pages" : "", s->spill_dir);
   return 0;
 fail:
   sh_store_close(a);

@@ -25,9 +25,14 @@ def store():
     return shoal.status()["store"]
 
 
+def segments_in(d):
+    """The files in store directory d but its marker (.shoal-store)."""
+    return sorted(n for n in os.listdir(d) if n != ".shoal-store")
+
+
 def store_files():
     d = shoal._serial.store_info()[0]
-    return sorted(os.listdir(d)) if d else []
+    return segments_in(d) if d else []
 
 
 def digest(a):
@@ -157,6 +162,50 @@ def test_store_same_compares_every_byte(tmp_path):
     assert shoal._core.store_same(path, stream, bufs) is False
     spans = shoal._core.buffer_spans([a, b"xy"])
     assert spans[0] == (a.__array_interface__["data"][0], a.nbytes) and spans[1][1] == 2
+
+
+def _mount_of(d):
+    """The mount options of the file system mounted on d, or None."""
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if fields[1] == d:
+                return fields[3]
+    return None
+
+
+def _can_mount():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            thp = f.read()
+    except OSError:
+        return False
+    return os.geteuid() == 0 and "[deny]" not in thp
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs root and THP for tmpfs to mount the store")
+def test_store_on_a_private_huge_page_tmpfs_goes_with_its_agent(fresh, monkeypatch):
+    shoal.init(num_workers=1)
+    d = shoal._serial.store_info()[0]
+    opts = _mount_of(d)
+    assert opts is not None and "huge=within_size" in opts, opts
+    a = np.arange(4 * MiB, dtype=np.int64)  # 32 MiB: 2 MiB pages
+    assert checksum.remote(shoal.put(a)).result(timeout=30) == (digest(a), False)
+    agent = int(os.path.basename(d).split("-")[1])
+    os.kill(agent, signal.SIGKILL)  # leaves its directory and its mount
+    wait_until(lambda: not os.path.exists(f"/proc/{agent}/status") or
+               open(f"/proc/{agent}/status").read().find("State:\tZ") >= 0, what="agent dead")
+    shoal.shutdown()
+    assert _mount_of(d) is not None
+    # The next agent removes both; SHOAL_STORE_HUGE_PAGES=0 keeps a plain directory.
+    monkeypatch.setenv("SHOAL_STORE_HUGE_PAGES", "0")
+    shoal.init(num_workers=1)
+    wait_until(lambda: _mount_of(d) is None and not os.path.exists(d), what="stale store reaped")
+    d2 = shoal._serial.store_info()[0]
+    assert _mount_of(d2) is None and os.path.isdir(d2)
+    assert checksum.remote(a).result(timeout=30) == (digest(a), False)
+    shoal.shutdown()
+    assert not os.path.exists(d2)
 
 
 def test_small_values_travel_inline(cluster):
@@ -425,8 +474,8 @@ def test_driver_killed_mid_put_leaves_nothing(fresh):
                    interval=0.002, what="a put in progress")
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=10)
-        wait_until(lambda: os.listdir(sdir) == [], timeout=15,
-                   what=f"the killed driver's segments reclaimed (left: {os.listdir(sdir)})")
+        wait_until(lambda: segments_in(sdir) == [], timeout=15,
+                   what=f"the killed driver's segments reclaimed (left: {segments_in(sdir)})")
         shoal.init(address=d.dir)
         assert shoal.status()["store"]["used"] == 0
         assert float(shoal.get(shoal.put(np.ones(MiB))).sum()) == MiB
@@ -459,8 +508,7 @@ def test_worker_killed_mid_result_write_is_retried_and_reclaimed(fresh):
         assert v.shape == (96 << 20,) and float(v[-1]) == 1.0
         del v, fut
         gc.collect()
-        wait_until(lambda: os.listdir(sdir) == [], timeout=15,
-                   what=f"no segment left behind (left: {os.listdir(sdir)})")
+        wait_until(lambda: segments_in(sdir) == [], timeout=15, what="no segment left behind")
     finally:
         shoal.shutdown()
         d.stop()
