@@ -76,6 +76,9 @@ SYSTEMS = [
            unit="GB/s", role="floor", timeout=120),
     System("shoal_put", "shoal.put(a)", n=BIG, unit="GB/s", role="shoal", timeout=180,
            floor="memcpy_fresh"),
+    System("shoal_put_4k", "shoal.put(a), store on 4 KiB pages (diagnostic)", n=BIG, unit="GB/s",
+           role="shoal", timeout=180, floor="memcpy_fresh",
+           note="SHOAL_STORE_HUGE_PAGES=0: the store a non-root agent gets"),
     System("shoal_get_small", "shoal.get(ref), 1 MiB object", n=SMALL, unit="µs", better="lower",
            role="shoal", timeout=180),
     System("shoal_get_big", f"shoal.get(ref), {_size} object", n=BIG, unit="µs", better="lower",
@@ -146,7 +149,7 @@ def _wait_store_empty(limit_s=30.0):
     end = time.monotonic() + limit_s
     while d and time.monotonic() < end:
         try:
-            if not os.listdir(d):
+            if not [f for f in os.listdir(d) if f != ".shoal-store"]:  # the store's marker
                 return
         except OSError:
             return
@@ -408,6 +411,10 @@ def measure(system, params):
     if system == "sum_floor":
         return _sum_floor(n)
     if system == "shoal_put":
+        return _put(n)
+    if system == "shoal_put_4k":
+        import os
+        os.environ["SHOAL_STORE_HUGE_PAGES"] = "0"  # this measurement's process only
         return _put(n)
     if system in ("shoal_get_small", "shoal_get_big"):
         return _get(system, n)
