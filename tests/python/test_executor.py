@@ -78,10 +78,27 @@ def test_map_measured_chunksize_uses_few_tasks(cluster):  # noqa: F811
 
 
 def test_choose_chunksize():
-    assert _chunks.choose_chunksize(1e-7, 1_000_000, 2) == 100_000
+    per_chunk = round(_chunks.TARGET / 1e-7)
+    assert _chunks.choose_chunksize(1e-7, 1_000_000, 2) == per_chunk   # TARGET s per chunk
     assert _chunks.choose_chunksize(1e-7, 1000, 2) == 125          # >= 4 chunks per worker
     assert _chunks.choose_chunksize(1.0, 1000, 2) == 1             # slow items: one per task
-    assert _chunks.choose_chunksize(0.001, 10_000, 2) == 10        # ~10 ms per chunk
+    assert _chunks.choose_chunksize(_chunks.TARGET / 10, 10_000, 2) == 10
+
+
+def test_probe_reports_the_fastest_rate():
+    calls = []
+
+    def f(x):
+        calls.append(x)
+        if x == 0:
+            time.sleep(0.05)  # a first call (or a preemption) that takes long
+        return x
+
+    out, secs = _chunks.ChunkRunner(f)(list(range(100)), 1.0)
+    assert out == list(range(100)) and calls == out
+    assert secs < 0.05  # 100 items at the rate of the fast batches, not the slow one
+    out, secs = _chunks.ChunkRunner(f)(list(range(100)), 0.01)
+    assert out == [0] and secs >= 0.05  # the budget ends the probe after a batch
 
 
 def ident(x):
