@@ -315,6 +315,65 @@ static int make_room(sh_agent_t *a, uint64_t need, const sh_obj_t *keep, char *w
   return 0;
 }
 
+/* ---- recycled segment files ----
+ *
+ * A new file on tmpfs costs the writer a page allocation (and, on huge
+ * pages, zeroing) per page; writing into pages that already exist runs at
+ * nearly memcpy speed. So the memory of a freed segment of at least
+ * RECYCLE_MIN bytes is not given back at once: the file is renamed to
+ * "free.<size, 16 hex digits>.<seq>" in the store directory, and a writer
+ * (python/shoal/_core/store.c) claims one at least as large as it needs by
+ * renaming it to its <id>.<pid>.tmp, truncates it to its size and writes
+ * every byte of it before renaming it into place, as with a new file.
+ * The pool holds at most half the capacity (like an arena a store keeps),
+ * counts against it (the agent drops the whole pool before the store would
+ * go over capacity, before spilling anything), and goes with the store. The agent does not see a writer claim a file:
+ * `pool` is an upper bound, made exact again by pool_scan. */
+
+#define RECYCLE_MIN (32ull << 20) /* the same in python/shoal/_core/store.c */
+#define POOL_PREFIX "free."
+
+/* Sums the sizes of the pool's files into s->pool; with `drop`, removes
+ * them instead. */
+static void pool_scan(sh_store_t *s, int drop) {
+  s->pool = 0;
+  int fd = dup(s->dir_fd);
+  DIR *d = fd < 0 ? NULL : fdopendir(fd);
+  if (!d) {
+    if (fd >= 0) close(fd);
+    return;
+  }
+  rewinddir(d);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, POOL_PREFIX, sizeof POOL_PREFIX - 1)) continue;
+    if (drop) {
+      unlinkat(s->dir_fd, e->d_name, 0);
+      continue;
+    }
+    s->pool += strtoull(e->d_name + sizeof POOL_PREFIX - 1, NULL, 16);
+  }
+  closedir(d);
+}
+
+/* Keeps the freed segment `name` of `size` bytes in the pool when it is big
+ * enough and there is room; else removes it. */
+static void pool_or_unlink(sh_store_t *s, const char *name, uint64_t size) {
+  if (size >= RECYCLE_MIN && size <= s->capacity / 2) {
+    pool_scan(s, 0);
+    if (s->pool + size <= s->capacity / 2 && s->used + s->pool + size <= s->capacity) {
+      char pname[64];
+      snprintf(pname, sizeof pname, POOL_PREFIX "%016llx.%llu", (unsigned long long)size,
+               (unsigned long long)++s->pool_seq);
+      if (renameat(s->dir_fd, name, s->dir_fd, pname) == 0) {
+        s->pool += size;
+        return;
+      }
+    }
+  }
+  unlinkat(s->dir_fd, name, 0);
+}
+
 /* ---- the object lifecycle ---- */
 
 uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, size_t n) {
@@ -356,6 +415,7 @@ uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, siz
   sh_queue_insert_tail(&s->lru, &o->lru);
   s->used += size;
   s->nstored++;
+  if (s->pool && s->used + s->pool > s->capacity) pool_scan(s, 1);
   if (s->used <= s->capacity) return SH_ST_OK;
   if (make_room(a, 0, o, why, n) == 0) return SH_ST_OK;
   /* Nothing else can go: put the new object itself on disk, if it can. */
@@ -379,6 +439,7 @@ uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
   /* When the spill disk is full, restoring first frees this object's spill
    * file, which then makes room for the victims: memory runs over by one
    * object for a moment instead of the object being unreachable. */
+  if (s->pool && s->used + s->pool + o->size > s->capacity) pool_scan(s, 1);
   int room = make_room(a, o->size, o, why, n);
   if (room == ROOM_IN_USE) {
     s->n_full++;
@@ -429,9 +490,9 @@ void sh_store_free(sh_agent_t *a, sh_obj_t *o) {
     s->spilled -= o->size;
     s->nspilled--;
   } else {
-    if (s->dir_fd >= 0) unlinkat(s->dir_fd, name, 0);
     sh_queue_remove(&o->lru);
     s->used -= o->size;
+    if (s->dir_fd >= 0) pool_or_unlink(s, name, o->size);
   }
   s->nstored--;
   o->stored = 0;

@@ -26,8 +26,13 @@ def store():
 
 
 def segments_in(d):
-    """The files in store directory d but its marker (.shoal-store)."""
-    return sorted(n for n in os.listdir(d) if n != ".shoal-store")
+    """The segment files in store directory d: not its marker (.shoal-store)
+    nor the freed files kept for recycling (free.*)."""
+    return sorted(n for n in os.listdir(d) if n != ".shoal-store" and not n.startswith("free."))
+
+
+def pool_in(d):
+    return sorted(n for n in os.listdir(d) if n.startswith("free."))
 
 
 def store_files():
@@ -206,6 +211,48 @@ def test_store_on_a_private_huge_page_tmpfs_goes_with_its_agent(fresh, monkeypat
     assert checksum.remote(a).result(timeout=30) == (digest(a), False)
     shoal.shutdown()
     assert not os.path.exists(d2)
+
+
+def test_recycled_segments_never_show_stale_bytes(fresh):
+    shoal.init(num_workers=1, object_store_memory=1 << 30)
+    d = shoal._serial.store_info()[0]
+    r = shoal.put(np.full(48 * MiB // 8, 7.0))  # 48 MiB: freed into the pool
+    del r
+    gc.collect()
+    wait_until(lambda: len(pool_in(d)) == 1, what="the freed segment kept for recycling")
+    b = np.arange(40 * MiB // 8, dtype=np.float64)  # smaller: written into the pooled file
+    rb = shoal.put(b)
+    assert pool_in(d) == []
+    assert os.path.getsize(os.path.join(d, f"{rb.id:016x}")) < 41 * MiB  # truncated to its size
+    got = shoal.get(rb)
+    assert got.shape == b.shape and np.array_equal(got, b)
+    assert checksum.remote(rb).result(timeout=30) == (digest(b), False)
+    # A task result written by a worker takes the same path.
+    del got, rb
+    gc.collect()
+    wait_until(lambda: len(pool_in(d)) == 1, what="pooled again")
+    ones_ref = ones.remote(5 * MiB)  # 40 MiB of 1.0
+    v = ones_ref.result(timeout=30)
+    assert float(v.sum()) == 5 * MiB and float(v.min()) == 1.0 and pool_in(d) == []
+    del v, ones_ref
+    gc.collect()
+    wait_until(lambda: len(pool_in(d)) == 1, what="pooled once more")
+    shoal.shutdown()
+    assert not os.path.exists(d)
+
+
+def test_the_pool_gives_way_to_objects(fresh):
+    shoal.init(num_workers=1, object_store_memory=256 * MiB)
+    d = shoal._serial.store_info()[0]
+    r = shoal.put(np.zeros(48 * MiB // 8))
+    del r
+    gc.collect()
+    wait_until(lambda: len(pool_in(d)) == 1, what="pooled")
+    # 3 x 70 MiB in use: with the pool's 48 MiB over the 256 MiB capacity.
+    refs = [shoal.put(np.full(70 * MiB // 8, float(i))) for i in range(3)]
+    assert pool_in(d) == []
+    assert store()["spills"] == 0  # the pool went first, nothing was spilled
+    assert [float(shoal.get(x)[0]) for x in refs] == [0.0, 1.0, 2.0]
 
 
 def test_small_values_travel_inline(cluster):

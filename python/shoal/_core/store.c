@@ -41,10 +41,12 @@
 
 #include <endian.h>
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -128,11 +130,84 @@ static int write_iov(int fd, struct iovec *iov, int n) {
   return 0;
 }
 
+/* Recycled files: the agent keeps freed segments of at least RECYCLE_MIN
+ * bytes as DIR/free.<size, 16 hex digits>.<seq> (src/node/store.c, "recycled
+ * segment files"). Writing into their pages, which exist already, skips the
+ * page allocation (and zeroing) a new tmpfs file pays for every page.
+ * Measured with 1 GiB on this 2-core VM: 4 KiB pages, a new file 1.5-2.6
+ * GB/s, a recycled one through a populated mapping 5.3-6.1 GB/s; huge
+ * pages, 4.4-4.9 against 7.0-7.5 GB/s; memcpy into a touched buffer
+ * 7.4-8.8 GB/s. */
+#define RECYCLE_MIN (32ull << 20) /* the same in src/node/store.c */
+
+/* Claims the smallest pool file of at least `total` bytes in the directory
+ * of j->path by renaming it to j->tmp. 1 when claimed, else 0. */
+static int claim_recycled(wjob_t *j, uint64_t total) {
+  const char *slash = strrchr(j->path, '/');
+  if (!slash || total < RECYCLE_MIN) return 0;
+  char dir[4096], best[300] = "", from[4400];
+  snprintf(dir, sizeof dir, "%.*s", (int)(slash - j->path), j->path);
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  uint64_t best_size = UINT64_MAX;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, "free.", 5)) continue;
+    uint64_t size = strtoull(e->d_name + 5, NULL, 16);
+    if (size >= total && size < best_size && strlen(e->d_name) < sizeof best) {
+      best_size = size;
+      snprintf(best, sizeof best, "%s", e->d_name);
+    }
+  }
+  closedir(d);
+  if (!best[0]) return 0;
+  snprintf(from, sizeof from, "%s/%s", dir, best);
+  /* Another writer may take it first: then this one writes a new file. */
+  return rename(from, j->tmp) == 0;
+}
+
+/* Writes the iovecs into the claimed file j->tmp through a populated shared
+ * mapping (its pages exist: no allocation, so no SIGBUS for a full tmpfs),
+ * after truncating it to `total`. Every byte of [0, total) is written (the
+ * layout covers it: header, stream, zero padding, buffers), so nothing of
+ * the file's previous object remains. 0 or -errno (j->tmp is then left for
+ * the caller to remove). */
+static int write_recycled(wjob_t *j, uint64_t total) {
+  int fd = open(j->tmp, O_RDWR | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  struct stat sb;
+  int rc = 0;
+  if (fstat(fd, &sb) < 0) rc = -errno;
+  else if ((uint64_t)sb.st_size < total) rc = -EIO; /* not the pool file it was named as */
+  else if (ftruncate(fd, (off_t)total) < 0) rc = -errno;
+  uint8_t *m = MAP_FAILED;
+  if (!rc && (m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0)) ==
+                 MAP_FAILED)
+    rc = -errno;
+  if (!rc) {
+    uint64_t off = 0;
+    for (int i = 0; i < j->niov; i++) {
+      memcpy(m + off, j->iov[i].iov_base, j->iov[i].iov_len);
+      off += j->iov[i].iov_len;
+    }
+    if (off != total) rc = -EIO;
+    munmap(m, total);
+  }
+  if (close(fd) < 0 && !rc) rc = -errno;
+  return rc;
+}
+
 /* Creates j->tmp, writes it and renames it onto j->path; runs without the
  * GIL. On failure the temporary file is gone (unless it existed before, which
  * is then another writer's and left alone), j->what names the failed step.
  * Returns 0 or -errno. */
-static int write_segment(wjob_t *j) {
+static int write_segment(wjob_t *j, uint64_t total) {
+  if (claim_recycled(j, total)) {
+    if (write_recycled(j, total) == 0) {
+      if (rename(j->tmp, j->path) == 0) return 0;
+    }
+    unlink(j->tmp); /* and write a new file instead */
+  }
   int fd = open(j->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
     j->what = "creating the temporary file";
@@ -219,7 +294,7 @@ static PyObject *write_views(PyObject *path, const char *cpath, Py_buffer *sv,
   if (!total) goto done;
   int rc;
   Py_BEGIN_ALLOW_THREADS
-  rc = write_segment(&j);
+  rc = write_segment(&j, total);
   Py_END_ALLOW_THREADS
   if (rc) {
     raise_os(-rc, path, "store_write: %s %s, %llu bytes", j.what, tmp,
