@@ -149,7 +149,8 @@ def _wait_store_empty(limit_s=30.0):
     end = time.monotonic() + limit_s
     while d and time.monotonic() < end:
         try:
-            if not [f for f in os.listdir(d) if f != ".shoal-store"]:  # the store's marker
+            # Not the store's marker, nor freed files kept for recycling.
+            if not [f for f in os.listdir(d) if f != ".shoal-store" and not f.startswith("free.")]:
                 return
         except OSError:
             return
