@@ -12,9 +12,11 @@
  * Only exact int and float objects are encoded (a bool, an int subclass or a
  * mix of ints and floats is not: decoding must give back equal objects of the
  * same type); anything else makes seq_pack answer None and the caller pickles
- * the items as usual. Measured on the 2-core machine (1M ints in chunks of
- * 16k): pickle.dumps 12 ms, pickle.loads 39 ms; seq_pack 2-3 ms, seq_unpack
- * ~20 ms (allocating the int objects is what is left).
+ * the items as usual. Measured on the 2-core machine with the project's
+ * Python 3.11 (1M ints in chunks of 16k, medians of 9): pickle.dumps of the
+ * slices 28 ms, pickle.loads 65 ms; seq_pack straight from the list 12 ms,
+ * seq_unpack 53 ms, most of it allocating and freeing the int objects
+ * (pymalloc, page faults of new arenas), which pickle.loads pays as well.
  *
  * Sections: packing; unpacking; the module functions. */
 #include "core.h"
