@@ -280,6 +280,7 @@ def shutdown():
         if client is not None:
             from . import _serial
             _serial.configure({})
+            _serial.forget_args()
             try:
                 client.close()
             except Exception:

@@ -211,6 +211,25 @@ class Future(concurrent.futures.Future):
         self._wait(timeout)
         return self._value_or_raise()
 
+    def _used_by(self, task):
+        """Called by the client after submitting ``task`` with this Future,
+        a stored copy of the task's arguments, as the argument object."""
+        if "_arg_copy" in self.__dict__:
+            from . import _serial
+            _serial.args_used(self, task)
+
+    def _take(self, timeout=None):
+        """``result()``, without keeping the value in this Future: for the
+        chunks of a map, whose results are read once and copied into the
+        map's output (the Future may live on, tracked by its executor or
+        pool, and would hold a second copy of every result). Calling it
+        again decodes the result again."""
+        self._wait(timeout)
+        value = self._value_or_raise()
+        if self._raw[2] is not None:  # not a local value (put): it can be decoded again
+            self._value = _UNSET
+        return value
+
     def exception(self, timeout=None):
         """The exception the task failed with.
 

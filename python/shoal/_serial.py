@@ -7,6 +7,8 @@ plain pickle cannot handle (lambdas, closures, classes defined in __main__).
 
 import os
 import pickle
+import threading
+import weakref
 
 PROTOCOL = 5
 
@@ -99,7 +101,9 @@ def configure(node_info):
     means no store: values then travel inline."""
     global _store_dir, _threshold, _capacity
     d = node_info.get("store_dir") or None
-    _store_dir = d if d and os.path.isdir(d) else None
+    # The agent marks its store: a process in another mount namespace may see
+    # the directory but not the private tmpfs the agent mounted on it.
+    _store_dir = d if d and os.path.exists(os.path.join(d, ".shoal-store")) else None
     _threshold = int(node_info.get("inline_threshold") or 65536)
     _capacity = int(node_info.get("store_capacity") or 0)
 
@@ -204,14 +208,124 @@ def _stored(value):
 def dumps_args(pair):
     """The C client's pickler for (args, kwargs): bytes, or, when they are
     too big for a message, a Future of their stored copy (the task then
-    depends on it)."""
+    depends on it). The same arguments passed again, unchanged, while tasks
+    submitted with that copy are pending reuse it (see _ArgCopy)."""
     if _store_dir is None:
         return dumps(pair)
     stream, blob = _stored(pair)
     if stream is None:
         return blob
     from . import _api
-    return _api._put_stored_parts(stream, blob)
+    client = _api._client()
+    key = _args_key(stream, blob)
+    f = _stored_args_again(client, key, stream, blob)
+    if f is None:
+        f = _api._put_stored_parts(stream, blob, client)
+        f._arg_copy = (key, stream)
+    return f
+
+
+# ---- stored arguments passed again ----
+#
+# f.remote(a) with a large array stores (args, kwargs) as an object the task
+# depends on. Sixteen calls with the same array would store sixteen copies;
+# instead the driver remembers each stored copy, by the identity, address and
+# size of the buffers it came from and its pickle stream, while tasks
+# submitted with it are pending (or their Futures alive), and for ARGS_GRACE
+# seconds after the last of them is done (calls made one after another, each
+# waiting for the previous, or tasks that finish while the next call is being
+# prepared, still find it); then it is released. The same arguments
+# passed again reuse the copy only if every byte is still the same:
+# _core.store_same compares the segment with the arguments (memcmp, reading
+# at memory bandwidth, ~3x cheaper than writing a new copy to tmpfs). Never on
+# identity alone: the array may have been changed in place.
+
+ARGS_GRACE = 1.0                # seconds a copy is kept after its last task
+_args_copies = {}               # key -> _ArgCopy: copies with pending tasks or in grace
+_args_lock = threading.Lock()
+
+
+class _ArgCopy:
+    """A stored copy of some task's arguments and the tasks using it."""
+
+    __slots__ = ("key", "future", "stream", "users", "idle")
+
+    def __init__(self, key, future, stream):
+        self.key = key          # _args_key(...)
+        self.future = future    # the stored copy's Future (keeps it alive)
+        self.stream = stream    # its pickle stream (bytes)
+        self.users = 0          # tasks submitted with it, not yet done or dropped
+        self.idle = 0           # bumped each time users drops to 0 (names the grace timer)
+
+
+def _args_key(stream, bufs):
+    from . import _core
+    owners = []
+    for b in bufs:
+        try:
+            owners.append(id(b.raw().obj))
+        except (AttributeError, BufferError, ValueError):
+            owners.append(id(b))
+    return (len(stream), tuple(owners), _core.buffer_spans(bufs))
+
+
+def _stored_args_again(client, key, stream, bufs):
+    """The Future of a stored copy of exactly these arguments, or None."""
+    with _args_lock:
+        copy = _args_copies.get(key)
+        future = copy and copy.future  # a strong reference: it may expire meanwhile
+    if future is None or future._client is not client or copy.stream != stream:
+        return None
+    from . import _core
+    try:
+        same = _core.store_same(_segment_path(future._id), stream, bufs)
+    except OSError:  # spilled (or freed): store a new copy
+        return None
+    return future if same else None
+
+
+def args_used(future, task):
+    """Future._used_by: the client submitted ``task`` with ``future`` (a
+    stored copy of its arguments) as the argument object. The copy is kept
+    for reuse until every such task is done or its Future dropped."""
+    key, stream = future._arg_copy
+    with _args_lock:
+        copy = _args_copies.get(key)
+        if copy is None or copy.future is not future:
+            copy = _args_copies[key] = _ArgCopy(key, future, stream)
+        copy.users += 1
+    done = weakref.finalize(task, _args_done, copy)
+    task.add_done_callback(lambda _t: done())
+
+
+def _args_done(copy):
+    with _args_lock:
+        copy.users -= 1
+        if copy.users:
+            return
+        copy.idle += 1
+        idle = copy.idle
+    t = threading.Timer(ARGS_GRACE, _args_expire, (copy, idle))
+    t.daemon = True
+    t.start()
+
+
+def _args_expire(copy, idle):
+    with _args_lock:
+        if copy.users or copy.idle != idle:
+            return  # used again since
+        if _args_copies.get(copy.key) is copy:
+            del _args_copies[copy.key]
+        future, copy.future = copy.future, None
+    # The copy's Future goes here (its RELEASE follows; the agent frees the
+    # object once no task needs it).
+    del future
+
+
+def forget_args():
+    """Drops every remembered copy (shutdown)."""
+    with _args_lock:
+        _args_copies.clear()
 
 
 def dumps_result(value, task_id):

@@ -85,7 +85,7 @@ class AsyncResult:
             return self._futures[0].result(0)
         out = []
         for f in self._futures:
-            out.extend(f.result(0)[0])
+            out.extend(f._take(0)[0])
         return out
 
     def ready(self):
@@ -206,7 +206,7 @@ class IMapIterator:
                 raise StopIteration
             f = self._futures[-1]
             try:
-                results, _ = f.result(timeout)
+                results, _ = f._take(timeout)
             except GetTimeoutError:
                 raise _timeout_error(timeout) from None
             self._futures.pop()
@@ -218,7 +218,7 @@ class IMapIterator:
         except queue.Empty:
             raise _timeout_error(timeout) from None
         self._left -= 1
-        return list(f.result(0)[0])
+        return list(f._take(0)[0])
 
 
 class _Apply:

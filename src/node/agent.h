@@ -223,6 +223,7 @@ typedef struct sh_store_s {
   int pipe[2];                  /* for splicing received chunks; 0 until made */
   uint64_t capacity, inline_threshold;
   uint64_t used;                /* bytes resident in dir */
+  uint64_t pool, pool_seq;      /* freed files kept for writers (at most; see store.c), names made */
   uint64_t spilled;             /* bytes in spill_dir */
   uint64_t nstored, nspilled;   /* objects in the store, of which spilled */
   uint64_t n_spills, n_restores, n_full;

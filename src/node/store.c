@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -38,7 +39,13 @@ static void fmt_bytes(uint64_t v, char *buf, size_t n) {
 
 /* ---- directories ---- */
 
-/* Removes every entry of the flat directory `path`, then the directory. */
+static int is_dir(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Removes every entry of the flat directory `path`, then the directory (and
+ * the private tmpfs mounted on it, if any: see mount_huge). */
 static void remove_tree(const char *path) {
   DIR *d = opendir(path);
   if (!d) return;
@@ -46,7 +53,8 @@ static void remove_tree(const char *path) {
   while ((e = readdir(d)))
     if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(dirfd(d), e->d_name, 0);
   closedir(d);
-  if (rmdir(path) < 0 && errno != ENOENT) sh_warn("could not remove %s: %s", path, strerror(errno));
+  if (rmdir(path) < 0 && errno == EBUSY && umount2(path, MNT_DETACH) == 0) (void)rmdir(path);
+  if (is_dir(path)) sh_warn("could not remove %s: %s", path, strerror(errno));
 }
 
 /* Whether the store directory `path` belongs to a head whose journal still
@@ -86,9 +94,48 @@ static void reap_stale(const char *base, const char *prefix, const char *keep) {
   closedir(d);
 }
 
-static int is_dir(const char *p) {
-  struct stat st;
-  return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+/* Mounts a private tmpfs with transparent huge pages (huge=within_size: a
+ * 2 MiB page only where the file covers all of it, so small objects still
+ * take 4 KiB pages) on the new store directory `dir`, as large as `base`'s
+ * file system. With 4 KiB pages a writer pays a page allocation per 4 KiB
+ * and a reader a fault per 16 pages; measured with 1 GiB on this 2-core VM
+ * (6.18 kernel): writing a new file 1.5-2.6 GB/s -> 4.4-4.9 GB/s, a reader
+ * touching every page 62-80 ms -> 8.5-9 ms. Needs CAP_SYS_ADMIN; without it,
+ * with THP denied (shmem_enabled "deny") or with SHOAL_STORE_HUGE_PAGES=0 the
+ * directory stays a plain one on `base`. Returns 1 when mounted, else 0.
+ * The mount goes with the directory (remove_tree), also a dead agent's. */
+static int mount_huge(const char *dir, const char *base) {
+  const char *env = getenv("SHOAL_STORE_HUGE_PAGES");
+  if (env && !strcmp(env, "0")) return 0;
+  char thp[128] = "";
+  FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r");
+  if (f) {
+    if (!fgets(thp, sizeof thp, f)) thp[0] = 0;
+    fclose(f);
+  }
+  if (!f || strstr(thp, "[deny]")) return 0;
+  struct statvfs vf;
+  if (statvfs(base, &vf) < 0) return 0;
+  char opts[96];
+  snprintf(opts, sizeof opts, "mode=0700,huge=within_size,size=%llu",
+           (unsigned long long)vf.f_blocks * vf.f_frsize);
+  if (mount("shoal-store", dir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) < 0) {
+    sh_debug("object store %s: no private tmpfs with huge pages (%s)", dir, strerror(errno));
+    return 0;
+  }
+  return 1;
+}
+
+/* Creates DIR/.shoal-store: a driver uses the store only if it sees this
+ * file, so one in another mount namespace (which would see the empty
+ * directory under our tmpfs) sends values inline instead. 0 or -1. */
+static int mark_store(const char *dir) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/.shoal-store", dir);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return -1;
+  close(fd);
+  return 0;
 }
 
 /* mkdtemp(base/<prefix><pid>-XXXXXX) into out. 0 or -1 with errno. */
@@ -130,6 +177,11 @@ int sh_store_open(sh_agent_t *a, char *err, size_t n) {
     s->dir[0] = 0;
     return -1;
   }
+  int huge = !a->opts.store_dir && mount_huge(s->dir, base);
+  if (mark_store(s->dir) < 0) {
+    snprintf(err, n, "cannot create %s/.shoal-store: %s", s->dir, strerror(errno));
+    goto fail;
+  }
   struct statvfs vf;
   if (statvfs(s->dir, &vf) == 0) {
     uint64_t room = (uint64_t)vf.f_bavail * vf.f_frsize;
@@ -165,7 +217,8 @@ int sh_store_open(sh_agent_t *a, char *err, size_t n) {
   }
   char cap[32];
   fmt_bytes(s->capacity, cap, sizeof cap);
-  sh_info("object store %s (%s), spilling to %s", s->dir, cap, s->spill_dir);
+  sh_info("object store %s (%s%s), spilling to %s", s->dir, cap,
+          huge ? ", private tmpfs with huge pages" : "", s->spill_dir);
   return 0;
 fail:
   sh_store_close(a);
@@ -285,6 +338,65 @@ static int make_room(sh_agent_t *a, uint64_t need, const sh_obj_t *keep, char *w
   return 0;
 }
 
+/* ---- recycled segment files ----
+ *
+ * A new file on tmpfs costs the writer a page allocation (and, on huge
+ * pages, zeroing) per page; writing into pages that already exist runs at
+ * nearly memcpy speed. So the memory of a freed segment of at least
+ * RECYCLE_MIN bytes is not given back at once: the file is renamed to
+ * "free.<size, 16 hex digits>.<seq>" in the store directory, and a writer
+ * (python/shoal/_core/store.c) claims one at least as large as it needs by
+ * renaming it to its <id>.<pid>.tmp, truncates it to its size and writes
+ * every byte of it before renaming it into place, as with a new file.
+ * The pool holds at most half the capacity (like an arena a store keeps),
+ * counts against it (the agent drops the whole pool before the store would
+ * go over capacity, before spilling anything), and goes with the store. The agent does not see a writer claim a file:
+ * `pool` is an upper bound, made exact again by pool_scan. */
+
+#define RECYCLE_MIN (32ull << 20) /* the same in python/shoal/_core/store.c */
+#define POOL_PREFIX "free."
+
+/* Sums the sizes of the pool's files into s->pool; with `drop`, removes
+ * them instead. */
+static void pool_scan(sh_store_t *s, int drop) {
+  s->pool = 0;
+  int fd = dup(s->dir_fd);
+  DIR *d = fd < 0 ? NULL : fdopendir(fd);
+  if (!d) {
+    if (fd >= 0) close(fd);
+    return;
+  }
+  rewinddir(d);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, POOL_PREFIX, sizeof POOL_PREFIX - 1)) continue;
+    if (drop) {
+      unlinkat(s->dir_fd, e->d_name, 0);
+      continue;
+    }
+    s->pool += strtoull(e->d_name + sizeof POOL_PREFIX - 1, NULL, 16);
+  }
+  closedir(d);
+}
+
+/* Keeps the freed segment `name` of `size` bytes in the pool when it is big
+ * enough and there is room; else removes it. */
+static void pool_or_unlink(sh_store_t *s, const char *name, uint64_t size) {
+  if (size >= RECYCLE_MIN && size <= s->capacity / 2) {
+    pool_scan(s, 0);
+    if (s->pool + size <= s->capacity / 2 && s->used + s->pool + size <= s->capacity) {
+      char pname[64];
+      snprintf(pname, sizeof pname, POOL_PREFIX "%016llx.%llu", (unsigned long long)size,
+               (unsigned long long)++s->pool_seq);
+      if (renameat(s->dir_fd, name, s->dir_fd, pname) == 0) {
+        s->pool += size;
+        return;
+      }
+    }
+  }
+  unlinkat(s->dir_fd, name, 0);
+}
+
 /* ---- the object lifecycle ---- */
 
 uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, size_t n) {
@@ -326,6 +438,7 @@ uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, siz
   sh_queue_insert_tail(&s->lru, &o->lru);
   s->used += size;
   s->nstored++;
+  if (s->pool && s->used + s->pool > s->capacity) pool_scan(s, 1);
   if (s->used <= s->capacity) return SH_ST_OK;
   if (make_room(a, 0, o, why, n) == 0) return SH_ST_OK;
   /* Nothing else can go: put the new object itself on disk, if it can. */
@@ -349,6 +462,7 @@ uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
   /* When the spill disk is full, restoring first frees this object's spill
    * file, which then makes room for the victims: memory runs over by one
    * object for a moment instead of the object being unreachable. */
+  if (s->pool && s->used + s->pool + o->size > s->capacity) pool_scan(s, 1);
   int room = make_room(a, o->size, o, why, n);
   if (room == ROOM_IN_USE) {
     s->n_full++;
@@ -399,9 +513,9 @@ void sh_store_free(sh_agent_t *a, sh_obj_t *o) {
     s->spilled -= o->size;
     s->nspilled--;
   } else {
-    if (s->dir_fd >= 0) unlinkat(s->dir_fd, name, 0);
     sh_queue_remove(&o->lru);
     s->used -= o->size;
+    if (s->dir_fd >= 0) pool_or_unlink(s, name, o->size);
   }
   s->nstored--;
   o->stored = 0;

@@ -78,10 +78,88 @@ def test_map_measured_chunksize_uses_few_tasks(cluster):  # noqa: F811
 
 
 def test_choose_chunksize():
-    assert _chunks.choose_chunksize(1e-7, 1_000_000, 2) == 100_000
+    per_chunk = round(_chunks.TARGET / 1e-7)
+    assert _chunks.choose_chunksize(1e-7, 1_000_000, 2) == per_chunk   # TARGET s per chunk
     assert _chunks.choose_chunksize(1e-7, 1000, 2) == 125          # >= 4 chunks per worker
     assert _chunks.choose_chunksize(1.0, 1000, 2) == 1             # slow items: one per task
-    assert _chunks.choose_chunksize(0.001, 10_000, 2) == 10        # ~10 ms per chunk
+    assert _chunks.choose_chunksize(_chunks.TARGET / 10, 10_000, 2) == 10
+
+
+def test_probe_reports_the_fastest_rate():
+    calls = []
+
+    def f(x):
+        calls.append(x)
+        if x == 0:
+            time.sleep(0.05)  # a first call (or a preemption) that takes long
+        return x
+
+    out, secs = _chunks.ChunkRunner(f)(list(range(100)), 1.0)
+    assert out == list(range(100)) and calls == out
+    assert secs < 0.05  # 100 items at the rate of the fast batches, not the slow one
+    out, secs = _chunks.ChunkRunner(f)(list(range(100)), 0.01)
+    assert out == [0] and secs >= 0.05  # the budget ends the probe after a batch
+
+
+def ident(x):
+    return x
+
+
+def type_and_value(x):
+    return (type(x).__name__, x)
+
+
+def test_seq_pack_round_trip():
+    from shoal import _core
+    cases = [
+        [1, 2, 3], [0], [-(2 ** 31), 2 ** 31 - 1],             # int32
+        [5, 2 ** 31, -7], [2 ** 63 - 1, -(2 ** 63)],            # int64 (widened midway)
+        [1.5, -0.0, float("inf"), 1e308],                        # doubles
+    ]
+    for xs in cases:
+        data = _core.seq_pack(xs)
+        assert data is not None, xs
+        got = _core.seq_unpack(data)
+        assert got == xs and [type(v) for v in got] == [type(v) for v in xs]
+    nan = _core.seq_unpack(_core.seq_pack([float("nan")]))[0]
+    assert nan != nan
+    assert _core.seq_unpack(_core.seq_pack((4, 5))) == [4, 5]
+    assert _core.seq_unpack(_core.seq_pack(list(range(10)), 3, 6)) == [3, 4, 5]
+    # Anything that would not come back as equal objects of the same type.
+    for xs in ([True, 1], [1, True], [1, 2.0], [2.0, 1], [2 ** 64], [1, "a"], [], [None]):
+        assert _core.seq_pack(xs) is None, xs
+    assert _core.seq_pack(range(5)) is None
+    assert _core.seq_pack([1, 2], 2, 9) is None
+    for bad in (b"", b"x" * 8, b"i" + b"\0" * 7 + b"abc", b"d" + b"\0" * 7 + b"abcd"):
+        with pytest.raises(ValueError):
+            _core.seq_unpack(bad)
+
+
+@pytest.mark.parametrize("items", [
+    list(range(-3000, 3000)),                           # packed as int32
+    [i * (2 ** 40) for i in range(3000)],               # int64
+    [i / 7 for i in range(3000)],                       # doubles
+    [True, False] * 1500,                               # bools stay bools
+    [1, 2.5] * 1500,                                    # mixed: pickled
+    list(range(2999)) + [2 ** 70],                      # one big int: pickled
+])
+def test_map_keeps_types_and_values(cluster, items):  # noqa: F811
+    want = [type_and_value(x) for x in items]
+    with shoal.Executor() as ex:
+        assert list(ex.map(type_and_value, items, timeout=T)) == want
+        assert list(ex.map(ident, items, timeout=T)) == items
+    with shoal.Pool() as pool:
+        got = pool.map(ident, items)
+        assert got == items and [type(v) for v in got] == [type(v) for v in items]
+        assert list(pool.imap(ident, items, chunksize=500)) == items
+
+
+def test_map_chunk_futures_do_not_keep_results(cluster):  # noqa: F811
+    # The chunks' futures stay tracked by the executor after the map; they
+    # must not hold a second copy of every result.
+    with shoal.Executor() as ex:
+        assert list(ex.map(double, list(range(10_000)), timeout=T))[-1] == 19_998
+        assert all(f._value is shoal._future._UNSET for f in ex._tracked.items)
 
 
 def test_map_is_lazy_and_ordered(cluster):  # noqa: F811

@@ -25,9 +25,19 @@ def store():
     return shoal.status()["store"]
 
 
+def segments_in(d):
+    """The segment files in store directory d: not its marker (.shoal-store)
+    nor the freed files kept for recycling (free.*)."""
+    return sorted(n for n in os.listdir(d) if n != ".shoal-store" and not n.startswith("free."))
+
+
+def pool_in(d):
+    return sorted(n for n in os.listdir(d) if n.startswith("free."))
+
+
 def store_files():
     d = shoal._serial.store_info()[0]
-    return sorted(os.listdir(d)) if d else []
+    return segments_in(d) if d else []
 
 
 def digest(a):
@@ -90,6 +100,159 @@ def test_large_arguments_and_results_go_through_the_store(cluster):
     del v, r
     gc.collect()
     wait_until(lambda: store()["objects"] <= before, what="temporary objects freed")
+
+
+def test_an_unchanged_argument_passed_again_is_stored_once(cluster):
+    gc.collect()
+    wait_until(lambda: not shoal._serial._args_copies, what="earlier copies released")
+    before = store()["objects"]
+    a = np.arange(2 * MiB, dtype=np.int64)  # 16 MiB
+    futs = [checksum.remote(a) for _ in range(4)]
+    futs.append(checksum.remote(x=a))  # other (args, kwargs): a copy of its own
+    assert store()["objects"] == before + 2
+    assert [f.result(timeout=30) for f in futs] == [(digest(a), False)] * 5
+    # Kept for a moment after its tasks (ARGS_GRACE), then released.
+    assert checksum.remote(a).result(timeout=30) == (digest(a), False)
+    assert store()["objects"] <= before + 2
+    del futs
+    gc.collect()
+    wait_until(lambda: store()["objects"] <= before, what="the copies released after the grace")
+    assert not shoal._serial._args_copies
+
+
+def test_a_changed_argument_is_stored_again(cluster):
+    @shoal.remote
+    def first_and_sum(x, t):
+        time.sleep(t)
+        return int(x[0]), int(x.sum())
+
+    before = store()["objects"]
+    a = np.arange(2 * MiB, dtype=np.int64)
+    s0 = int(a.sum())
+    f0 = first_and_sum.remote(a, 0.5)  # still pending when a changes
+    a[0] = 1000
+    f1 = first_and_sum.remote(a, 0.5)
+    a[-1] = 7  # the last byte of the buffer changes too
+    f2 = first_and_sum.remote(a, 0.5)
+    assert store()["objects"] == before + 3, "a changed array reused a stale copy"
+    assert f0.result(timeout=30) == (0, s0)
+    assert f1.result(timeout=30) == (1000, s0 + 1000)
+    assert f2.result(timeout=30) == (1000, s0 + 1000 - (2 * MiB - 1) + 7)
+    # Unchanged again: reuses the last copy.
+    f3 = first_and_sum.remote(a, 0.5)  # the same (args, kwargs) as f2
+    assert store()["objects"] <= before + 3
+    assert f3.result(timeout=30) == f2.result()
+    del f0, f1, f2, f3
+    gc.collect()
+    wait_until(lambda: store()["objects"] <= before, what="the copies released")
+
+
+def test_store_same_compares_every_byte(tmp_path):
+    a = np.arange(1000, dtype=np.int64)
+    bufs = []
+    stream = __import__("pickle").dumps(a, 5, buffer_callback=bufs.append)
+    path = str(tmp_path / "obj")
+    shoal._core.store_write(path, stream, bufs)
+    assert shoal._core.store_same(path, stream, bufs) is True
+    b = a.copy()
+    b[999] += 1
+    assert shoal._core.store_same(path, stream, [b]) is False
+    assert shoal._core.store_same(path, stream, [a[:999]]) is False
+    assert shoal._core.store_same(path, stream + b"x", bufs) is False
+    assert shoal._core.store_same(path, stream, []) is False
+    with pytest.raises(FileNotFoundError):
+        shoal._core.store_same(str(tmp_path / "none"), stream, bufs)
+    with open(path, "r+b") as f:
+        f.write(b"XXXX")  # not an object file any more
+    assert shoal._core.store_same(path, stream, bufs) is False
+    spans = shoal._core.buffer_spans([a, b"xy"])
+    assert spans[0] == (a.__array_interface__["data"][0], a.nbytes) and spans[1][1] == 2
+
+
+def _mount_of(d):
+    """The mount options of the file system mounted on d, or None."""
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if fields[1] == d:
+                return fields[3]
+    return None
+
+
+def _can_mount():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            thp = f.read()
+    except OSError:
+        return False
+    return os.geteuid() == 0 and "[deny]" not in thp
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs root and THP for tmpfs to mount the store")
+def test_store_on_a_private_huge_page_tmpfs_goes_with_its_agent(fresh, monkeypatch):
+    shoal.init(num_workers=1)
+    d = shoal._serial.store_info()[0]
+    opts = _mount_of(d)
+    assert opts is not None and "huge=within_size" in opts, opts
+    a = np.arange(4 * MiB, dtype=np.int64)  # 32 MiB: 2 MiB pages
+    assert checksum.remote(shoal.put(a)).result(timeout=30) == (digest(a), False)
+    agent = int(os.path.basename(d).split("-")[1])
+    os.kill(agent, signal.SIGKILL)  # leaves its directory and its mount
+    wait_until(lambda: not os.path.exists(f"/proc/{agent}/status") or
+               open(f"/proc/{agent}/status").read().find("State:\tZ") >= 0, what="agent dead")
+    shoal.shutdown()
+    assert _mount_of(d) is not None
+    # The next agent removes both; SHOAL_STORE_HUGE_PAGES=0 keeps a plain directory.
+    monkeypatch.setenv("SHOAL_STORE_HUGE_PAGES", "0")
+    shoal.init(num_workers=1)
+    wait_until(lambda: _mount_of(d) is None and not os.path.exists(d), what="stale store reaped")
+    d2 = shoal._serial.store_info()[0]
+    assert _mount_of(d2) is None and os.path.isdir(d2)
+    assert checksum.remote(a).result(timeout=30) == (digest(a), False)
+    shoal.shutdown()
+    assert not os.path.exists(d2)
+
+
+def test_recycled_segments_never_show_stale_bytes(fresh):
+    shoal.init(num_workers=1, object_store_memory=1 << 30)
+    d = shoal._serial.store_info()[0]
+    r = shoal.put(np.full(48 * MiB // 8, 7.0))  # 48 MiB: freed into the pool
+    del r
+    gc.collect()
+    wait_until(lambda: len(pool_in(d)) == 1, what="the freed segment kept for recycling")
+    b = np.arange(40 * MiB // 8, dtype=np.float64)  # smaller: written into the pooled file
+    rb = shoal.put(b)
+    assert pool_in(d) == []
+    assert os.path.getsize(os.path.join(d, f"{rb.id:016x}")) < 41 * MiB  # truncated to its size
+    got = shoal.get(rb)
+    assert got.shape == b.shape and np.array_equal(got, b)
+    assert checksum.remote(rb).result(timeout=30) == (digest(b), False)
+    # A task result written by a worker takes the same path.
+    del got, rb
+    gc.collect()
+    wait_until(lambda: len(pool_in(d)) == 1, what="pooled again")
+    ones_ref = ones.remote(5 * MiB)  # 40 MiB of 1.0
+    v = ones_ref.result(timeout=30)
+    assert float(v.sum()) == 5 * MiB and float(v.min()) == 1.0 and pool_in(d) == []
+    del v, ones_ref
+    gc.collect()
+    wait_until(lambda: len(pool_in(d)) == 1, what="pooled once more")
+    shoal.shutdown()
+    assert not os.path.exists(d)
+
+
+def test_the_pool_gives_way_to_objects(fresh):
+    shoal.init(num_workers=1, object_store_memory=256 * MiB)
+    d = shoal._serial.store_info()[0]
+    r = shoal.put(np.zeros(48 * MiB // 8))
+    del r
+    gc.collect()
+    wait_until(lambda: len(pool_in(d)) == 1, what="pooled")
+    # 3 x 70 MiB in use: with the pool's 48 MiB over the 256 MiB capacity.
+    refs = [shoal.put(np.full(70 * MiB // 8, float(i))) for i in range(3)]
+    assert pool_in(d) == []
+    assert store()["spills"] == 0  # the pool went first, nothing was spilled
+    assert [float(shoal.get(x)[0]) for x in refs] == [0.0, 1.0, 2.0]
 
 
 def test_small_values_travel_inline(cluster):
@@ -358,8 +521,8 @@ def test_driver_killed_mid_put_leaves_nothing(fresh):
                    interval=0.002, what="a put in progress")
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=10)
-        wait_until(lambda: os.listdir(sdir) == [], timeout=15,
-                   what=f"the killed driver's segments reclaimed (left: {os.listdir(sdir)})")
+        wait_until(lambda: segments_in(sdir) == [], timeout=15,
+                   what=f"the killed driver's segments reclaimed (left: {segments_in(sdir)})")
         shoal.init(address=d.dir)
         assert shoal.status()["store"]["used"] == 0
         assert float(shoal.get(shoal.put(np.ones(MiB))).sum()) == MiB
@@ -392,8 +555,7 @@ def test_worker_killed_mid_result_write_is_retried_and_reclaimed(fresh):
         assert v.shape == (96 << 20,) and float(v[-1]) == 1.0
         del v, fut
         gc.collect()
-        wait_until(lambda: os.listdir(sdir) == [], timeout=15,
-                   what=f"no segment left behind (left: {os.listdir(sdir)})")
+        wait_until(lambda: segments_in(sdir) == [], timeout=15, what="no segment left behind")
     finally:
         shoal.shutdown()
         d.stop()

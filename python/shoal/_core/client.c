@@ -793,6 +793,16 @@ static const sh_spec_obj_t *check_submit_args(sh_client_obj_t *c, PyObject **a) 
   return NULL;
 }
 
+/* Tells the stored copy of a task's arguments which task it was submitted
+ * with (holder._used_by(fut)), so that the driver may reuse the copy for the
+ * same arguments while that task is pending. The submit stands either way:
+ * an error here is only reported. */
+static void used_by(PyObject *holder, PyObject *fut) {
+  PyObject *r = PyObject_CallMethod(holder, "_used_by", "O", fut);
+  if (!r) PyErr_WriteUnraisable(holder);
+  Py_XDECREF(r);
+}
+
 static PyObject *client_submit(sh_client_obj_t *c, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames) {
   static const char *const names[] = {"spec", "args", "kwargs", "task_id"};
@@ -840,6 +850,7 @@ static PyObject *client_submit(sh_client_obj_t *c, PyObject *const *args,
     goto done;
   if (!(fut = make_future(c, task_id, spec->name))) goto done;
   if (publish(c, spec, task_id, explicit_id, &d, &view, fut) < 0) Py_CLEAR(fut);
+  else if (holder) used_by(holder, fut);
 done:
   if (view.obj) PyBuffer_Release(&view);
   Py_XDECREF(blob);

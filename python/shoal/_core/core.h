@@ -3,7 +3,8 @@
  *
  * Files: module.c (module, state, error mapping), spec.c (TaskSpec),
  * client.c (Client methods), io.c (connecting and the I/O thread),
- * mpack.c (msgpack to Python), worker.c (the worker loop). */
+ * mpack.c (msgpack to Python), seq.c (packed map chunks), worker.c (the
+ * worker loop). */
 #ifndef SH_CORE_H
 #define SH_CORE_H
 
@@ -74,6 +75,11 @@ void sh_client_close_all(sh_core_state_t *st);
 /* Creates the Segment type into st and adds it, store_write and store_map to
  * module m. 0 or -1. */
 int sh_store_add_type(PyObject *m, sh_core_state_t *st);
+
+/* ---- seq.c ---- */
+
+/* Adds seq_pack and seq_unpack (packed map chunks) to module m. 0 or -1. */
+int sh_seq_add_functions(PyObject *m);
 
 /* ---- mpack.c ---- */
 

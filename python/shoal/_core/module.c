@@ -139,6 +139,7 @@ static int module_exec(PyObject *m) {
   if (sh_spec_add_type(m, st) < 0) return -1;
   if (sh_client_add_type(m, st) < 0) return -1;
   if (sh_store_add_type(m, st) < 0) return -1;
+  if (sh_seq_add_functions(m) < 0) return -1;
   if (PyModule_AddIntConstant(m, "ST_DISCONNECTED", SH_ST_DISCONNECTED) < 0)
     return -1;
   if (!atfork_registered) {

@@ -32,16 +32,21 @@
  * A full tmpfs makes write() fail with ENOSPC, where a store through a
  * mapping would kill the writer with SIGBUS.
  *
+ * Drivers also compare a segment with the value they would write again
+ * (store_same): an argument passed to many tasks is stored once.
+ *
  * Sections: format; writing; mapping and validation; the Segment type; the
  * module functions. */
 #include "core.h"
 
 #include <endian.h>
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -125,11 +130,84 @@ static int write_iov(int fd, struct iovec *iov, int n) {
   return 0;
 }
 
+/* Recycled files: the agent keeps freed segments of at least RECYCLE_MIN
+ * bytes as DIR/free.<size, 16 hex digits>.<seq> (src/node/store.c, "recycled
+ * segment files"). Writing into their pages, which exist already, skips the
+ * page allocation (and zeroing) a new tmpfs file pays for every page.
+ * Measured with 1 GiB on this 2-core VM: 4 KiB pages, a new file 1.5-2.6
+ * GB/s, a recycled one through a populated mapping 5.3-6.1 GB/s; huge
+ * pages, 4.4-4.9 against 7.0-7.5 GB/s; memcpy into a touched buffer
+ * 7.4-8.8 GB/s. */
+#define RECYCLE_MIN (32ull << 20) /* the same in src/node/store.c */
+
+/* Claims the smallest pool file of at least `total` bytes in the directory
+ * of j->path by renaming it to j->tmp. 1 when claimed, else 0. */
+static int claim_recycled(wjob_t *j, uint64_t total) {
+  const char *slash = strrchr(j->path, '/');
+  if (!slash || total < RECYCLE_MIN) return 0;
+  char dir[4096], best[300] = "", from[4400];
+  snprintf(dir, sizeof dir, "%.*s", (int)(slash - j->path), j->path);
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  uint64_t best_size = UINT64_MAX;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, "free.", 5)) continue;
+    uint64_t size = strtoull(e->d_name + 5, NULL, 16);
+    if (size >= total && size < best_size && strlen(e->d_name) < sizeof best) {
+      best_size = size;
+      snprintf(best, sizeof best, "%s", e->d_name);
+    }
+  }
+  closedir(d);
+  if (!best[0]) return 0;
+  snprintf(from, sizeof from, "%s/%s", dir, best);
+  /* Another writer may take it first: then this one writes a new file. */
+  return rename(from, j->tmp) == 0;
+}
+
+/* Writes the iovecs into the claimed file j->tmp through a populated shared
+ * mapping (its pages exist: no allocation, so no SIGBUS for a full tmpfs),
+ * after truncating it to `total`. Every byte of [0, total) is written (the
+ * layout covers it: header, stream, zero padding, buffers), so nothing of
+ * the file's previous object remains. 0 or -errno (j->tmp is then left for
+ * the caller to remove). */
+static int write_recycled(wjob_t *j, uint64_t total) {
+  int fd = open(j->tmp, O_RDWR | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  struct stat sb;
+  int rc = 0;
+  if (fstat(fd, &sb) < 0) rc = -errno;
+  else if ((uint64_t)sb.st_size < total) rc = -EIO; /* not the pool file it was named as */
+  else if (ftruncate(fd, (off_t)total) < 0) rc = -errno;
+  uint8_t *m = MAP_FAILED;
+  if (!rc && (m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0)) ==
+                 MAP_FAILED)
+    rc = -errno;
+  if (!rc) {
+    uint64_t off = 0;
+    for (int i = 0; i < j->niov; i++) {
+      memcpy(m + off, j->iov[i].iov_base, j->iov[i].iov_len);
+      off += j->iov[i].iov_len;
+    }
+    if (off != total) rc = -EIO;
+    munmap(m, total);
+  }
+  if (close(fd) < 0 && !rc) rc = -errno;
+  return rc;
+}
+
 /* Creates j->tmp, writes it and renames it onto j->path; runs without the
  * GIL. On failure the temporary file is gone (unless it existed before, which
  * is then another writer's and left alone), j->what names the failed step.
  * Returns 0 or -errno. */
-static int write_segment(wjob_t *j) {
+static int write_segment(wjob_t *j, uint64_t total) {
+  if (claim_recycled(j, total)) {
+    if (write_recycled(j, total) == 0) {
+      if (rename(j->tmp, j->path) == 0) return 0;
+    }
+    unlink(j->tmp); /* and write a new file instead */
+  }
   int fd = open(j->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
     j->what = "creating the temporary file";
@@ -216,7 +294,7 @@ static PyObject *write_views(PyObject *path, const char *cpath, Py_buffer *sv,
   if (!total) goto done;
   int rc;
   Py_BEGIN_ALLOW_THREADS
-  rc = write_segment(&j);
+  rc = write_segment(&j, total);
   Py_END_ALLOW_THREADS
   if (rc) {
     raise_os(-rc, path, "store_write: %s %s, %llu bytes", j.what, tmp,
@@ -566,6 +644,142 @@ fail:
   return NULL;
 }
 
+/* What store_same hands to the part that runs without the GIL. */
+typedef struct cjob_s {
+  const char *path;
+  const Py_buffer *sv, *bv; /* the stream and the buffers to compare */
+  uint32_t n;
+  const char *what; /* on an error: the step that failed */
+} cjob_t;
+
+/* Compares the file at j->path with the stream and buffers; runs without
+ * the GIL. Returns 1 (the file holds exactly them, laid out as store_write
+ * lays them out), 0 (it does not, or it is not a valid object file), or
+ * -errno when it could not be opened or mapped. */
+static int compare_segment(cjob_t *j) {
+  int fd = open(j->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    j->what = "opening";
+    return -errno;
+  }
+  struct stat sb;
+  int rc = 0;
+  void *p = MAP_FAILED;
+  if (fstat(fd, &sb) < 0) {
+    rc = -errno;
+    j->what = "fstat of";
+  } else if (S_ISREG(sb.st_mode) && sb.st_size >= (off_t)SEG_HDR) {
+    /* MAP_POPULATE: every page is read anyway; mapping them in one go costs
+     * less than a fault per 16 pages. */
+    p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) {
+      rc = -errno;
+      j->what = "mapping";
+    }
+  }
+  close(fd);
+  if (p == MAP_FAILED) return rc;
+  const uint8_t *base = p;
+  uint64_t size = (uint64_t)sb.st_size;
+  int same = !check_header(base, size) && get_u32(base + 32) == j->n &&
+             get_u64(base + 24) == (uint64_t)j->sv->len &&
+             !memcmp(base + get_u64(base + 16), j->sv->buf, (size_t)j->sv->len);
+  for (uint32_t i = 0; same && i < j->n; i++) {
+    const uint8_t *e = base + SEG_HDR + (uint64_t)i * SEG_ENTRY;
+    same = get_u64(e + 8) == (uint64_t)j->bv[i].len &&
+           !memcmp(base + get_u64(e), j->bv[i].buf, (size_t)j->bv[i].len);
+  }
+  munmap(p, (size_t)size);
+  return same;
+}
+
+static PyObject *store_same(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs != 3)
+    return PyErr_Format(PyExc_TypeError, "store_same() takes 3 arguments (%zd given)", nargs);
+  PyObject *path = PyOS_FSPath(args[0]), *fsbytes = NULL, *seq = NULL, *res = NULL;
+  Py_buffer sv = {0}, *bv = NULL;
+  Py_ssize_t n = 0, got = 0;
+  if (!path || !PyUnicode_FSConverter(path, &fsbytes)) goto done;
+  if (!(seq = PySequence_Fast(args[2], "store_same: buffers must be a sequence"))) goto done;
+  n = PySequence_Fast_GET_SIZE(seq);
+  if ((uint64_t)n > UINT32_MAX) {
+    PyErr_Format(PyExc_ValueError, "store_same: too many buffers (%zd)", n);
+    goto done;
+  }
+  if (!(bv = PyMem_Calloc((size_t)n + 1, sizeof *bv))) {
+    PyErr_NoMemory();
+    goto done;
+  }
+  if (get_contiguous(args[1], &sv, "the stream") < 0) goto done;
+  for (; got < n; got++) {
+    char part[48];
+    snprintf(part, sizeof part, "buffer %zd", got);
+    if (get_contiguous(PySequence_Fast_GET_ITEM(seq, got), &bv[got], part) < 0) goto done;
+  }
+  cjob_t j = {.path = PyBytes_AS_STRING(fsbytes), .sv = &sv, .bv = bv, .n = (uint32_t)n};
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = compare_segment(&j);
+  Py_END_ALLOW_THREADS
+  if (rc < 0)
+    raise_os(-rc, path, "store_same: %s %s", j.what, j.path);
+  else
+    res = PyBool_FromLong(rc);
+done:
+  if (sv.obj) PyBuffer_Release(&sv);
+  if (bv) release_views(bv, got);
+  PyMem_Free(bv);
+  Py_XDECREF(seq);
+  Py_XDECREF(fsbytes);
+  Py_XDECREF(path);
+  return res;
+}
+
+static PyObject *buffer_spans(PyObject *module, PyObject *arg) {
+  PyObject *seq = PySequence_Fast(arg, "buffer_spans: buffers must be a sequence");
+  if (!seq) return NULL;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  PyObject *out = PyTuple_New(n);
+  for (Py_ssize_t i = 0; out && i < n; i++) {
+    Py_buffer v;
+    if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &v, PyBUF_STRIDES) < 0) {
+      Py_CLEAR(out);
+      break;
+    }
+    PyObject *t = Py_BuildValue("(Kn)", (unsigned long long)(uintptr_t)v.buf, v.len);
+    PyBuffer_Release(&v);
+    if (!t) {
+      Py_CLEAR(out);
+      break;
+    }
+    PyTuple_SET_ITEM(out, i, t);
+  }
+  Py_DECREF(seq);
+  return out;
+}
+
+PyDoc_STRVAR(store_same_doc,
+"store_same(path, stream, buffers) -> bool\n--\n\n"
+"Whether the object file at path holds exactly this pickle stream and these\n"
+"out-of-band buffers (what store_write(path, stream, buffers) would write).\n"
+"Compares the bytes (memcmp against a read-only mapping of the file, without\n"
+"the GIL): reading a copy costs less than writing a new one.\n\n"
+"Args:\n"
+"    path: the object file.\n"
+"    stream, buffers: as for store_write.\n"
+"Returns:\n"
+"    True when every byte is the same; False otherwise, also when the file\n"
+"    is not a valid object file.\n"
+"Raises:\n"
+"    FileNotFoundError: no such file (for example: spilled or freed).\n"
+"    OSError: it could not be opened or mapped.\n"
+"    BufferError, TypeError: as store_write.");
+
+PyDoc_STRVAR(buffer_spans_doc,
+"buffer_spans(buffers) -> tuple\n--\n\n"
+"(address, length) of each buffer's memory, as int pairs: what a stored copy\n"
+"of them is remembered by (with the contents checked by store_same).");
+
 PyDoc_STRVAR(store_write_doc,
 "store_write(path, stream, buffers) -> int\n--\n\n"
 "Writes one object file: the pickle stream and its out-of-band buffers.\n\n"
@@ -599,6 +813,8 @@ PyDoc_STRVAR(store_map_doc,
 static PyMethodDef store_functions[] = {
     {"store_write", (PyCFunction)(void (*)(void))store_write, METH_FASTCALL, store_write_doc},
     {"store_map", store_map, METH_O, store_map_doc},
+    {"store_same", (PyCFunction)(void (*)(void))store_same, METH_FASTCALL, store_same_doc},
+    {"buffer_spans", buffer_spans, METH_O, buffer_spans_doc},
     {NULL, NULL, 0, NULL},
 };
 
