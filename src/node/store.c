@@ -169,16 +169,20 @@ int sh_store_open(sh_agent_t *a, char *err, size_t n) {
   }
   const char *keep = a->opts.adopt_store_dir;
   reap_stale(base, "shoal-", keep);
+  int adopted = 0;
   if (keep && is_dir(keep) && strlen(keep) < sizeof s->dir) {
     snprintf(s->dir, sizeof s->dir, "%s", keep); /* a restarted head's: segments stay */
+    adopted = 1;
   } else if (make_dir(base, "shoal-", s->dir, sizeof s->dir) < 0) {
     snprintf(err, n, "cannot create the object store directory in %s: %s (choose another "
              "with --object-store-dir)", base, strerror(errno));
     s->dir[0] = 0;
     return -1;
   }
-  int huge = !a->opts.store_dir && mount_huge(s->dir, base);
-  if (mark_store(s->dir) < 0) {
+  /* An adopted directory keeps what it is (a tmpfs mounted on it stays, and
+   * one mounted now would hide the segments it holds), marker included. */
+  int huge = !adopted && !a->opts.store_dir && mount_huge(s->dir, base);
+  if (mark_store(s->dir) < 0 && !(adopted && errno == EEXIST)) {
     snprintf(err, n, "cannot create %s/.shoal-store: %s", s->dir, strerror(errno));
     goto fail;
   }
