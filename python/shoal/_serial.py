@@ -5,9 +5,12 @@ use the standard pickle (protocol 5), falling back to cloudpickle for values
 plain pickle cannot handle (lambdas, closures, classes defined in __main__).
 """
 
+import heapq
+import itertools
 import os
 import pickle
 import threading
+import time
 import weakref
 
 PROTOCOL = 5
@@ -243,6 +246,10 @@ def dumps_args(pair):
 ARGS_GRACE = 1.0                # seconds a copy is kept after its last task
 _args_copies = {}               # key -> _ArgCopy: copies with pending tasks or in grace
 _args_lock = threading.Lock()
+_args_cv = threading.Condition(_args_lock)   # the sweeper waits on it
+_args_expiry = []               # heap of (deadline, seq, _ArgCopy, its idle count)
+_args_seq = itertools.count()
+_sweeper = None                 # the thread running _args_sweep
 
 
 class _ArgCopy:
@@ -299,33 +306,47 @@ def args_used(future, task):
 
 
 def _args_done(copy):
+    global _sweeper
     with _args_lock:
         copy.users -= 1
         if copy.users:
             return
         copy.idle += 1
-        idle = copy.idle
-    t = threading.Timer(ARGS_GRACE, _args_expire, (copy, idle))
-    t.daemon = True
-    t.start()
+        heapq.heappush(_args_expiry, (time.monotonic() + ARGS_GRACE, next(_args_seq), copy,
+                                      copy.idle))
+        if _sweeper is None or not _sweeper.is_alive():
+            _sweeper = threading.Thread(target=_args_sweep, name="shoal-args-expiry", daemon=True)
+            _sweeper.start()
+        _args_cv.notify()
 
 
-def _args_expire(copy, idle):
-    with _args_lock:
-        if copy.users or copy.idle != idle:
-            return  # used again since
-        if _args_copies.get(copy.key) is copy:
-            del _args_copies[copy.key]
-        future, copy.future = copy.future, None
-    # The copy's Future goes here (its RELEASE follows; the agent frees the
-    # object once no task needs it).
-    del future
+def _args_sweep():
+    """One thread releases the copies whose grace ran out (not a timer per copy)."""
+    while True:
+        with _args_lock:
+            while not _args_expiry:
+                _args_cv.wait()
+            deadline, _, copy, idle = _args_expiry[0]
+            left = deadline - time.monotonic()
+            if left > 0:
+                _args_cv.wait(left)
+                continue
+            heapq.heappop(_args_expiry)
+            if copy.users or copy.idle != idle:
+                continue  # used again since
+            if _args_copies.get(copy.key) is copy:
+                del _args_copies[copy.key]
+            future, copy.future = copy.future, None
+        # The copy's Future goes here, outside the lock (its RELEASE follows;
+        # the agent frees the object once no task needs it).
+        del future
 
 
 def forget_args():
     """Drops every remembered copy (shutdown)."""
     with _args_lock:
         _args_copies.clear()
+        _args_expiry.clear()
 
 
 def dumps_result(value, task_id):

@@ -120,6 +120,18 @@ def test_an_unchanged_argument_passed_again_is_stored_once(cluster):
     assert not shoal._serial._args_copies
 
 
+def test_many_stored_arguments_expire_through_one_thread(cluster):
+    import threading
+    arrays = [np.full(MiB // 8, float(i)) for i in range(20)]  # 1 MiB each: stored
+    futs = [checksum.remote(a) for a in arrays]
+    assert [f.result(timeout=30) for f in futs] == [(digest(a), False) for a in arrays]
+    sweepers = [t for t in threading.enumerate() if t.name == "shoal-args-expiry"]
+    assert len(sweepers) <= 1
+    del futs
+    gc.collect()
+    wait_until(lambda: not shoal._serial._args_copies, what="every copy released after the grace")
+
+
 def test_a_changed_argument_is_stored_again(cluster):
     @shoal.remote
     def first_and_sum(x, t):
