@@ -365,9 +365,10 @@ int sh_drain_reply_append(sh_buf_t *b, uint64_t node_id, uint32_t status, const 
   return status_text_append(b, SH_MSG_DRAIN_REPLY, node_id, status, text);
 }
 
-int sh_map_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size,
-                        const char *text) {
-  long at = sh_frame_begin(b, SH_MSG_MAP_REPLY, 0, id);
+/* { u32 status, u64 size, text }: the body of MAP_REPLY and PULL_REPLY. */
+static int status_size_text_append(sh_buf_t *b, unsigned type, uint64_t id, uint32_t status,
+                                   uint64_t size, const char *text) {
+  long at = sh_frame_begin(b, type, 0, id);
   if (at < 0) return (int)at;
   int rc = sh_buf_u32(b, status);
   if (!rc) rc = sh_buf_u64(b, size);
@@ -380,19 +381,14 @@ int sh_map_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size
   return 0;
 }
 
+int sh_map_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size,
+                        const char *text) {
+  return status_size_text_append(b, SH_MSG_MAP_REPLY, id, status, size, text);
+}
+
 int sh_pull_reply_append(sh_buf_t *b, uint64_t id, uint32_t status, uint64_t size,
                          const char *text) {
-  long at = sh_frame_begin(b, SH_MSG_PULL_REPLY, 0, id);
-  if (at < 0) return (int)at;
-  int rc = sh_buf_u32(b, status);
-  if (!rc) rc = sh_buf_u64(b, size);
-  if (!rc) rc = sh_buf_append(b, text, strlen(text));
-  if (rc) {
-    sh_frame_abort(b, at);
-    return rc;
-  }
-  sh_frame_finish(b, at);
-  return 0;
+  return status_size_text_append(b, SH_MSG_PULL_REPLY, id, status, size, text);
 }
 
 int sh_pull_reply_decode(const uint8_t *body, size_t len, sh_pull_reply_t *r) {

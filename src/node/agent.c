@@ -145,6 +145,55 @@ void sh_conn_poll(sh_conn_t *c, int events) {
   uv_poll_start(&c->poll, events, conn_poll_cb);
 }
 
+/* ---- outgoing connections: connect, then the token handshake as client ---- */
+
+int sh_conn_connected(sh_conn_t *c) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  if (err) {
+    sh_conn_close(c, strerror(err));
+    return -1;
+  }
+  int one = 1;
+  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  c->up = SH_UP_CHALLENGE;
+  sh_conn_poll(c, UV_READABLE);
+  return 0;
+}
+
+int sh_conn_answer_challenge(sh_conn_t *c, const sh_frame_t *f, uint8_t *theirs, uint8_t *ours,
+                             const char *unexpected) {
+  uint8_t mac[SH_AUTH_MAC];
+  if (f->hdr.type != SH_MSG_AUTH_CHALLENGE ||
+      sh_auth_challenge_decode(f->body, f->hdr.len, theirs)) {
+    sh_conn_fail(c, SH_EBODY, unexpected);
+    return -1;
+  }
+  if (sh_auth_random(ours, SH_AUTH_NONCE) ||
+      sh_auth_proof(&c->agent->opts.token, SH_AUTH_CLIENT, theirs, ours, mac) ||
+      sh_auth_response_append(&c->out, ours, mac)) {
+    sh_conn_close(c, "could not answer the peer's token challenge");
+    return -1;
+  }
+  c->up = SH_UP_AUTH_OK;
+  sh_conn_mark_dirty(c);
+  return 0;
+}
+
+int sh_conn_check_proof(sh_conn_t *c, const sh_frame_t *f, const uint8_t *theirs,
+                        const uint8_t *ours, const char *who) {
+  uint8_t mac[SH_AUTH_MAC];
+  if (f->hdr.type != SH_MSG_AUTH_OK || sh_auth_ok_decode(f->body, f->hdr.len, mac) ||
+      !sh_auth_verify(&c->agent->opts.token, SH_AUTH_SERVER, theirs, ours, mac)) {
+    char why[160];
+    snprintf(why, sizeof why, "%s did not prove that it holds the cluster token", who);
+    sh_conn_fail(c, SH_EAUTH, why);
+    return -1;
+  }
+  return 0;
+}
+
 void sh_conn_mark_dirty(sh_conn_t *c) {
   if (!c->closing && !sh_queue_linked(&c->dirty) && (sh_buf_avail(&c->out) || streaming(c)))
     sh_queue_insert_tail(&c->agent->dirty, &c->dirty);

@@ -484,6 +484,18 @@ void sh_conn_mark_dirty(sh_conn_t *c);
 void sh_conn_send_segment(sh_conn_t *c, uint64_t id, uint64_t size, int fd);
 /* Polls c for `events` (UV_READABLE, UV_WRITABLE) from now on. */
 void sh_conn_poll(sh_conn_t *c, int events);
+/* An outgoing TCP connection's non-blocking connect finished: 0 (TCP_NODELAY
+ * set, c waits for the peer's AUTH_CHALLENGE), or -1 with c closed. */
+int sh_conn_connected(sh_conn_t *c);
+/* Client side of the token handshake: answers the peer's AUTH_CHALLENGE f
+ * (its nonce into `theirs`, ours made into `ours`). 0, or -1 with c failed
+ * (`unexpected`: the reason when f is not a challenge) or closed. */
+int sh_conn_answer_challenge(sh_conn_t *c, const sh_frame_t *f, uint8_t *theirs, uint8_t *ours,
+                             const char *unexpected);
+/* Checks the peer's AUTH_OK f over both nonces. 0, or -1 with c failed
+ * ("WHO did not prove that it holds the cluster token"). */
+int sh_conn_check_proof(sh_conn_t *c, const sh_frame_t *f, const uint8_t *theirs,
+                        const uint8_t *ours, const char *who);
 void sh_conn_close(sh_conn_t *c, const char *why);
 /* Sends an ERROR frame with code and why (best effort), logs, closes. */
 void sh_conn_fail(sh_conn_t *c, int code, const char *why);

@@ -90,17 +90,7 @@ static void uplink_connect(sh_agent_t *a) {
 }
 
 void sh_uplink_connected(sh_conn_t *c) {
-  int err = 0;
-  socklen_t len = sizeof err;
-  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
-  if (err) {
-    sh_conn_close(c, strerror(err));
-    return;
-  }
-  int one = 1;
-  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  c->up = SH_UP_CHALLENGE;
-  sh_conn_poll(c, UV_READABLE);
+  if (sh_conn_connected(c)) return;
   sh_agent_t *a = c->agent;
   /* The node port listens where the head reaches us: the uplink's local
    * address (reported in NODE_REGISTER). */
@@ -137,32 +127,15 @@ static void send_heartbeat(sh_agent_t *a) {
 /* The head's challenge: answer it with our proof. */
 static void answer_challenge(sh_conn_t *c, const sh_frame_t *f) {
   sh_agent_t *a = c->agent;
-  uint8_t mac[SH_AUTH_MAC];
-  if (f->hdr.type != SH_MSG_AUTH_CHALLENGE ||
-      sh_auth_challenge_decode(f->body, f->hdr.len, a->up_nonce[0])) {
-    sh_conn_fail(c, SH_EBODY, "expected the head's AUTH_CHALLENGE: is this a shoal head with "
-                 "--port, and the same shoal version?");
-    return;
-  }
-  if (sh_auth_random(a->up_nonce[1], SH_AUTH_NONCE) ||
-      sh_auth_proof(&a->opts.token, SH_AUTH_CLIENT, a->up_nonce[0], a->up_nonce[1], mac) ||
-      sh_auth_response_append(&c->out, a->up_nonce[1], mac)) {
-    sh_conn_close(c, "could not answer the head's challenge");
-    return;
-  }
-  c->up = SH_UP_AUTH_OK;
-  sh_conn_mark_dirty(c);
+  sh_conn_answer_challenge(c, f, a->up_nonce[0], a->up_nonce[1],
+                           "expected the head's AUTH_CHALLENGE: is this a shoal head with "
+                           "--port, and the same shoal version?");
 }
 
 /* The head's proof: only a head that holds the token hears who we are. */
 static void check_head(sh_conn_t *c, const sh_frame_t *f) {
   sh_agent_t *a = c->agent;
-  uint8_t mac[SH_AUTH_MAC];
-  if (f->hdr.type != SH_MSG_AUTH_OK || sh_auth_ok_decode(f->body, f->hdr.len, mac) ||
-      !sh_auth_verify(&a->opts.token, SH_AUTH_SERVER, a->up_nonce[0], a->up_nonce[1], mac)) {
-    sh_conn_fail(c, SH_EAUTH, "the head did not prove that it holds the cluster token");
-    return;
-  }
+  if (sh_conn_check_proof(c, f, a->up_nonce[0], a->up_nonce[1], "the head")) return;
   sh_hello_t h = {SH_ROLE_NODE, (uint32_t)getpid(), 0, 0};
   sh_register_t r = {.node_id = a->node_id, .pid = (uint32_t)getpid(),
                      .num_workers = (uint32_t)a->opts.num_workers, .total = a->opts.resources,

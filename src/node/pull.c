@@ -218,48 +218,17 @@ sh_pull_t *sh_pull_from_node(sh_agent_t *a, uint64_t id, uint64_t size, sh_node_
   return p;
 }
 
-void sh_pull_peer_connected(sh_conn_t *c) {
-  int err = 0;
-  socklen_t len = sizeof err;
-  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
-  if (err) {
-    sh_conn_close(c, strerror(err));
-    return;
-  }
-  int one = 1;
-  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  c->up = SH_UP_CHALLENGE;
-  sh_conn_poll(c, UV_READABLE);
-}
+void sh_pull_peer_connected(sh_conn_t *c) { sh_conn_connected(c); }
 
 /* The peer's challenge: our proof. */
 static void peer_challenge(sh_conn_t *c, const sh_frame_t *f) {
-  const sh_auth_token_t *tok = &c->agent->opts.token;
-  uint8_t mac[SH_AUTH_MAC];
-  if (f->hdr.type != SH_MSG_AUTH_CHALLENGE ||
-      sh_auth_challenge_decode(f->body, f->hdr.len, c->nonce)) {
-    sh_conn_fail(c, SH_EBODY, "expected the node port's AUTH_CHALLENGE");
-    return;
-  }
-  if (sh_auth_random(c->my_nonce, SH_AUTH_NONCE) ||
-      sh_auth_proof(tok, SH_AUTH_CLIENT, c->nonce, c->my_nonce, mac) ||
-      sh_auth_response_append(&c->out, c->my_nonce, mac)) {
-    sh_conn_close(c, "could not answer the peer's challenge");
-    return;
-  }
-  c->up = SH_UP_AUTH_OK;
-  sh_conn_mark_dirty(c);
+  sh_conn_answer_challenge(c, f, c->nonce, c->my_nonce, "expected the node port's AUTH_CHALLENGE");
 }
 
 /* The peer's proof: then HELLO (role PEER) and every pull waiting for c. */
 static void peer_proved(sh_conn_t *c, const sh_frame_t *f) {
   sh_agent_t *a = c->agent;
-  uint8_t mac[SH_AUTH_MAC];
-  if (f->hdr.type != SH_MSG_AUTH_OK || sh_auth_ok_decode(f->body, f->hdr.len, mac) ||
-      !sh_auth_verify(&a->opts.token, SH_AUTH_SERVER, c->nonce, c->my_nonce, mac)) {
-    sh_conn_fail(c, SH_EAUTH, "the peer node did not prove that it holds the cluster token");
-    return;
-  }
+  if (sh_conn_check_proof(c, f, c->nonce, c->my_nonce, "the peer node")) return;
   sh_hello_t h = {.role = SH_ROLE_PEER, .pid = (uint32_t)getpid()};
   if (sh_hello_append(&c->out, &h)) {
     sh_conn_close(c, "out of memory");
