@@ -586,37 +586,60 @@ static void release_views(Py_buffer *bv, Py_ssize_t n) {
   for (Py_ssize_t i = 0; i < n; i++) PyBuffer_Release(&bv[i]);
 }
 
-static PyObject *store_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-  if (nargs != 3)
-    return PyErr_Format(PyExc_TypeError, "store_write() takes 3 arguments (%zd given)", nargs);
-  PyObject *path = PyOS_FSPath(args[0]), *fsbytes = NULL, *seq = NULL, *res = NULL;
-  Py_buffer sv = {0}, *bv = NULL;
-  Py_ssize_t n = 0, got = 0;
-  if (!path || !PyUnicode_FSConverter(path, &fsbytes)) goto done;
-  if (!(seq = PySequence_Fast(args[2], "store_write: buffers must be a sequence"))) goto done;
-  n = PySequence_Fast_GET_SIZE(seq);
-  if ((uint64_t)n > UINT32_MAX || (size_t)n > (SIZE_MAX / 2 - 2) / sizeof(struct iovec)) {
-    PyErr_Format(PyExc_ValueError, "store_write: too many buffers (%zd)", n);
-    goto done;
+/* The arguments of store_write and store_same, (path, stream, buffers), as
+ * the path's bytes and contiguous views. */
+typedef struct store_args_s {
+  PyObject *path, *fsbytes, *seq;
+  Py_buffer sv, *bv;
+  Py_ssize_t n, got; /* buffers; views held in bv */
+} store_args_t;
+
+static void store_args_release(store_args_t *sa) {
+  if (sa->sv.obj) PyBuffer_Release(&sa->sv);
+  if (sa->bv) release_views(sa->bv, sa->got);
+  PyMem_Free(sa->bv);
+  Py_XDECREF(sa->seq);
+  Py_XDECREF(sa->fsbytes);
+  Py_XDECREF(sa->path);
+}
+
+/* Fills sa (zeroed by the caller) for function `fn`. 0, or -1 with an
+ * exception; store_args_release either way. */
+static int store_args(const char *fn, PyObject *const *args, Py_ssize_t nargs, store_args_t *sa) {
+  if (nargs != 3) {
+    PyErr_Format(PyExc_TypeError, "%s() takes 3 arguments (%zd given)", fn, nargs);
+    return -1;
   }
-  if (!(bv = PyMem_Calloc((size_t)n + 1, sizeof *bv))) {
+  sa->path = PyOS_FSPath(args[0]);
+  if (!sa->path || !PyUnicode_FSConverter(sa->path, &sa->fsbytes)) return -1;
+  char what[64];
+  snprintf(what, sizeof what, "%s: buffers must be a sequence", fn);
+  if (!(sa->seq = PySequence_Fast(args[2], what))) return -1;
+  sa->n = PySequence_Fast_GET_SIZE(sa->seq);
+  if ((uint64_t)sa->n > UINT32_MAX || (size_t)sa->n > (SIZE_MAX / 2 - 2) / sizeof(struct iovec)) {
+    PyErr_Format(PyExc_ValueError, "%s: too many buffers (%zd)", fn, sa->n);
+    return -1;
+  }
+  if (!(sa->bv = PyMem_Calloc((size_t)sa->n + 1, sizeof *sa->bv))) {
     PyErr_NoMemory();
-    goto done;
+    return -1;
   }
-  if (get_contiguous(args[1], &sv, "the stream") < 0) goto done;
-  for (; got < n; got++) {
+  if (get_contiguous(args[1], &sa->sv, "the stream") < 0) return -1;
+  for (; sa->got < sa->n; sa->got++) {
     char part[48];
-    snprintf(part, sizeof part, "buffer %zd", got);
-    if (get_contiguous(PySequence_Fast_GET_ITEM(seq, got), &bv[got], part) < 0) goto done;
+    snprintf(part, sizeof part, "buffer %zd", sa->got);
+    if (get_contiguous(PySequence_Fast_GET_ITEM(sa->seq, sa->got), &sa->bv[sa->got], part) < 0)
+      return -1;
   }
-  res = write_views(path, PyBytes_AS_STRING(fsbytes), &sv, bv, (uint32_t)n);
-done:
-  if (sv.obj) PyBuffer_Release(&sv);
-  if (bv) release_views(bv, got);
-  PyMem_Free(bv);
-  Py_XDECREF(seq);
-  Py_XDECREF(fsbytes);
-  Py_XDECREF(path);
+  return 0;
+}
+
+static PyObject *store_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+  store_args_t sa = {0};
+  PyObject *res = NULL;
+  if (!store_args("store_write", args, nargs, &sa))
+    res = write_views(sa.path, PyBytes_AS_STRING(sa.fsbytes), &sa.sv, sa.bv, (uint32_t)sa.n);
+  store_args_release(&sa);
   return res;
 }
 
@@ -694,44 +717,21 @@ static int compare_segment(cjob_t *j) {
 }
 
 static PyObject *store_same(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-  if (nargs != 3)
-    return PyErr_Format(PyExc_TypeError, "store_same() takes 3 arguments (%zd given)", nargs);
-  PyObject *path = PyOS_FSPath(args[0]), *fsbytes = NULL, *seq = NULL, *res = NULL;
-  Py_buffer sv = {0}, *bv = NULL;
-  Py_ssize_t n = 0, got = 0;
-  if (!path || !PyUnicode_FSConverter(path, &fsbytes)) goto done;
-  if (!(seq = PySequence_Fast(args[2], "store_same: buffers must be a sequence"))) goto done;
-  n = PySequence_Fast_GET_SIZE(seq);
-  if ((uint64_t)n > UINT32_MAX) {
-    PyErr_Format(PyExc_ValueError, "store_same: too many buffers (%zd)", n);
-    goto done;
+  store_args_t sa = {0};
+  PyObject *res = NULL;
+  if (!store_args("store_same", args, nargs, &sa)) {
+    cjob_t j = {.path = PyBytes_AS_STRING(sa.fsbytes), .sv = &sa.sv, .bv = sa.bv,
+                .n = (uint32_t)sa.n};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = compare_segment(&j);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+      raise_os(-rc, sa.path, "store_same: %s %s", j.what, j.path);
+    else
+      res = PyBool_FromLong(rc);
   }
-  if (!(bv = PyMem_Calloc((size_t)n + 1, sizeof *bv))) {
-    PyErr_NoMemory();
-    goto done;
-  }
-  if (get_contiguous(args[1], &sv, "the stream") < 0) goto done;
-  for (; got < n; got++) {
-    char part[48];
-    snprintf(part, sizeof part, "buffer %zd", got);
-    if (get_contiguous(PySequence_Fast_GET_ITEM(seq, got), &bv[got], part) < 0) goto done;
-  }
-  cjob_t j = {.path = PyBytes_AS_STRING(fsbytes), .sv = &sv, .bv = bv, .n = (uint32_t)n};
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = compare_segment(&j);
-  Py_END_ALLOW_THREADS
-  if (rc < 0)
-    raise_os(-rc, path, "store_same: %s %s", j.what, j.path);
-  else
-    res = PyBool_FromLong(rc);
-done:
-  if (sv.obj) PyBuffer_Release(&sv);
-  if (bv) release_views(bv, got);
-  PyMem_Free(bv);
-  Py_XDECREF(seq);
-  Py_XDECREF(fsbytes);
-  Py_XDECREF(path);
+  store_args_release(&sa);
   return res;
 }
 
