@@ -383,6 +383,38 @@ static void pool_scan(sh_store_t *s, int drop) {
   closedir(d);
 }
 
+/* Takes the smallest pool file of at least `size` bytes, renamed to `to`.
+ * 1 when one was taken (its pages are there to be written over), else 0. */
+static int pool_claim(sh_store_t *s, uint64_t size, const char *to) {
+  for (int tries = 0; tries < 4; tries++) {
+    int fd = dup(s->dir_fd);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+    if (!d) {
+      if (fd >= 0) close(fd);
+      return 0;
+    }
+    rewinddir(d); /* a dup shares the directory offset of dir_fd */
+    char best[64] = "";
+    uint64_t best_size = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+      if (strncmp(e->d_name, POOL_PREFIX, sizeof POOL_PREFIX - 1)) continue;
+      uint64_t z = strtoull(e->d_name + sizeof POOL_PREFIX - 1, NULL, 16);
+      if (z < size || (best[0] && z >= best_size) || strlen(e->d_name) >= sizeof best) continue;
+      snprintf(best, sizeof best, "%s", e->d_name);
+      best_size = z;
+    }
+    closedir(d);
+    if (!best[0]) return 0;
+    if (renameat(s->dir_fd, best, s->dir_fd, to) == 0) {
+      s->pool = s->pool > best_size ? s->pool - best_size : 0;
+      return 1;
+    }
+    /* A writer took it first: look again. */
+  }
+  return 0;
+}
+
 /* Keeps the freed segment `name` of `size` bytes in the pool when it is big
  * enough and there is room; else removes it. */
 static void pool_or_unlink(sh_store_t *s, const char *name, uint64_t size) {
@@ -634,7 +666,19 @@ int sh_store_chunk_begin(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t tota
     xfer_tmp(id, tmp, sizeof tmp);
     x = sh_calloc(1, sizeof *x);
     x->total = total;
-    x->fd = openat(s->dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    /* Into a recycled file when one is big enough: its pages are written
+     * over instead of allocated (and zeroed) one by one. */
+    if (total >= RECYCLE_MIN && pool_claim(s, total, tmp)) {
+      x->fd = openat(s->dir_fd, tmp, O_WRONLY | O_CLOEXEC);
+      if (x->fd >= 0 && ftruncate(x->fd, (off_t)total) < 0) {
+        close(x->fd);
+        x->fd = -1;
+      }
+    } else {
+      x->fd = -1;
+    }
+    if (x->fd < 0)
+      x->fd = openat(s->dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (x->fd < 0 || sh_map_put(&c->xfers, id, x)) {
       snprintf(why, n, "object %#llx: cannot create %s/%s: %s", (unsigned long long)id, s->dir,
                tmp, x->fd < 0 ? strerror(errno) : "out of memory");

@@ -121,6 +121,35 @@ def test_pull_node_to_node_once(two_nodes):
                "the nodes to drop their copies")
 
 
+@shoal.remote(resources={"rb": 1})
+def check_on_b(x, seed):
+    import numpy as np
+    return bool((x == seed).all()), int(x.nbytes)
+
+
+def test_pull_into_a_recycled_file(two_nodes):
+    """A node receives a pulled object into a freed segment's file (its pages
+    written over, not allocated again); the reader sees only the new bytes,
+    also when the file was bigger and is cut to the new size."""
+    head, (a, b) = two_nodes
+    first = make_plain.remote(48 * MiB, 3)
+    assert shoal.get(check_on_b.remote(first, 3), timeout=T) == (True, 48 * MiB)
+    del first
+    import gc
+    gc.collect()
+    sdir = node_store(b)["dir"]
+    wait_until(lambda: node_store(b)["objects"] == 0, 15, 0.05, "B to free its copy")
+    pool = lambda: [f for f in os.listdir(sdir) if f.startswith("free.")]  # noqa: E731
+    assert len(pool()) == 1, os.listdir(sdir)       # kept for reuse
+    second = make_plain.remote(40 * MiB, 9)
+    assert shoal.get(check_on_b.remote(second, 9), timeout=T) == (True, 40 * MiB)
+    assert pool() == []                              # B received into it
+    sizes = [os.path.getsize(os.path.join(sdir, f)) for f in os.listdir(sdir)
+             if not f.startswith(".")]
+    # One segment, cut from 48 MiB to the new one's size (40 MiB and its header).
+    assert len(sizes) == 1 and 40 * MiB <= sizes[0] < 41 * MiB, sizes
+
+
 def holder_of(head, oid):
     objs = {o["id"]: o for o in status_of(head)["object_list"]}
     return objs[oid]["nodes"]
