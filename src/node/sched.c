@@ -659,6 +659,14 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
              "actor lived on the head's own node or on a node that did not come back");
       return;
     }
+    if (!ac && c->role == SH_ROLE_UPLINK) {
+      /* A call that crossed the node's report that the actor died here. */
+      snprintf(why, sizeof why, "the actor's worker died on node %u while this call was on "
+               "its way (the head restarts the actor if it may, for the calls after it)",
+               a->node_id);
+      reject(a, c, id, SH_ST_ACTOR_DIED, why);
+      return;
+    }
     if (!ac || (c->role != SH_ROLE_UPLINK && (uint32_t)(s->actor_id >> 40) != c->client_id)) {
       reject(a, c, id, SH_ST_ACTOR_DIED, "unknown actor: it was never created by this driver");
       return;
