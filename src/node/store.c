@@ -541,6 +541,10 @@ uint32_t sh_store_resident(sh_agent_t *a, sh_obj_t *o, char *why, size_t n) {
 void sh_store_free(sh_agent_t *a, sh_obj_t *o) {
   sh_store_t *s = &a->store;
   if (!o->stored || o->remote) return; /* remote: no file here */
+  /* A worker may still view a segment it was sent after its task (an actor
+   * that kept the array): its pages must stay that object's, so such a file
+   * is removed (the pages go when the last view does), never recycled. */
+  int viewed = o->on_workers;
   forget_on_workers(a, o);
   char name[24];
   seg_name(o->id, name);
@@ -551,7 +555,8 @@ void sh_store_free(sh_agent_t *a, sh_obj_t *o) {
   } else {
     sh_queue_remove(&o->lru);
     s->used -= o->size;
-    if (s->dir_fd >= 0) pool_or_unlink(s, name, o->size);
+    if (s->dir_fd >= 0 && !viewed) pool_or_unlink(s, name, o->size);
+    else if (s->dir_fd >= 0) unlinkat(s->dir_fd, name, 0);
   }
   s->nstored--;
   o->stored = 0;

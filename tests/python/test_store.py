@@ -239,10 +239,16 @@ def test_recycled_segments_never_show_stale_bytes(fresh):
     got = shoal.get(rb)
     assert got.shape == b.shape and np.array_equal(got, b)
     assert checksum.remote(rb).result(timeout=30) == (digest(b), False)
-    # A task result written by a worker takes the same path.
+    # A segment a worker was sent is not recycled (it may still view it).
     del got, rb
     gc.collect()
+    wait_until(lambda: store()["objects"] == 0, what="rb freed")
+    assert pool_in(d) == []
+    r = shoal.put(np.full(48 * MiB // 8, 5.0))
+    del r
+    gc.collect()
     wait_until(lambda: len(pool_in(d)) == 1, what="pooled again")
+    # A task result written by a worker takes the same path.
     ones_ref = ones.remote(5 * MiB)  # 40 MiB of 1.0
     v = ones_ref.result(timeout=30)
     assert float(v.sum()) == 5 * MiB and float(v.min()) == 1.0 and pool_in(d) == []
@@ -251,6 +257,32 @@ def test_recycled_segments_never_show_stale_bytes(fresh):
     wait_until(lambda: len(pool_in(d)) == 1, what="pooled once more")
     shoal.shutdown()
     assert not os.path.exists(d)
+
+
+@shoal.remote
+class Keeper:
+    def keep(self, x):
+        self.x = x  # a zero-copy view of the argument's segment, kept after the task
+        return float(x[0])
+
+    def first_last(self):
+        return float(self.x[0]), float(self.x[-1])
+
+
+def test_a_view_kept_by_an_actor_never_changes(fresh):
+    """An actor keeps a view of a stored argument after its call; the driver
+    drops the object and writes new ones of the same size: the actor's array
+    stays as it was (its segment is not recycled under it)."""
+    shoal.init(num_workers=1, object_store_memory=1 << 30)
+    k = Keeper.remote()
+    r = shoal.put(np.full(48 * MiB // 8, 3.0))
+    assert k.keep.remote(r).result(timeout=30) == 3.0
+    del r
+    gc.collect()
+    wait_until(lambda: store()["objects"] == 0, what="the object freed")
+    others = [shoal.put(np.full(48 * MiB // 8, 9.0)) for _ in range(2)]
+    assert [float(shoal.get(o)[0]) for o in others] == [9.0, 9.0]
+    assert k.first_last.remote().result(timeout=30) == (3.0, 3.0)
 
 
 def test_the_pool_gives_way_to_objects(fresh):
