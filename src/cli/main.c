@@ -624,9 +624,11 @@ static void print_status(const msgpack_object *st) {
   printf("  drivers:   %.0f connected\n", num(st, "drivers"));
   printf("  objects:   %.0f held (%.1f KiB inline)\n", num(o, "count"), num(o, "bytes") / 1024);
   const msgpack_object *so = get(st, "store");
-  printf("  store:     %.1f of %.1f MiB in memory, %.1f MiB spilled (%.0f objects, %.0f spilled)\n",
+  printf("  store:     %.1f of %.1f MiB in memory, %.1f MiB spilled (%.0f objects, %.0f spilled), "
+         "%.1f MiB of freed files kept for reuse\n",
          num(so, "used") / (1 << 20), num(so, "capacity") / (1 << 20),
-         num(so, "spilled_bytes") / (1 << 20), num(so, "objects"), num(so, "spilled_objects"));
+         num(so, "spilled_bytes") / (1 << 20), num(so, "objects"), num(so, "spilled_objects"),
+         num(so, "recycle_pool") / (1 << 20));
 }
 
 static void fmt_size(double v, char *buf, size_t n) {

@@ -144,12 +144,13 @@ static void pack_tasks(msgpack_packer *pk, sh_agent_t *a) {
 
 static void pack_store(msgpack_packer *pk, sh_agent_t *a) {
   const sh_store_t *s = &a->store;
-  msgpack_pack_map(pk, 17);
+  msgpack_pack_map(pk, 18);
   kv_str(pk, "dir", s->dir);
   kv_str(pk, "spill_dir", s->spill_dir);
   kv_u64(pk, "capacity", s->capacity);
   kv_u64(pk, "inline_threshold", s->inline_threshold);
   kv_u64(pk, "used", s->used);
+  kv_u64(pk, "recycle_pool", sh_store_pool_bytes(a)); /* counted in capacity, not in used */
   kv_u64(pk, "spilled_bytes", s->spilled);
   kv_u64(pk, "objects", s->nstored);
   kv_u64(pk, "spilled_objects", s->nspilled);

@@ -383,6 +383,12 @@ static void pool_scan(sh_store_t *s, int drop) {
   closedir(d);
 }
 
+uint64_t sh_store_pool_bytes(sh_agent_t *a) {
+  if (a->store.dir_fd < 0) return 0;
+  pool_scan(&a->store, 0);
+  return a->store.pool;
+}
+
 /* Takes the smallest pool file of at least `size` bytes, renamed to `to`.
  * 1 when one was taken (its pages are there to be written over), else 0. */
 static int pool_claim(sh_store_t *s, uint64_t size, const char *to) {

@@ -232,9 +232,10 @@ def test_recycled_segments_never_show_stale_bytes(fresh):
     del r
     gc.collect()
     wait_until(lambda: len(pool_in(d)) == 1, what="the freed segment kept for recycling")
+    assert 48 * MiB <= store()["recycle_pool"] < 49 * MiB      # shown in shoal status
     b = np.arange(40 * MiB // 8, dtype=np.float64)  # smaller: written into the pooled file
     rb = shoal.put(b)
-    assert pool_in(d) == []
+    assert pool_in(d) == [] and store()["recycle_pool"] == 0
     assert os.path.getsize(os.path.join(d, f"{rb.id:016x}")) < 41 * MiB  # truncated to its size
     got = shoal.get(rb)
     assert got.shape == b.shape and np.array_equal(got, b)
