@@ -199,6 +199,11 @@ static int parse_num(const char *s, double *out) {
   return 0;
 }
 
+/* A duration flag: seconds from 0.2 to max. 0, or -1 when it is not one. */
+static int parse_seconds(const char *s, double max, double *out) {
+  return parse_num(s, out) || *out < 0.2 || *out > max ? -1 : 0;
+}
+
 /* Parses "512", "4G", "1.5GiB", "100M" into bytes. */
 static int parse_bytes(const char *s, uint64_t *out) {
   char *end;
@@ -867,14 +872,12 @@ static int cmd_start(int argc, char **argv) {
         break;
       }
       case OPT_HEARTBEAT_TIMEOUT:
-        if (parse_num(optarg, &o.heartbeat_timeout_s) || o.heartbeat_timeout_s < 0.2 ||
-            o.heartbeat_timeout_s > 3600)
+        if (parse_seconds(optarg, 3600, &o.heartbeat_timeout_s))
           return usage_error(usage_start, "--heartbeat-timeout needs seconds, from 0.2 to 3600, "
                              "got '%s'", optarg);
         break;
       case OPT_HEAD_TIMEOUT:
-        if (parse_num(optarg, &o.head_timeout_s) || o.head_timeout_s < 0.2 ||
-            o.head_timeout_s > 86400)
+        if (parse_seconds(optarg, 86400, &o.head_timeout_s))
           return usage_error(usage_start, "--head-timeout needs seconds, from 0.2 to 86400, "
                              "got '%s'", optarg);
         break;
