@@ -779,6 +779,33 @@ static int start_background(sh_agent_opts_t *o) {
   return 0;
 }
 
+/* Makes the TLS contexts of `shoal start` from files: a head's listener; a
+ * node's client side (uplink, pulls from other nodes) and, unless it has
+ * no node port, its node port's listener, with its own certificate (which
+ * a node with TLS must therefore have). 0, or 2 with the reason printed. */
+static int tls_contexts(sh_agent_opts_t *o, const tls_files_t *tls) {
+  char err[1024];
+  if (!o->head_address) {
+    if (!sh_tls_ctx_create(SH_TLS_SERVER, tls->cert, tls->key, tls->ca, &o->tls_server, err,
+                           sizeof err))
+      return 0;
+  } else if (o->node_port >= 0 && !tls->cert) {
+    snprintf(err, sizeof err, "a node with TLS needs its own certificate and key (--tls-cert and "
+             "--tls-key, or SHOAL_TLS_CERT and SHOAL_TLS_KEY): other nodes pull objects from "
+             "its node port over TLS, and check that the certificate names the address the "
+             "head sees it at (or give --node-port -1: no node port)");
+  } else if (!sh_tls_ctx_create(SH_TLS_CLIENT, tls->cert, tls->key, tls->ca, &o->tls_client,
+                                err, sizeof err) &&
+             (o->node_port < 0 || !sh_tls_ctx_create(SH_TLS_SERVER, tls->cert, tls->key,
+                                                     tls->ca, &o->tls_node, err, sizeof err))) {
+    return 0;
+  }
+  fprintf(stderr, "shoal: %s\n", err);
+  sh_tls_ctx_destroy(o->tls_client);
+  o->tls_client = NULL;
+  return 2;
+}
+
 static int cmd_start(int argc, char **argv) {
   static const struct option opts[] = {
       {"head", no_argument, 0, OPT_HEAD},           {"socket-dir", required_argument, 0, OPT_SOCKET_DIR},
@@ -967,19 +994,17 @@ static int cmd_start(int argc, char **argv) {
   }
   /* The TLS files too: a missing or unreadable file stops the start here. */
   if (o.head_address ? tls_files_env(&tls) : tls.cert != NULL) {
-    char err[1024];
-    sh_tls_ctx_t **ctx = o.head_address ? &o.tls_client : &o.tls_server;
-    if (sh_tls_ctx_create(o.head_address ? SH_TLS_CLIENT : SH_TLS_SERVER, tls.cert, tls.key,
-                          tls.ca, ctx, err, sizeof err)) {
-      fprintf(stderr, "shoal: %s\n", err);
+    int rc = tls_contexts(&o, &tls);
+    if (rc) {
       sh_auth_token_clear(&o.token);
-      return 2;
+      return rc;
     }
   }
   int rc = block || o.embedded ? sh_agent_run(&o) : start_background(&o);
   sh_auth_token_clear(&o.token);
   sh_tls_ctx_destroy(o.tls_server);
   sh_tls_ctx_destroy(o.tls_client);
+  sh_tls_ctx_destroy(o.tls_node);
   return rc;
 }
 

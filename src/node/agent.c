@@ -354,7 +354,7 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
     if (!c->worker->exited && !a->stopping) sh_pool_kill(c->worker, SH_REASON_NONE);
   }
   if (c->role == SH_ROLE_PULL || c->role == SH_ROLE_NODE || c->role == SH_ROLE_UPLINK)
-    sh_pull_conn_closed(a, c);
+    sh_pull_conn_closed(a, c, why);
   if (c->role == SH_ROLE_UPLINK) sh_uplink_closed(a, c, why);
   if (c->role == SH_ROLE_NODE) sh_cluster_node_closed(a, c, why);
   if (c->role == SH_ROLE_DRIVER && c->client_id) {
@@ -766,8 +766,9 @@ static void conn_parse(sh_conn_t *c) {
       char why[160];
       snprintf(why, sizeof why, "bad frame: %s", sh_strerror(rc));
       if (c->auth && !c->tls && sh_tls_looks_like_tls(sh_buf_head(&c->in), sh_buf_avail(&c->in)))
-        snprintf(why, sizeof why, "bad frame: it speaks TLS, and this daemon was started without "
-                 "--tls-cert and --tls-key");
+        snprintf(why, sizeof why, "bad frame: it speaks TLS, and this %s without "
+                 "--tls-cert and --tls-key", c->node_port ? "node joined its cluster"
+                 : "daemon was started");
       conn_fail(c, rc, why);
       return;
     }
@@ -935,6 +936,18 @@ void sh_conn_tls_start(sh_conn_t *c, sh_tls_t *t) {
   conn_handshake(c);
 }
 
+int sh_conn_tls_client(sh_conn_t *c, const char *host) {
+  sh_tls_ctx_t *ctx = c->agent->opts.tls_client;
+  sh_tls_t *t;
+  if (!ctx) return 0;
+  if (sh_tls_create(ctx, c->fd, host, &t)) {
+    sh_conn_close(c, "cannot start TLS: out of memory");
+    return -1;
+  }
+  sh_conn_tls_start(c, t);
+  return c->closing ? -1 : 0;
+}
+
 static void conn_poll_cb(uv_poll_t *h, int status, int events) {
   sh_conn_t *c = h->data;
   if (c->closing) return;
@@ -994,17 +1007,23 @@ static void tls_timer_cb(uv_timer_t *h) {
     if (sh_tls_received(c->tls) || recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0) continue;
     sh_buf_t e;
     sh_buf_init(&e);
-    if (!sh_error_append(&e, SH_ETLS, "shoal daemon closed the connection: this daemon "
-                         "requires TLS on its TCP port, and this client did not start TLS: "
-                         "connect with the cluster's CA (shoal.init(..., tls_ca=PATH), "
-                         "SHOAL_TLS_CA, or --tls-ca)")) {
+    if (!sh_error_append(&e, SH_ETLS, c->node_port
+                         ? "shoal daemon closed the connection: this node requires TLS on "
+                           "its node port, and the peer did not start TLS: every node of a "
+                           "TLS cluster joins with --tls-ca, --tls-cert and --tls-key"
+                         : "shoal daemon closed the connection: this daemon "
+                           "requires TLS on its TCP port, and this client did not start TLS: "
+                           "connect with the cluster's CA (shoal.init(..., tls_ca=PATH), "
+                           "SHOAL_TLS_CA, or --tls-ca)")) {
       ssize_t n = send(c->fd, e.data, e.len, MSG_NOSIGNAL | MSG_DONTWAIT);
       (void)n;
     }
     sh_buf_close(&e);
     shutdown(c->fd, SHUT_WR);
-    sh_warn("connection from %s refused: it sent nothing within %.3g s after connecting: a "
-            "client without TLS (this daemon requires TLS)", c->peer, SH_TLS_HELLO_WAIT_MS / 1000.0);
+    sh_warn("connection from %s%s refused: it sent nothing within %.3g s after connecting: "
+            "a %s without TLS (this %s requires TLS)", c->peer, c->node_port ? " to the node port"
+            : "", SH_TLS_HELLO_WAIT_MS / 1000.0, c->node_port ? "peer" : "client",
+            c->node_port ? "node port" : "daemon");
     c->auth = 0;
     sh_conn_close(c, NULL);
   }
@@ -1064,10 +1083,10 @@ static void auth_begin(sh_conn_t *c) {
 
 /* Starts TLS on a new TCP connection (the challenge waits in c->out for
  * the handshake); a peer that sends nothing is told it needs TLS. */
-static void tls_begin(sh_conn_t *c) {
+static void tls_begin(sh_conn_t *c, sh_tls_ctx_t *ctx) {
   sh_agent_t *a = c->agent;
   sh_tls_t *t;
-  if (sh_tls_create(a->opts.tls_server, c->fd, NULL, &t)) {
+  if (sh_tls_create(ctx, c->fd, NULL, &t)) {
     sh_warn("connection from %s closed: cannot start TLS: out of memory", c->peer);
     c->auth = 0;
     sh_conn_close(c, NULL);
@@ -1086,10 +1105,10 @@ static void accept_cb(uv_poll_t *h, int status, int events) {
   sh_agent_t *a = h->data;
   if (status < 0 || a->stopping) return;
   int tcp = h == &a->tcp_poll;
-  sh_agent_accept(a, tcp ? a->tcp_fd : a->listen_fd, tcp, tcp && a->opts.tls_server);
+  sh_agent_accept(a, tcp ? a->tcp_fd : a->listen_fd, tcp, tcp ? a->opts.tls_server : NULL);
 }
 
-void sh_agent_accept(sh_agent_t *a, int lfd, int tcp, int tls) {
+void sh_agent_accept(sh_agent_t *a, int lfd, int tcp, sh_tls_ctx_t *tls) {
   for (int i = 0; i < 64; i++) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
@@ -1109,8 +1128,9 @@ void sh_agent_accept(sh_agent_t *a, int lfd, int tcp, int tls) {
     format_addr((struct sockaddr *)&ss, sl, peer, sizeof peer);
     sh_conn_t *c = sh_conn_create(a, fd, 0, peer);
     snprintf(c->peer, sizeof c->peer, "%s", peer);
+    c->node_port = lfd == a->node_fd;
     auth_begin(c);
-    if (!c->closing && tls) tls_begin(c);
+    if (!c->closing && tls) tls_begin(c, tls);
   }
 }
 

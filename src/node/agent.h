@@ -89,7 +89,11 @@ typedef struct sh_agent_opts_s {
                               keeps what nobody claimed; 0: default */
   sh_tls_ctx_t *tls_server; /* head: every TCP peer speaks TLS; NULL: plain (owned
                                by the caller, which frees it after the run) */
-  sh_tls_ctx_t *tls_client; /* node: the uplink speaks TLS; NULL: plain (same) */
+  sh_tls_ctx_t *tls_client; /* node: the uplink and pulls from other nodes speak
+                               TLS; NULL: plain (same) */
+  sh_tls_ctx_t *tls_node;   /* node with tls_client: its node port speaks TLS with
+                               this server context (its own --tls-cert; peers
+                               present one signed by --tls-ca); NULL: plain (same) */
   int node_port;           /* node: port other nodes pull from; 0 ephemeral, <0 none */
 } sh_agent_opts_t;
 
@@ -111,6 +115,7 @@ struct sh_conn_s {
   uint64_t auth_deadline_ms;    /* uv_now() by which it must authenticate */
   sh_queue_t authq;    /* agent->authq while auth is set */
   char peer[64];       /* "1.2.3.4:5555" for TCP peers, else "" */
+  int node_port;       /* accepted on this node's node port (for messages) */
   sh_tls_t *tls;       /* TLS state of a TCP connection with TLS, else NULL */
   uint64_t tls_hello_ms; /* uv_now() by which a TLS peer must have sent a byte */
   sh_queue_t tlsq;     /* agent->tlsq while it has sent nothing yet */
@@ -501,6 +506,10 @@ void sh_conn_close(sh_conn_t *c, const char *why);
 void sh_conn_fail(sh_conn_t *c, int code, const char *why);
 /* Makes c a TLS connection (c takes t) and starts the handshake. */
 void sh_conn_tls_start(sh_conn_t *c, sh_tls_t *t);
+/* A node's outgoing connection c (uplink or pull) has connected: starts TLS
+ * as a client with opts.tls_client, the peer's certificate to name `host`.
+ * 0, also when the node has no TLS (nothing to do), or -1 with c closed. */
+int sh_conn_tls_client(sh_conn_t *c, const char *host);
 sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc);
 sh_conn_t *sh_agent_client(sh_agent_t *a, uint64_t id);
 uint64_t sh_now_ns(void);
@@ -665,6 +674,9 @@ void sh_recover_close(sh_agent_t *a);
 void sh_recover_sweep_store(sh_agent_t *a);
 
 /* cluster.c */
+/* Splits "HOST:PORT" or "[V6]:PORT" into host (brackets off) and port.
+ * 0, or -EINVAL when addr is not of that shape or a part does not fit. */
+int sh_split_address(const char *addr, char *host, size_t hn, char *port, size_t pn);
 /* Starts the heartbeat timer and, for a node, the first connection to the
  * head. */
 void sh_cluster_start(sh_agent_t *a);
@@ -713,8 +725,8 @@ static inline sh_pull_t *sh_pull_get(sh_agent_t *a, uint64_t id) {
 void sh_pull_drop(sh_agent_t *a, sh_pull_t *p);
 /* PULL_REPLY on c. 0, or SH_EBODY when it does not decode. */
 int sh_pull_reply(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body, uint32_t len);
-/* c closed: its pulls fail. */
-void sh_pull_conn_closed(sh_agent_t *a, sh_conn_t *c);
+/* c closed (why: the reason, NULL when none): its pulls fail, saying why. */
+void sh_pull_conn_closed(sh_agent_t *a, sh_conn_t *c, const char *why);
 /* Fails pulls that made no progress for the heartbeat timeout. */
 void sh_pull_tick(sh_agent_t *a, uint64_t now);
 /* Node: the head is gone: every pull is dropped (nobody waits any more). */
@@ -729,8 +741,8 @@ void sh_pull_serve_frame(sh_conn_t *c, const sh_frame_t *f);
 /* Listens on numeric address bind_addr, port (0: any); fd or -errno. */
 int sh_listen_tcp(const char *bind_addr, int port, char *desc, size_t dn);
 /* Accepts what waits on listening socket lfd (tcp: its peers authenticate
- * with the token first; tls: and speak TLS). */
-void sh_agent_accept(sh_agent_t *a, int lfd, int tcp, int tls);
+ * with the token first; tls not NULL: and speak TLS with that context). */
+void sh_agent_accept(sh_agent_t *a, int lfd, int tcp, sh_tls_ctx_t *tls);
 
 /* status.c */
 /* flags: SH_STATUS_OBJECTS adds the list of objects. */

@@ -27,7 +27,7 @@
 /* ---- node side: the uplink ---- */
 
 /* Splits "HOST:PORT" or "[V6]:PORT". 0, or -EINVAL. */
-static int split_address(const char *addr, char *host, size_t hn, char *port, size_t pn) {
+int sh_split_address(const char *addr, char *host, size_t hn, char *port, size_t pn) {
   const char *colon = strrchr(addr, ':');
   if (!colon || colon == addr || !colon[1] || strlen(colon + 1) >= pn) return -EINVAL;
   const char *h = addr;
@@ -61,7 +61,7 @@ static void retry_later(sh_agent_t *a, const char *why) {
 static void uplink_connect(sh_agent_t *a) {
   char host[256], port[16], why[300];
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
-  if (split_address(a->opts.head_address, host, sizeof host, port, sizeof port)) {
+  if (sh_split_address(a->opts.head_address, host, sizeof host, port, sizeof port)) {
     retry_later(a, "the address is not HOST:PORT");
     return;
   }
@@ -95,16 +95,13 @@ void sh_uplink_connected(sh_conn_t *c) {
   /* The node port listens where the head reaches us: the uplink's local
    * address (reported in NODE_REGISTER). */
   sh_pull_listen(a, c->fd);
-  if (!a->opts.tls_client) return;
   /* TLS first; the head's certificate must name the host we dialled. */
   char host[256], port[16];
-  sh_tls_t *t;
-  if (split_address(a->opts.head_address, host, sizeof host, port, sizeof port) ||
-      sh_tls_create(a->opts.tls_client, c->fd, host, &t)) {
-    sh_conn_close(c, "cannot start TLS");
+  if (sh_split_address(a->opts.head_address, host, sizeof host, port, sizeof port)) {
+    sh_conn_close(c, "the address is not HOST:PORT");
     return;
   }
-  sh_conn_tls_start(c, t);
+  sh_conn_tls_client(c, host);
 }
 
 /* What this node reports in a heartbeat. */

@@ -135,12 +135,13 @@ int sh_pull_listen(sh_agent_t *a, int uplink_fd) {
   return 0;
 }
 
-/* agent.c accepts it like its TCP port: the token challenge first. */
+/* agent.c accepts it like its TCP port: TLS when the node has it (its own
+ * certificate), the token challenge inside. */
 static void node_accept_cb(uv_poll_t *h, int status, int events) {
   (void)events;
   sh_agent_t *a = h->data;
   if (status < 0 || a->stopping) return;
-  sh_agent_accept(a, a->node_fd, 1, 0);
+  sh_agent_accept(a, a->node_fd, 1, a->opts.tls_node);
 }
 
 /* ---- pulling from a peer ---- */
@@ -155,14 +156,7 @@ static sh_conn_t *peer_conn(sh_agent_t *a, uint32_t node_id, const char *addr) {
   sh_conn_t *c = sh_map_get(&a->peers, node_id);
   if (c && !c->closing) return c;
   char host[SH_ADDR_MAX], port[16];
-  const char *colon = strrchr(addr, ':');
-  if (!colon || colon == addr || (size_t)(colon - addr) >= sizeof host) return NULL;
-  size_t hl = (size_t)(colon - addr);
-  const char *h = addr;
-  if (h[0] == '[' && hl >= 2) h++, hl -= 2;
-  memcpy(host, h, hl);
-  host[hl] = 0;
-  snprintf(port, sizeof port, "%s", colon + 1);
+  if (sh_split_address(addr, host, sizeof host, port, sizeof port)) return NULL;
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                            .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV}, *res;
   if (getaddrinfo(host, port, &hints, &res)) return NULL;
@@ -218,7 +212,17 @@ sh_pull_t *sh_pull_from_node(sh_agent_t *a, uint64_t id, uint64_t size, sh_node_
   return p;
 }
 
-void sh_pull_peer_connected(sh_conn_t *c) { sh_conn_connected(c); }
+/* Connected: TLS first when the node has it; the peer's certificate must
+ * name the address the head gave for it. */
+void sh_pull_peer_connected(sh_conn_t *c) {
+  char host[SH_ADDR_MAX], port[16];
+  if (sh_conn_connected(c)) return;
+  if (sh_split_address(c->peer, host, sizeof host, port, sizeof port)) {
+    sh_conn_close(c, "the node port's address is not HOST:PORT");
+    return;
+  }
+  sh_conn_tls_client(c, host);
+}
 
 /* The peer's challenge: our proof. */
 static void peer_challenge(sh_conn_t *c, const sh_frame_t *f) {
@@ -307,7 +311,7 @@ int sh_pull_reply(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body,
 static void fail_pulls(sh_agent_t *a, sh_conn_t *c, const char *how, uint64_t now) {
   uint64_t id;
   void *v;
-  char why[400];
+  char why[800];
   for (size_t i = 0; sh_map_next(&a->pulls, &i, &id, &v);) {
     sh_pull_t *p = v;
     if (!p->conn) continue;
@@ -323,10 +327,14 @@ static void fail_pulls(sh_agent_t *a, sh_conn_t *c, const char *how, uint64_t no
   }
 }
 
-void sh_pull_conn_closed(sh_agent_t *a, sh_conn_t *c) {
+void sh_pull_conn_closed(sh_agent_t *a, sh_conn_t *c, const char *why) {
   if (c->role == SH_ROLE_PULL && sh_map_get(&a->peers, c->peer_node) == c)
     sh_map_del(&a->peers, c->peer_node);
-  if (a->pulls.count) fail_pulls(a, c, "the connection closed (the node died or was stopped)", 0);
+  if (!a->pulls.count) return;
+  char how[640];
+  snprintf(how, sizeof how, "the connection closed (%s)",
+           why ? why : "the node died or was stopped");
+  fail_pulls(a, c, how, 0);
 }
 
 void sh_pull_tick(sh_agent_t *a, uint64_t now) {

@@ -371,7 +371,8 @@ def test_tls_node_joins_and_runs_tasks(fresh, certs):  # noqa: F811
         assert echo.remote(shoal.put(blob)).result(timeout=T) == blob
         shoal.shutdown()
         # A node that does not trust the head's CA does not join, and says why.
-        bad = Node(head, "--tls-ca", certs["other_ca"], wait=False)
+        bad = Node(head, "--tls-ca", certs["other_ca"], "--tls-cert", certs["client"],
+                   "--tls-key", certs["client_key"], wait=False)
         time.sleep(1.5)
         assert bad.proc.poll() is None
         assert all(n["pid"] != bad.pid for n in head.nodes().values())
