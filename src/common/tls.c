@@ -242,8 +242,8 @@ static void describe(sh_tls_t *t, int sslerr, int sys) {
                             "--tls-cert/--tls-key)";
   if (t->received >= 4 && memcmp(t->first, "SHOL", 4) == 0) {
     snprintf(t->err, sizeof t->err, t->side == SH_TLS_CLIENT
-             ? "the daemon does not use TLS (it answered in plain shoal frames): start the "
-               "head with --tls-cert and --tls-key, or connect without TLS"
+             ? "the daemon does not use TLS (it answered in plain shoal frames): start it "
+               "with --tls-cert and --tls-key, or connect without TLS"
              : "the peer speaks shoal without TLS, and this daemon requires TLS");
   } else if (reason == SSL_R_CERTIFICATE_VERIFY_FAILED && vr != X509_V_OK) {
     const char *why = X509_verify_cert_error_string(vr);

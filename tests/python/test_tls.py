@@ -415,3 +415,242 @@ def test_tls_stuck_handshake_hits_the_auth_deadline(fresh, certs, tls_env):  # n
     finally:
         log = d.log()
     assert "did not authenticate within 1 s" in log, log
+
+
+# ---- the node port: objects between nodes ----
+
+MiB = 1 << 20
+# 64 bytes that the object repeats: what a capture of the node port looks for.
+PATTERN = b"shoal-node-port-plaintext-marker/" + bytes(range(31))
+
+
+@shoal.remote(resources={"ra": 1})
+def make_pattern(n):
+    import numpy as np
+    return np.frombuffer(PATTERN * (n // len(PATTERN)), dtype=np.uint8).copy()
+
+
+@shoal.remote(resources={"rb": 1})
+def check_pattern(x):
+    import numpy as np
+    want = np.frombuffer(PATTERN * (len(x) // len(PATTERN)), dtype=np.uint8)
+    return bool((x == want).all()), int(x.nbytes), os.environ["SHOAL_NODE_ID"]
+
+
+class Capture:
+    """Records the TCP payloads to and from a port on loopback, as the
+    kernel passes them (a raw packet socket, so root only: skips
+    otherwise), and counts what the kernel dropped."""
+
+    def __init__(self, port):
+        try:
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+        except (PermissionError, AttributeError, OSError) as e:
+            pytest.skip(f"cannot capture packets on loopback here: {e}")
+        self.sock.setsockopt(socket.SOL_SOCKET, 33, 1 << 30)  # SO_RCVBUFFORCE
+        self.sock.bind(("lo", 0))
+        self.port = port
+        self.payloads = []
+        self.done = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self.done:
+            try:
+                pkt, addr = self.sock.recvfrom(1 << 17)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            # Loopback shows each packet twice: keep the incoming copy.
+            if addr[2] == socket.PACKET_OUTGOING or pkt[12:14] != b"\x08\x00" or pkt[23] != 6:
+                continue
+            ip = 14 + (pkt[14] & 15) * 4
+            sport, dport = int.from_bytes(pkt[ip:ip + 2], "big"), int.from_bytes(pkt[ip + 2:ip + 4], "big")
+            if self.port in (sport, dport):
+                self.payloads.append(pkt[ip + (pkt[ip + 12] >> 4) * 4:])
+
+    def stop(self):
+        """Stops; returns (bytes seen, packets dropped by the kernel)."""
+        time.sleep(0.3)  # what is in flight reaches the socket
+        self.done = True
+        self.thread.join(5)
+        import struct
+        drops = struct.unpack("II", self.sock.getsockopt(263, 6, 8))[1]  # PACKET_STATISTICS
+        self.sock.close()
+        return self.payloads, drops
+
+
+def tls_node_args(certs):
+    """A node's TLS files: the cluster's CA and its own certificate, which
+    names 127.0.0.1 (other nodes check that when they pull from it)."""
+    return ["--tls-ca", certs["ca"], "--tls-cert", certs["server"], "--tls-key",
+            certs["server_key"]]
+
+
+def node_port_of(node):
+    r = subprocess.run([binary(), "status", "--json", "--socket-dir", node.dir],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    import json
+    host, port = json.loads(r.stdout)["head"]["node_port"].rsplit(":", 1)
+    return host, int(port)
+
+
+def pull_through_capture(head, a, b, size):
+    """A task on B reads an object of `size` bytes made on A while the
+    node port's packets are captured. Returns (payloads, drops)."""
+    ref = make_pattern.remote(size)
+    shoal.wait([ref], timeout=T)
+    cap = Capture(node_port_of(a)[1])
+    try:
+        got = check_pattern.remote(ref).result(timeout=T)
+    finally:
+        payloads, drops = cap.stop()
+    assert got == (True, size, str(b.node_id))
+    return payloads, drops
+
+
+def test_tls_node_port_pull_is_encrypted(fresh, certs):  # noqa: F811
+    size = 16 * MiB
+    # The control: without TLS the pattern crosses the node port in clear.
+    head = Head()
+    nodes = []
+    try:
+        nodes = [Node(head, resources={"ra": 1}), Node(head, resources={"rb": 1})]
+        shoal.init(address=head.address, token=TOKEN)
+        payloads, drops = pull_through_capture(head, *nodes, size)
+        assert drops == 0
+        assert any(PATTERN in p for p in payloads), "the control should carry it in clear"
+    finally:
+        shoal.shutdown()
+        for n in nodes:
+            n.stop()
+        head.stop()
+    # With TLS (mutual at the head; each node with its own certificate).
+    head = TlsHead(certs, mutual=True)
+    nodes = []
+    try:
+        nodes = [Node(head, *tls_node_args(certs), resources={"ra": 1}),
+                 Node(head, *tls_node_args(certs), resources={"rb": 1})]
+        shoal.init(address=head.address, token=TOKEN, tls_ca=certs["ca"],
+                   tls_cert=certs["client"], tls_key=certs["client_key"])
+        payloads, drops = pull_through_capture(head, *nodes, size)
+        assert drops == 0
+        seen = sum(len(p) for p in payloads)
+        assert seen > size, f"only {seen} bytes crossed the node port"
+        assert not any(PATTERN in p for p in payloads)
+        assert not any(b"SHOL" in p for p in payloads)  # not even a frame header
+        # Node to node: the head never had it.
+        st = head.cli("status", "--json")
+        import json
+        assert json.loads(st.stdout)["store"]["received_objects"] == 0
+    finally:
+        shoal.shutdown()
+        logs = [n.stop()[1] for n in nodes]
+        head.stop()
+    assert "node port" in logs[0] and "closing connection" not in logs[0], logs[0]
+
+
+@pytest.fixture
+def tls_two_nodes(fresh, certs):  # noqa: F811
+    """A TLS head and TLS nodes A ("ra") and B ("rb"); the driver connected."""
+    head = TlsHead(certs)
+    nodes = []
+    try:
+        nodes = [Node(head, *tls_node_args(certs), resources={"ra": 1}),
+                 Node(head, *tls_node_args(certs), resources={"rb": 1})]
+        shoal.init(address=head.address, token=TOKEN, tls_ca=certs["ca"])
+        yield head, nodes
+    finally:
+        shoal.shutdown()
+        for n in nodes:
+            if n.proc.poll() is None:
+                n.stop()
+        head.stop()
+
+
+def test_tls_node_port_refuses_plain_peers(tls_two_nodes, certs):
+    from test_pull import _read_frame
+    head, (a, b) = tls_two_nodes
+    addr = node_port_of(a)
+    # A peer without TLS waits for the challenge: it is told in a plain ERROR.
+    with socket.create_connection(addr, timeout=10) as s:
+        typ, body = _read_frame(s)
+        assert typ == 16 and b"requires TLS on its node port" in body, body
+    # One that sends plain shoal frames fails the handshake.
+    with socket.create_connection(addr, timeout=10) as s:
+        s.sendall(b"SHOL" + bytes(20))
+        s.settimeout(10)
+        try:  # closed by the node, after a TLS alert or with a reset
+            while s.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+    # The node keeps serving: a pull through TLS still works.
+    ref = make_pattern.remote(4 * MiB)
+    assert check_pattern.remote(ref).result(timeout=T) == (True, 4 * MiB, str(b.node_id))
+    shoal.shutdown()
+    log = a.stop()[1]
+    assert "to the node port refused: it sent nothing" in log, log
+    assert "the peer speaks shoal without TLS, and this daemon requires TLS" in log, log
+
+
+def test_tls_node_port_token_inside_tls(tls_two_nodes, certs):
+    """The node port wants a client certificate signed by the CA (mutual
+    TLS); through TLS with one, it still asks for the token; with the token,
+    a PULL is answered."""
+    import hashlib
+    import hmac
+    import ssl
+    import struct
+    from test_pull import _hdr, _read_frame
+    head, (a, b) = tls_two_nodes
+    ctx = ssl.create_default_context(cafile=certs["ca"])
+    with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+        with ctx.wrap_socket(socket.create_connection(node_port_of(a), timeout=10),
+                             server_hostname="127.0.0.1") as s:
+            _read_frame(s)
+    ctx.load_cert_chain(certs["client"], certs["client_key"])
+    with open(head.token_file, "rb") as f:
+        tok = f.read().strip()
+    with ctx.wrap_socket(socket.create_connection(node_port_of(a), timeout=10),
+                         server_hostname="127.0.0.1") as s:
+        typ, body = _read_frame(s)
+        assert typ == 20 and len(body) == 40  # AUTH_CHALLENGE
+        ns, nc = body[8:40], os.urandom(32)
+        proof = hmac.new(tok, ns + nc + b"shoal-auth-v1 client", hashlib.sha256).digest()
+        s.sendall(_hdr(21, 64) + nc + proof)
+        assert _read_frame(s)[0] == 22
+        s.sendall(_hdr(1, 16) + struct.pack("<IIII", 5, os.getpid(), 0, 0) + _hdr(32, 0, 12345))
+        typ, body = _read_frame(s)
+        assert typ == 33 and struct.unpack("<I", body[:4])[0] == 7  # LOST: not held
+
+
+def test_tls_client_to_plain_node_port_is_refused(fresh):  # noqa: F811
+    import ssl
+    head = Head()
+    node = None
+    try:
+        node = Node(head)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(socket.create_connection(node_port_of(node), timeout=10))
+    finally:
+        log = node.stop()[1] if node else ""
+        head.stop()
+    assert "it speaks TLS, and this node joined its cluster without --tls-cert" in log, log
+
+
+def test_tls_node_without_a_certificate_does_not_start(certs, tmp_path):
+    r = subprocess.run([binary(), "start", "--address", "127.0.0.1:1", "--block", "--socket-dir",
+                        str(tmp_path / "s"), "--tls-ca", certs["ca"]],
+                       capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "SHOAL_TOKEN": "x" * 64})
+    assert r.returncode == 2, r
+    assert "a node with TLS needs its own certificate and key" in r.stderr, r.stderr
+    assert "--node-port -1" in r.stderr
