@@ -3,7 +3,9 @@ and a node agent work through TLS, and the bytes on the wire are not plain
 text; a client without TLS, TLS to a plain head, an untrusted CA, a
 certificate for another host, an expired one and mutual TLS without a client
 certificate are refused with a clear message on both sides while the head
-keeps serving; unusable files stop `shoal start` with exit status 2.
+keeps serving; unusable files stop `shoal start` with exit status 2. Node
+ports speak TLS too: an object pulled node to node crosses it encrypted
+(a loopback capture sees none of its bytes), mismatches are refused.
 
 The certificates are made for each test session by the `openssl` command
 (the tests skip without it): a CA, a server certificate for 127.0.0.1 and
