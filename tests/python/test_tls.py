@@ -656,3 +656,29 @@ def test_tls_node_without_a_certificate_does_not_start(certs, tmp_path):
     assert r.returncode == 2, r
     assert "a node with TLS needs its own certificate and key" in r.stderr, r.stderr
     assert "--node-port -1" in r.stderr
+
+
+def test_tls_node_certificate_for_another_address_fails_pulls(fresh, certs):  # noqa: F811
+    """A node whose certificate does not name the address it is reached at
+    joins (the head does not check it), but pulls from it fail, saying why;
+    the pulling node keeps working."""
+    head = TlsHead(certs)
+    nodes = []
+    try:
+        wrong = ["--tls-ca", certs["ca"], "--tls-cert", certs["wronghost"], "--tls-key",
+                 certs["wronghost_key"]]
+        nodes = [Node(head, *wrong, resources={"ra": 1}),
+                 Node(head, *tls_node_args(certs), resources={"rb": 1})]
+        shoal.init(address=head.address, token=TOKEN, tls_ca=certs["ca"])
+        ref = make_pattern.remote(2 * MiB)
+        with pytest.raises(shoal.ObjectLostError, match="subjectAltName does not name 127.0.0.1"):
+            check_pattern.remote(ref).result(timeout=T)
+        # B still runs what needs nothing from A.
+        import numpy as np
+        small = np.frombuffer(PATTERN, dtype=np.uint8)
+        assert shoal.get(check_pattern.remote(small), timeout=T) == (True, 64, str(nodes[1].node_id))
+    finally:
+        shoal.shutdown()
+        logs = [n.stop()[1] for n in nodes]
+        head.stop()
+    assert "TLS: the daemon's certificate was refused: IP address mismatch" in logs[1], logs[1]
