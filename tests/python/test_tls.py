@@ -11,9 +11,14 @@ The certificates are made for each test session by the `openssl` command
 (the tests skip without it): a CA, a server certificate for 127.0.0.1 and
 localhost, a client certificate, and the odd ones out."""
 
+import hashlib
+import hmac
+import json
 import os
 import shutil
 import socket
+import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -24,6 +29,7 @@ import shoal
 from _helpers import binary, fresh, short_tmpdir  # noqa: F401
 from test_auth import TOKEN, TcpDaemon
 from test_cluster_nodes import Head, Node
+from test_pull import _hdr, _read_frame
 
 pytestmark = pytest.mark.asan
 
@@ -479,7 +485,6 @@ class Capture:
         time.sleep(0.3)  # what is in flight reaches the socket
         self.done = True
         self.thread.join(5)
-        import struct
         drops = struct.unpack("II", self.sock.getsockopt(263, 6, 8))[1]  # PACKET_STATISTICS
         self.sock.close()
         return self.payloads, drops
@@ -496,7 +501,6 @@ def node_port_of(node):
     r = subprocess.run([binary(), "status", "--json", "--socket-dir", node.dir],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    import json
     host, port = json.loads(r.stdout)["head"]["node_port"].rsplit(":", 1)
     return host, int(port)
 
@@ -547,7 +551,6 @@ def test_tls_node_port_pull_is_encrypted(fresh, certs):  # noqa: F811
         assert not any(b"SHOL" in p for p in payloads)  # not even a frame header
         # Node to node: the head never had it.
         st = head.cli("status", "--json")
-        import json
         assert json.loads(st.stdout)["store"]["received_objects"] == 0
     finally:
         shoal.shutdown()
@@ -575,7 +578,6 @@ def tls_two_nodes(fresh, certs):  # noqa: F811
 
 
 def test_tls_node_port_refuses_plain_peers(tls_two_nodes, certs):
-    from test_pull import _read_frame
     head, (a, b) = tls_two_nodes
     addr = node_port_of(a)
     # A peer without TLS waits for the challenge: it is told in a plain ERROR.
@@ -604,11 +606,6 @@ def test_tls_node_port_token_inside_tls(tls_two_nodes, certs):
     """The node port wants a client certificate signed by the CA (mutual
     TLS); through TLS with one, it still asks for the token; with the token,
     a PULL is answered."""
-    import hashlib
-    import hmac
-    import ssl
-    import struct
-    from test_pull import _hdr, _read_frame
     head, (a, b) = tls_two_nodes
     ctx = ssl.create_default_context(cafile=certs["ca"])
     with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
@@ -632,7 +629,6 @@ def test_tls_node_port_token_inside_tls(tls_two_nodes, certs):
 
 
 def test_tls_client_to_plain_node_port_is_refused(fresh):  # noqa: F811
-    import ssl
     head = Head()
     node = None
     try:
