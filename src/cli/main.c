@@ -854,7 +854,9 @@ static int cmd_start(int argc, char **argv) {
     switch (c) {
       case OPT_HEAD: head = 1; break;
       case OPT_NODE_PORT:
-        if (parse_num(optarg, &v) || v < -1 || v > 65535 || v != floor(v))
+        /* parse_num takes no negative number: -1 (none) is spelled out. */
+        if (!strcmp(optarg, "-1")) v = -1;
+        else if (parse_num(optarg, &v) || v > 65535 || v != floor(v))
           return usage_error(usage_start, "--node-port needs a port number 0-65535 (or -1: "
                              "none), got '%s'", optarg);
         o.node_port = (int)v;

@@ -652,6 +652,19 @@ def test_tls_node_without_a_certificate_does_not_start(certs, tmp_path):
     assert r.returncode == 2, r
     assert "a node with TLS needs its own certificate and key" in r.stderr, r.stderr
     assert "--node-port -1" in r.stderr
+    # Without a node port it needs none: it starts (and tries to join).
+    p = subprocess.Popen([binary(), "start", "--address", "127.0.0.1:1", "--block",
+                          "--socket-dir", str(tmp_path / "s2"), "--tls-ca", certs["ca"],
+                          "--node-port", "-1", "--workers", "0"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "SHOAL_TOKEN": "x" * 64})
+    try:
+        time.sleep(1.0)
+        assert p.poll() is None, p.communicate()
+    finally:
+        p.terminate()
+        err = p.communicate(timeout=15)[1]
+    assert "cannot join the head" in err, err
 
 
 def test_tls_node_certificate_for_another_address_fails_pulls(fresh, certs):  # noqa: F811
