@@ -1338,7 +1338,8 @@ void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result
   w->done++;
   w->last_done_ns = now;
   if (w->ninflight == 0) worker_release(a, w);
-  int lane = t->want_lane && pipelinable(t) && !t->remote && !t->orphan && !w->ninflight;
+  int lane = t->want_lane && pipelinable(t) && !(t->flags & SH_SUBMIT_RETRY_EXC) &&
+             !t->remote && !t->orphan && !w->ninflight;
   uint32_t cid = (uint32_t)(t->id >> 40);
   a->need_schedule = 1;
   if (r->status == SH_ST_ERROR && (t->flags & SH_SUBMIT_RETRY_EXC) && t->kind == SH_KIND_TASK &&
@@ -1464,9 +1465,23 @@ int sh_sched_charge_crash(sh_agent_t *a, sh_task_t *t, const char *how, int32_t 
 
 void sh_sched_lane_done(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_result_t *r) {
   if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) return;
+  if (r->status == SH_ST_OK && r->code == SH_CODE_STORED && r->payload_len == 8) {
+    /* A large value the worker wrote to the store: sealed as if the worker
+     * had reported it (the driver maps it next). */
+    char why[768];
+    sh_obj_t *o = obj_store(a, id, SH_ST_OK, SH_CODE_STORED, NULL, 0);
+    uint32_t st = o ? sh_store_seal(a, o, sh_get_u64(r->payload), why, sizeof why)
+                    : SH_ST_STORE_FULL;
+    if (st == SH_ST_OK) return;
+    if (!o) snprintf(why, sizeof why, "the agent is out of memory");
+    if (o) obj_free(a, id, o);
+    sh_store_discard(a, id);
+    obj_store(a, id, st, 0, (const uint8_t *)why, (uint32_t)strlen(why));
+    return;
+  }
   if (r->status == SH_ST_OK && r->code) {
-    sh_warn("%s registered lane result %#llx with code %d: only inline values travel on lanes",
-            c->desc, (unsigned long long)id, (int)r->code);
+    sh_warn("%s registered lane result %#llx with code %d", c->desc, (unsigned long long)id,
+            (int)r->code);
     return;
   }
   if (!obj_store(a, id, r->status, 0, r->payload, r->payload_len))

@@ -741,7 +741,9 @@ static int append_submit(sh_client_obj_t *c, const sh_spec_obj_t *spec,
   pthread_mutex_lock(&c->out_mu);
   int alone = ns - c->last_submit_ns > SH_CLIENT_ALONE_NS;
   c->last_submit_ns = ns;
-  int lane = alone && !c->reconnecting && sh_lane_eligible_locked(c, &s);
+  /* An idle lane takes any task it can run (the worker is ours meanwhile). */
+  int lane = (alone || (c->lane_fd >= 0 && !c->lane_task)) && !c->reconnecting &&
+             sh_lane_eligible_locked(c, &s);
   sh_buf_t *dst = sh_lane_dest_locked(c, s.deps, s.ndeps);
   size_t before = dst->len;
   int rc = sh_submit_append(dst, task_id, &s);

@@ -1,7 +1,9 @@
 /* The driver's end of a lane (src/node/lane.c has the design): a socket to
  * one pool worker the agent leased to this driver. A submit that comes alone
  * (the caller then waits for it) and needs nothing but one CPU goes down the
- * lane as FUNC + EXEC, and its RESULT comes back up it, read by the waiting
+ * lane as FUNC + EXEC, and its RESULT comes back up it (a large value is
+ * written to the store by the worker and registered with the agent by LANE
+ * DONE before the driver maps it), read by the waiting
  * thread (sh_client_wait_io) or the I/O thread like any other.
  *
  * The SUBMIT frame of the lane task is kept (lane_sub): when the lane ends
@@ -64,6 +66,7 @@ void sh_lane_keep_func_locked(sh_client_obj_t *c, uint64_t fn_id, const void *bl
 int sh_lane_eligible_locked(sh_client_obj_t *c, const sh_submit_t *s) {
   return c->lanes && s->kind == SH_KIND_TASK && s->cpu_milli == 1000 && !s->gpu_milli &&
          !s->memory && !s->ncustom && !s->timeout_ms && !s->ndeps &&
+         !(s->flags & SH_SUBMIT_RETRY_EXC) &&
          sh_map_get(&c->funcs, s->fn_id);
 }
 
@@ -122,7 +125,8 @@ int sh_lane_only_locked(sh_client_obj_t *c, uint64_t id) {
 /* The lane task's outcome is known (out_mu held): the agent learns it when a
  * SUBMIT waits for it, then gets those SUBMITs. */
 static void lane_outcome_locked(sh_client_obj_t *c, uint64_t id, const sh_result_t *r) {
-  if (c->lane_wanted && r) {
+  /* A stored value is registered always: the driver maps it through the agent. */
+  if (r && (c->lane_wanted || (r->status == SH_ST_OK && r->code == SH_CODE_STORED))) {
     long at = sh_frame_begin(&c->out, SH_MSG_LANE, SH_LANE_DONE, id);
     uint8_t h[8];
     sh_put_u32(h, r->status);
@@ -193,7 +197,7 @@ void sh_lane_drop(sh_client_obj_t *c) {
 static void lane_result(sh_client_obj_t *c, uint64_t id, const sh_result_t *r) {
   pthread_mutex_lock(&c->out_mu);
   int ours = id && id == c->lane_task;
-  if (ours && !c->lane_wanted) {
+  if (ours && !c->lane_wanted && r->code != SH_CODE_STORED) {
     unsigned n = sizeof c->lane_only / sizeof c->lane_only[0];
     c->lane_only[c->lane_only_at++ % n] = id;
   }

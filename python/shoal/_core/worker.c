@@ -74,7 +74,6 @@ typedef struct worker_s {
   int lane_fd;        /* -1: none */
   uint64_t lane_id, lane_ran;
   sh_buf_t lrbuf;     /* bytes read from the lane, not yet handled */
-  PyObject *dumps_inline; /* support.dumps: lane results travel inline */
 } worker_t;
 
 static double now_s(void) {
@@ -468,7 +467,7 @@ done:
 /* Runs a decoded EXEC; fills the outcome. Returns -1 only for errors that
  * must end the worker (out of memory in the engine). */
 static int run(worker_t *w, uint64_t task_id, const sh_exec_t *e, deps_t *d,
-               outcome_t *o, int lane) {
+               outcome_t *o) {
   PyObject *target = NULL, *args = NULL, *kwargs = NULL, *value = NULL;
   uint64_t actor_id = e->actor_id ? e->actor_id : task_id;
   if (e->kind == SH_KIND_ACTOR_CALL) {
@@ -507,8 +506,7 @@ static int run(worker_t *w, uint64_t task_id, const sh_exec_t *e, deps_t *d,
   }
   if (value) {
     o->status = SH_ST_OK;
-    o->payload = lane ? PyObject_CallOneArg(w->dumps_inline, value)
-                      : PyObject_CallFunction(w->dumps, "OK", value, (unsigned long long)task_id);
+    o->payload = PyObject_CallFunction(w->dumps, "OK", value, (unsigned long long)task_id);
     if (o->payload && PyLong_Check(o->payload)) o->code = SH_CODE_STORED;
     else if (o->payload && !PyBytes_Check(o->payload)) {
       Py_CLEAR(o->payload);
@@ -607,17 +605,25 @@ static int lane_end(worker_t *w) {
  * memory); a driver that closed the lane ends it. */
 static int lane_result(worker_t *w, uint64_t task_id, outcome_t *o) {
   if (!o->payload) return -1;
-  Py_ssize_t n = PyBytes_GET_SIZE(o->payload);
-  if ((size_t)n > SH_FRAME_MAX_DEFAULT - 8) {
-    Py_DECREF(o->payload);
-    set_text(o, SH_ST_BAD_REQUEST, "the result is %zd bytes, over the %u-byte frame limit", n,
-             SH_FRAME_MAX_DEFAULT - 8);
-    if (!o->payload) return -1;
-    n = PyBytes_GET_SIZE(o->payload);
-  }
   sh_buf_t b;
   sh_buf_init(&b);
-  int rc = sh_result_append(&b, task_id, o->status, 0, PyBytes_AS_STRING(o->payload), (size_t)n);
+  int rc;
+  if (o->code == SH_CODE_STORED) {
+    /* In the store: the driver registers it with the agent (LANE DONE). */
+    uint8_t size[8];
+    sh_put_u64(size, PyLong_AsUnsignedLongLong(o->payload));
+    rc = sh_result_append(&b, task_id, SH_ST_OK, SH_CODE_STORED, size, 8);
+  } else {
+    Py_ssize_t n = PyBytes_GET_SIZE(o->payload);
+    if ((size_t)n > SH_FRAME_MAX_DEFAULT - 8) {
+      Py_DECREF(o->payload);
+      set_text(o, SH_ST_BAD_REQUEST, "the result is %zd bytes, over the %u-byte frame limit", n,
+               SH_FRAME_MAX_DEFAULT - 8);
+      if (!o->payload) return -1;
+      n = PyBytes_GET_SIZE(o->payload);
+    }
+    rc = sh_result_append(&b, task_id, o->status, 0, PyBytes_AS_STRING(o->payload), (size_t)n);
+  }
   Py_CLEAR(o->payload);
   if (rc) {
     sh_buf_close(&b);
@@ -677,7 +683,7 @@ static int exec_frame(worker_t *w, uint64_t task_id, unsigned flags, const uint8
   int rc = signals_while_idle(); /* a stale SIGINT is not for this task */
   outcome_t o = {0, 0, NULL};
   current_task = task_id;
-  if (rc == 0) rc = run(w, task_id, &e, &d, &o, lane);
+  if (rc == 0) rc = run(w, task_id, &e, &d, &o);
   current_task = 0;
   for (uint32_t i = 0; i < e.ndeps; i++) Py_XDECREF(d.val[i]);
   if (d.dep != dep_small) sh_free(d.dep);
@@ -833,8 +839,6 @@ static int setup(worker_t *w, PyObject *module, PyObject *support) {
   w->forget = w->load_stored ? PyObject_GetAttrString(support, "forget_stored") : NULL;
   w->dumps_exc = w->forget ? PyObject_GetAttr(support, w->st->s_dumps_exception) : NULL;
   w->depref = w->dumps_exc ? PyObject_GetAttr(support, w->st->s_DepRef) : NULL;
-  w->dumps_inline = w->depref ? PyObject_GetAttrString(support, "dumps") : NULL;
-  if (!w->dumps_inline) return -1;
   if (!w->depref) return -1;
   if (!PyType_Check(w->depref)) {
     PyErr_SetString(PyExc_TypeError, "worker_main: support.DepRef must be a class");
@@ -909,7 +913,6 @@ PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nar
   Py_XDECREF(w.forget);
   Py_XDECREF(w.dumps_exc);
   Py_XDECREF(w.depref);
-  Py_XDECREF(w.dumps_inline);
   if (rc < 0) return NULL;
   Py_RETURN_NONE;
 }
