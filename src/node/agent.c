@@ -573,8 +573,10 @@ static void handle_worker(sh_conn_t *c, const sh_frame_t *f) {
     sh_pool_hello(c->worker);
     return;
   }
-  if (f->hdr.type == SH_MSG_LANE && (f->hdr.flags & SH_LANE_END) && c->worker->leased) {
-    sh_lane_ended(c->agent, c->worker, f->hdr.len >= 8 ? sh_get_u64(f->body) : 0);
+  if (f->hdr.type == SH_MSG_LANE && (f->hdr.flags & SH_LANE_END)) {
+    /* Not leased: the end of a grant that never took (lane.c), stale. */
+    if (c->worker->leased && f->hdr.id == c->worker->lease_id)
+      sh_lane_ended(c->agent, c->worker, f->hdr.len >= 8 ? sh_get_u64(f->body) : 0);
     return;
   }
   if (f->hdr.type != SH_MSG_RESULT) {
