@@ -179,3 +179,23 @@ def test_a_driver_that_exits_mid_lane_task_gives_the_worker_back(cluster, tmp_pa
     wait_until(lambda: _workers()["leased"] == 0 and _workers()["busy"] == 0, 15, 0.05,
                "the departed driver's lease to end")
     assert ident.remote(3).result(timeout=T) == 3
+
+
+@pytest.mark.asan
+def test_a_lane_result_nobody_waits_on_still_arrives(cluster):  # noqa: F811
+    import concurrent.futures as cf
+
+    @shoal.remote
+    def nap(s, x):
+        time.sleep(s)
+        return x
+
+    wait_pool_full()
+    _lease()
+    for s in (0, 0.05):                         # picked up by the I/O thread, early or late
+        f = nap.remote(s, "x")
+        seen = []
+        f.add_done_callback(lambda fut: seen.append(fut.result()))
+        done, _ = cf.wait([f], timeout=T)
+        assert done == {f}
+        wait_until(lambda: seen == ["x"], 5, 0.01, "the done callback")

@@ -28,6 +28,8 @@
 /* A submit this long after the previous one is written by the submitting
  * thread itself (see append_submit). */
 #define SH_CLIENT_ALONE_NS 20000u
+/* A lane task older than this is watched by the I/O thread too (io_turn). */
+#define SH_CLIENT_LANE_WATCH_NS 3000000u
 
 /* The TLS files of a TCP connection; any field NULL falls back to
  * $SHOAL_TLS_CA, $SHOAL_TLS_CERT, $SHOAL_TLS_KEY; all empty: plain TCP. */
@@ -126,6 +128,7 @@ struct sh_client_obj_s {
   int lane_fd;                 /* -1: none */
   uint64_t lane_id;            /* the lease */
   uint64_t lane_task;          /* the task on the lane now; 0: the lane is idle */
+  uint64_t lane_sent_ns;       /* ...sent then (CLOCK_MONOTONIC) */
   int lane_force;              /* ...force-cancelled: its worker is being killed */
   int lane_wanted;             /* ...a SUBMIT waits in lane_defer for its outcome */
   sh_buf_t lane_sub;           /* ...its SUBMIT, sent to the agent if the lane fails */

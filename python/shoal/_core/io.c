@@ -702,7 +702,18 @@ static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
                    size_t rlen) {
   pthread_mutex_lock(&c->out_mu);
   int stop = c->stop, writing = stop ? 0 : take_output_locked(c);
-  int lane_busy = c->lane_task != 0;
+  /* A task just sent down the lane: its caller most likely reads the result
+   * (sh_client_wait_io), and watching the lane here too would wake this
+   * thread for it; it looks every millisecond instead, and watches the lane
+   * once the task has run for SH_CLIENT_LANE_WATCH_NS (a caller that did not
+   * wait, or a long task). */
+  int lane_busy = 0;
+  if (c->lane_task) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+    lane_busy = ns - c->lane_sent_ns < SH_CLIENT_LANE_WATCH_NS;
+  }
   pthread_mutex_unlock(&c->out_mu);
   if (stop) return 1;
   int timeout = SH_CLIENT_TICK_MS, rc;
@@ -721,8 +732,6 @@ static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
   int waiter = pthread_mutex_trylock(&c->rd_mu) != 0;
   if (!waiter) pthread_mutex_unlock(&c->rd_mu);
   else if (timeout < 0 || timeout > 1) timeout = 1;
-  /* The same for a task on the lane: its caller most likely reads the result
-   * (sh_client_wait_io); this thread looks every millisecond in case not. */
   if (lane_busy && (timeout < 0 || timeout > 1)) timeout = 1;
   /* Level-triggered: poll only for what the next read and write wait for
    * (a TLS write may wait for readability, a read for writability). */

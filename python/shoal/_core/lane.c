@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -103,6 +104,9 @@ int sh_lane_send_locked(sh_client_obj_t *c, uint64_t task_id, const uint8_t *p, 
     else break; /* broken midway: the reader sees the lane fail, with the task on it */
   }
   if (fresh) sh_map_put(&c->lane_sent, s.fn_id, (void *)1);
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  c->lane_sent_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
   c->lane_task = task_id;
   c->lane_force = c->lane_wanted = 0;
   if (c->lane_out.cap > (1u << 20)) sh_buf_close(&c->lane_out);
