@@ -26,8 +26,8 @@ T = dict(HELLO=1, HELLO_OK=2, FUNC=3, SUBMIT=4, RESULT=5, PUT=6, RELEASE=7,
          STOP=13, OUTPUT=14, EXEC=15, ERROR=16, PUT_REPLY=17, MAP=18, MAP_REPLY=19,
          AUTH_CHALLENGE=20, AUTH_RESPONSE=21, AUTH_OK=22, NODE_REGISTER=23,
          HEARTBEAT=24, DRAIN=25, DRAIN_REPLY=26, CHUNK=27, NODE_HOLDS=28,
-         PULL=32, PULL_REPLY=33, LOCATE=34, HAVE=35)
-FIRST_UNKNOWN_TYPE = 36
+         PULL=32, PULL_REPLY=33, LOCATE=34, HAVE=35, LANE=36)
+FIRST_UNKNOWN_TYPE = 37
 
 
 def frame(typ, body=b"", fid=0, flags=0, version=VERSION, magic=MAGIC,
@@ -179,6 +179,15 @@ def seeds():
     s["locate-trailing"] = frame(T["LOCATE"], struct.pack("<QII", 1, 3, len(addr)) + addr + b"x")
     s["have"] = frame(T["HAVE"], struct.pack("<QQ", 1 << 40 | 9, 1 << 40 | 10))
     s["have-odd"] = frame(T["HAVE"], b"\0" * 12)
+    s["lane-lost"] = frame(T["LANE"], struct.pack("<Q", 1 << 40 | 9), fid=3, flags=0x8)
+    s["lane-lost-short"] = frame(T["LANE"], b"\0" * 5, fid=3, flags=0x8)
+    s["lane-done"] = frame(T["LANE"], struct.pack("<Ii", 0, 0) + b"value", fid=1 << 40 | 9,
+                           flags=0x10)
+    s["lane-done-stored"] = frame(T["LANE"], struct.pack("<IiQ", 0, 1, 4096), fid=1 << 40 | 9,
+                                  flags=0x10)
+    s["lane-done-short"] = frame(T["LANE"], b"\0" * 3, fid=1 << 40 | 9, flags=0x10)
+    s["lane-end"] = frame(T["LANE"], struct.pack("<Q", 12), fid=3, flags=0x4)
+    s["submit-want-lane"] = frame(T["SUBMIT"], submit_body(), fid=tid, flags=2)
     s["register-node-port"] = frame(T["NODE_REGISTER"], register()[24:] + struct.pack("<I", 40123))
     s["register-node-port-0"] = frame(T["NODE_REGISTER"], register()[24:] + struct.pack("<I", 0))
     s["bad-type-gap-28"] = frame(28)

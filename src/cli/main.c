@@ -626,6 +626,9 @@ static void print_status(const msgpack_object *st) {
   }
   printf("  workers:   %.0f in pool (%.0f busy, %.0f idle), %.0f for actors, %.0f died\n",
          num(w, "pool_size"), num(w, "busy"), num(w, "idle"), num(w, "actors"), num(w, "deaths"));
+  if (num(w, "leased") > 0)
+    printf("             %.0f leased to a driver's lane (its lone calls go straight there)\n",
+           num(w, "leased"));
   printf("  tasks:     %.0f queued, %.0f waiting on dependencies, %.0f running, %.0f done, "
          "%.0f failed, %.0f retried\n", num(t, "queued"), num(t, "waiting"), num(t, "running"),
          num(t, "done"), num(t, "failed"), num(t, "retried"));

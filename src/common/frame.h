@@ -48,7 +48,8 @@
   X(PULL, 32, "asks the holder of a stored object for its segment")           \
   X(PULL_REPLY, 33, "outcome of PULL after its CHUNKs (status, size, text)")  \
   X(LOCATE, 34, "head to node: where a stored object it needs is (size, node, address)") \
-  X(HAVE, 35, "node to head: the stored objects it now holds (u64 ids)")
+  X(HAVE, 35, "node to head: the stored objects it now holds (u64 ids)")        \
+  X(LANE, 36, "a driver's direct lane to a leased worker: grant, revoke, end, lost, done")
 
 typedef enum {
 #define SH_X(name, val, doc) SH_MSG_##name = val,

@@ -19,6 +19,8 @@ enum { SH_ROLE_DRIVER = 1, SH_ROLE_WORKER = 2, SH_ROLE_CLI = 3, SH_ROLE_NODE = 4
 #define SH_HELLO_RESUME 0x4u     /* driver: give me back the client id in HELLO's
                                   * client_id field (a reconnect after a head
                                   * restart); the daemon grants it when free */
+#define SH_HELLO_LANES 0x8u      /* driver on the agent's unix socket: it takes
+                                  * lanes (LANE frames with a socket attached) */
 
 /* SUBMIT kinds and flags. */
 enum { SH_KIND_TASK = 0, SH_KIND_ACTOR_CREATE = 1, SH_KIND_ACTOR_CALL = 2 };
@@ -26,6 +28,26 @@ enum { SH_KIND_TASK = 0, SH_KIND_ACTOR_CREATE = 1, SH_KIND_ACTOR_CALL = 2 };
 /* SUBMIT frame header flag: sent again by a driver that reconnected to a
  * restarted head (the task may have been queued or running there). */
 #define SH_SUBMIT_RESENT 0x1u
+/* SUBMIT frame header flag: a submit that came alone (a synchronous caller);
+ * the agent may lease the worker that runs it to the driver (a lane). */
+#define SH_SUBMIT_WANT_LANE 0x2u
+
+/* LANE frame flags (docs/protocol.md, "Lanes"). A lane is a socketpair the
+ * agent makes between a driver and one idle pool worker it leases to that
+ * driver; the driver sends FUNC and EXEC frames down it and the worker
+ * answers with RESULT frames, so a synchronous call crosses two processes
+ * instead of three. */
+#define SH_LANE_GRANT 0x1u  /* agent to driver (body u32 worker pid) and to worker
+                             * (body u32 client id): id is the lease; one end of the
+                             * socketpair rides along (SCM_RIGHTS) */
+#define SH_LANE_REVOKE 0x2u /* agent to worker: end the lease once idle */
+#define SH_LANE_END 0x4u    /* worker to driver on the lane, and to the agent (body
+                             * u64 tasks run): the lease is over */
+#define SH_LANE_LOST 0x8u   /* driver to agent: the lane broke with task (body u64 id)
+                             * on it; its SUBMIT follows, to run again or fail */
+#define SH_LANE_DONE 0x10u  /* driver to agent: the outcome of lane task `id` (a
+                             * RESULT body), for tasks submitted with it as a
+                             * dependency */
 
 /* CANCEL / KILL_ACTOR frame flags. */
 #define SH_CANCEL_FORCE 0x1u

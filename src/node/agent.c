@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/fdpass.h"
 #include "common/frame.h"
 #include "common/log.h"
 
@@ -122,6 +123,7 @@ sh_conn_t *sh_conn_create(sh_agent_t *a, int fd, int role, const char *desc) {
   sh_conn_t *c = sh_calloc(1, sizeof *c);
   c->agent = a;
   c->fd = fd;
+  c->pass_fd = -1;
   c->role = role;
   sh_buf_init(&c->in);
   sh_buf_init(&c->out);
@@ -325,6 +327,7 @@ static void conn_closed_cb(uv_handle_t *h) {
   sh_conn_t *c = h->data;
   sh_tls_destroy(c->tls);
   close(c->fd);
+  if (c->pass_fd >= 0) close(c->pass_fd);
   while (!sh_queue_empty(&c->jobs)) job_free(sh_queue_data(sh_queue_head(&c->jobs), sh_job_t, link));
   sh_buf_close(&c->in);
   sh_buf_close(&c->out);
@@ -359,6 +362,7 @@ void sh_conn_close(sh_conn_t *c, const char *why) {
   if (c->role == SH_ROLE_NODE) sh_cluster_node_closed(a, c, why);
   if (c->role == SH_ROLE_DRIVER && c->client_id) {
     sh_map_del(&a->clients, c->client_id);
+    sh_lane_client_gone(a, c);
     sh_sched_client_gone(a, c->client_id);
     sh_store_reap(a, c->client_id, c->pid);
     if (a->opts.embedded && (c->flags & SH_HELLO_OWNER))
@@ -439,6 +443,8 @@ static void handle_hello(sh_conn_t *c, const sh_frame_t *f) {
   c->role = (int)h.role;
   c->pid = h.pid;
   c->flags = h.flags;
+  /* Sockets can only be passed over the unix socket. */
+  if (c->peer[0] || c->tls || h.role != SH_ROLE_DRIVER) c->flags &= ~SH_HELLO_LANES;
   sh_hello_ok_t ok = {0};
   if (h.role == SH_ROLE_DRIVER) {
     c->client_id = sh_recover_client_id(a, h.flags & SH_HELLO_RESUME ? h.client_id : 0);
@@ -492,8 +498,10 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
         return;
       }
       a->cur_resent = c->role == SH_ROLE_DRIVER && (f->hdr.flags & SH_SUBMIT_RESENT);
+      a->cur_want_lane = c->role == SH_ROLE_DRIVER && (f->hdr.flags & SH_SUBMIT_WANT_LANE) &&
+                         (c->flags & SH_HELLO_LANES);
       sh_sched_submit(a, c, id, &s);
-      a->cur_resent = 0;
+      a->cur_resent = a->cur_want_lane = 0;
       return;
     }
     case SH_MSG_FUNC: sh_sched_func(a, c, id, body, len); return;
@@ -517,8 +525,15 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
         else sh_sched_release(a, sh_get_u64(body + i));
       }
       return;
+    case SH_MSG_LANE:
+      if (c->role == SH_ROLE_DRIVER) {
+        sh_lane_driver_frame(c, f);
+        return;
+      }
+      break;
     case SH_MSG_CANCEL: {
       int outcome = sh_sched_cancel(a, id, f->hdr.flags);
+      if (outcome == SH_CANCEL_NONE && c->lane) outcome = sh_lane_cancel(c, id, f->hdr.flags);
       uint8_t p[4];
       sh_put_u32(p, (uint32_t)outcome);
       sh_frame_append(&c->out, SH_MSG_CANCEL_REPLY, 0, id, p, 4);
@@ -556,6 +571,12 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
 static void handle_worker(sh_conn_t *c, const sh_frame_t *f) {
   if (f->hdr.type == SH_MSG_HELLO && !c->worker->hello) {
     sh_pool_hello(c->worker);
+    return;
+  }
+  if (f->hdr.type == SH_MSG_LANE && (f->hdr.flags & SH_LANE_END)) {
+    /* Not leased: the end of a grant that never took (lane.c), stale. */
+    if (c->worker->leased && f->hdr.id == c->worker->lease_id)
+      sh_lane_ended(c->agent, c->worker, f->hdr.len >= 8 ? sh_get_u64(f->body) : 0);
     return;
   }
   if (f->hdr.type != SH_MSG_RESULT) {
@@ -898,7 +919,13 @@ static void conn_flush(sh_conn_t *c) {
       if (s && !streaming(c)) continue; /* done streaming: now c->out */
       break;
     }
-    ssize_t n = sh_tls_send(c->tls, c->fd, sh_buf_head(b), sh_buf_avail(b));
+    ssize_t n = c->pass_fd >= 0 && !c->tls
+                    ? sh_send_with_fd(c->fd, sh_buf_head(b), sh_buf_avail(b), c->pass_fd)
+                    : sh_tls_send(c->tls, c->fd, sh_buf_head(b), sh_buf_avail(b));
+    if (n > 0 && c->pass_fd >= 0 && !c->tls) {
+      close(c->pass_fd); /* it went with these bytes (a LANE frame is among them) */
+      c->pass_fd = -1;
+    }
     if (n > 0) {
       sh_buf_consume(b, (size_t)n);
       continue;

@@ -136,6 +136,15 @@ struct sh_conn_s {
   sh_queue_t link;     /* agent->conns */
   sh_queue_t dirty;    /* agent->dirty while out has bytes to flush */
   char desc[128];      /* "driver pid 123" (and the peer address) for logs */
+  int pass_fd;         /* a descriptor to send with the next write, or -1 (lanes) */
+  /* Drivers: their lane (lane.c). */
+  sh_worker_t *lane;   /* the worker leased to this driver, or NULL */
+  uint64_t lane_id;    /* that lease */
+  uint64_t lost_task, lost_lease; /* LANE LOST: the task whose SUBMIT comes next */
+  sh_task_t *lost_parked; /* that task, until its worker's death is known */
+  uint64_t dead_lease; /* the last lease whose worker died, and how */
+  int32_t dead_code;
+  char dead_why[400];
 };
 
 /* A task, actor creation or actor call, from SUBMIT until its RESULT is sent.
@@ -161,6 +170,7 @@ struct sh_task_s {
   uint8_t released;     /* the driver dropped its Future: do not keep the result */
   uint8_t interrupted;  /* SIGINT sent to cancel it */
   uint8_t orphan;       /* its driver is gone: run out, report to nobody */
+  uint8_t want_lane;    /* SUBMIT flag WANT_LANE: its driver may get a lane */
   uint8_t restart;      /* an actor's creation run again: its result goes nowhere */
   uint8_t remote;       /* node side: the head sent it; the result goes there */
   uint8_t took;         /* head side, REMOTE: holds its request on node_id in
@@ -302,6 +312,10 @@ struct sh_worker_s {
   uint64_t spawned_ns, last_done_ns;
   uint64_t done;         /* tasks completed */
   uint32_t last_client;  /* owner of the last task, for output routing */
+  int leased;            /* leased to a driver (a lane) until it says END or dies */
+  sh_conn_t *lessee;     /* that driver, NULL once it disconnected */
+  uint64_t lease_id;
+  int revoking;          /* asked to end the lease */
   int last_remote;       /* that task came from the head: output goes there */
   char err_tail[512];    /* last stderr bytes, reported if it dies at start */
   size_t err_tail_len;
@@ -474,6 +488,9 @@ struct sh_agent_s {
 
   /* Counters for status. */
   uint64_t n_submitted, n_done, n_failed, n_retried, n_worker_deaths;
+  uint64_t lease_seq, n_leases, n_lane_done; /* lanes granted, tasks run on them */
+  uint32_t n_leased;       /* workers leased now */
+  int cur_want_lane;       /* the SUBMIT being handled has flag WANT_LANE */
   uint64_t obj_bytes;
 };
 
@@ -539,6 +556,35 @@ void sh_sched_run(sh_agent_t *a);
 void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status,
                           const char *why);
 void sh_sched_fail_ready(sh_agent_t *a, const char *why);
+/* Lanes (lane.c): a driver's direct channel to a leased pool worker. */
+/* After t, submitted with WANT_LANE, finished on w: leases w to t's driver
+ * when nothing else waits for a worker. */
+void sh_lane_offer(sh_agent_t *a, sh_worker_t *w, uint32_t client_id);
+/* A LANE frame from driver c (LOST or DONE). */
+void sh_lane_driver_frame(sh_conn_t *c, const sh_frame_t *f);
+/* A LANE END from leased worker w: `ran` tasks ran on the lane. */
+void sh_lane_ended(sh_agent_t *a, sh_worker_t *w, uint64_t ran);
+/* Asks every leased worker to come back (work waits for one). */
+void sh_lane_reclaim(sh_agent_t *a);
+/* Driver c is gone: its lease ends (its lane task is interrupted). */
+void sh_lane_client_gone(sh_agent_t *a, sh_conn_t *c);
+/* Leased worker w died (`how`, RESULT code `code`): its driver's lost task
+ * runs again or fails. */
+void sh_lane_worker_died(sh_agent_t *a, sh_worker_t *w, const char *how, int32_t code);
+/* CANCEL from c of a task the agent does not know: its lane task, maybe
+ * (SIGINT, or SIGKILL with FORCE). The CANCEL_REPLY outcome. */
+int sh_lane_cancel(sh_conn_t *c, uint64_t id, unsigned flags);
+/* The SUBMIT of c's lost lane task t (made, not yet queued): 1 when it was
+ * taken care of (failed, or parked until its worker's death is known). */
+int sh_lane_lost_submit(sh_agent_t *a, sh_conn_t *c, sh_task_t *t);
+/* Queues t (its dependencies all present) / a lost lane task charged one
+ * attempt for its worker's death: 0 when it may run again. */
+void sh_sched_ready(sh_agent_t *a, sh_task_t *t);
+/* Gives back what worker w holds (its tasks' or its lease's resources). */
+void sh_sched_worker_release(sh_agent_t *a, sh_worker_t *w);
+int sh_sched_charge_crash(sh_agent_t *a, sh_task_t *t, const char *how, int32_t code);
+/* A lane task's outcome from its driver, kept as the object `id`. */
+void sh_sched_lane_done(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_result_t *r);
 void sh_task_fail(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
                   const char *msg);
 

@@ -702,6 +702,8 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
     else if (add_waiter(a, dep, t) == 0) t->missing++;
   }
   if (a->cur_resent && sh_sched_resent(a, t)) return;
+  t->want_lane = a->cur_want_lane;
+  if (c->lost_task == id && c->role == SH_ROLE_DRIVER && sh_lane_lost_submit(a, c, t)) return;
   if (s->kind == SH_KIND_ACTOR_CREATE) {
     ac = actor_new(a, id);
     ac->create = t;
@@ -729,7 +731,7 @@ static uint32_t depth_for(sh_agent_t *a, uint64_t fn_id) {
 }
 
 static int worker_usable(const sh_worker_t *w) {
-  return w->conn && !w->exited && !w->kill_reason && !w->dedicated;
+  return w->conn && !w->exited && !w->kill_reason && !w->dedicated && !w->leased;
 }
 
 static sh_worker_t *idle_worker(sh_agent_t *a) {
@@ -1286,7 +1288,11 @@ void sh_sched_run(sh_agent_t *a) {
     }
   }
   run_actors(a);
+  /* Work waits: leased workers come back (each once idle). */
+  if (!sh_queue_empty(&a->shapes) && a->n_leased) sh_lane_reclaim(a);
 }
+
+void sh_sched_ready(sh_agent_t *a, sh_task_t *t) { make_ready(a, t); }
 
 /* ---- results and deaths ---- */
 
@@ -1299,6 +1305,8 @@ static void worker_release(sh_agent_t *a, sh_worker_t *w) {
   w->holds = 0;
   a->need_schedule = 1;
 }
+
+void sh_sched_worker_release(sh_agent_t *a, sh_worker_t *w) { worker_release(a, w); }
 
 static sh_task_t *find_inflight(sh_worker_t *w, uint64_t id) {
   sh_queue_t *q;
@@ -1330,6 +1338,9 @@ void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result
   w->done++;
   w->last_done_ns = now;
   if (w->ninflight == 0) worker_release(a, w);
+  int lane = t->want_lane && pipelinable(t) && !(t->flags & SH_SUBMIT_RETRY_EXC) &&
+             !t->remote && !t->orphan && !w->ninflight;
+  uint32_t cid = (uint32_t)(t->id >> 40);
   a->need_schedule = 1;
   if (r->status == SH_ST_ERROR && (t->flags & SH_SUBMIT_RETRY_EXC) && t->kind == SH_KIND_TASK &&
       t->attempts < t->max_retries && !t->orphan) {
@@ -1343,6 +1354,7 @@ void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result
   }
   finish(a, t, r->status, r->code, r->payload, r->payload_len);
   if (w->dedicated && w->actor) actor_retire_if_idle(a, w->actor);
+  if (lane) sh_lane_offer(a, w, cid);
 }
 
 static void signal_text(char *buf, size_t n, int sig, int64_t status) {
@@ -1371,6 +1383,11 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
   signal_text(how, sizeof how, sig, status);
   sh_pool_timeout_stop(w);
   worker_release(a, w);
+  if (w->leased) {
+    snprintf(msg, sizeof msg, "the worker process (pid %d) running the task died: %s%s%s",
+             (int)w->pid, how, why ? "; " : "", why ? why : "");
+    sh_lane_worker_died(a, w, msg, sig ? sig : -(int32_t)status);
+  }
   if (w->dedicated) {
     sh_actor_t *ac = w->actor;
     if (!ac) return;
@@ -1431,6 +1448,45 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
   }
   ready_prepend(a, &redo);
   a->need_schedule = 1;
+}
+
+int sh_sched_charge_crash(sh_agent_t *a, sh_task_t *t, const char *how, int32_t code) {
+  if (t->attempts >= t->max_retries) {
+    char msg[640];
+    snprintf(msg, sizeof msg, "%s; tried %u time%s (max_retries=%u)", how, t->attempts + 1,
+             t->attempts ? "s" : "", t->max_retries);
+    sh_task_fail(a, t, SH_ST_CRASHED, code, msg);
+    return -1;
+  }
+  t->attempts++;
+  a->n_retried++;
+  return 0;
+}
+
+void sh_sched_lane_done(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_result_t *r) {
+  if (sh_map_get(&a->objects, id) || sh_map_get(&a->tasks, id)) return;
+  if (r->status == SH_ST_OK && r->code == SH_CODE_STORED && r->payload_len == 8) {
+    /* A large value the worker wrote to the store: sealed as if the worker
+     * had reported it (the driver maps it next). */
+    char why[768];
+    sh_obj_t *o = obj_store(a, id, SH_ST_OK, SH_CODE_STORED, NULL, 0);
+    uint32_t st = o ? sh_store_seal(a, o, sh_get_u64(r->payload), why, sizeof why)
+                    : SH_ST_STORE_FULL;
+    if (st == SH_ST_OK) return;
+    if (!o) snprintf(why, sizeof why, "the agent is out of memory");
+    if (o) obj_free(a, id, o);
+    sh_store_discard(a, id);
+    obj_store(a, id, st, 0, (const uint8_t *)why, (uint32_t)strlen(why));
+    return;
+  }
+  if (r->status == SH_ST_OK && r->code) {
+    sh_warn("%s registered lane result %#llx with code %d", c->desc, (unsigned long long)id,
+            (int)r->code);
+    return;
+  }
+  if (!obj_store(a, id, r->status, 0, r->payload, r->payload_len))
+    sh_warn("out of memory keeping the %u-byte lane result %#llx of %s", r->payload_len,
+            (unsigned long long)id, c->desc);
 }
 
 void sh_sched_fail_ready(sh_agent_t *a, const char *why) {

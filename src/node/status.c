@@ -94,30 +94,35 @@ static void pack_nodes(msgpack_packer *pk, sh_agent_t *a, double load) {
 }
 
 static void pack_workers(msgpack_packer *pk, sh_agent_t *a) {
-  uint64_t n = 0, idle = 0, busy = 0, actors = 0;
+  uint64_t n = 0, idle = 0, busy = 0, actors = 0, leased = 0;
   sh_queue_t *q;
   sh_queue_foreach(q, &a->workers) {
     sh_worker_t *w = sh_queue_data(q, sh_worker_t, link);
     n++;
     if (w->dedicated) actors++;
-    else if (w->ninflight) busy++;
+    else if (w->ninflight || w->leased) busy++;
     else idle++;
+    leased += w->leased != 0;
   }
-  msgpack_pack_map(pk, 7);
+  msgpack_pack_map(pk, 9);
   kv_u64(pk, "pool_size", (uint64_t)a->opts.num_workers);
   kv_u64(pk, "alive", n);
   kv_u64(pk, "idle", idle);
   kv_u64(pk, "busy", busy);
   kv_u64(pk, "actors", actors);
   kv_u64(pk, "deaths", a->n_worker_deaths);
+  /* Leased to a driver's lane (lane.c): busy for everyone else. */
+  kv_u64(pk, "leased", leased);
+  kv_u64(pk, "lane_tasks", a->n_lane_done);
   key(pk, "list");
   msgpack_pack_array(pk, n);
   sh_queue_foreach(q, &a->workers) {
     sh_worker_t *w = sh_queue_data(q, sh_worker_t, link);
-    msgpack_pack_map(pk, 5);
+    msgpack_pack_map(pk, 6);
     kv_u64(pk, "index", (uint64_t)w->index);
     kv_u64(pk, "pid", (uint64_t)w->pid);
-    kv_str(pk, "state", w->dedicated ? "actor" : w->ninflight ? "busy" : "idle");
+    kv_str(pk, "state", w->dedicated ? "actor" : w->ninflight || w->leased ? "busy" : "idle");
+    kv_u64(pk, "leased_to", w->leased && w->lessee ? w->lessee->client_id : 0);
     kv_u64(pk, "inflight", w->ninflight);
     kv_u64(pk, "done", w->done);
   }

@@ -425,6 +425,12 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   if (!c) return NULL;
   init_sync(c);
   c->fd = c->evfd = -1;
+  /* Lanes need the unix socket (sockets are passed over it); SHOAL_LANES=0
+   * turns them off. */
+  const char *lanes_env = getenv("SHOAL_LANES");
+  int lanes = !sh_client_address_is_tcp(addr) && !(lanes_env && !strcmp(lanes_env, "0"));
+  sh_lane_init(c, lanes);
+  if (lanes) hello_flags |= SH_HELLO_LANES;
   sh_map_init(&c->pending);
   sh_map_init(&c->replay);
   /* An embedded daemon dies with its owner: nothing to reconnect to. */
@@ -511,6 +517,7 @@ static void client_dealloc(sh_client_obj_t *c) {
   sh_buf_close(&c->out);
   sh_buf_close(&c->rbuf);
   sh_buf_close(&c->wbuf);
+  sh_lane_free(c);
   sh_free(c->rel);
   sh_free(c->unmap);
   sh_free(c->addr);
@@ -723,22 +730,38 @@ static int append_submit(sh_client_obj_t *c, const sh_spec_obj_t *spec,
   s.deps = d->p;
   s.args = blob->buf;
   s.args_len = (uint32_t)blob->len;
-  pthread_mutex_lock(&c->out_mu);
-  size_t before = sh_buf_avail(&c->out);
-  int rc = sh_submit_append(&c->out, task_id, &s);
-  if (!rc && c->reconnect_timeout > 0) {
-    size_t n = sh_buf_avail(&c->out) - before;
-    sh_client_keep_locked(c, task_id, c->out.data + c->out.len - n, n);
-  }
   /* A submit that comes alone (the last one was a while ago: one call, then
    * a wait for its result) is written right here, which costs the same one
-   * syscall as waking the I/O thread and no thread switch. Submits in a burst
-   * are left to the I/O thread, which writes them in batches. */
+   * syscall as waking the I/O thread and no thread switch; or it goes down
+   * the lane, when this driver has one. Submits in a burst are left to the
+   * I/O thread, which writes them in batches. */
   struct timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
   uint64_t ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+  pthread_mutex_lock(&c->out_mu);
   int alone = ns - c->last_submit_ns > SH_CLIENT_ALONE_NS;
   c->last_submit_ns = ns;
+  /* An idle lane takes any task it can run (the worker is ours meanwhile). */
+  int lane = (alone || (c->lane_fd >= 0 && !c->lane_task)) && !c->reconnecting &&
+             sh_lane_eligible_locked(c, &s);
+  sh_buf_t *dst = sh_lane_dest_locked(c, s.deps, s.ndeps);
+  size_t before = dst->len;
+  int rc = sh_submit_append(dst, task_id, &s);
+  size_t n = rc ? 0 : dst->len - before;
+  const uint8_t *frame = dst->data + before;
+  if (!rc && c->reconnect_timeout > 0) sh_client_keep_locked(c, task_id, frame, n);
+  if (!rc && lane && c->lane_fd >= 0 && !c->lane_task &&
+      sh_lane_send_locked(c, task_id, frame, n) == 0) {
+    dst->len = before; /* it went down the lane */
+    pthread_mutex_unlock(&c->out_mu);
+    return 0;
+  }
+  /* No lane yet: the agent may lease this task's worker to us. */
+  if (!rc && lane && c->lane_fd < 0) sh_put_u16(dst->data + before + 6, SH_SUBMIT_WANT_LANE);
+  if (dst != &c->out) {
+    pthread_mutex_unlock(&c->out_mu);
+    return rc;
+  }
   if (alone && !c->awake && !rc) {
     sh_client_flush_direct_locked(c);
     if (sh_buf_avail(&c->out) == 0) {
@@ -880,9 +903,10 @@ static PyObject *send_blob(sh_client_obj_t *c, unsigned type, const char *fname,
   if (get_blob(args[1], &view, type == SH_MSG_FUNC ? "the pickled function" : "the value", 0) < 0)
     return NULL;
   int rc = send_frame(c, type, 0, id, view.buf, (size_t)view.len);
-  if (!rc && c->reconnect_timeout > 0) {
+  if (!rc && (c->reconnect_timeout > 0 || (c->lanes && type == SH_MSG_FUNC))) {
     pthread_mutex_lock(&c->out_mu);
-    keep_frame_locked(c, type, 0, id, view.buf, (size_t)view.len);
+    if (c->reconnect_timeout > 0) keep_frame_locked(c, type, 0, id, view.buf, (size_t)view.len);
+    if (type == SH_MSG_FUNC) sh_lane_keep_func_locked(c, id, view.buf, (size_t)view.len);
     pthread_mutex_unlock(&c->out_mu);
   }
   PyBuffer_Release(&view);
@@ -936,10 +960,12 @@ static PyObject *client_release(sh_client_obj_t *c, PyObject *arg) {
   if (!id || id == (uint64_t)-1 || c->fork_gen != sh_core_fork_gen() || c->closed ||
       c->lost)
     Py_RETURN_NONE;
-  if (c->reconnect_timeout > 0) {
+  if (c->reconnect_timeout > 0 || c->lanes) {
     pthread_mutex_lock(&c->out_mu);
-    sh_client_forget_locked(c, id);
+    if (c->reconnect_timeout > 0) sh_client_forget_locked(c, id);
+    int unknown = sh_lane_only_locked(c, id); /* the daemon never heard of it */
     pthread_mutex_unlock(&c->out_mu);
+    if (unknown) Py_RETURN_NONE;
   }
   queue_id(c, &c->rel, &c->nrel, &c->rel_cap, id);
   Py_RETURN_NONE;
@@ -1018,6 +1044,9 @@ static PyObject *client_cancel(sh_client_obj_t *c, PyObject *const *args,
   int queued_only = a[3] ? PyObject_IsTrue(a[3]) : 0;
   if (force < 0 || queued_only < 0) return NULL;
   unsigned flags = (force ? SH_CANCEL_FORCE : 0) | (queued_only ? SH_CANCEL_QUEUED_ONLY : 0);
+  pthread_mutex_lock(&c->out_mu);
+  sh_lane_cancel_locked(c, id, force && !queued_only);
+  pthread_mutex_unlock(&c->out_mu);
   sh_waiter_t w;
   char what[64];
   snprintf(what, sizeof what, "cancel(%#llx)", (unsigned long long)id);

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <sys/types.h>
 
+#include "common/fdpass.h"
 #include "common/map.h"
 
 /* Largest body a frame we send may have; the daemon's default limit. */
@@ -27,6 +28,8 @@
 /* A submit this long after the previous one is written by the submitting
  * thread itself (see append_submit). */
 #define SH_CLIENT_ALONE_NS 20000u
+/* A lane task older than this is watched by the I/O thread too (io_turn). */
+#define SH_CLIENT_LANE_WATCH_NS 3000000u
 
 /* The TLS files of a TCP connection; any field NULL falls back to
  * $SHOAL_TLS_CA, $SHOAL_TLS_CERT, $SHOAL_TLS_KEY; all empty: plain TCP. */
@@ -118,6 +121,25 @@ struct sh_client_obj_s {
   int wait_done;               /* ...and whether it came (GIL) */
   /* I/O thread only (after construction). */
   sh_buf_t wbuf;               /* bytes being written */
+  /* The lane (lane.c): a socket to a pool worker the agent leased to this
+   * driver. lane_fd changes under rd_mu and out_mu both; the rest of the
+   * lane state is under out_mu, except lrbuf and fdq (rd_mu). */
+  int lanes;                   /* HELLO said LANES (a unix socket, SHOAL_LANES != 0) */
+  int lane_fd;                 /* -1: none */
+  uint64_t lane_id;            /* the lease */
+  uint64_t lane_task;          /* the task on the lane now; 0: the lane is idle */
+  uint64_t lane_sent_ns;       /* ...sent then (CLOCK_MONOTONIC) */
+  int lane_force;              /* ...force-cancelled: its worker is being killed */
+  int lane_wanted;             /* ...a SUBMIT waits in lane_defer for its outcome */
+  sh_buf_t lane_sub;           /* ...its SUBMIT, sent to the agent if the lane fails */
+  sh_buf_t lane_defer;         /* SUBMITs that depend on it */
+  sh_buf_t lane_out;           /* FUNC and EXEC frames being written down the lane */
+  sh_map_t lane_sent;          /* fn ids sent down this lane */
+  sh_map_t funcs;              /* fn id -> sh_client_rec_t, the FUNC frames (lanes) */
+  sh_buf_t lrbuf;              /* bytes read from the lane, not yet handled */
+  sh_fdq_t fdq;                /* sockets that came with the daemon's frames */
+  uint64_t lane_only[32];      /* the last lane tasks the daemon never heard of */
+  unsigned lane_only_at;
 };
 
 /* A frame kept for sending again after a reconnect. */
@@ -144,6 +166,9 @@ typedef struct sh_client_rec_s {
 int sh_client_connect(sh_client_obj_t *c, const char *address, double timeout,
                       unsigned hello_flags, const char *token, const sh_client_tls_t *tls,
                       sh_hello_ok_t *ok, char *err, size_t errlen);
+
+/* Whether an address is HOST:PORT (TCP) rather than a unix socket path. */
+int sh_client_address_is_tcp(const char *address);
 
 /* Starts the I/O thread (GIL held); it takes a reference to c. 0 or -errno. */
 int sh_client_start(sh_client_obj_t *c);
@@ -177,6 +202,38 @@ int sh_client_on_io_thread(const sh_client_obj_t *c);
 void sh_client_keep_locked(sh_client_obj_t *c, uint64_t id, const uint8_t *p, size_t len);
 /* Drops what is kept under id (out_mu held). */
 void sh_client_forget_locked(sh_client_obj_t *c, uint64_t id);
+
+/* ---- lane.c ---- */
+
+/* Sets up the lane state (lanes: whether HELLO asks for them). */
+void sh_lane_init(sh_client_obj_t *c, int lanes);
+/* Closes the lane and frees the lane state (rd_mu or no other thread). */
+void sh_lane_free(sh_client_obj_t *c);
+/* Keeps a FUNC frame for lanes (out_mu held). */
+void sh_lane_keep_func_locked(sh_client_obj_t *c, uint64_t fn_id, const void *blob, size_t len);
+/* Whether a submit like s (its dependencies d) may go down the lane, or may
+ * ask for one (WANT_LANE). out_mu held. */
+int sh_lane_eligible_locked(sh_client_obj_t *c, const sh_submit_t *s);
+/* The buffer a SUBMIT with dependencies d goes to: lane_defer when one of
+ * them is the lane's task, else c->out (out_mu held). */
+sh_buf_t *sh_lane_dest_locked(sh_client_obj_t *c, const uint8_t *deps, uint32_t ndeps);
+/* Sends task_id (its SUBMIT frame of len bytes at p, kept in lane_sub) down
+ * the lane (out_mu held). 0, or -1 when the lane is not usable (then the
+ * caller sends the SUBMIT to the agent). */
+int sh_lane_send_locked(sh_client_obj_t *c, uint64_t task_id, const uint8_t *p, size_t len);
+/* A LANE frame from the daemon (rd_mu held, GIL held). */
+void sh_lane_frame(sh_client_obj_t *c, const sh_frame_t *f);
+/* Reads the lane and handles what came (rd_mu held; *ts: the saved thread
+ * state while the GIL is released, NULL while held). */
+void sh_lane_read(sh_client_obj_t *c, PyThreadState **ts);
+/* The connection to the daemon is gone: the lane goes too, with nothing
+ * sent again (rd_mu held; a reconnect resends from the replay records). */
+void sh_lane_drop(sh_client_obj_t *c);
+/* Whether id was a lane task the daemon never heard of (then forgotten):
+ * its release is not sent (out_mu held). */
+int sh_lane_only_locked(sh_client_obj_t *c, uint64_t id);
+/* cancel(force=True) of the lane's task: its end is a cancellation. */
+void sh_lane_cancel_locked(sh_client_obj_t *c, uint64_t id, int force);
 
 /* ---- client.c ---- */
 

@@ -56,6 +56,7 @@ static short poll_events(int tls_events) {
 /* Reads from the daemon (through TLS when c has it, under tls_mu): as
  * sh_tls_recv. Any thread. */
 static ssize_t c_recv(sh_client_obj_t *c, void *p, size_t n) {
+  if (!c->tls && c->lanes) return sh_recv_fds(c->fd, p, n, 0, &c->fdq); /* LANE GRANTs */
   if (!c->tls) return sh_tls_recv(NULL, c->fd, p, n);
   pthread_mutex_lock(&c->tls_mu);
   ssize_t r = sh_tls_recv(c->tls, c->fd, p, n);
@@ -337,7 +338,7 @@ static int handshake(sh_client_obj_t *c, unsigned hello_flags, const sh_auth_tok
 }
 
 /* Whether `address` names a TCP endpoint (see connect_address). */
-static int address_is_tcp(const char *address) {
+int sh_client_address_is_tcp(const char *address) {
   char host[256], port[8];
   return strncmp(address, "unix:", 5) != 0 && split_tcp(address, host, sizeof host, port);
 }
@@ -433,9 +434,9 @@ static int connect_hello(sh_client_obj_t *c, const char *address, double timeout
   sh_tls_ctx_t *ctx = NULL;
   /* The token and TLS files first: a missing one is reported without
    * connecting. */
-  if (address_is_tcp(address) && client_token(address, token, &tok, err, errlen))
+  if (sh_client_address_is_tcp(address) && client_token(address, token, &tok, err, errlen))
     return SH_EAUTH;
-  if (address_is_tcp(address) && client_tls_ctx(address, tls, &ctx, err, errlen)) {
+  if (sh_client_address_is_tcp(address) && client_tls_ctx(address, tls, &ctx, err, errlen)) {
     sh_auth_token_clear(&tok);
     return SH_ETLS;
   }
@@ -598,7 +599,7 @@ static void write_output(sh_client_obj_t *c, const uint8_t *body, size_t len) {
 }
 
 static int needs_gil(unsigned type) {
-  return type == SH_MSG_RESULT || type == SH_MSG_OUTPUT;
+  return type == SH_MSG_RESULT || type == SH_MSG_OUTPUT || type == SH_MSG_LANE;
 }
 
 /* Handles one frame. 0, or SH_EBODY for a body that does not decode. */
@@ -615,6 +616,9 @@ static int handle_frame(sh_client_obj_t *c, const sh_frame_t *f) {
     case SH_MSG_OUTPUT:
       if (len < 8) return SH_EBODY;
       write_output(c, b, len);
+      return 0;
+    case SH_MSG_LANE:
+      sh_lane_frame(c, f);
       return 0;
     case SH_MSG_ERROR:
       if (len < 4) return SH_EBODY;
@@ -698,6 +702,18 @@ static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
                    size_t rlen) {
   pthread_mutex_lock(&c->out_mu);
   int stop = c->stop, writing = stop ? 0 : take_output_locked(c);
+  /* A task just sent down the lane: its caller most likely reads the result
+   * (sh_client_wait_io), and watching the lane here too would wake this
+   * thread for it; it looks every millisecond instead, and watches the lane
+   * once the task has run for SH_CLIENT_LANE_WATCH_NS (a caller that did not
+   * wait, or a long task). */
+  int lane_busy = 0;
+  if (c->lane_task) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+    lane_busy = ns - c->lane_sent_ns < SH_CLIENT_LANE_WATCH_NS;
+  }
   pthread_mutex_unlock(&c->out_mu);
   if (stop) return 1;
   int timeout = SH_CLIENT_TICK_MS, rc;
@@ -716,17 +732,19 @@ static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
   int waiter = pthread_mutex_trylock(&c->rd_mu) != 0;
   if (!waiter) pthread_mutex_unlock(&c->rd_mu);
   else if (timeout < 0 || timeout > 1) timeout = 1;
+  if (lane_busy && (timeout < 0 || timeout > 1)) timeout = 1;
   /* Level-triggered: poll only for what the next read and write wait for
    * (a TLS write may wait for readability, a read for writability). */
   short rd = waiter ? 0 : rd_events(c);
   short events = (short)(rd | (sh_buf_avail(&c->wbuf) ? wr_events(c) : 0));
   int pending = !waiter && tls_pending(c);
   if (pending) timeout = 0;
-  struct pollfd p[2] = {
+  struct pollfd p[3] = {
       {.fd = events ? c->fd : -1, .events = events},
       {.fd = c->evfd, .events = POLLIN},
+      {.fd = waiter || lane_busy ? -1 : c->lane_fd, .events = POLLIN},
   };
-  if (poll(p, 2, timeout) < 0 && errno != EINTR) {
+  if (poll(p, 3, timeout) < 0 && errno != EINTR) {
     rc = -errno;
     snprintf(reason, rlen, "poll failed: %s", sh_strerror(rc));
     return rc;
@@ -740,6 +758,13 @@ static int io_turn(sh_client_obj_t *c, PyThreadState **ts, char *reason,
     pthread_mutex_lock(&c->out_mu);
     c->awake = 1;
     pthread_mutex_unlock(&c->out_mu);
+  }
+  if (p[2].revents || (lane_busy && !waiter)) {
+    if (pthread_mutex_trylock(&c->rd_mu) == 0) {
+      struct pollfd l = {.fd = c->lane_fd, .events = POLLIN};
+      if (l.fd >= 0 && poll(&l, 1, 0) > 0) sh_lane_read(c, ts);
+      pthread_mutex_unlock(&c->rd_mu);
+    }
   }
   if (!pending && !(p[0].revents & (rd | POLLHUP | POLLERR))) return 0;
   /* A waiting thread may be reading (sh_client_wait_io); it is done within
@@ -802,12 +827,14 @@ int sh_client_wait_io(sh_client_obj_t *c, uint64_t id, double timeout) {
     double left = slice - ((now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9);
     if (left <= 0) break;
     struct timespec tmo = {(time_t)left, (long)((left - (time_t)left) * 1e9)};
-    struct pollfd p = {.fd = fd, .events = rd_events(c)};
-    int n = tls_pending(c) ? 1 : ppoll(&p, 1, &tmo, NULL);
+    struct pollfd p[2] = {{.fd = fd, .events = rd_events(c)},
+                          {.fd = c->lane_fd, .events = POLLIN}};
+    int n = tls_pending(c) ? 1 : ppoll(p, 2, &tmo, NULL);
     if (n < 0 && errno != EINTR) break;
     if (n <= 0) continue;
-    if (p.revents & (POLLHUP | POLLERR)) break; /* the I/O thread reports it */
-    if (read_turn(c, &ts, reason, sizeof reason) != 0) break;
+    if (p[1].revents) sh_lane_read(c, &ts);
+    if (p[0].revents & (POLLHUP | POLLERR)) break; /* the I/O thread reports it */
+    if ((p[0].revents || tls_pending(c)) && read_turn(c, &ts, reason, sizeof reason) != 0) break;
   }
   PyEval_RestoreThread(ts);
   int done = c->wait_done;
@@ -942,6 +969,7 @@ static int reconnect(sh_client_obj_t *c, PyThreadState **ts, char *reason, size_
   pthread_mutex_lock(&c->out_mu);
   c->reconnecting = 1;
   pthread_mutex_unlock(&c->out_mu);
+  sh_lane_drop(c); /* its worker went with the head; the replay has its task */
   sh_tls_destroy(c->tls);
   c->tls = NULL;
   close(c->fd);
@@ -1016,6 +1044,7 @@ static void *io_main(void *arg) {
   if (c->fd >= 0) close(c->fd);
   close(c->evfd);
   c->fd = c->evfd = -1;
+  sh_lane_drop(c);
   pthread_mutex_unlock(&c->rd_mu);
   Py_DECREF(c); /* may free c, on this thread: see client_dealloc */
   PyGILState_Release(g);

@@ -27,13 +27,16 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/fdpass.h"
 #include "common/map.h"
 
 #define HOLD_S 0.001 /* the longest a result waits in the batch */
+#define LANE_IDLE_MS 20 /* a lane with no request for this long is given back */
 
 /* The request being run (runtime_context); only the loop thread writes it. */
 static uint64_t current_task;
@@ -66,6 +69,11 @@ typedef struct worker_s {
   pthread_t flusher;
   int flusher_started;
   int64_t devices;    /* GPU mask last exported as CUDA_VISIBLE_DEVICES; -1: never */
+  sh_fdq_t fdq;       /* sockets the agent passed, for LANE GRANTs */
+  /* The lane (src/node/lane.c): a driver's socket, while leased to it. */
+  int lane_fd;        /* -1: none */
+  uint64_t lane_id, lane_ran;
+  sh_buf_t lrbuf;     /* bytes read from the lane, not yet handled */
 } worker_t;
 
 static double now_s(void) {
@@ -278,13 +286,14 @@ static int fill(worker_t *w) {
   for (;;) {
     ssize_t n;
     Py_BEGIN_ALLOW_THREADS
-    n = read(w->fd, w->rbuf.data + w->rbuf.len, w->rbuf.cap - w->rbuf.len);
+    n = sh_recv_fds(w->fd, w->rbuf.data + w->rbuf.len, w->rbuf.cap - w->rbuf.len, 0, &w->fdq);
     Py_END_ALLOW_THREADS
     if (n > 0) {
       w->rbuf.len += (size_t)n;
       return 0;
     }
     if (n == 0) return 1;
+    errno = (int)-n;
     if (errno == EINTR) {
       if (signals_while_idle() < 0) return -1;
     } else if (errno == EAGAIN) {
@@ -544,6 +553,89 @@ static int queue_result(worker_t *w, uint64_t task_id, outcome_t *o) {
   return rc ? -1 : 0;
 }
 
+/* ---- the lane ---- */
+
+/* Writes all of b to the lane (blocking). 0, or -1 when the driver closed
+ * it. */
+static int lane_write(worker_t *w, const sh_buf_t *b) {
+  size_t off = 0;
+  while (off < b->len) {
+    ssize_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = send(w->lane_fd, b->data + off, b->len - off, MSG_NOSIGNAL);
+    Py_END_ALLOW_THREADS
+    if (n > 0) off += (size_t)n;
+    else if (n < 0 && errno == EINTR) continue;
+    else return -1;
+  }
+  return 0;
+}
+
+/* Tells the agent the lease is over, with the number of tasks it ran. 0 or
+ * -1 with an exception. */
+static int lane_end_agent(worker_t *w) {
+  uint8_t ran[8];
+  sh_put_u64(ran, w->lane_ran);
+  pthread_mutex_lock(&w->mu);
+  if (!sh_buf_avail(&w->wbuf)) w->held_since = now_s();
+  int rc = sh_frame_append(&w->wbuf, SH_MSG_LANE, SH_LANE_END, w->lane_id, ran, 8);
+  pthread_mutex_unlock(&w->mu);
+  if (rc) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  return flush_out(w) < 0 ? -1 : 0;
+}
+
+/* Ends the lease: END to the driver on the lane (it stops using it), then to
+ * the agent; the lane is closed. */
+static int lane_end(worker_t *w) {
+  if (w->lane_fd < 0) return 0;
+  sh_buf_t b;
+  sh_buf_init(&b);
+  if (!sh_frame_append(&b, SH_MSG_LANE, SH_LANE_END, w->lane_id, NULL, 0)) (void)lane_write(w, &b);
+  sh_buf_close(&b);
+  close(w->lane_fd);
+  w->lane_fd = -1;
+  sh_buf_reset(&w->lrbuf);
+  return lane_end_agent(w);
+}
+
+/* Sends the RESULT of a lane request to the driver. 0 or -1 (out of
+ * memory); a driver that closed the lane ends it. */
+static int lane_result(worker_t *w, uint64_t task_id, outcome_t *o) {
+  if (!o->payload) return -1;
+  sh_buf_t b;
+  sh_buf_init(&b);
+  int rc;
+  if (o->code == SH_CODE_STORED) {
+    /* In the store: the driver registers it with the agent (LANE DONE). */
+    uint8_t size[8];
+    sh_put_u64(size, PyLong_AsUnsignedLongLong(o->payload));
+    rc = sh_result_append(&b, task_id, SH_ST_OK, SH_CODE_STORED, size, 8);
+  } else {
+    Py_ssize_t n = PyBytes_GET_SIZE(o->payload);
+    if ((size_t)n > SH_FRAME_MAX_DEFAULT - 8) {
+      Py_DECREF(o->payload);
+      set_text(o, SH_ST_BAD_REQUEST, "the result is %zd bytes, over the %u-byte frame limit", n,
+               SH_FRAME_MAX_DEFAULT - 8);
+      if (!o->payload) return -1;
+      n = PyBytes_GET_SIZE(o->payload);
+    }
+    rc = sh_result_append(&b, task_id, o->status, 0, PyBytes_AS_STRING(o->payload), (size_t)n);
+  }
+  Py_CLEAR(o->payload);
+  if (rc) {
+    sh_buf_close(&b);
+    PyErr_NoMemory();
+    return -1;
+  }
+  w->lane_ran++;
+  int broken = lane_write(w, &b);
+  sh_buf_close(&b);
+  return broken ? lane_end(w) : 0;
+}
+
 /* Exports the GPU devices a task was given as CUDA_VISIBLE_DEVICES, through
  * os.environ so Python code sees it too. 0, or -1 with an exception. */
 static int set_devices(worker_t *w, uint64_t mask) {
@@ -563,9 +655,10 @@ static int set_devices(worker_t *w, uint64_t mask) {
   return rc;
 }
 
-/* Handles one EXEC frame. 0, -1 with an exception, 1 when the agent left. */
+/* Handles one EXEC frame (from the lane: `lane`). 0, -1 with an exception,
+ * 1 when the agent left. */
 static int exec_frame(worker_t *w, uint64_t task_id, unsigned flags, const uint8_t *body,
-                      uint32_t len) {
+                      uint32_t len, int lane) {
   sh_exec_t e;
   uint64_t devices;
   if (sh_exec_decode_flags(body, len, flags, &e, &devices))
@@ -600,7 +693,7 @@ static int exec_frame(worker_t *w, uint64_t task_id, unsigned flags, const uint8
     return rc;
   }
   flush_stdio(w);
-  return queue_result(w, task_id, &o);
+  return lane ? lane_result(w, task_id, &o) : queue_result(w, task_id, &o);
 }
 
 /* ---- the loop and the entry point ---- */
@@ -622,7 +715,15 @@ static int run_ready(worker_t *w) {
       PyObject *blob = PyBytes_FromStringAndSize((const char *)f.body, f.hdr.len);
       rc = blob ? map_store(&w->fns, f.hdr.id, blob) : -1;
     } else if (f.hdr.type == SH_MSG_EXEC) {
-      rc = exec_frame(w, f.hdr.id, f.hdr.flags, f.body, f.hdr.len);
+      rc = exec_frame(w, f.hdr.id, f.hdr.flags, f.body, f.hdr.len, 0);
+    } else if (f.hdr.type == SH_MSG_LANE && (f.hdr.flags & SH_LANE_GRANT)) {
+      rc = lane_end(w); /* never two: an old one ends first */
+      w->lane_fd = sh_fdq_take(&w->fdq);
+      w->lane_id = f.hdr.id;
+      w->lane_ran = 0;
+      if (!rc && w->lane_fd < 0) rc = lane_end_agent(w); /* no socket came: END at once */
+    } else if (f.hdr.type == SH_MSG_LANE && (f.hdr.flags & SH_LANE_REVOKE)) {
+      rc = f.hdr.id == w->lane_id ? lane_end(w) : 0;
     } else if (f.hdr.type == SH_MSG_RELEASE && (f.hdr.flags & SH_RELEASE_UNMAP)) {
       PyObject *ids = PyList_New(0);
       for (uint32_t i = 0; ids && i + 8 <= f.hdr.len; i += 8) {
@@ -643,6 +744,76 @@ static int run_ready(worker_t *w) {
   }
 }
 
+/* Reads what the lane holds and runs each whole request in it. 0, -1 with
+ * an exception, 1 when the agent left. A driver that closed the lane or
+ * sent what no driver sends loses it. */
+static int lane_read(worker_t *w) {
+  if (sh_buf_reserve(&w->lrbuf, 65536)) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  ssize_t n = recv(w->lane_fd, w->lrbuf.data + w->lrbuf.len, w->lrbuf.cap - w->lrbuf.len,
+                   MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+  if (n <= 0) return lane_end(w);
+  w->lrbuf.len += (size_t)n;
+  while (w->lane_fd >= 0) {
+    sh_frame_t f;
+    size_t used;
+    int rc = sh_frame_parse(sh_buf_head(&w->lrbuf), sh_buf_avail(&w->lrbuf),
+                            SH_FRAME_MAX_DEFAULT, &f, &used);
+    if (rc == 0) return 0;
+    if (rc < 0 || (f.hdr.type != SH_MSG_FUNC && f.hdr.type != SH_MSG_EXEC)) {
+      fprintf(stderr, "shoal worker (pid %d): the driver on lane %llu sent %s; lane closed\n",
+              (int)getpid(), (unsigned long long)w->lane_id,
+              rc < 0 ? "a malformed frame" : sh_msg_name(f.hdr.type));
+      return lane_end(w);
+    }
+    if (f.hdr.type == SH_MSG_FUNC) {
+      PyObject *blob = PyBytes_FromStringAndSize((const char *)f.body, f.hdr.len);
+      rc = blob ? map_store(&w->fns, f.hdr.id, blob) : -1;
+    } else {
+      sh_exec_t e;
+      uint64_t devices;
+      if (sh_exec_decode_flags(f.body, f.hdr.len, f.hdr.flags, &e, &devices) || e.ndeps ||
+          e.kind != SH_KIND_TASK) {
+        fprintf(stderr, "shoal worker (pid %d): lane %llu: malformed or unsupported EXEC; "
+                "lane closed\n", (int)getpid(), (unsigned long long)w->lane_id);
+        return lane_end(w);
+      }
+      rc = exec_frame(w, f.hdr.id, f.hdr.flags, f.body, f.hdr.len, 1);
+    }
+    if (w->lane_fd >= 0) sh_buf_consume(&w->lrbuf, used);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* While leased: waits for the agent's or the lane's next bytes and runs what
+ * the lane sends; a lane silent for LANE_IDLE_MS is given back. Returns 0
+ * when the agent's socket is readable or the lane is over, -1 with an
+ * exception, 1 when the agent left. */
+static int lane_turn(worker_t *w) {
+  while (w->lane_fd >= 0) {
+    struct pollfd p[2] = {{.fd = w->fd, .events = POLLIN}, {.fd = w->lane_fd, .events = POLLIN}};
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = poll(p, 2, LANE_IDLE_MS);
+    Py_END_ALLOW_THREADS
+    if (n < 0 && errno == EINTR) {
+      if (signals_while_idle() < 0) return -1;
+      continue;
+    }
+    if (n == 0) return lane_end(w);
+    if (n > 0 && p[1].revents) {
+      int rc = lane_read(w);
+      if (rc) return rc;
+    }
+    if (n < 0 || p[0].revents) return 0;
+  }
+  return 0;
+}
+
 /* 0 at end of file, -1 with an exception. */
 static int loop(worker_t *w) {
   for (;;) {
@@ -651,6 +822,7 @@ static int loop(worker_t *w) {
     if (holding(w) && (held_age(w) > HOLD_S || !readable_now(w)) &&
         (rc = flush_out(w)) != 0)
       return rc > 0 ? 0 : -1;
+    if (w->lane_fd >= 0 && (rc = lane_turn(w)) != 0) return rc > 0 ? 0 : -1;
     rc = fill(w);
     if (rc) {
       if (rc > 0 && flush_out(w) < 0) return -1;
@@ -713,11 +885,12 @@ PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nar
    * (we were reparented before the prctl took effect). */
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) return PyErr_SetFromErrno(PyExc_OSError);
   if (getppid() == 1) Py_RETURN_NONE;
-  worker_t w = {.fd = fd, .devices = -1};
+  worker_t w = {.fd = fd, .devices = -1, .lane_fd = -1};
   sh_map_init(&w.fns);
   sh_map_init(&w.actors);
   sh_buf_init(&w.rbuf);
   sh_buf_init(&w.wbuf);
+  sh_buf_init(&w.lrbuf);
   int rc = setup(&w, module, args[1]);
   if (rc == 0) rc = send_hello(fd);
   if (rc == 0) rc = start_flusher(&w);
@@ -727,6 +900,9 @@ PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nar
   map_clear(&w.actors);
   sh_buf_close(&w.rbuf);
   sh_buf_close(&w.wbuf);
+  sh_buf_close(&w.lrbuf);
+  if (w.lane_fd >= 0) close(w.lane_fd);
+  sh_fdq_close(&w.fdq);
   if (w.flusher_started) {
     pthread_mutex_destroy(&w.mu);
     pthread_cond_destroy(&w.cv);
