@@ -52,6 +52,7 @@ enum { SH_KIND_TASK = 0, SH_KIND_ACTOR_CREATE = 1, SH_KIND_ACTOR_CALL = 2 };
 /* CANCEL / KILL_ACTOR frame flags. */
 #define SH_CANCEL_FORCE 0x1u
 #define SH_CANCEL_QUEUED_ONLY 0x2u /* leave a running task alone (Future.cancel) */
+#define SH_CANCEL_LANE 0x4u        /* the task runs on the driver's lane (lane.c) */
 /* KILL_ACTOR frame flags. */
 #define SH_KILL_NO_RESTART 0x1u
 #define SH_KILL_WHEN_IDLE 0x2u /* after the calls already submitted (last handle dropped) */

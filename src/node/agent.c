@@ -533,7 +533,8 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
       break;
     case SH_MSG_CANCEL: {
       int outcome = sh_sched_cancel(a, id, f->hdr.flags);
-      if (outcome == SH_CANCEL_NONE && c->lane) outcome = sh_lane_cancel(c, id, f->hdr.flags);
+      if (outcome == SH_CANCEL_NONE && (f->hdr.flags & SH_CANCEL_LANE) && c->lane)
+        outcome = sh_lane_cancel(c, id, f->hdr.flags);
       uint8_t p[4];
       sh_put_u32(p, (uint32_t)outcome);
       sh_frame_append(&c->out, SH_MSG_CANCEL_REPLY, 0, id, p, 4);

@@ -194,7 +194,7 @@ int sh_lane_cancel(sh_conn_t *c, uint64_t id, unsigned flags) {
   sh_worker_t *w = c->lane;
   if (!w || (uint32_t)(id >> 40) != c->client_id || (flags & SH_CANCEL_QUEUED_ONLY))
     return SH_CANCEL_NONE;
-  /* The driver only asks for a task it has on its lane now. */
+  /* The driver says the task is on its lane now (flag LANE). */
   if (flags & SH_CANCEL_FORCE) sh_pool_kill(w, SH_REASON_CANCEL);
   else if (!w->exited) kill(w->pid, SIGINT);
   return SH_CANCEL_RUNNING;

@@ -199,3 +199,19 @@ def test_a_lane_result_nobody_waits_on_still_arrives(cluster):  # noqa: F811
         done, _ = cf.wait([f], timeout=T)
         assert done == {f}
         wait_until(lambda: seen == ["x"], 5, 0.01, "the done callback")
+
+
+@pytest.mark.asan
+def test_cancelling_another_task_leaves_the_lane_task_alone(cluster):  # noqa: F811
+    @shoal.remote
+    def nap(s, x):
+        time.sleep(s)
+        return x
+
+    wait_pool_full()
+    _lease()
+    on_lane = nap.remote(1.0, "kept")           # the lane is idle: it goes there
+    others = [ident.remote(i) for i in range(3)]   # the lane is busy: through the agent
+    assert shoal.get(others, timeout=T) == [0, 1, 2]
+    assert shoal.cancel(others[0]) is False     # done already; the lane's worker is not touched
+    assert on_lane.result(timeout=T) == "kept"

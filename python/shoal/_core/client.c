@@ -1045,7 +1045,7 @@ static PyObject *client_cancel(sh_client_obj_t *c, PyObject *const *args,
   if (force < 0 || queued_only < 0) return NULL;
   unsigned flags = (force ? SH_CANCEL_FORCE : 0) | (queued_only ? SH_CANCEL_QUEUED_ONLY : 0);
   pthread_mutex_lock(&c->out_mu);
-  sh_lane_cancel_locked(c, id, force && !queued_only);
+  if (sh_lane_cancel_locked(c, id, force && !queued_only)) flags |= SH_CANCEL_LANE;
   pthread_mutex_unlock(&c->out_mu);
   sh_waiter_t w;
   char what[64];

@@ -232,8 +232,9 @@ void sh_lane_drop(sh_client_obj_t *c);
 /* Whether id was a lane task the daemon never heard of (then forgotten):
  * its release is not sent (out_mu held). */
 int sh_lane_only_locked(sh_client_obj_t *c, uint64_t id);
-/* cancel(force=True) of the lane's task: its end is a cancellation. */
-void sh_lane_cancel_locked(sh_client_obj_t *c, uint64_t id, int force);
+/* cancel() of task id: 1 when it runs on the lane (the CANCEL then says so,
+ * flag LANE); with force its end there is a cancellation. out_mu held. */
+int sh_lane_cancel_locked(sh_client_obj_t *c, uint64_t id, int force);
 
 /* ---- client.c ---- */
 

@@ -113,8 +113,10 @@ int sh_lane_send_locked(sh_client_obj_t *c, uint64_t task_id, const uint8_t *p, 
   return 0;
 }
 
-void sh_lane_cancel_locked(sh_client_obj_t *c, uint64_t id, int force) {
-  if (force && id && id == c->lane_task) c->lane_force = 1;
+int sh_lane_cancel_locked(sh_client_obj_t *c, uint64_t id, int force) {
+  if (!id || id != c->lane_task) return 0;
+  if (force) c->lane_force = 1;
+  return 1;
 }
 
 int sh_lane_only_locked(sh_client_obj_t *c, uint64_t id) {
