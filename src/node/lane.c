@@ -37,7 +37,7 @@ static const sh_req_t lane_req = {1000, 0, 0, 0, NULL};
 void sh_lane_offer(sh_agent_t *a, sh_worker_t *w, uint32_t client_id) {
   sh_conn_t *c = sh_agent_client(a, (uint64_t)client_id << 40);
   if (!c || c->closing || c->role != SH_ROLE_DRIVER || !(c->flags & SH_HELLO_LANES) || c->lane ||
-      c->pass_fd >= 0 || a->stopping)
+      c->pass_fd >= 0 || a->stopping || a->local_draining)
     return;
   if (!w->conn || w->conn->pass_fd >= 0 || w->exited || w->kill_reason || w->dedicated ||
       w->leased || w->ninflight || !w->hello)

@@ -196,6 +196,9 @@ void sh_lane_drop(sh_client_obj_t *c) {
   sh_buf_reset(&c->lane_defer);
   c->lane_task = 0;
   c->lane_force = c->lane_wanted = 0;
+  /* A restarted head is sent PUTs of finished values, lane ones too: their
+   * releases must go out again. */
+  memset(c->lane_only, 0, sizeof c->lane_only);
   pthread_mutex_unlock(&c->out_mu);
 }
 
