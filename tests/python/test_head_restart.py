@@ -283,3 +283,125 @@ def test_head_that_never_comes_back(fresh, tmp_path):  # noqa: F811
         if node:
             node.stop()
         head.stop()
+
+
+@shoal.remote
+class Counter1:
+    def __init__(self):
+        self.n = 0
+
+    def inc(self):
+        self.n += 1
+        return self.n, os.getpid()
+
+
+@pytest.mark.asan
+def test_actors_on_the_head_node_are_rebuilt(fresh):  # noqa: F811
+    """An actor that lived on the head's own node dies with the head; the
+    driver sends its creation again and the restarted head constructs it
+    again (charging one restart) while it has restarts left: its calls run on
+    the new instance. With none left, its calls fail naming the restart."""
+    head = RestartableHead(workers=1, cpus=1)
+    try:
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        again = Counter1.options(max_restarts=1).remote()
+        once = Counter1.remote()
+        n, pid = shoal.get(again.inc.remote(), timeout=T)
+        assert n == 1
+        assert shoal.get(once.inc.remote(), timeout=T)[0] == 1
+        head.kill9()
+        time.sleep(0.3)
+        head.start()
+        n2, pid2 = shoal.get(again.inc.remote(), timeout=T)
+        assert (n2, pid2 != pid) == (1, True)  # a new instance
+        assert shoal.get(again.inc.remote(), timeout=T)[0] == 2
+        with pytest.raises(shoal.ActorDiedError, match="head restarted.*max_restarts=0"):
+            shoal.get(once.inc.remote(), timeout=T)
+        # Its one restart is spent: a second head restart takes it.
+        head.kill9()
+        time.sleep(0.3)
+        head.start()
+        with pytest.raises(shoal.ActorDiedError, match="no restarts left.*max_restarts=1"):
+            shoal.get(again.inc.remote(), timeout=T)
+    finally:
+        shoal.shutdown()
+        head.stop()
+
+
+@pytest.mark.asan
+def test_attempts_charged_survive_a_second_restart(fresh, tmp_path):  # noqa: F811
+    """Each head restart charges a resent task that no node kept one attempt,
+    on top of what the heads before it charged (SOCKET_DIR/head.charges): a
+    task with max_retries=1 running on the head's own node when the head is
+    killed twice runs twice, not three times."""
+    log = str(tmp_path / "runs")
+    open(log, "w").close()
+
+    @shoal.remote(max_retries=1)
+    def long_nap():
+        with open(log, "a") as f:
+            f.write("run\n")
+        time.sleep(60)
+
+    head = RestartableHead(workers=1, cpus=1)
+    try:
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        f = long_nap.remote()
+        for runs in (1, 2):
+            wait_until(lambda: open(log).read().count("run") == runs, T, 0.02,
+                       f"run {runs} to start")
+            head.kill9()
+            time.sleep(0.3)
+            head.start()
+        with pytest.raises(shoal.WorkerCrashedError, match="head restarted.*max_retries=1"):
+            f.result(timeout=T)
+        time.sleep(0.5)
+        assert open(log).read().count("run") == 2
+        assert shoal.get(shoal.remote(lambda: 7).remote(), timeout=T) == 7
+    finally:
+        shoal.shutdown()
+        head.stop()
+
+
+@shoal.remote(num_cpus=2)
+class Hog:
+    def where(self):
+        return os.environ["SHOAL_NODE_ID"]
+
+
+@shoal.remote(num_cpus=2)
+def needs_two():
+    return os.environ["SHOAL_NODE_ID"]
+
+
+@pytest.mark.asan
+def test_adopted_actors_hold_their_resources(fresh):  # noqa: F811
+    """An actor a node kept across a head restart holds its resources in the
+    restarted head's registry: a task wanting them waits until it is gone."""
+    head = RestartableHead(workers=1, cpus=1)
+    node = None
+
+    def cpu_free():
+        return head.nodes()[node.node_id]["resources_free"]["CPU"]
+
+    try:
+        node = Node(head, workers=1, cpus=2)
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        hog = Hog.remote()
+        assert shoal.get(hog.where.remote(), timeout=T) == str(node.node_id)
+        assert cpu_free() == 0
+        head.kill9()
+        time.sleep(0.3)
+        head.start()
+        assert shoal.get(hog.where.remote(), timeout=T) == str(node.node_id)
+        wait_until(lambda: cpu_free() == 0, T, 0.1, "the actor's CPUs to be counted")
+        f = needs_two.remote()
+        time.sleep(1.5)
+        assert not f.done()
+        shoal.kill(hog)
+        assert f.result(timeout=T) == str(node.node_id)
+    finally:
+        shoal.shutdown()
+        if node:
+            node.stop()
+        head.stop()
