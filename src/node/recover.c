@@ -144,7 +144,7 @@ uint32_t sh_recover_charged(sh_agent_t *a, uint64_t id) {
 
 void sh_recover_charge(sh_agent_t *a, uint64_t id, uint32_t count) {
   sh_recover_t *r = &a->rec;
-  if (r->charges_fd < 0 || !count) return;
+  if (!r->charges_path[0] || r->charges_fd < 0 || !count) return; /* not journaled */
   int rc = sh_map_put(&r->charged, id, (void *)(uintptr_t)count);
   if (!rc) rc = sh_charges_append(r->charges_fd, id, count);
   if (rc) sh_warn("cannot journal an attempt of %#llx in %s: %s (a restarted head may run it "
