@@ -596,7 +596,8 @@ ssize_t sh_store_chunk_splice(sh_agent_t *a, sh_conn_t *c, uint64_t id, size_t m
  * under its name; forgets the transfer either way. */
 /* Bytes of freed segment files kept for recycling (scans the directory). */
 uint64_t sh_store_pool_bytes(sh_agent_t *a);
-/* 1 when object id's segment is in the store directory (not spilled). */
+/* 1 when object id's segment is in the store directory, or, on a restarted head,
+ * in the spill directory it took over (spilled by the previous head). */
 int sh_store_exists(sh_agent_t *a, uint64_t id);
 int sh_store_received(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size);
 /* c closed: abandons its unfinished transfers (their files are removed). */

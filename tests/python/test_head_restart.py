@@ -405,3 +405,25 @@ def test_adopted_actors_hold_their_resources(fresh):  # noqa: F811
         if node:
             node.stop()
         head.stop()
+
+
+@pytest.mark.asan
+def test_spilled_objects_outlive_a_restart(fresh):  # noqa: F811
+    """Objects the head had spilled to disk are taken back with its spill
+    directory: the driver's PUTs sent again find them, and they read back."""
+    head = RestartableHead("--object-store-memory", "12M", workers=1, cpus=1)
+    try:
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        arrs = [np.full(1_000_000, i, dtype=np.int64) for i in range(3)]  # 8 MB each
+        refs = [shoal.put(x) for x in arrs]
+        spill = glob.glob(os.path.join(head.dir, "shoal-spill-*", "[0-9a-f]" * 16))
+        assert len(spill) >= 2, spill  # only one fits in memory
+        head.kill9()
+        time.sleep(0.3)
+        head.start()
+        for ref, x in zip(refs, arrs):
+            assert np.array_equal(shoal.get(ref, timeout=T), x)
+        assert shoal.get(total.remote(refs[0]), timeout=T) == int(arrs[0].sum())
+    finally:
+        shoal.shutdown()
+        head.stop()
