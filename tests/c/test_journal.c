@@ -203,6 +203,14 @@ static void add_out_of_memory(void **state) {
   rm_dir(dir, path);
 }
 
+/* m emptied and read again from path; returns how many ids it has. */
+static size_t reload(const char *path, sh_map_t *m) {
+  sh_map_close(m);
+  sh_map_init(m);
+  assert_int_equal(sh_charges_load(path, m), 0);
+  return m->count;
+}
+
 /* Charged attempts: appended counts load as the largest per id, a torn last
  * line (a crash mid-write) and junk are skipped, a rewrite keeps only the
  * map and leaves a descriptor that appends to the new file. */
@@ -219,18 +227,14 @@ static void charges_round_trip(void **state) {
   assert_int_equal(sh_charges_append(fd, 0x20000000007ULL, 1), 0);
   assert_int_equal(sh_charges_append(fd, 0x10000000002ULL, 2), 0);
   assert_int_equal(write(fd, "junk line\n0000010000000009 3", 28), 28); /* torn */
-  assert_int_equal(sh_charges_load(path, &m), 0);
-  assert_int_equal(m.count, 2);
+  assert_int_equal(reload(path, &m), 2);
   assert_int_equal((uintptr_t)sh_map_get(&m, 0x10000000002ULL), 2);
   assert_int_equal((uintptr_t)sh_map_get(&m, 0x20000000007ULL), 1);
   /* Rewritten without one id, then appended to: the new file has both. */
   sh_map_del(&m, 0x20000000007ULL);
   assert_int_equal(sh_charges_rewrite(path, &m, &fd), 0);
   assert_int_equal(sh_charges_append(fd, 0x30000000001ULL, 4), 0);
-  sh_map_close(&m);
-  sh_map_init(&m);
-  assert_int_equal(sh_charges_load(path, &m), 0);
-  assert_int_equal(m.count, 2);
+  assert_int_equal(reload(path, &m), 2);
   assert_int_equal((uintptr_t)sh_map_get(&m, 0x10000000002ULL), 2);
   assert_int_equal((uintptr_t)sh_map_get(&m, 0x30000000001ULL), 4);
   assert_null(sh_map_get(&m, 0x20000000007ULL));
@@ -257,10 +261,7 @@ static void charges_rewrite_out_of_memory(void **state) {
   assert_int_equal(sh_charges_rewrite(path, &m, &fd), -ENOMEM);
   sh_alloc_fail_after(-1);
   assert_int_equal(fd, old);
-  sh_map_close(&m);
-  sh_map_init(&m);
-  assert_int_equal(sh_charges_load(path, &m), 0);
-  assert_int_equal(m.count, 1);
+  assert_int_equal(reload(path, &m), 1);
   assert_int_equal((uintptr_t)sh_map_get(&m, 5), 1);
   close(fd);
   sh_map_close(&m);

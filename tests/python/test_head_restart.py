@@ -81,6 +81,12 @@ class RestartableHead:
         self.proc.send_signal(signal.SIGKILL)
         self.errs.append(self.proc.communicate(timeout=10)[1])
 
+    def restart(self):
+        """SIGKILL, then the same command line again."""
+        self.kill9()
+        time.sleep(0.3)
+        self.start()
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -98,6 +104,15 @@ class RestartableHead:
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.tokdir, ignore_errors=True)
         return "\n".join(self.errs)
+
+
+def shut_down(head, *nodes):
+    """The driver, then the nodes, then the head; returns the head's log."""
+    shoal.shutdown()
+    for n in nodes:
+        if n:
+            n.stop()
+    return head.stop()
 
 
 def make_tasks(log):
@@ -243,10 +258,7 @@ def test_results_kept_on_nodes_outlive_a_restart(fresh, tmp_path):  # noqa: F811
         wait_until(lambda: node_store(node)["objects"] == 0, T, 0.1,
                    "the node to drop the released results")
     finally:
-        shoal.shutdown()
-        if node:
-            node.stop()
-        head.stop()
+        shut_down(head, node)
 
 
 @pytest.mark.asan
@@ -279,10 +291,7 @@ def test_head_that_never_comes_back(fresh, tmp_path):  # noqa: F811
         node = None
         assert "did not come back within 2 s" in err, err
     finally:
-        shoal.shutdown()
-        if node:
-            node.stop()
-        head.stop()
+        shut_down(head, node)
 
 
 @shoal.remote
@@ -309,23 +318,18 @@ def test_actors_on_the_head_node_are_rebuilt(fresh):  # noqa: F811
         n, pid = shoal.get(again.inc.remote(), timeout=T)
         assert n == 1
         assert shoal.get(once.inc.remote(), timeout=T)[0] == 1
-        head.kill9()
-        time.sleep(0.3)
-        head.start()
+        head.restart()
         n2, pid2 = shoal.get(again.inc.remote(), timeout=T)
         assert (n2, pid2 != pid) == (1, True)  # a new instance
         assert shoal.get(again.inc.remote(), timeout=T)[0] == 2
         with pytest.raises(shoal.ActorDiedError, match="head restarted.*max_restarts=0"):
             shoal.get(once.inc.remote(), timeout=T)
         # Its one restart is spent: a second head restart takes it.
-        head.kill9()
-        time.sleep(0.3)
-        head.start()
+        head.restart()
         with pytest.raises(shoal.ActorDiedError, match="no restarts left.*max_restarts=1"):
             shoal.get(again.inc.remote(), timeout=T)
     finally:
-        shoal.shutdown()
-        head.stop()
+        shut_down(head)
 
 
 @pytest.mark.asan
@@ -350,17 +354,14 @@ def test_attempts_charged_survive_a_second_restart(fresh, tmp_path):  # noqa: F8
         for runs in (1, 2):
             wait_until(lambda: open(log).read().count("run") == runs, T, 0.02,
                        f"run {runs} to start")
-            head.kill9()
-            time.sleep(0.3)
-            head.start()
+            head.restart()
         with pytest.raises(shoal.WorkerCrashedError, match="head restarted.*max_retries=1"):
             f.result(timeout=T)
         time.sleep(0.5)
         assert open(log).read().count("run") == 2
         assert shoal.get(shoal.remote(lambda: 7).remote(), timeout=T) == 7
     finally:
-        shoal.shutdown()
-        head.stop()
+        shut_down(head)
 
 
 @shoal.remote(num_cpus=2)
@@ -390,9 +391,7 @@ def test_adopted_actors_hold_their_resources(fresh):  # noqa: F811
         hog = Hog.remote()
         assert shoal.get(hog.where.remote(), timeout=T) == str(node.node_id)
         assert cpu_free() == 0
-        head.kill9()
-        time.sleep(0.3)
-        head.start()
+        head.restart()
         assert shoal.get(hog.where.remote(), timeout=T) == str(node.node_id)
         wait_until(lambda: cpu_free() == 0, T, 0.1, "the actor's CPUs to be counted")
         f = needs_two.remote()
@@ -401,10 +400,7 @@ def test_adopted_actors_hold_their_resources(fresh):  # noqa: F811
         shoal.kill(hog)
         assert f.result(timeout=T) == str(node.node_id)
     finally:
-        shoal.shutdown()
-        if node:
-            node.stop()
-        head.stop()
+        shut_down(head, node)
 
 
 @pytest.mark.asan
@@ -418,12 +414,9 @@ def test_spilled_objects_outlive_a_restart(fresh):  # noqa: F811
         refs = [shoal.put(x) for x in arrs]
         spill = glob.glob(os.path.join(head.dir, "shoal-spill-*", "[0-9a-f]" * 16))
         assert len(spill) >= 2, spill  # only one fits in memory
-        head.kill9()
-        time.sleep(0.3)
-        head.start()
+        head.restart()
         for ref, x in zip(refs, arrs):
             assert np.array_equal(shoal.get(ref, timeout=T), x)
         assert shoal.get(total.remote(refs[0]), timeout=T) == int(arrs[0].sum())
     finally:
-        shoal.shutdown()
-        head.stop()
+        shut_down(head)
