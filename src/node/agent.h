@@ -634,7 +634,9 @@ void sh_sched_open_gate(sh_agent_t *a);
 /* Head: node n (rejoining a restarted head) reports that it holds task id /
  * hosts actor id. */
 void sh_sched_adopt_task(sh_agent_t *a, sh_node_t *n, uint64_t id);
-void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id);
+/* Head: node n reported (NODE_HOLDS) actor id alive there, holding `held`
+ * (all zero when the node did not say). */
+void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_res_t *held);
 /* Head: a RESULT from n for a task this head does not know (a restarted head:
  * it ran before the restart); kept for its driver when in the grace period. */
 void sh_sched_orphan_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r);

@@ -2362,7 +2362,7 @@ void sh_sched_adopt_task(sh_agent_t *a, sh_node_t *n, uint64_t id) {
   sh_map_put(&a->rec.adopted, id, (void *)(uintptr_t)n->node_id);
 }
 
-void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id) {
+void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_res_t *held) {
   sh_actor_t *ac = sh_map_get(&a->actors, id);
   sh_task_t *t = ac ? ac->create : NULL;
   if (t && t->gated && t->state == SH_TASK_READY && !sh_map_get(&a->rec.adopted, id)) {
@@ -2385,6 +2385,14 @@ void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id) {
   ac = actor_new(a, id);
   ac->state = SH_ACTOR_ALIVE;
   ac->node_id = n->node_id;
+  /* Nothing is placed over it while its driver has not sent its creation
+   * again (which takes nothing more: holds_remote). */
+  sh_req_t req = sh_res_as_req(held);
+  if ((req.cpu_milli || req.gpu_milli || req.memory || req.ncustom) &&
+      sh_head_take(&a->head, n->node_id, &req) == 0) {
+    ac->held = *held;
+    ac->holds_remote = 1;
+  }
 }
 
 void sh_sched_orphan_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r) {

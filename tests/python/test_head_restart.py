@@ -420,3 +420,46 @@ def test_spilled_objects_outlive_a_restart(fresh):  # noqa: F811
         assert shoal.get(total.remote(refs[0]), timeout=T) == int(arrs[0].sum())
     finally:
         shut_down(head)
+
+
+DRIVER_WITH_HOG = """
+import sys, time, shoal
+shoal.init(address=sys.argv[1], token=sys.argv[2], reconnect_timeout=60)
+
+@shoal.remote(num_cpus=2)
+class Hog:
+    def ping(self):
+        return 1
+
+h = Hog.remote()
+assert shoal.get(h.ping.remote(), timeout=60) == 1
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.asan
+def test_adopted_actors_hold_their_resources_before_their_driver_is_back(fresh):  # noqa: F811
+    """The node says what each actor it kept holds (NODE_HOLDS): the
+    restarted head counts it at once, not only once the actor's driver sent
+    its creation again (here the driver is stopped meanwhile)."""
+    head = RestartableHead(workers=1, cpus=1)
+    node = driver = None
+    try:
+        node = Node(head, workers=1, cpus=2)
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER_WITH_HOG, head.address, TOKEN],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  env=env_with_shoal(), text=True)
+        assert driver.stdout.readline().strip() == "ready"
+        assert head.nodes()[node.node_id]["resources_free"]["CPU"] == 0
+        driver.send_signal(signal.SIGSTOP)
+        head.restart()
+        wait_until(lambda: head.nodes().get(node.node_id, {}).get("alive"), T, 0.1,
+                   "the node to come back")
+        time.sleep(0.3)
+        assert head.nodes()[node.node_id]["resources_free"]["CPU"] == 0
+    finally:
+        if driver:
+            driver.kill()
+            driver.wait(timeout=10)
+        shut_down(head, node)
