@@ -209,8 +209,14 @@ static void fuzz_holds(const sh_frame_t *f, sh_buf_t *b) {
   uint64_t *ids = n ? malloc((size_t)n * 8) : NULL;
   CHECK(!n || ids);
   for (uint32_t i = 0; i < n; i++) ids[i] = sh_get_u64(h.ids + 8 * (size_t)i);
-  CHECK(sh_holds_append(b, ids, h.ntasks, ids ? ids + h.ntasks : NULL, h.nactors) == 0);
+  sh_res_t *held = h.held && h.nactors ? calloc(h.nactors, sizeof *held) : NULL;
+  CHECK(!h.held || !h.nactors || held);
+  sh_rd_t rd = {0};
+  if (h.held) sh_rd_init(&rd, h.held, h.held_len);
+  for (uint32_t i = 0; held && i < h.nactors; i++) CHECK(sh_holds_held_next(&rd, &held[i]) == 0);
+  CHECK(sh_holds_append(b, ids, h.ntasks, ids ? ids + h.ntasks : NULL, h.nactors, held) == 0);
   free(ids);
+  free(held);
   check_reencoded(b, SH_MSG_NODE_HOLDS, f->body, f->hdr.len, f->hdr.len, f->hdr.len);
 }
 

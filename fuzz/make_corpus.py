@@ -162,6 +162,10 @@ def seeds():
     s["node-holds"] = frame(T["NODE_HOLDS"], struct.pack("<IIQQQ", 2, 1, 1 << 40 | 3, 1 << 40 | 4,
                                                          1 << 40 | 2))
     s["node-holds-short"] = frame(T["NODE_HOLDS"], struct.pack("<IIQ", 2, 0, 1 << 40 | 3))
+    s["node-holds-held"] = frame(T["NODE_HOLDS"], struct.pack("<IIQQ", 1, 1, 1 << 40 | 3, 1 << 40 | 2)
+                                 + res_body())
+    s["node-holds-held-short"] = frame(T["NODE_HOLDS"], struct.pack("<IIQ", 0, 1, 1 << 40 | 2)
+                                       + res_body()[:20])
     s["hello-resume"] = frame(T["HELLO"], struct.pack("<IIII", 1, 1234, 4, 7))
     s["submit-resent"] = frame(T["SUBMIT"], submit_body(), fid=tid, flags=1)
     s["chunk-short"] = frame(T["CHUNK"], b"\0" * 15, fid=1 << 40 | 9)

@@ -571,8 +571,13 @@ int sh_heartbeat_decode(const uint8_t *body, size_t len, sh_heartbeat_t *h) {
 }
 
 int sh_holds_append(sh_buf_t *b, const uint64_t *tasks, uint32_t ntasks,
-                    const uint64_t *actors, uint32_t nactors) {
+                    const uint64_t *actors, uint32_t nactors, const sh_res_t *held) {
   size_t len = 8 + 8 * ((size_t)ntasks + nactors);
+  for (uint32_t i = 0; held && i < nactors; i++) {
+    size_t rl = res_len(&held[i]);
+    if (!rl) return -EINVAL;
+    len += rl;
+  }
   int rc = sh_buf_reserve(b, SH_FRAME_HDR + len);
   if (rc) return rc;
   uint8_t *p = b->data + b->len;
@@ -583,15 +588,28 @@ int sh_holds_append(sh_buf_t *b, const uint64_t *tasks, uint32_t ntasks,
   p += 8;
   for (uint32_t i = 0; i < ntasks; i++, p += 8) sh_put_u64(p, tasks[i]);
   for (uint32_t i = 0; i < nactors; i++, p += 8) sh_put_u64(p, actors[i]);
-  b->len += SH_FRAME_HDR + len;
+  b->len = (size_t)(p - b->data);
+  for (uint32_t i = 0; held && i < nactors; i++) res_put(b, &held[i]);
   return 0;
 }
+
+int sh_holds_held_next(sh_rd_t *r, sh_res_t *out) { return res_get(r, out); }
 
 int sh_holds_decode(const uint8_t *body, size_t len, sh_holds_t *h) {
   if (len < 8) return SH_EBODY;
   h->ntasks = sh_get_u32(body);
   h->nactors = sh_get_u32(body + 4);
-  if ((len - 8) / 8 != (uint64_t)h->ntasks + h->nactors || (len - 8) % 8) return SH_EBODY;
+  uint64_t ids = 8 * ((uint64_t)h->ntasks + h->nactors);
+  if (len - 8 < ids) return SH_EBODY;
   h->ids = body + 8;
-  return 0;
+  h->held = NULL;
+  h->held_len = len - 8 - (size_t)ids;
+  if (!h->held_len) return 0;
+  h->held = h->ids + ids;
+  sh_rd_t r;
+  sh_res_t res;
+  sh_rd_init(&r, h->held, h->held_len);
+  for (uint32_t i = 0; i < h->nactors; i++)
+    if (res_get(&r, &res)) return SH_EBODY;
+  return sh_rd_left(&r) ? SH_EBODY : 0;
 }

@@ -293,17 +293,27 @@ int sh_register_decode(const uint8_t *body, size_t len, sh_register_t *r);
 
 /* NODE_HOLDS body (node to head, right after NODE_REGISTER when the node
  * kept work across losing its head): u32 ntasks, u32 nactors, then ntasks
- * task ids and nactors actor ids, each u64. `ids` points into the body. */
+ * task ids and nactors actor ids, each u64; then, optionally, nactors
+ * resource sets (as in NODE_REGISTER): what each actor holds on the node.
+ * `ids` and `held` point into the body. */
 typedef struct sh_holds_s {
   uint32_t ntasks, nactors;
-  const uint8_t *ids; /* (ntasks + nactors) little-endian u64 */
+  const uint8_t *ids;  /* (ntasks + nactors) little-endian u64 */
+  const uint8_t *held; /* nactors resource sets (sh_holds_held_next); NULL if absent */
+  size_t held_len;
 } sh_holds_t;
 
-/* Appends a NODE_HOLDS frame. 0 or -ENOMEM (b unchanged). */
+/* Appends a NODE_HOLDS frame; `held` (nactors sets, or NULL for none) the
+ * resources each actor holds. 0, -ENOMEM (b unchanged), or -EINVAL for a
+ * bad custom resource name. */
 int sh_holds_append(sh_buf_t *b, const uint64_t *tasks, uint32_t ntasks,
-                    const uint64_t *actors, uint32_t nactors);
-/* 0, or SH_EBODY: short, or a length other than 8 + 8 x (ntasks + nactors). */
+                    const uint64_t *actors, uint32_t nactors, const sh_res_t *held);
+/* 0, or SH_EBODY: short, fewer bytes than 8 + 8 x (ntasks + nactors), or
+ * bytes after the ids that are not exactly nactors valid resource sets. */
 int sh_holds_decode(const uint8_t *body, size_t len, sh_holds_t *h);
+/* Reads the next resource set of a NODE_HOLDS's `held` (r initialised on
+ * held/held_len). 0 or SH_EBODY. */
+int sh_holds_held_next(sh_rd_t *r, sh_res_t *out);
 
 /* HEARTBEAT body from a node: u32 load_milli, u32 running, resources free
  * (as in NODE_REGISTER). From the head the body is empty. */

@@ -122,10 +122,23 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
-int sh_journal_save(const char *path, const sh_journal_t *j, int sync) {
-  if (strchr(j->store_dir, '\n') || strchr(j->spill_dir, '\n')) return -EINVAL;
+/* Writes buf to path atomically: path.tmp, fsync when `sync`, rename. 0 or
+ * -errno (no .tmp is then left). */
+static int write_atomic(const char *path, const char *buf, size_t len, int sync) {
   char tmp[SH_JOURNAL_PATH_MAX + 8];
   if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) return -ENAMETOOLONG;
+  int rc = 0, fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) rc = -errno;
+  if (!rc) rc = write_all(fd, buf, len);
+  if (!rc && sync && fsync(fd) < 0) rc = -errno;
+  if (fd >= 0 && close(fd) < 0 && !rc) rc = -errno;
+  if (!rc && rename(tmp, path) < 0) rc = -errno;
+  if (rc && fd >= 0) unlink(tmp);
+  return rc;
+}
+
+int sh_journal_save(const char *path, const sh_journal_t *j, int sync) {
+  if (strchr(j->store_dir, '\n') || strchr(j->spill_dir, '\n')) return -EINVAL;
   size_t cap = 2 * SH_JOURNAL_PATH_MAX + 128 + (size_t)j->nnodes * 16;
   char *buf = sh_try_malloc(cap);
   if (!buf) return -ENOMEM;
@@ -133,13 +146,58 @@ int sh_journal_save(const char *path, const sh_journal_t *j, int sync) {
                      SH_JOURNAL_MAGIC, j->epoch, j->next_client, j->store_dir, j->spill_dir);
   for (uint32_t i = 0; i < j->nnodes; i++)
     len += snprintf(buf + len, cap - (size_t)len, "node %u\n", j->nodes[i]);
-  int rc = 0, fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) rc = -errno;
-  if (!rc) rc = write_all(fd, buf, (size_t)len);
-  if (!rc && sync && fsync(fd) < 0) rc = -errno;
-  if (fd >= 0 && close(fd) < 0 && !rc) rc = -errno;
-  if (!rc && rename(tmp, path) < 0) rc = -errno;
-  if (rc && fd >= 0) unlink(tmp);
+  int rc = write_atomic(path, buf, (size_t)len, sync);
   sh_free(buf);
   return rc;
+}
+
+/* ---- charged attempts ---- */
+
+#define CHARGE_LINE 32 /* "<16 hex> <u32>\n" and some */
+
+int sh_charges_load(const char *path, sh_map_t *m) {
+  FILE *f = fopen(path, "re");
+  if (!f) return -errno;
+  char line[CHARGE_LINE * 2];
+  int rc = 0;
+  while (!rc && fgets(line, sizeof line, f)) {
+    char *end;
+    size_t len = strlen(line);
+    if (len < 19 || line[len - 1] != '\n' || line[16] != ' ') continue; /* torn by a crash */
+    line[16] = line[len - 1] = 0;
+    uint64_t id = strtoull(line, &end, 16);
+    uint32_t n;
+    if (end != line + 16 || !id || parse_u32(line + 17, &n) || !n) continue;
+    if ((uintptr_t)sh_map_get(m, id) < n) rc = sh_map_put(m, id, (void *)(uintptr_t)n);
+  }
+  if (!rc && ferror(f)) rc = -EIO;
+  fclose(f);
+  return rc;
+}
+
+static int charge_line(char *buf, size_t n, uint64_t id, uint32_t count) {
+  return snprintf(buf, n, "%016llx %u\n", (unsigned long long)id, count);
+}
+
+int sh_charges_append(int fd, uint64_t id, uint32_t count) {
+  char line[CHARGE_LINE];
+  return write_all(fd, line, (size_t)charge_line(line, sizeof line, id, count));
+}
+
+int sh_charges_rewrite(const char *path, const sh_map_t *m, int *fd) {
+  size_t cap = m->count * CHARGE_LINE + 1, len = 0;
+  char *buf = sh_try_malloc(cap);
+  if (!buf) return -ENOMEM;
+  uint64_t id;
+  void *v;
+  for (size_t i = 0; sh_map_next(m, &i, &id, &v);)
+    len += (size_t)charge_line(buf + len, cap - len, id, (uint32_t)(uintptr_t)v);
+  int rc = write_atomic(path, buf, len, 1);
+  sh_free(buf);
+  int nfd = rc ? -1 : open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (!rc && nfd < 0) rc = -errno;
+  if (rc) return rc;
+  if (*fd >= 0) close(*fd);
+  *fd = nfd;
+  return 0;
 }

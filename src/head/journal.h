@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/map.h"
+
 #define SH_JOURNAL_MAGIC "shoal-head-journal 1"
 #define SH_JOURNAL_PATH_MAX 4096
 
@@ -45,5 +47,24 @@ int sh_journal_add_node(sh_journal_t *j, uint32_t id);
 void sh_journal_remove_node(sh_journal_t *j, uint32_t id);
 /* 1 when node id is listed. */
 int sh_journal_has_node(const sh_journal_t *j, uint32_t id);
+
+/* Charged attempts (SOCKET_DIR/head.charges): one line "<id as 16 hex
+ * digits> <count>" each time the head charges a task an attempt or an actor
+ * a restart, appended (O_APPEND, a crash may leave the last line torn) and
+ * rewritten whole (tmp, fsync, rename) to drop what is no longer needed. A
+ * head restarted on the same directory starts each resent task from the
+ * count the previous ones charged, so no task runs more than 1 +
+ * max_retries times across any number of restarts. In a map: id ->
+ * (void *)(uintptr_t)count, count > 0. */
+
+/* Reads path into m (the largest count per id wins; malformed lines are
+ * skipped). 0; -ENOENT when there is none; -ENOMEM; -errno. */
+int sh_charges_load(const char *path, sh_map_t *m);
+/* Appends one line to fd (opened O_APPEND). 0 or -errno. */
+int sh_charges_append(int fd, uint64_t id, uint32_t count);
+/* Writes m to path atomically and returns in *fd a descriptor open on it for
+ * appending (the old one, if any, is closed). 0 or -errno (*fd is then
+ * unchanged and still open on the old file). */
+int sh_charges_rewrite(const char *path, const sh_map_t *m, int *fd);
 
 #endif

@@ -378,6 +378,12 @@ typedef struct sh_recover_s {
                               not yet claimed by its driver */
   sh_map_t orphans;        /* object id -> 1: results that came before their driver */
   uint64_t n_adopted, n_charged, n_claimed;
+  char charges_path[4200]; /* SOCKET_DIR/head.charges (head/journal.h) */
+  int charges_fd;          /* open on it for appending; -1 when not journaled */
+  int charges_dirty;       /* appended to since the last fdatasync */
+  size_t charges_lines;    /* lines in the file */
+  sh_map_t charged;        /* task or actor id -> attempts or restarts charged,
+                              by this head and the ones before it */
 } sh_recover_t;
 
 /* A result a node could not send because it had lost its head: sent when it
@@ -645,7 +651,8 @@ ssize_t sh_store_chunk_splice(sh_agent_t *a, sh_conn_t *c, uint64_t id, size_t m
  * under its name; forgets the transfer either way. */
 /* Bytes of freed segment files kept for recycling (scans the directory). */
 uint64_t sh_store_pool_bytes(sh_agent_t *a);
-/* 1 when object id's segment is in the store directory (not spilled). */
+/* 1 when object id's segment is in the store directory, or, on a restarted head,
+ * in the spill directory it took over (spilled by the previous head). */
 int sh_store_exists(sh_agent_t *a, uint64_t id);
 int sh_store_received(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size);
 /* c closed: abandons its unfinished transfers (their files are removed). */
@@ -682,7 +689,9 @@ void sh_sched_open_gate(sh_agent_t *a);
 /* Head: node n (rejoining a restarted head) reports that it holds task id /
  * hosts actor id. */
 void sh_sched_adopt_task(sh_agent_t *a, sh_node_t *n, uint64_t id);
-void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id);
+/* Head: node n reported (NODE_HOLDS) actor id alive there, holding `held`
+ * (all zero when the node did not say). */
+void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_res_t *held);
 /* Head: a RESULT from n for a task this head does not know (a restarted head:
  * it ran before the restart); kept for its driver when in the grace period. */
 void sh_sched_orphan_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r);
@@ -714,6 +723,15 @@ void sh_recover_node(sh_agent_t *a, uint32_t node_id, int alive);
 void sh_recover_holds_done(sh_agent_t *a, uint32_t node_id);
 /* Head: heartbeat timer: the gate and the grace period expire. */
 void sh_recover_tick(sh_agent_t *a, uint64_t now);
+/* Head: attempts (or restarts) charged to task (or actor) id by this head
+ * and the ones before it; 0 when none. */
+uint32_t sh_recover_charged(sh_agent_t *a, uint64_t id);
+/* Head: journals that id has now been charged `count` attempts (or
+ * restarts) in all; written at once, made durable by sh_recover_sync. */
+void sh_recover_charge(sh_agent_t *a, uint64_t id, uint32_t count);
+/* Head: before work is sent out: flushes the charges to disk, and rewrites
+ * them without the ids nothing can resend once they outgrew what they hold. */
+void sh_recover_sync(sh_agent_t *a);
 /* Head: a clean stop: the journal goes with the store. */
 void sh_recover_close(sh_agent_t *a);
 /* The store directory `dir` (adopted) keeps only what objects hold. */

@@ -155,22 +155,26 @@ static void check_head(sh_conn_t *c, const sh_frame_t *f) {
  * them on). */
 static void rejoin(sh_agent_t *a, sh_conn_t *c) {
   if (!a->up_lost_ms) {
-    if (sh_holds_append(&c->out, NULL, 0, NULL, 0)) sh_warn("out of memory joining the head");
+    if (sh_holds_append(&c->out, NULL, 0, NULL, 0, NULL)) sh_warn("out of memory joining the head");
     sh_conn_mark_dirty(c);
     return;
   }
   uint64_t id, *tasks = NULL, *actors = NULL;
+  sh_res_t *res = NULL; /* what each actor holds here */
   uint32_t nt = 0, na = 0, held = 0;
   void *v;
   if (a->tasks.count) tasks = sh_malloc(a->tasks.count * sizeof *tasks);
   if (a->actors.count) actors = sh_malloc(a->actors.count * sizeof *actors);
+  if (a->actors.count) res = sh_calloc(a->actors.count, sizeof *res);
   for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);) {
     sh_task_t *t = v;
     if (t->remote && !t->orphan && !t->restart) tasks[nt++] = id;
   }
   for (size_t i = 0; sh_map_next(&a->actors, &i, &id, &v);) {
     sh_actor_t *ac = v;
-    if (ac->remote && ac->state != SH_ACTOR_DEAD) actors[na++] = id;
+    if (!ac->remote || ac->state == SH_ACTOR_DEAD) continue;
+    if (ac->holds) res[na] = ac->held;
+    actors[na++] = id;
   }
   for (sh_held_t *h = a->up_held; h; h = h->next) held++;
   /* Results first: a restarted head holds the tasks drivers send again until
@@ -183,10 +187,11 @@ static void rejoin(sh_agent_t *a, sh_conn_t *c) {
   /* The stored objects it holds before NODE_HOLDS: a restarted head opens
    * its gate on NODE_HOLDS, and what it then places may need them. */
   sh_sched_uplink_back(a, c);
-  if (sh_holds_append(&c->out, tasks, nt, actors, na))
+  if (sh_holds_append(&c->out, tasks, nt, actors, na, res))
     sh_warn("out of memory telling the head what this node kept");
   sh_free(tasks);
   sh_free(actors);
+  sh_free(res);
   sh_info("back with the head after %.3g s: it kept %u task%s and %u actor%s of the head's, "
           "and %u result%s waited for it", (uv_now(a->loop) - a->up_lost_ms) / 1000.0, nt,
           nt == 1 ? "" : "s", na, na == 1 ? "" : "s", held, held == 1 ? "" : "s");
@@ -383,8 +388,14 @@ void sh_cluster_node_frame(sh_conn_t *c, const sh_frame_t *f) {
       sh_holds_t h;
       if (sh_holds_decode(f->body, f->hdr.len, &h)) break;
       for (uint32_t i = 0; i < h.ntasks; i++) sh_sched_adopt_task(a, n, sh_get_u64(h.ids + 8 * i));
-      for (uint32_t i = 0; i < h.nactors; i++)
-        sh_sched_adopt_actor(a, n, sh_get_u64(h.ids + 8 * ((size_t)h.ntasks + i)));
+      sh_rd_t rd = {0};
+      sh_res_t held, none = {0};
+      if (h.held) sh_rd_init(&rd, h.held, h.held_len);
+      for (uint32_t i = 0; i < h.nactors; i++) {
+        int has = h.held && sh_holds_held_next(&rd, &held) == 0; /* checked by decode */
+        sh_sched_adopt_actor(a, n, sh_get_u64(h.ids + 8 * ((size_t)h.ntasks + i)),
+                             has ? &held : &none);
+      }
       if (h.ntasks || h.nactors)
         sh_info("node %u kept %u task%s and %u actor%s across the loss of its head: %s",
                 n->node_id, h.ntasks, h.ntasks == 1 ? "" : "s", h.nactors,

@@ -30,12 +30,29 @@
 
 static int journaled(const sh_agent_t *a) { return a->rec.path[0] != 0; }
 
+/* Opens the charges file: the previous heads' charges are read when this
+ * one restarted, and written back alone (a torn line is dropped). */
+static void charges_open(sh_agent_t *a) {
+  sh_recover_t *r = &a->rec;
+  snprintf(r->charges_path, sizeof r->charges_path, "%s/head.charges", a->opts.socket_dir);
+  int rc = r->restarted ? sh_charges_load(r->charges_path, &r->charged) : 0;
+  if (rc && rc != -ENOENT)
+    sh_warn("cannot read %s: %s (attempts charged before this restart are not known)",
+            r->charges_path, strerror(-rc));
+  if ((rc = sh_charges_rewrite(r->charges_path, &r->charged, &r->charges_fd)))
+    sh_warn("cannot write %s: %s (a restarted head will not know the attempts this one "
+            "charged)", r->charges_path, strerror(-rc));
+  r->charges_lines = r->charged.count;
+}
+
 void sh_recover_open(sh_agent_t *a) {
   sh_recover_t *r = &a->rec;
   sh_journal_init(&r->j);
   sh_queue_init(&r->held);
   sh_map_init(&r->adopted);
   sh_map_init(&r->orphans);
+  sh_map_init(&r->charged);
+  r->charges_fd = -1;
   /* Only a head others join survives its own restart; an embedded cluster
    * dies with its driver. */
   if (a->opts.head_address || a->opts.embedded || !a->opts.port) return;
@@ -44,12 +61,10 @@ void sh_recover_open(sh_agent_t *a) {
   sh_journal_t old;
   sh_journal_init(&old);
   int rc = sh_journal_load(r->path, &old, err, sizeof err);
-  if (rc == -ENOENT) return;
-  if (rc) {
-    sh_warn("%s: starting as a new head", err);
-    return;
-  }
-  r->restarted = 1;
+  if (rc && rc != -ENOENT) sh_warn("%s: starting as a new head", err);
+  r->restarted = rc == 0;
+  charges_open(a);
+  if (rc) return;
   r->j.epoch = old.epoch + 1;
   a->next_client_id = old.next_client > 1 && old.next_client < SH_NODE_CLIENT_BASE
                           ? old.next_client : 1;
@@ -107,12 +122,60 @@ void sh_recover_save(sh_agent_t *a) {
 void sh_recover_close(sh_agent_t *a) {
   sh_recover_t *r = &a->rec;
   /* A clean stop removes the store, so nothing is left to take over. */
-  if (journaled(a) && !a->opts.head_address) unlink(r->path);
+  if (journaled(a) && !a->opts.head_address) {
+    unlink(r->path);
+    unlink(r->charges_path);
+  }
+  if (r->charges_fd >= 0) close(r->charges_fd);
+  r->charges_fd = -1;
+  sh_map_close(&r->charged);
   sh_journal_close(&r->j);
   sh_free(r->expect);
   r->expect = NULL;
   sh_map_close(&r->adopted);
   sh_map_close(&r->orphans);
+}
+
+/* ---- charged attempts ---- */
+
+uint32_t sh_recover_charged(sh_agent_t *a, uint64_t id) {
+  return (uint32_t)(uintptr_t)sh_map_get(&a->rec.charged, id);
+}
+
+void sh_recover_charge(sh_agent_t *a, uint64_t id, uint32_t count) {
+  sh_recover_t *r = &a->rec;
+  if (!r->charges_path[0] || r->charges_fd < 0 || !count) return; /* not journaled */
+  int rc = sh_map_put(&r->charged, id, (void *)(uintptr_t)count);
+  if (!rc) rc = sh_charges_append(r->charges_fd, id, count);
+  if (rc) sh_warn("cannot journal an attempt of %#llx in %s: %s (a restarted head may run it "
+                  "once more than max_retries)", (unsigned long long)id, r->charges_path,
+                  strerror(-rc));
+  r->charges_dirty = 1;
+  r->charges_lines++;
+}
+
+/* Drops the charges of ids that nothing can send again: not a task or an
+ * actor here, and no driver left that the grace period waits for. */
+static void charges_prune(sh_agent_t *a) {
+  sh_recover_t *r = &a->rec;
+  uint64_t id;
+  void *v;
+  if (r->grace) return;
+  for (size_t i = 0; sh_map_next(&r->charged, &i, &id, &v);)
+    if (!sh_map_get(&a->tasks, id) && !sh_map_get(&a->actors, id)) sh_map_del(&r->charged, id);
+}
+
+void sh_recover_sync(sh_agent_t *a) {
+  sh_recover_t *r = &a->rec;
+  if (!r->charges_dirty) return;
+  r->charges_dirty = 0;
+  if (fdatasync(r->charges_fd) < 0)
+    sh_warn("cannot sync %s: %s", r->charges_path, strerror(errno));
+  if (r->charges_lines < 2 * r->charged.count + 1024) return;
+  charges_prune(a);
+  int rc = sh_charges_rewrite(r->charges_path, &r->charged, &r->charges_fd);
+  if (rc) sh_warn("cannot rewrite %s: %s", r->charges_path, strerror(-rc));
+  else r->charges_lines = r->charged.count;
 }
 
 /* ---- client ids and nodes ---- */

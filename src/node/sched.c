@@ -35,6 +35,14 @@ static void task_free(sh_task_t *t) {
   sh_free(t);
 }
 
+/* One more attempt for t (it may run again): a head journals it, so that a
+ * head restarted after it knows (recover.c). */
+static void charge(sh_agent_t *a, sh_task_t *t) {
+  t->attempts++;
+  a->n_retried++;
+  sh_recover_charge(a, t->id, t->attempts);
+}
+
 /* ---- objects ---- */
 
 static void recipe_drop(sh_agent_t *a, sh_obj_t *o);
@@ -516,8 +524,10 @@ static void ready_prepend(sh_agent_t *a, sh_queue_t *redo) {
 }
 
 static int charge_resent(sh_agent_t *a, sh_task_t *t);
+static int resent_live_actor(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t *s);
 static int claim_orphan(sh_agent_t *a, sh_conn_t *c, uint64_t id);
 static void bind_remote(sh_agent_t *a, sh_node_t *n, sh_task_t *t);
+static void actor_on_node(sh_agent_t *a, sh_actor_t *ac, sh_node_t *n, const sh_task_t *create);
 
 static void make_ready(sh_agent_t *a, sh_task_t *t) {
   t->state = SH_TASK_READY;
@@ -624,6 +634,7 @@ static sh_actor_t *actor_new(sh_agent_t *a, uint64_t id) {
 void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t *s) {
   char why[1024];
   a->n_submitted++;
+  if (a->cur_resent && s->kind == SH_KIND_ACTOR_CREATE && resent_live_actor(a, c, id, s)) return;
   if (a->cur_resent && claim_orphan(a, c, id)) return;
   int adopted_actor = a->cur_resent && s->kind == SH_KIND_ACTOR_CREATE &&
                       sh_map_get(&a->rec.adopted, id) && sh_map_get(&a->actors, id);
@@ -701,14 +712,14 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
     if (o) o->pins++;
     else if (add_waiter(a, dep, t) == 0) t->missing++;
   }
-  if (a->cur_resent && sh_sched_resent(a, t)) return;
-  t->want_lane = a->cur_want_lane;
-  if (c->lost_task == id && c->role == SH_ROLE_DRIVER && sh_lane_lost_submit(a, c, t)) return;
   if (s->kind == SH_KIND_ACTOR_CREATE) {
-    ac = actor_new(a, id);
+    if (!(ac = sh_map_get(&a->actors, id))) ac = actor_new(a, id);
     ac->create = t;
     ac->remote = t->remote;
   }
+  if (a->cur_resent && sh_sched_resent(a, t)) return;
+  t->want_lane = a->cur_want_lane;
+  if (c->lost_task == id && c->role == SH_ROLE_DRIVER && sh_lane_lost_submit(a, c, t)) return;
   if (ac && s->kind == SH_KIND_ACTOR_CALL) sh_queue_insert_tail(&ac->calls, &t->link);
   if (t->missing) t->state = SH_TASK_WAITING;
   else make_ready(a, t);
@@ -856,6 +867,7 @@ static void actor_keep_recipe(sh_agent_t *a, sh_actor_t *ac, const sh_task_t *t)
             (unsigned long long)ac->id);
     return;
   }
+  ac->recipe->unpinned = ac->recipe->gated = 0; /* t may be one a node adopted */
   const uint8_t *d = sh_task_deps(t);
   for (uint32_t i = 0; i < t->ndeps; i++) {
     sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
@@ -886,6 +898,7 @@ static int actor_restart(sh_agent_t *a, sh_actor_t *ac, const char *why) {
   }
   char msg[768];
   ac->restarts++;
+  sh_recover_charge(a, ac->id, ac->restarts);
   snprintf(msg, sizeof msg, "%s; the call was running then (the actor is being restarted: "
            "restart %u of %u)", why, ac->restarts, r->max_retries);
   sh_warn("actor %#llx: %s; restarting it (%u of %u)", (unsigned long long)ac->id, why,
@@ -1272,6 +1285,7 @@ static int place_one(sh_agent_t *a, sh_task_t *t) {
 
 void sh_sched_run(sh_agent_t *a) {
   a->need_schedule = 0;
+  sh_recover_sync(a); /* attempts charged are on disk before the work goes out */
   run_actors(a);
   /* Each shape in turn, in order within it; a shape whose first task cannot
    * go now is left for the next run (every task behind asks the same). */
@@ -1345,8 +1359,7 @@ void sh_sched_result(sh_agent_t *a, sh_worker_t *w, uint64_t id, const sh_result
   if (r->status == SH_ST_ERROR && (t->flags & SH_SUBMIT_RETRY_EXC) && t->kind == SH_KIND_TASK &&
       t->attempts < t->max_retries && !t->orphan) {
     deps_unbusy(a, t);
-    t->attempts++;
-    a->n_retried++;
+    charge(a, t);
     t->state = SH_TASK_READY;
     t->worker = NULL;
     ready_push(a, t, 1);
@@ -1438,10 +1451,7 @@ void sh_sched_worker_died(sh_agent_t *a, sh_worker_t *w, int sig, int64_t status
       sh_task_fail(a, t, SH_ST_CRASHED, sig ? sig : -(int32_t)status, msg);
       continue;
     }
-    if (head) {
-      t->attempts++;
-      a->n_retried++;
-    }
+    if (head) charge(a, t);
     deps_unbusy(a, t);
     t->state = SH_TASK_READY;
     sh_queue_insert_tail(&redo, &t->link);
@@ -1458,8 +1468,7 @@ int sh_sched_charge_crash(sh_agent_t *a, sh_task_t *t, const char *how, int32_t 
     sh_task_fail(a, t, SH_ST_CRASHED, code, msg);
     return -1;
   }
-  t->attempts++;
-  a->n_retried++;
+  charge(a, t);
   return 0;
 }
 
@@ -1764,8 +1773,7 @@ void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
   }
   int retry = status == SH_ST_CRASHED || (status == SH_ST_ERROR && (t->flags & SH_SUBMIT_RETRY_EXC));
   if (retry && t->kind == SH_KIND_TASK && !t->orphan && t->attempts < t->max_retries) {
-    t->attempts++;
-    a->n_retried++;
+    charge(a, t);
     t->node_id = 0;
     ready_push(a, t, 1);
     return;
@@ -1826,8 +1834,7 @@ void sh_sched_node_died(sh_agent_t *a, sh_node_t *n, const char *why) {
       sh_task_fail(a, t, SH_ST_CRASHED, 0, msg);
       continue;
     }
-    t->attempts++;
-    a->n_retried++;
+    charge(a, t);
     sh_queue_insert_tail(&redo, &t->link);
   }
   ready_prepend(a, &redo);
@@ -1975,6 +1982,7 @@ static sh_pull_t *rebuild_start(sh_agent_t *a, sh_obj_t *o, char *why, size_t n)
   }
   r->attempts++;
   t->attempts = r->attempts;
+  sh_recover_charge(a, t->id, t->attempts);
   t->rebuild = 1;
   t->released = 1;
   const uint8_t *d = sh_task_deps(t);
@@ -2248,15 +2256,43 @@ static int claim_orphan(sh_agent_t *a, sh_conn_t *c, uint64_t id) {
   return 1;
 }
 
-/* Counts the attempt a resent task may have had before the restart. 1 when
- * that was its last: it failed (t is freed). */
+/* A resent actor creation that no node reported: the actor lived on the
+ * head's own node (or on one that did not come back), and is constructed
+ * again while it has restarts left, charged one. 1 when it had none: it died
+ * (t is freed). */
+static int charge_actor(sh_agent_t *a, sh_task_t *t) {
+  char msg[512];
+  sh_actor_t *ac = sh_map_get(&a->actors, t->id);
+  uint32_t before = sh_recover_charged(a, t->id);
+  a->rec.n_charged++;
+  if (ac->restarts < before) ac->restarts = before;
+  if (ac->restarts < t->max_retries) {
+    ac->restarts++;
+    sh_recover_charge(a, ac->id, ac->restarts);
+    sh_warn("actor %#llx: the head restarted and no node kept it; constructing it again "
+            "(restart %u of %u)", (unsigned long long)ac->id, ac->restarts, t->max_retries);
+    return 0;
+  }
+  snprintf(msg, sizeof msg, "the actor is gone: the head restarted, the actor lived on the "
+           "head's own node or on a node that did not come back, and it has no restarts left "
+           "(restarted %u time%s, max_restarts=%u)", ac->restarts, ac->restarts == 1 ? "" : "s",
+           t->max_retries);
+  fail_unplaced(a, t, SH_ST_ACTOR_DIED, msg);
+  return 1;
+}
+
+/* Counts the attempt a resent task may have had before the restart, on top
+ * of those earlier heads charged it. 1 when that was its last: it failed (t
+ * is freed). */
 static int charge_resent(sh_agent_t *a, sh_task_t *t) {
   char msg[512];
-  if (t->kind != SH_KIND_TASK) return 0; /* actors: created again, calls run */
+  if (t->kind == SH_KIND_ACTOR_CREATE) return charge_actor(a, t);
+  if (t->kind != SH_KIND_TASK) return 0; /* actor calls run on the actor */
+  uint32_t before = sh_recover_charged(a, t->id);
   a->rec.n_charged++;
+  if (t->attempts < before) t->attempts = before;
   if (t->attempts < t->max_retries) {
-    t->attempts++;
-    a->n_retried++;
+    charge(a, t);
     return 0;
   }
   snprintf(msg, sizeof msg, "the head restarted while the task was queued or running (it may "
@@ -2283,8 +2319,44 @@ static void bind_remote(sh_agent_t *a, sh_node_t *n, sh_task_t *t) {
   if (t->kind == SH_KIND_TASK && sh_head_take(&a->head, n->node_id, &req) == 0) t->took = 1;
   sh_actor_t *ac = sh_map_get(&a->actors, t->actor_id);
   if (ac && t->kind == SH_KIND_ACTOR_CALL) ac->remote_calls++;
-  if (ac && t->kind == SH_KIND_ACTOR_CREATE) ac->create = NULL;
+  if (ac && t->kind == SH_KIND_ACTOR_CREATE) actor_on_node(a, ac, n, t);
   a->rec.n_adopted++;
+}
+
+/* Actor ac, which a node that came back reported (being constructed, or
+ * alive), is node n's: it holds its creation's resources there in the
+ * registry, and keeps its recipe for a later restart. */
+static void actor_on_node(sh_agent_t *a, sh_actor_t *ac, sh_node_t *n, const sh_task_t *create) {
+  ac->create = NULL;
+  ac->node_id = n->node_id;
+  if (ac->state == SH_ACTOR_PENDING && !sh_map_get(&a->tasks, ac->id)) ac->state = SH_ACTOR_ALIVE;
+  if (ac->restarts < sh_recover_charged(a, ac->id)) ac->restarts = sh_recover_charged(a, ac->id);
+  actor_keep_recipe(a, ac, create);
+  /* Calls that came meanwhile go there. */
+  if (!sh_queue_linked(&ac->dirty)) sh_queue_insert_tail(&a->actors_dirty, &ac->dirty);
+  a->need_schedule = 1;
+  if (ac->holds_remote) return;
+  sh_req_t req = task_req(create);
+  if (sh_head_take(&a->head, n->node_id, &req)) return;
+  sh_res_from_req(&ac->held, &req);
+  ac->holds_remote = 1;
+}
+
+/* A resent creation (from c) of an actor a node that came back reported
+ * alive: it is not constructed again; it is answered only with the result
+ * the node sent for it, if any (its driver may have missed it). 1 when it
+ * was that. */
+static int resent_live_actor(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t *s) {
+  sh_actor_t *ac = sh_map_get(&a->actors, id);
+  sh_node_t *n = ac ? live_node(a, ac->node_id) : NULL;
+  if (!ac || sh_map_get(&a->rec.adopted, id) || ac->state != SH_ACTOR_ALIVE) return 0;
+  sh_task_t *t = n ? task_new(id, s) : NULL;
+  if (t) {
+    actor_on_node(a, ac, n, t);
+    task_free(t);
+  }
+  claim_orphan(a, c, id);
+  return 1;
 }
 
 int sh_sched_resent(sh_agent_t *a, sh_task_t *t) {
@@ -2296,7 +2368,7 @@ int sh_sched_resent(sh_agent_t *a, sh_task_t *t) {
     bind_remote(a, n, t);
     return 1;
   }
-  if (t->kind != SH_KIND_TASK) return 0;
+  if (t->kind == SH_KIND_ACTOR_CALL) return 0;
   t->gated = 1; /* make_ready holds it behind the gate, or charges it */
   if (t->missing) {
     t->state = SH_TASK_WAITING;
@@ -2345,15 +2417,37 @@ void sh_sched_adopt_task(sh_agent_t *a, sh_node_t *n, uint64_t id) {
   sh_map_put(&a->rec.adopted, id, (void *)(uintptr_t)n->node_id);
 }
 
-void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id) {
-  if (!a->rec.grace || sh_map_get(&a->actors, id)) {
+void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_res_t *held) {
+  sh_actor_t *ac = sh_map_get(&a->actors, id);
+  sh_task_t *t = ac ? ac->create : NULL;
+  if (t && t->gated && t->state == SH_TASK_READY && !sh_map_get(&a->rec.adopted, id)) {
+    /* Its creation, sent again, waits behind the gate: it is not needed. */
+    sh_queue_remove(&t->link);
+    release_deps(a, t);
+    sh_map_del(&a->tasks, id);
+    ac->state = SH_ACTOR_ALIVE;
+    actor_on_node(a, ac, n, t);
+    task_free(t);
+    return;
+  }
+  if (ac && ac->node_id == n->node_id && ac->state != SH_ACTOR_DEAD && a->rec.grace)
+    return; /* its creation's result, which n sent again first, bound it to n */
+  if (!a->rec.grace || ac) {
     sh_frame_append(&n->conn->out, SH_MSG_KILL_ACTOR, SH_KILL_NO_RESTART, id, NULL, 0);
     sh_conn_mark_dirty(n->conn);
     return;
   }
-  sh_actor_t *ac = actor_new(a, id);
+  ac = actor_new(a, id);
   ac->state = SH_ACTOR_ALIVE;
   ac->node_id = n->node_id;
+  /* Nothing is placed over it while its driver has not sent its creation
+   * again (which takes nothing more: holds_remote). */
+  sh_req_t req = sh_res_as_req(held);
+  if ((req.cpu_milli || req.gpu_milli || req.memory || req.ncustom) &&
+      sh_head_take(&a->head, n->node_id, &req) == 0) {
+    ac->held = *held;
+    ac->holds_remote = 1;
+  }
 }
 
 void sh_sched_orphan_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r) {

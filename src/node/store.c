@@ -441,6 +441,27 @@ static void pool_or_unlink(sh_store_t *s, const char *name, uint64_t size) {
 
 /* ---- the object lifecycle ---- */
 
+/* A restarted head: o's segment (file `name`, `size` bytes) was spilled by
+ * the previous head, whose spill directory this one took over: o is
+ * registered as spilled, brought back when used. 0, or -1 when there is no
+ * such file. */
+static int adopt_spilled(sh_agent_t *a, sh_obj_t *o, const char *name, uint64_t size) {
+  sh_store_t *s = &a->store;
+  struct stat st;
+  if (!a->rec.restarted || s->spill_fd < 0 || fstatat(s->spill_fd, name, &st, 0) < 0 ||
+      (uint64_t)st.st_size != size)
+    return -1;
+  o->stored = 1;
+  o->spilled = 1;
+  o->code = SH_CODE_STORED;
+  o->size = size;
+  o->last_use_ns = sh_now_ns();
+  s->spilled += size;
+  s->nspilled++;
+  s->nstored++;
+  return 0;
+}
+
 uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, size_t n) {
   sh_store_t *s = &a->store;
   char name[24];
@@ -451,8 +472,10 @@ uint32_t sh_store_seal(sh_agent_t *a, sh_obj_t *o, uint64_t size, char *why, siz
   }
   struct stat st;
   if (fstatat(s->dir_fd, name, &st, 0) < 0) {
+    int e = errno;
+    if (e == ENOENT && adopt_spilled(a, o, name, size) == 0) return SH_ST_OK;
     snprintf(why, n, "the segment of object %#llx is missing from %s: %s",
-             (unsigned long long)o->id, s->dir, strerror(errno));
+             (unsigned long long)o->id, s->dir, strerror(e));
     return SH_ST_LOST;
   }
   if ((uint64_t)st.st_size != size) {
@@ -824,7 +847,9 @@ int sh_store_chunk(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *body
 int sh_store_exists(sh_agent_t *a, uint64_t id) {
   char name[24];
   seg_name(id, name);
-  return a->store.dir_fd >= 0 && faccessat(a->store.dir_fd, name, F_OK, 0) == 0;
+  sh_store_t *s = &a->store;
+  return (s->dir_fd >= 0 && faccessat(s->dir_fd, name, F_OK, 0) == 0) ||
+         (a->rec.restarted && s->spill_fd >= 0 && faccessat(s->spill_fd, name, F_OK, 0) == 0);
 }
 
 int sh_store_received(sh_agent_t *a, sh_conn_t *c, uint64_t id, uint64_t size) {

@@ -203,6 +203,71 @@ static void add_out_of_memory(void **state) {
   rm_dir(dir, path);
 }
 
+/* m emptied and read again from path; returns how many ids it has. */
+static size_t reload(const char *path, sh_map_t *m) {
+  sh_map_close(m);
+  sh_map_init(m);
+  assert_int_equal(sh_charges_load(path, m), 0);
+  return m->count;
+}
+
+/* Charged attempts: appended counts load as the largest per id, a torn last
+ * line (a crash mid-write) and junk are skipped, a rewrite keeps only the
+ * map and leaves a descriptor that appends to the new file. */
+static void charges_round_trip(void **state) {
+  char dir[64], path[128];
+  tmp_journal(dir, sizeof dir, path, sizeof path);
+  sh_map_t m;
+  sh_map_init(&m);
+  assert_int_equal(sh_charges_load(path, &m), -ENOENT);
+  int fd = -1;
+  assert_int_equal(sh_charges_rewrite(path, &m, &fd), 0);
+  assert_true(fd >= 0);
+  assert_int_equal(sh_charges_append(fd, 0x10000000002ULL, 1), 0);
+  assert_int_equal(sh_charges_append(fd, 0x20000000007ULL, 1), 0);
+  assert_int_equal(sh_charges_append(fd, 0x10000000002ULL, 2), 0);
+  assert_int_equal(write(fd, "junk line\n0000010000000009 3", 28), 28); /* torn */
+  assert_int_equal(reload(path, &m), 2);
+  assert_int_equal((uintptr_t)sh_map_get(&m, 0x10000000002ULL), 2);
+  assert_int_equal((uintptr_t)sh_map_get(&m, 0x20000000007ULL), 1);
+  /* Rewritten without one id, then appended to: the new file has both. */
+  sh_map_del(&m, 0x20000000007ULL);
+  assert_int_equal(sh_charges_rewrite(path, &m, &fd), 0);
+  assert_int_equal(sh_charges_append(fd, 0x30000000001ULL, 4), 0);
+  assert_int_equal(reload(path, &m), 2);
+  assert_int_equal((uintptr_t)sh_map_get(&m, 0x10000000002ULL), 2);
+  assert_int_equal((uintptr_t)sh_map_get(&m, 0x30000000001ULL), 4);
+  assert_null(sh_map_get(&m, 0x20000000007ULL));
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0600);
+  close(fd);
+  sh_map_close(&m);
+  rm_dir(dir, path);
+}
+
+/* Out of memory rewriting: -ENOMEM, the old file and descriptor untouched. */
+static void charges_rewrite_out_of_memory(void **state) {
+  char dir[64], path[128];
+  tmp_journal(dir, sizeof dir, path, sizeof path);
+  sh_map_t m;
+  sh_map_init(&m);
+  int fd = -1;
+  assert_int_equal(sh_charges_rewrite(path, &m, &fd), 0);
+  assert_int_equal(sh_charges_append(fd, 5, 1), 0);
+  assert_int_equal(sh_map_put(&m, 6, (void *)(uintptr_t)2), 0);
+  int old = fd;
+  sh_alloc_fail_after(0);
+  assert_int_equal(sh_charges_rewrite(path, &m, &fd), -ENOMEM);
+  sh_alloc_fail_after(-1);
+  assert_int_equal(fd, old);
+  assert_int_equal(reload(path, &m), 1);
+  assert_int_equal((uintptr_t)sh_map_get(&m, 5), 1);
+  close(fd);
+  sh_map_close(&m);
+  rm_dir(dir, path);
+}
+
 static const struct CMUnitTest tests[] = {
     SH_TEST(round_trip),
     SH_TEST(missing_is_enoent),
@@ -211,6 +276,8 @@ static const struct CMUnitTest tests[] = {
     SH_TEST(save_replaces_or_keeps),
     SH_TEST(node_set),
     SH_TEST(add_out_of_memory),
+    SH_TEST(charges_round_trip),
+    SH_TEST(charges_rewrite_out_of_memory),
 };
 
 SH_TEST_MAIN(tests)

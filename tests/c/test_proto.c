@@ -631,6 +631,39 @@ static void register_round_trip_and_layout(void **state) {
   sh_buf_close(&b);
 }
 
+/* NODE_HOLDS: ids alone (as before), or ids and what each actor holds; a
+ * truncated body, or bytes that are not whole resource sets, is rejected. */
+static void holds_with_and_without_resources(void **state) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  uint64_t tasks[2] = {1ull << 40 | 3, 1ull << 40 | 4}, actors[2] = {1ull << 40 | 2, 5};
+  sh_res_t held[2] = {full_register().total, {.cpu_milli = 2000}};
+  sh_holds_t h;
+  assert_int_equal(sh_holds_append(&b, tasks, 2, actors, 2, NULL), 0);
+  sh_frame_t f = one_frame(&b, SH_MSG_NODE_HOLDS, 0);
+  assert_int_equal(f.hdr.len, 8 + 4 * 8);
+  assert_int_equal(sh_holds_decode(f.body, f.hdr.len, &h), 0);
+  assert_null(h.held);
+  assert_int_equal(sh_get_u64(h.ids + 16), actors[0]);
+  sh_buf_reset(&b);
+  assert_int_equal(sh_holds_append(&b, tasks, 2, actors, 2, held), 0);
+  f = one_frame(&b, SH_MSG_NODE_HOLDS, 0);
+  assert_int_equal(f.hdr.len, 8 + 4 * 8 + 28 + (4 + 6 + 8) + (4 + 3 + 8) + 28);
+  assert_int_equal(sh_holds_decode(f.body, f.hdr.len, &h), 0);
+  assert_int_equal(h.ntasks, 2);
+  assert_int_equal(h.nactors, 2);
+  sh_rd_t rd;
+  sh_res_t out;
+  sh_rd_init(&rd, h.held, h.held_len);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(sh_holds_held_next(&rd, &out), 0);
+    check_res_equal(&out, &held[i]);
+  }
+  for (size_t len = 0; len < f.hdr.len; len++)
+    if (len != 8 + 4 * 8) assert_int_equal(sh_holds_decode(f.body, len, &h), SH_EBODY);
+  sh_buf_close(&b);
+}
+
 static void register_node_port(void **state) {
   sh_buf_t b;
   sh_buf_init(&b);
@@ -927,6 +960,7 @@ static const struct CMUnitTest tests[] = {
     SH_TEST(register_round_trip_and_layout),
     SH_TEST(register_rejects),
     SH_TEST(register_node_port),
+    SH_TEST(holds_with_and_without_resources),
     SH_TEST(pull_reply_round_trip_and_rejects),
     SH_TEST(locate_round_trip_and_rejects),
     SH_TEST(heartbeat_round_trip_and_rejects),

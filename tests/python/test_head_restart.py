@@ -81,6 +81,12 @@ class RestartableHead:
         self.proc.send_signal(signal.SIGKILL)
         self.errs.append(self.proc.communicate(timeout=10)[1])
 
+    def restart(self):
+        """SIGKILL, then the same command line again."""
+        self.kill9()
+        time.sleep(0.3)
+        self.start()
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -98,6 +104,15 @@ class RestartableHead:
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.tokdir, ignore_errors=True)
         return "\n".join(self.errs)
+
+
+def shut_down(head, *nodes):
+    """The driver, then the nodes, then the head; returns the head's log."""
+    shoal.shutdown()
+    for n in nodes:
+        if n:
+            n.stop()
+    return head.stop()
 
 
 def make_tasks(log):
@@ -243,10 +258,7 @@ def test_results_kept_on_nodes_outlive_a_restart(fresh, tmp_path):  # noqa: F811
         wait_until(lambda: node_store(node)["objects"] == 0, T, 0.1,
                    "the node to drop the released results")
     finally:
-        shoal.shutdown()
-        if node:
-            node.stop()
-        head.stop()
+        shut_down(head, node)
 
 
 @pytest.mark.asan
@@ -279,7 +291,175 @@ def test_head_that_never_comes_back(fresh, tmp_path):  # noqa: F811
         node = None
         assert "did not come back within 2 s" in err, err
     finally:
-        shoal.shutdown()
-        if node:
-            node.stop()
-        head.stop()
+        shut_down(head, node)
+
+
+@shoal.remote
+class Counter1:
+    def __init__(self):
+        self.n = 0
+
+    def inc(self):
+        self.n += 1
+        return self.n, os.getpid()
+
+
+@pytest.mark.asan
+def test_actors_on_the_head_node_are_rebuilt(fresh):  # noqa: F811
+    """An actor that lived on the head's own node dies with the head; the
+    driver sends its creation again and the restarted head constructs it
+    again (charging one restart) while it has restarts left: its calls run on
+    the new instance. With none left, its calls fail naming the restart."""
+    head = RestartableHead(workers=1, cpus=1)
+    try:
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        again = Counter1.options(max_restarts=1).remote()
+        once = Counter1.remote()
+        n, pid = shoal.get(again.inc.remote(), timeout=T)
+        assert n == 1
+        assert shoal.get(once.inc.remote(), timeout=T)[0] == 1
+        head.restart()
+        n2, pid2 = shoal.get(again.inc.remote(), timeout=T)
+        assert (n2, pid2 != pid) == (1, True)  # a new instance
+        assert shoal.get(again.inc.remote(), timeout=T)[0] == 2
+        with pytest.raises(shoal.ActorDiedError, match="head restarted.*max_restarts=0"):
+            shoal.get(once.inc.remote(), timeout=T)
+        # Its one restart is spent: a second head restart takes it.
+        head.restart()
+        with pytest.raises(shoal.ActorDiedError, match="no restarts left.*max_restarts=1"):
+            shoal.get(again.inc.remote(), timeout=T)
+    finally:
+        shut_down(head)
+
+
+@pytest.mark.asan
+def test_attempts_charged_survive_a_second_restart(fresh, tmp_path):  # noqa: F811
+    """Each head restart charges a resent task that no node kept one attempt,
+    on top of what the heads before it charged (SOCKET_DIR/head.charges): a
+    task with max_retries=1 running on the head's own node when the head is
+    killed twice runs twice, not three times."""
+    log = str(tmp_path / "runs")
+    open(log, "w").close()
+
+    @shoal.remote(max_retries=1)
+    def long_nap():
+        with open(log, "a") as f:
+            f.write("run\n")
+        time.sleep(60)
+
+    head = RestartableHead(workers=1, cpus=1)
+    try:
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        f = long_nap.remote()
+        for runs in (1, 2):
+            wait_until(lambda: open(log).read().count("run") == runs, T, 0.02,
+                       f"run {runs} to start")
+            head.restart()
+        with pytest.raises(shoal.WorkerCrashedError, match="head restarted.*max_retries=1"):
+            f.result(timeout=T)
+        time.sleep(0.5)
+        assert open(log).read().count("run") == 2
+        assert shoal.get(shoal.remote(lambda: 7).remote(), timeout=T) == 7
+    finally:
+        shut_down(head)
+
+
+@shoal.remote(num_cpus=2)
+class Hog:
+    def where(self):
+        return os.environ["SHOAL_NODE_ID"]
+
+
+@shoal.remote(num_cpus=2)
+def needs_two():
+    return os.environ["SHOAL_NODE_ID"]
+
+
+@pytest.mark.asan
+def test_adopted_actors_hold_their_resources(fresh):  # noqa: F811
+    """An actor a node kept across a head restart holds its resources in the
+    restarted head's registry: a task wanting them waits until it is gone."""
+    head = RestartableHead(workers=1, cpus=1)
+    node = None
+
+    def cpu_free():
+        return head.nodes()[node.node_id]["resources_free"]["CPU"]
+
+    try:
+        node = Node(head, workers=1, cpus=2)
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        hog = Hog.remote()
+        assert shoal.get(hog.where.remote(), timeout=T) == str(node.node_id)
+        assert cpu_free() == 0
+        head.restart()
+        assert shoal.get(hog.where.remote(), timeout=T) == str(node.node_id)
+        wait_until(lambda: cpu_free() == 0, T, 0.1, "the actor's CPUs to be counted")
+        f = needs_two.remote()
+        time.sleep(1.5)
+        assert not f.done()
+        shoal.kill(hog)
+        assert f.result(timeout=T) == str(node.node_id)
+    finally:
+        shut_down(head, node)
+
+
+@pytest.mark.asan
+def test_spilled_objects_outlive_a_restart(fresh):  # noqa: F811
+    """Objects the head had spilled to disk are taken back with its spill
+    directory: the driver's PUTs sent again find them, and they read back."""
+    head = RestartableHead("--object-store-memory", "12M", workers=1, cpus=1)
+    try:
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        arrs = [np.full(1_000_000, i, dtype=np.int64) for i in range(3)]  # 8 MB each
+        refs = [shoal.put(x) for x in arrs]
+        spill = glob.glob(os.path.join(head.dir, "shoal-spill-*", "[0-9a-f]" * 16))
+        assert len(spill) >= 2, spill  # only one fits in memory
+        head.restart()
+        for ref, x in zip(refs, arrs):
+            assert np.array_equal(shoal.get(ref, timeout=T), x)
+        assert shoal.get(total.remote(refs[0]), timeout=T) == int(arrs[0].sum())
+    finally:
+        shut_down(head)
+
+
+DRIVER_WITH_HOG = """
+import sys, time, shoal
+shoal.init(address=sys.argv[1], token=sys.argv[2], reconnect_timeout=60)
+
+@shoal.remote(num_cpus=2)
+class Hog:
+    def ping(self):
+        return 1
+
+h = Hog.remote()
+assert shoal.get(h.ping.remote(), timeout=60) == 1
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.asan
+def test_adopted_actors_hold_their_resources_before_their_driver_is_back(fresh):  # noqa: F811
+    """The node says what each actor it kept holds (NODE_HOLDS): the
+    restarted head counts it at once, not only once the actor's driver sent
+    its creation again (here the driver is stopped meanwhile)."""
+    head = RestartableHead(workers=1, cpus=1)
+    node = driver = None
+    try:
+        node = Node(head, workers=1, cpus=2)
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER_WITH_HOG, head.address, TOKEN],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  env=env_with_shoal(), text=True)
+        assert driver.stdout.readline().strip() == "ready"
+        assert head.nodes()[node.node_id]["resources_free"]["CPU"] == 0
+        driver.send_signal(signal.SIGSTOP)
+        head.restart()
+        wait_until(lambda: head.nodes().get(node.node_id, {}).get("alive"), T, 0.1,
+                   "the node to come back")
+        time.sleep(0.3)
+        assert head.nodes()[node.node_id]["resources_free"]["CPU"] == 0
+    finally:
+        if driver:
+            driver.kill()
+            driver.wait(timeout=10)
+        shut_down(head, node)

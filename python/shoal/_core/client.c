@@ -118,13 +118,17 @@ static void complete(sh_client_obj_t *c, PyObject *fut, uint32_t status,
 static void result_kept(sh_client_obj_t *c, uint64_t id, const sh_result_t *r) {
   pthread_mutex_lock(&c->out_mu);
   sh_client_rec_t *rec = sh_map_get(&c->replay, id);
-  int task = rec && rec->frame[5] == SH_MSG_SUBMIT && rec->len >= SH_FRAME_HDR + 20 &&
-             sh_get_u32(rec->frame + SH_FRAME_HDR + 16) == SH_KIND_TASK;
+  uint32_t kind = rec && rec->frame[5] == SH_MSG_SUBMIT && rec->len >= SH_FRAME_HDR + 20
+                      ? sh_get_u32(rec->frame + SH_FRAME_HDR + 16) : UINT32_MAX;
+  int task = kind == SH_KIND_TASK;
+  /* A live actor's creation is sent again too: a restarted head constructs
+   * it again if no node kept it (and it may restart), until it is killed. */
+  int live_actor = kind == SH_KIND_ACTOR_CREATE && r->status == SH_ST_OK;
   if (task && r->status == SH_ST_OK && r->code == SH_CODE_STORED && r->payload_len == 8)
     keep_frame_locked(c, SH_MSG_PUT, SH_PUT_STORED, id, r->payload, 8);
   else if (task && r->status == SH_ST_OK && r->code == 0)
     keep_frame_locked(c, SH_MSG_PUT, 0, id, r->payload, r->payload_len);
-  else if (rec)
+  else if (rec && !live_actor)
     sh_client_forget_locked(c, id);
   pthread_mutex_unlock(&c->out_mu);
 }
@@ -1087,6 +1091,11 @@ static PyObject *client_kill_actor(sh_client_obj_t *c, PyObject *const *args,
   int when_idle = a[2] ? PyObject_IsTrue(a[2]) : 0;
   if (no_restart < 0 || when_idle < 0) return NULL;
   unsigned flags = (no_restart ? SH_KILL_NO_RESTART : 0) | (when_idle ? SH_KILL_WHEN_IDLE : 0);
+  if (no_restart) {
+    pthread_mutex_lock(&c->out_mu);
+    sh_client_forget_locked(c, id); /* not constructed again by a restarted head */
+    pthread_mutex_unlock(&c->out_mu);
+  }
   int rc = send_frame(c, SH_MSG_KILL_ACTOR, flags, id, NULL, 0);
   if (rc) return sh_core_raise(rc, NULL);
   Py_RETURN_NONE;
