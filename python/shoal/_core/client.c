@@ -67,10 +67,10 @@ static int send_frame(sh_client_obj_t *c, unsigned type, unsigned flags,
  * send again to a restarted head (out_mu held). */
 static void keep_frame_locked(sh_client_obj_t *c, unsigned type, unsigned flags, uint64_t id,
                               const void *body, size_t len) {
-  sh_buf_t b;
-  sh_buf_init(&b);
-  if (!sh_frame_append(&b, type, flags, id, body, len)) sh_client_keep_locked(c, id, b.data, b.len);
-  sh_buf_close(&b);
+  uint8_t *p = sh_client_keep_begin_locked(c, id, type, SH_FRAME_HDR + len);
+  if (!p) return;
+  sh_frame_hdr_encode(p, type, flags, id, (uint32_t)len);
+  if (len) memcpy(p + SH_FRAME_HDR, body, len);
 }
 
 static int get_id(PyObject *o, const char *what, uint64_t *out) {
@@ -117,9 +117,10 @@ static void complete(sh_client_obj_t *c, PyObject *fut, uint32_t status,
  * the driver may still pass to other tasks, is (as a PUT with its id). */
 static void result_kept(sh_client_obj_t *c, uint64_t id, const sh_result_t *r) {
   pthread_mutex_lock(&c->out_mu);
-  sh_client_rec_t *rec = sh_map_get(&c->replay, id);
-  int task = rec && rec->frame[5] == SH_MSG_SUBMIT && rec->len >= SH_FRAME_HDR + 20 &&
-             sh_get_u32(rec->frame + SH_FRAME_HDR + 16) == SH_KIND_TASK;
+  uint32_t len = 0;
+  const uint8_t *rec = sh_client_kept_locked(c, id, &len);
+  int task = rec && rec[5] == SH_MSG_SUBMIT && len >= SH_FRAME_HDR + 20 &&
+             sh_get_u32(rec + SH_FRAME_HDR + 16) == SH_KIND_TASK;
   if (task && r->status == SH_ST_OK && r->code == SH_CODE_STORED && r->payload_len == 8)
     keep_frame_locked(c, SH_MSG_PUT, SH_PUT_STORED, id, r->payload, 8);
   else if (task && r->status == SH_ST_OK && r->code == 0)
@@ -427,6 +428,7 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   c->fd = c->evfd = -1;
   sh_map_init(&c->pending);
   sh_map_init(&c->replay);
+  sh_rlog_init(&c->rlog);
   /* An embedded daemon dies with its owner: nothing to reconnect to. */
   c->reconnect_timeout = owner ? 0.0 : reconnect;
   c->hello_flags = hello_flags;
@@ -497,13 +499,7 @@ static void client_dealloc(sh_client_obj_t *c) {
   client_clear(c);
   Py_CLEAR(c->address);
   sh_map_close(&c->pending);
-  {
-    size_t i = 0;
-    uint64_t id;
-    void *v;
-    while (sh_map_next(&c->replay, &i, &id, &v)) sh_free(v);
-    sh_map_close(&c->replay);
-  }
+  sh_client_kept_close(c);
   sh_free(c->token);
   sh_free(c->tls_ca);
   sh_free(c->tls_cert);
