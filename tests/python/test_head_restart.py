@@ -283,3 +283,60 @@ def test_head_that_never_comes_back(fresh, tmp_path):  # noqa: F811
         if node:
             node.stop()
         head.stop()
+
+
+@pytest.mark.asan
+def test_releases_and_kills_while_the_head_is_down(fresh, tmp_path):  # noqa: F811
+    """What the driver drops while the head is down reaches the restarted
+    head: a stored put released meanwhile is not registered again and its
+    segment goes, a large result kept on a node and released meanwhile is
+    dropped there, an actor killed meanwhile is dead (its calls raise
+    ActorDiedError); a put still held, and another actor, are unaffected."""
+    import gc
+    import json
+    head = RestartableHead(workers=1, cpus=1)
+    node = None
+    try:
+        node = Node(head, workers=2, cpus=2, resources={"special": 2, "maker": 1})
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        on_node = make_array.remote(300_000, 3)          # 2.4 MB: kept on the node
+        shoal.wait([on_node], timeout=T)
+        from test_pull import node_store
+        assert node_store(node)["objects"] == 1
+        kept = np.arange(200_000, dtype=np.int64)        # 1.6 MB: stored objects
+        kept_ref = shoal.put(kept)
+        dropped_ref = shoal.put(np.arange(1_000_000, dtype=np.int64))
+        dropped_name = f"{dropped_ref._id:016x}"
+        segments = glob.glob(f"{head.store_base}/*/{dropped_name}")
+        assert len(segments) == 1, os.listdir(head.store_base)
+        doomed, other = Tally.remote(), Tally.remote()
+        assert shoal.get([doomed.inc.remote(), other.inc.remote()], timeout=T)[0][0] == 1
+        head.kill9()
+        time.sleep(0.3)  # the driver notices: it is reconnecting
+        del dropped_ref, on_node
+        gc.collect()
+        shoal.kill(doomed)
+        head.start()
+        # (An actor call that comes before the actor's node is back fails:
+        # the head does not know the actor yet.)
+        wait_until(lambda: head.nodes().get(node.node_id, {}).get("alive"), T, 0.1,
+                   "the node to rejoin")
+        # Other work is unaffected.
+        assert np.array_equal(shoal.get(kept_ref, timeout=T), kept)
+        assert shoal.get(total.remote(kept_ref), timeout=T) == int(kept.sum())
+        assert shoal.get(other.inc.remote(), timeout=T)[0] == 2
+        # The killed actor is dead, the released object gone (well within
+        # the grace period of --head-timeout, 60 s).
+        with pytest.raises(shoal.ActorDiedError):
+            shoal.get(doomed.inc.remote(), timeout=T)
+        wait_until(lambda: not os.path.exists(segments[0]), 20, 0.1,
+                   "the released segment to be removed")
+        store = json.loads(head.cli("status", "--json").stdout)["store"]
+        assert store["objects"] == 1, store
+        wait_until(lambda: node_store(node)["objects"] == 0, 20, 0.1,
+                   "the node to drop the released result")
+    finally:
+        shoal.shutdown()
+        if node:
+            node.stop()
+        head.stop()

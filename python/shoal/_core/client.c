@@ -53,12 +53,16 @@ static void out_unlock_wake(sh_client_obj_t *c) {
 
 /* Appends one frame with a body and wakes the I/O thread. 0 or -ENOMEM.
  * Queued releases go first: a MAP or PUT that needs room in the object
- * store must reach the daemon after the mappings this process dropped. */
+ * store must reach the daemon after the mappings this process dropped.
+ * While reconnecting, the output is replaced by the replay: a KILL_ACTOR
+ * waits to follow it (FUNC and PUT are kept for the replay, requests sent
+ * again by their waiters). */
 static int send_frame(sh_client_obj_t *c, unsigned type, unsigned flags,
                       uint64_t id, const void *body, size_t len) {
   pthread_mutex_lock(&c->out_mu);
   sh_client_flush_releases_locked(c);
-  int rc = sh_frame_append(&c->out, type, flags, id, body, len);
+  sh_buf_t *to = c->reconnecting && type == SH_MSG_KILL_ACTOR ? &c->held : &c->out;
+  int rc = sh_frame_append(to, type, flags, id, body, len);
   out_unlock_wake(c);
   return rc;
 }
@@ -505,6 +509,7 @@ static void client_dealloc(sh_client_obj_t *c) {
   sh_free(c->tls_cert);
   sh_free(c->tls_key);
   sh_buf_close(&c->out);
+  sh_buf_close(&c->held);
   sh_buf_close(&c->rbuf);
   sh_buf_close(&c->wbuf);
   sh_free(c->rel);

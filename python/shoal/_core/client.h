@@ -89,6 +89,8 @@ struct sh_client_obj_s {
   size_t nrel, rel_cap;
   uint64_t *unmap;             /* queued RELEASE (SH_RELEASE_UNMAP) ids */
   size_t nunmap, unmap_cap;
+  sh_buf_t held;               /* KILL_ACTOR frames sent while reconnecting:
+                                  they follow the replay (io.c, resend) */
   int awake;                   /* the I/O thread is not asleep: no wake needed */
   int writing;                 /* wbuf holds bytes the I/O thread is writing */
   uint64_t last_submit_ns;     /* CLOCK_MONOTONIC time of the last submit */

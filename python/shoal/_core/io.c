@@ -497,6 +497,7 @@ static int append_release(sh_client_obj_t *c, unsigned flags, const uint64_t *id
 }
 
 void sh_client_flush_releases_locked(sh_client_obj_t *c) {
+  if (c->reconnecting) return; /* they follow the replay: see resend */
   if (c->nrel && !append_release(c, 0, c->rel, c->nrel)) c->nrel = 0;
   if (c->nunmap && !append_release(c, SH_RELEASE_UNMAP, c->unmap, c->nunmap)) c->nunmap = 0;
 }
@@ -1004,6 +1005,11 @@ static void resend(sh_client_obj_t *c) {
     if (!w->done && w->req_type && w->req_type != SH_MSG_PUT)
       rc = sh_frame_append(&b, w->req_type, w->req_flags, w->id, w->req_body, w->req_len);
   pthread_mutex_unlock(&c->rep_mu);
+  /* Actors killed meanwhile; the releases queued meanwhile follow (the
+   * I/O thread's next turn): the objects were not sent again, so the head
+   * only learns of them from nodes (HAVE) or its store, and drops them. */
+  if (!rc) rc = sh_buf_append(&b, c->held.data, c->held.len);
+  sh_buf_reset(&c->held);
   sh_buf_close(&c->out);
   c->out = b;
   sh_buf_reset(&c->wbuf);
