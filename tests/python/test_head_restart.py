@@ -340,3 +340,42 @@ def test_releases_and_kills_while_the_head_is_down(fresh, tmp_path):  # noqa: F8
         if node:
             node.stop()
         head.stop()
+
+
+@shoal.remote(max_retries=3)
+def gated(i, go):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return i * 7
+
+
+@pytest.mark.asan
+def test_explicit_task_ids_are_sent_again(fresh, tmp_path):  # noqa: F811
+    """Tasks with explicit ids far ahead of the driver's own sequence (their
+    copies are kept apart from the ordinary ones: see io.c) and ordinary
+    tasks before and after them, all unfinished when the head is killed,
+    all finish after it restarts, each with its own result."""
+    go = str(tmp_path / "go")
+    head = RestartableHead(workers=1, cpus=1)
+    node = None
+    try:
+        node = Node(head, workers=2, cpus=2)
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        client, spec = gated._bind()
+        ahead = client.new_id() + 1_000_000
+        futs = [gated.remote(i, go) for i in range(5)]
+        futs += [client.submit(spec, (100 + i, go), None, ahead + i) for i in range(5)]
+        futs += [gated.remote(200 + i, go) for i in range(5)]
+        assert [f._id for f in futs[5:10]] == [ahead + i for i in range(5)]
+        head.kill9()
+        time.sleep(0.3)
+        head.start()
+        open(go, "w").close()
+        want = [i * 7 for i in [*range(5), *range(100, 105), *range(200, 205)]]
+        assert [f.result(timeout=T) for f in futs] == want
+    finally:
+        shoal.shutdown()
+        if node:
+            node.stop()
+        head.stop()
