@@ -285,15 +285,29 @@ def test_head_that_never_comes_back(fresh, tmp_path):  # noqa: F811
         head.stop()
 
 
+@shoal.remote(resources={"maker": 1}, max_retries=0)
+def held(i, go, log):
+    with open(log, "a") as f:
+        f.write(f"h{i} {os.environ['SHOAL_NODE_ID']}\n")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return i
+
+
 @pytest.mark.asan
 def test_releases_and_kills_while_the_head_is_down(fresh, tmp_path):  # noqa: F811
     """What the driver drops while the head is down reaches the restarted
     head: a stored put released meanwhile is not registered again and its
     segment goes, a large result kept on a node and released meanwhile is
     dropped there, an actor killed meanwhile is dead (its calls raise
-    ActorDiedError); a put still held, and another actor, are unaffected."""
+    ActorDiedError), a queued task cancelled meanwhile never runs; a put
+    still held, a running task and another actor are unaffected."""
     import gc
     import json
+    import threading
+    go, log = str(tmp_path / "go"), str(tmp_path / "runs")
+    open(log, "w").close()
     head = RestartableHead(workers=1, cpus=1)
     node = None
     try:
@@ -311,12 +325,25 @@ def test_releases_and_kills_while_the_head_is_down(fresh, tmp_path):  # noqa: F8
         assert len(segments) == 1, os.listdir(head.store_base)
         doomed, other = Tally.remote(), Tally.remote()
         assert shoal.get([doomed.inc.remote(), other.inc.remote()], timeout=T)[0][0] == 1
+        running, queued = held.remote(1, go, log), held.remote(2, go, log)
+        wait_until(lambda: open(log).read(), T, 0.02, "the first task to start")
         head.kill9()
         time.sleep(0.3)  # the driver notices: it is reconnecting
         del dropped_ref, on_node
         gc.collect()
         shoal.kill(doomed)
+        cancelled = []  # cancel() waits for its answer: from the restarted head
+        th = threading.Thread(target=lambda: cancelled.append(shoal.cancel(queued)))
+        th.start()
+        time.sleep(0.2)
         head.start()
+        th.join(T)
+        assert cancelled == [True]
+        open(go, "w").close()
+        assert running.result(timeout=T) == 1
+        with pytest.raises(shoal.TaskCancelledError):
+            queued.result(timeout=T)
+        assert "h2" not in open(log).read()
         # (An actor call that comes before the actor's node is back fails:
         # the head does not know the actor yet.)
         wait_until(lambda: head.nodes().get(node.node_id, {}).get("alive"), T, 0.1,
