@@ -328,10 +328,10 @@ def test_releases_and_kills_while_the_head_is_down(fresh, tmp_path):  # noqa: F8
         running, queued = held.remote(1, go, log), held.remote(2, go, log)
         wait_until(lambda: open(log).read(), T, 0.02, "the first task to start")
         head.kill9()
+        shoal.kill(doomed)  # before or after the driver notices: either way
         time.sleep(0.3)  # the driver notices: it is reconnecting
         del dropped_ref, on_node
         gc.collect()
-        shoal.kill(doomed)
         cancelled = []  # cancel() waits for its answer: from the restarted head
         th = threading.Thread(target=lambda: cancelled.append(shoal.cancel(queued)))
         th.start()

@@ -56,13 +56,15 @@ static void out_unlock_wake(sh_client_obj_t *c) {
  * store must reach the daemon after the mappings this process dropped.
  * While reconnecting, the output is replaced by the replay: a KILL_ACTOR
  * waits to follow it (FUNC and PUT are kept for the replay, requests sent
- * again by their waiters). */
+ * again by their waiters), and one sent lately before is sent again. */
 static int send_frame(sh_client_obj_t *c, unsigned type, unsigned flags,
                       uint64_t id, const void *body, size_t len) {
   pthread_mutex_lock(&c->out_mu);
   sh_client_flush_releases_locked(c);
-  sh_buf_t *to = c->reconnecting && type == SH_MSG_KILL_ACTOR ? &c->held : &c->out;
-  int rc = sh_frame_append(to, type, flags, id, body, len);
+  int kill = type == SH_MSG_KILL_ACTOR && c->reconnect_timeout > 0;
+  int rc = sh_frame_append(kill && c->reconnecting ? &c->held : &c->out, type, flags, id, body,
+                           len);
+  if (!rc && kill && !c->reconnecting) sh_client_note_kill_locked(c, flags, id);
   out_unlock_wake(c);
   return rc;
 }
@@ -510,6 +512,8 @@ static void client_dealloc(sh_client_obj_t *c) {
   sh_free(c->tls_key);
   sh_buf_close(&c->out);
   sh_buf_close(&c->held);
+  sh_buf_close(&c->kills[0]);
+  sh_buf_close(&c->kills[1]);
   sh_buf_close(&c->rbuf);
   sh_buf_close(&c->wbuf);
   sh_free(c->rel);

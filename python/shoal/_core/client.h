@@ -25,6 +25,9 @@
 /* How long a thread blocked on one result reads the socket itself before it
  * hands reading back to the I/O thread (see sh_client_wait_io). */
 #define SH_CLIENT_WAIT_SLICE_US 2000
+/* KILL_ACTORs sent within this long before the connection was lost are sent
+ * again after the replay: the dying head may not have read them. */
+#define SH_CLIENT_RECENT_S 2.0
 /* A submit this long after the previous one is written by the submitting
  * thread itself (see append_submit). */
 #define SH_CLIENT_ALONE_NS 20000u
@@ -89,8 +92,11 @@ struct sh_client_obj_s {
   size_t nrel, rel_cap;
   uint64_t *unmap;             /* queued RELEASE (SH_RELEASE_UNMAP) ids */
   size_t nunmap, unmap_cap;
-  sh_buf_t held;               /* KILL_ACTOR frames sent while reconnecting:
-                                  they follow the replay (io.c, resend) */
+  sh_buf_t held;               /* KILL_ACTOR frames sent while reconnecting, or
+                                  lately before: they follow the replay (io.c) */
+  sh_buf_t kills[2];           /* KILL_ACTOR frames sent since kills_since, and
+                                  in the period before (SH_CLIENT_RECENT_S) */
+  double kills_since;
   int awake;                   /* the I/O thread is not asleep: no wake needed */
   int writing;                 /* wbuf holds bytes the I/O thread is writing */
   uint64_t last_submit_ns;     /* CLOCK_MONOTONIC time of the last submit */
@@ -190,6 +196,9 @@ uint8_t *sh_client_keep_begin_locked(sh_client_obj_t *c, uint64_t id, unsigned t
 /* The frame kept under id and its length, or NULL (out_mu held); valid
  * until the next keep or forget. */
 const uint8_t *sh_client_kept_locked(const sh_client_obj_t *c, uint64_t id, uint32_t *len);
+/* Notes a KILL_ACTOR just queued (out_mu held): sent again after a
+ * reconnect that comes soon (SH_CLIENT_RECENT_S). Best effort. */
+void sh_client_note_kill_locked(sh_client_obj_t *c, unsigned flags, uint64_t id);
 /* Drops what is kept under id (out_mu held). */
 void sh_client_forget_locked(sh_client_obj_t *c, uint64_t id);
 /* Frees everything kept (the client is going). */

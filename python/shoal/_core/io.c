@@ -992,6 +992,39 @@ static int reconnect_once(sh_client_obj_t *c, double timeout, char *err, size_t 
   return rc;
 }
 
+void sh_client_note_kill_locked(sh_client_obj_t *c, unsigned flags, uint64_t id) {
+  double now = now_s();
+  if (now - c->kills_since > SH_CLIENT_RECENT_S) {
+    sh_buf_t t = c->kills[1];
+    c->kills[1] = c->kills[0];
+    c->kills[0] = t;
+    sh_buf_reset(&c->kills[0]);
+    c->kills_since = now;
+  }
+  /* Without memory it is not noted: lost only if the head dies soon too. */
+  (void)sh_frame_append(&c->kills[0], SH_MSG_KILL_ACTOR, flags, id, NULL, 0);
+}
+
+/* The connection is lost (out_mu held): the kills sent lately go to `held`,
+ * older first (a kill sent again is harmless: the actor is dead). */
+static void hold_recent_kills_locked(sh_client_obj_t *c) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  int rc = 0;
+  if (now_s() - c->kills_since <= SH_CLIENT_RECENT_S)
+    rc = sh_buf_append(&b, c->kills[1].data, c->kills[1].len);
+  if (!rc) rc = sh_buf_append(&b, c->kills[0].data, c->kills[0].len);
+  if (!rc) rc = sh_buf_append(&b, c->held.data, c->held.len);
+  if (!rc) {
+    sh_buf_close(&c->held);
+    c->held = b;
+  } else {
+    sh_buf_close(&b);
+  }
+  sh_buf_reset(&c->kills[0]);
+  sh_buf_reset(&c->kills[1]);
+}
+
 /* After a reconnect: the queued output is replaced by what the head must be
  * sent again, then the requests threads still wait answers for. */
 static void resend(sh_client_obj_t *c) {
@@ -1034,6 +1067,7 @@ static int reconnect(sh_client_obj_t *c, PyThreadState **ts, char *reason, size_
   PyEval_RestoreThread(*ts);
   pthread_mutex_lock(&c->out_mu);
   c->reconnecting = 1;
+  hold_recent_kills_locked(c);
   pthread_mutex_unlock(&c->out_mu);
   sh_tls_destroy(c->tls);
   c->tls = NULL;
