@@ -406,3 +406,35 @@ def test_explicit_task_ids_are_sent_again(fresh, tmp_path):  # noqa: F811
         if node:
             node.stop()
         head.stop()
+
+
+@shoal.remote
+def echo(i):
+    return i
+
+
+def test_a_long_task_outlives_many_short_ones_and_a_restart(fresh, tmp_path):  # noqa: F811
+    """One task runs while 80k short ones come and go: the driver's copy of
+    its SUBMIT moves out of the record log (which would otherwise keep an
+    index entry for every later task behind it); after the head is killed
+    and restarted, it is sent again and its result arrives."""
+    go = str(tmp_path / "go")
+    head = RestartableHead(workers=1, cpus=1)
+    node = None
+    try:
+        node = Node(head, workers=2, cpus=2)
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        slow = gated.remote(3, go)
+        for k in range(8):
+            assert shoal.get([echo.remote(i) for i in range(10_000)], timeout=T)[-1] == 9_999
+        head.kill9()
+        time.sleep(0.3)
+        head.start()
+        open(go, "w").close()
+        assert slow.result(timeout=T) == 21
+        assert shoal.get([echo.remote(i) for i in range(100)], timeout=T) == list(range(100))
+    finally:
+        shoal.shutdown()
+        if node:
+            node.stop()
+        head.stop()
