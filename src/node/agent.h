@@ -377,6 +377,10 @@ typedef struct sh_recover_s {
   sh_map_t adopted;        /* task id -> node id: running on a node that came back,
                               not yet claimed by its driver */
   sh_map_t orphans;        /* object id -> 1: results that came before their driver */
+  sh_map_t released;       /* object id -> 1: released by a driver before anything
+                              here knew it (a node may still report it) */
+  sh_map_t killed;         /* actor id -> KILL_ACTOR flags + 1: killed by a driver
+                              before the actor's node was back */
   uint64_t n_adopted, n_charged, n_claimed;
   char charges_path[4200]; /* SOCKET_DIR/head.charges (head/journal.h) */
   int charges_fd;          /* open on it for appending; -1 when not journaled */

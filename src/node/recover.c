@@ -8,7 +8,9 @@
  *   - until --head-timeout passed (the grace period), keeps results that
  *     nodes sent for tasks whose drivers have not come back, the tasks nodes
  *     reported, and the store's segments, for drivers to claim; then drops
- *     what nobody claimed.
+ *     what nobody claimed. What a driver released or killed while the head
+ *     was down (it sends that after its replay) goes at once, also when the
+ *     node that has it comes back later.
  * Sections: the journal; client ids and nodes; the windows; the store. */
 #include <dirent.h>
 #include <errno.h>
@@ -53,6 +55,8 @@ void sh_recover_open(sh_agent_t *a) {
   sh_map_init(&r->orphans);
   sh_map_init(&r->charged);
   r->charges_fd = -1;
+  sh_map_init(&r->released);
+  sh_map_init(&r->killed);
   /* Only a head others join survives its own restart; an embedded cluster
    * dies with its driver. */
   if (a->opts.head_address || a->opts.embedded || !a->opts.port) return;
@@ -134,6 +138,8 @@ void sh_recover_close(sh_agent_t *a) {
   r->expect = NULL;
   sh_map_close(&r->adopted);
   sh_map_close(&r->orphans);
+  sh_map_close(&r->released);
+  sh_map_close(&r->killed);
 }
 
 /* ---- charged attempts ---- */

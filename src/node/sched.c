@@ -229,7 +229,14 @@ void sh_sched_release(sh_agent_t *a, uint64_t id) {
     return;
   }
   sh_task_t *t = sh_map_get(&a->tasks, id);
-  if (t) t->released = 1;
+  if (t) {
+    t->released = 1;
+  } else if (a->rec.grace) {
+    /* Released while the head was down: a segment of the store taken over
+     * goes now, and a node that reports the object later drops it. */
+    sh_store_discard(a, id);
+    sh_map_put(&a->rec.released, id, (void *)1);
+  }
 }
 
 /* ---- finishing a task ---- */
@@ -1628,6 +1635,8 @@ static int actor_retire_if_idle(sh_agent_t *a, sh_actor_t *ac) {
 
 void sh_sched_kill_actor(sh_agent_t *a, uint64_t id, unsigned flags) {
   sh_actor_t *ac = sh_map_get(&a->actors, id);
+  if (!ac && a->rec.grace) /* its node is not back yet: killed when it is */
+    sh_map_put(&a->rec.killed, id, (void *)(uintptr_t)(flags + 1));
   if (!ac) return;
   if (!(flags & SH_KILL_WHEN_IDLE)) {
     actor_die(a, ac, "the actor was killed by shoal.kill()");
@@ -2226,7 +2235,8 @@ void sh_sched_have(sh_agent_t *a, sh_node_t *n, const uint8_t *ids, uint32_t len
     /* After a restart: a segment kept on a node since before it, which a
      * driver may still hold (it says so with a PUT of the id); unclaimed,
      * it goes when the grace period ends. */
-    if (!o && a->rec.grace && (o = remote_placeholder(a, id, 0))) {
+    if (!o && a->rec.grace && !sh_map_del(&a->rec.released, id) &&
+        (o = remote_placeholder(a, id, 0))) {
       add_holder(o, n->node_id);
       o->released = 1;
       sh_map_put(&a->rec.orphans, id, (void *)1);
@@ -2448,6 +2458,16 @@ void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_res
     ac->held = *held;
     ac->holds_remote = 1;
   }
+  uintptr_t killed = (uintptr_t)sh_map_del(&a->rec.killed, id);
+  if (killed) sh_sched_kill_actor(a, id, (unsigned)(killed - 1));
+}
+
+/* An object kept after a restart that nobody will claim: freed once unused. */
+static void drop_orphan(sh_agent_t *a, uint64_t id) {
+  sh_obj_t *o = sh_map_get(&a->objects, id);
+  if (!o) return;
+  o->released = 1;
+  if (obj_unused(o)) obj_free(a, id, o);
 }
 
 void sh_sched_orphan_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_result_t *r) {
@@ -2477,20 +2497,20 @@ void sh_sched_orphan_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
   } else if (!(o = obj_store(a, id, r->status, r->code, r->payload, r->payload_len))) {
     return;
   }
-  sh_map_put(&a->rec.orphans, id, (void *)1);
+  if (sh_map_del(&a->rec.released, id)) drop_orphan(a, id); /* its driver let it go */
+  else sh_map_put(&a->rec.orphans, id, (void *)1);
 }
 
 void sh_sched_grace_over(sh_agent_t *a) {
   uint64_t id;
   void *v;
-  for (size_t i = 0; sh_map_next(&a->rec.orphans, &i, &id, &v);) {
-    sh_obj_t *o = sh_map_get(&a->objects, id);
-    if (!o) continue;
-    o->released = 1;
-    if (obj_unused(o)) obj_free(a, id, o);
-  }
+  for (size_t i = 0; sh_map_next(&a->rec.orphans, &i, &id, &v);) drop_orphan(a, id);
   sh_map_close(&a->rec.orphans);
   sh_map_init(&a->rec.orphans);
+  sh_map_close(&a->rec.released);
+  sh_map_init(&a->rec.released);
+  sh_map_close(&a->rec.killed);
+  sh_map_init(&a->rec.killed);
   /* Tasks nodes reported whose drivers never came back: stop them. */
   for (size_t i = 0; sh_map_next(&a->rec.adopted, &i, &id, &v);) {
     sh_node_t *n = live_node(a, (uint32_t)(uintptr_t)v);

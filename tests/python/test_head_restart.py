@@ -463,3 +463,158 @@ def test_adopted_actors_hold_their_resources_before_their_driver_is_back(fresh):
             driver.kill()
             driver.wait(timeout=10)
         shut_down(head, node)
+
+
+@shoal.remote(resources={"maker": 1}, max_retries=0)
+def held(i, go, log):
+    with open(log, "a") as f:
+        f.write(f"h{i} {os.environ['SHOAL_NODE_ID']}\n")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return i
+
+
+@pytest.mark.asan
+def test_releases_and_kills_while_the_head_is_down(fresh, tmp_path):  # noqa: F811
+    """What the driver drops while the head is down reaches the restarted
+    head: a stored put released meanwhile is not registered again and its
+    segment goes, a large result kept on a node and released meanwhile is
+    dropped there, an actor killed meanwhile is dead (its calls raise
+    ActorDiedError), a queued task cancelled meanwhile never runs; a put
+    still held, a running task and another actor are unaffected."""
+    import gc
+    import json
+    import threading
+    go, log = str(tmp_path / "go"), str(tmp_path / "runs")
+    open(log, "w").close()
+    head = RestartableHead(workers=1, cpus=1)
+    node = None
+    try:
+        node = Node(head, workers=2, cpus=2, resources={"special": 2, "maker": 1})
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        on_node = make_array.remote(300_000, 3)          # 2.4 MB: kept on the node
+        shoal.wait([on_node], timeout=T)
+        from test_pull import node_store
+        assert node_store(node)["objects"] == 1
+        kept = np.arange(200_000, dtype=np.int64)        # 1.6 MB: stored objects
+        kept_ref = shoal.put(kept)
+        dropped_ref = shoal.put(np.arange(1_000_000, dtype=np.int64))
+        dropped_name = f"{dropped_ref._id:016x}"
+        segments = glob.glob(f"{head.store_base}/*/{dropped_name}")
+        assert len(segments) == 1, os.listdir(head.store_base)
+        doomed, other = Tally.remote(), Tally.remote()
+        assert shoal.get([doomed.inc.remote(), other.inc.remote()], timeout=T)[0][0] == 1
+        running, queued = held.remote(1, go, log), held.remote(2, go, log)
+        wait_until(lambda: open(log).read(), T, 0.02, "the first task to start")
+        head.kill9()
+        shoal.kill(doomed)  # before or after the driver notices: either way
+        time.sleep(0.3)  # the driver notices: it is reconnecting
+        del dropped_ref, on_node
+        gc.collect()
+        cancelled = []  # cancel() waits for its answer: from the restarted head
+        th = threading.Thread(target=lambda: cancelled.append(shoal.cancel(queued)))
+        th.start()
+        time.sleep(0.2)
+        head.start()
+        th.join(T)
+        assert cancelled == [True]
+        open(go, "w").close()
+        assert running.result(timeout=T) == 1
+        with pytest.raises(shoal.TaskCancelledError):
+            queued.result(timeout=T)
+        assert "h2" not in open(log).read()
+        # (An actor call that comes before the actor's node is back fails:
+        # the head does not know the actor yet.)
+        wait_until(lambda: head.nodes().get(node.node_id, {}).get("alive"), T, 0.1,
+                   "the node to rejoin")
+        # Other work is unaffected.
+        assert np.array_equal(shoal.get(kept_ref, timeout=T), kept)
+        assert shoal.get(total.remote(kept_ref), timeout=T) == int(kept.sum())
+        assert shoal.get(other.inc.remote(), timeout=T)[0] == 2
+        # The killed actor is dead, the released object gone (well within
+        # the grace period of --head-timeout, 60 s).
+        with pytest.raises(shoal.ActorDiedError):
+            shoal.get(doomed.inc.remote(), timeout=T)
+        wait_until(lambda: not os.path.exists(segments[0]), 20, 0.1,
+                   "the released segment to be removed")
+        store = json.loads(head.cli("status", "--json").stdout)["store"]
+        assert store["objects"] == 1, store
+        wait_until(lambda: node_store(node)["objects"] == 0, 20, 0.1,
+                   "the node to drop the released result")
+    finally:
+        shoal.shutdown()
+        if node:
+            node.stop()
+        head.stop()
+
+
+@shoal.remote(max_retries=3)
+def gated(i, go):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return i * 7
+
+
+@pytest.mark.asan
+def test_explicit_task_ids_are_sent_again(fresh, tmp_path):  # noqa: F811
+    """Tasks with explicit ids far ahead of the driver's own sequence (their
+    copies are kept apart from the ordinary ones: see io.c) and ordinary
+    tasks before and after them, all unfinished when the head is killed,
+    all finish after it restarts, each with its own result."""
+    go = str(tmp_path / "go")
+    head = RestartableHead(workers=1, cpus=1)
+    node = None
+    try:
+        node = Node(head, workers=2, cpus=2)
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        client, spec = gated._bind()
+        ahead = client.new_id() + 1_000_000
+        futs = [gated.remote(i, go) for i in range(5)]
+        futs += [client.submit(spec, (100 + i, go), None, ahead + i) for i in range(5)]
+        futs += [gated.remote(200 + i, go) for i in range(5)]
+        assert [f._id for f in futs[5:10]] == [ahead + i for i in range(5)]
+        head.kill9()
+        time.sleep(0.3)
+        head.start()
+        open(go, "w").close()
+        want = [i * 7 for i in [*range(5), *range(100, 105), *range(200, 205)]]
+        assert [f.result(timeout=T) for f in futs] == want
+    finally:
+        shoal.shutdown()
+        if node:
+            node.stop()
+        head.stop()
+
+
+@shoal.remote
+def echo(i):
+    return i
+
+
+def test_a_long_task_outlives_many_short_ones_and_a_restart(fresh, tmp_path):  # noqa: F811
+    """One task runs while 80k short ones come and go: the driver's copy of
+    its SUBMIT moves out of the record log (which would otherwise keep an
+    index entry for every later task behind it); after the head is killed
+    and restarted, it is sent again and its result arrives."""
+    go = str(tmp_path / "go")
+    head = RestartableHead(workers=1, cpus=1)
+    node = None
+    try:
+        node = Node(head, workers=2, cpus=2)
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        slow = gated.remote(3, go)
+        for k in range(8):
+            assert shoal.get([echo.remote(i) for i in range(10_000)], timeout=T)[-1] == 9_999
+        head.kill9()
+        time.sleep(0.3)
+        head.start()
+        open(go, "w").close()
+        assert slow.result(timeout=T) == 21
+        assert shoal.get([echo.remote(i) for i in range(100)], timeout=T) == list(range(100))
+    finally:
+        shoal.shutdown()
+        if node:
+            node.stop()
+        head.stop()

@@ -53,12 +53,18 @@ static void out_unlock_wake(sh_client_obj_t *c) {
 
 /* Appends one frame with a body and wakes the I/O thread. 0 or -ENOMEM.
  * Queued releases go first: a MAP or PUT that needs room in the object
- * store must reach the daemon after the mappings this process dropped. */
+ * store must reach the daemon after the mappings this process dropped.
+ * While reconnecting, the output is replaced by the replay: a KILL_ACTOR
+ * waits to follow it (FUNC and PUT are kept for the replay, requests sent
+ * again by their waiters), and one sent lately before is sent again. */
 static int send_frame(sh_client_obj_t *c, unsigned type, unsigned flags,
                       uint64_t id, const void *body, size_t len) {
   pthread_mutex_lock(&c->out_mu);
   sh_client_flush_releases_locked(c);
-  int rc = sh_frame_append(&c->out, type, flags, id, body, len);
+  int kill = type == SH_MSG_KILL_ACTOR && c->reconnect_timeout > 0;
+  int rc = sh_frame_append(kill && c->reconnecting ? &c->held : &c->out, type, flags, id, body,
+                           len);
+  if (!rc && kill && !c->reconnecting) sh_client_note_kill_locked(c, flags, id);
   out_unlock_wake(c);
   return rc;
 }
@@ -67,10 +73,10 @@ static int send_frame(sh_client_obj_t *c, unsigned type, unsigned flags,
  * send again to a restarted head (out_mu held). */
 static void keep_frame_locked(sh_client_obj_t *c, unsigned type, unsigned flags, uint64_t id,
                               const void *body, size_t len) {
-  sh_buf_t b;
-  sh_buf_init(&b);
-  if (!sh_frame_append(&b, type, flags, id, body, len)) sh_client_keep_locked(c, id, b.data, b.len);
-  sh_buf_close(&b);
+  uint8_t *p = sh_client_keep_begin_locked(c, id, type, SH_FRAME_HDR + len);
+  if (!p) return;
+  sh_frame_hdr_encode(p, type, flags, id, (uint32_t)len);
+  if (len) memcpy(p + SH_FRAME_HDR, body, len);
 }
 
 static int get_id(PyObject *o, const char *what, uint64_t *out) {
@@ -117,9 +123,10 @@ static void complete(sh_client_obj_t *c, PyObject *fut, uint32_t status,
  * the driver may still pass to other tasks, is (as a PUT with its id). */
 static void result_kept(sh_client_obj_t *c, uint64_t id, const sh_result_t *r) {
   pthread_mutex_lock(&c->out_mu);
-  sh_client_rec_t *rec = sh_map_get(&c->replay, id);
-  uint32_t kind = rec && rec->frame[5] == SH_MSG_SUBMIT && rec->len >= SH_FRAME_HDR + 20
-                      ? sh_get_u32(rec->frame + SH_FRAME_HDR + 16) : UINT32_MAX;
+  uint32_t len = 0;
+  const uint8_t *rec = sh_client_kept_locked(c, id, &len);
+  uint32_t kind = rec && rec[5] == SH_MSG_SUBMIT && len >= SH_FRAME_HDR + 20
+                      ? sh_get_u32(rec + SH_FRAME_HDR + 16) : UINT32_MAX;
   int task = kind == SH_KIND_TASK;
   /* A live actor's creation is sent again too: a restarted head constructs
    * it again if no node kept it (and it may restart), until it is killed. */
@@ -437,6 +444,7 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   if (lanes) hello_flags |= SH_HELLO_LANES;
   sh_map_init(&c->pending);
   sh_map_init(&c->replay);
+  sh_rlog_init(&c->rlog);
   /* An embedded daemon dies with its owner: nothing to reconnect to. */
   c->reconnect_timeout = owner ? 0.0 : reconnect;
   c->hello_flags = hello_flags;
@@ -507,18 +515,15 @@ static void client_dealloc(sh_client_obj_t *c) {
   client_clear(c);
   Py_CLEAR(c->address);
   sh_map_close(&c->pending);
-  {
-    size_t i = 0;
-    uint64_t id;
-    void *v;
-    while (sh_map_next(&c->replay, &i, &id, &v)) sh_free(v);
-    sh_map_close(&c->replay);
-  }
+  sh_client_kept_close(c);
   sh_free(c->token);
   sh_free(c->tls_ca);
   sh_free(c->tls_cert);
   sh_free(c->tls_key);
   sh_buf_close(&c->out);
+  sh_buf_close(&c->held);
+  sh_buf_close(&c->kills[0]);
+  sh_buf_close(&c->kills[1]);
   sh_buf_close(&c->rbuf);
   sh_buf_close(&c->wbuf);
   sh_lane_free(c);

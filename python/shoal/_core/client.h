@@ -11,6 +11,7 @@
 
 #include "common/fdpass.h"
 #include "common/map.h"
+#include "common/rlog.h"
 
 /* Largest body a frame we send may have; the daemon's default limit. */
 #define SH_CLIENT_MAX_BODY SH_FRAME_MAX_DEFAULT
@@ -25,6 +26,9 @@
 /* How long a thread blocked on one result reads the socket itself before it
  * hands reading back to the I/O thread (see sh_client_wait_io). */
 #define SH_CLIENT_WAIT_SLICE_US 2000
+/* KILL_ACTORs sent within this long before the connection was lost are sent
+ * again after the replay: the dying head may not have read them. */
+#define SH_CLIENT_RECENT_S 2.0
 /* A submit this long after the previous one is written by the submitting
  * thread itself (see append_submit). */
 #define SH_CLIENT_ALONE_NS 20000u
@@ -91,6 +95,11 @@ struct sh_client_obj_s {
   size_t nrel, rel_cap;
   uint64_t *unmap;             /* queued RELEASE (SH_RELEASE_UNMAP) ids */
   size_t nunmap, unmap_cap;
+  sh_buf_t held;               /* KILL_ACTOR frames sent while reconnecting, or
+                                  lately before: they follow the replay (io.c) */
+  sh_buf_t kills[2];           /* KILL_ACTOR frames sent since kills_since, and
+                                  in the period before (SH_CLIENT_RECENT_S) */
+  double kills_since;
   int awake;                   /* the I/O thread is not asleep: no wake needed */
   int writing;                 /* wbuf holds bytes the I/O thread is writing */
   uint64_t last_submit_ns;     /* CLOCK_MONOTONIC time of the last submit */
@@ -114,8 +123,13 @@ struct sh_client_obj_s {
   char *tls_ca, *tls_cert, *tls_key;
   /* Under out_mu: what a restarted head is sent again, by id: FUNC and PUT
    * frames of live objects, SUBMIT frames of unfinished work, PUTs made of
-   * results still held (sh_client_rec_t). Kept only with reconnect_timeout. */
+   * results still held. Kept only with reconnect_timeout; ids this client
+   * made in rlog, the rest in replay (sh_client_rec_t): see io.c. */
+  sh_rlog_t rlog;
   sh_map_t replay;
+  uint64_t replay_ahead;       /* highest own sequence put in replay for being
+                                  ahead of rlog (it leaves replay when rlog
+                                  takes its id) */
   int reconnecting;            /* the I/O thread is reconnecting (also GIL) */
   uint64_t wait_id;            /* the result a reading waiter wants (GIL) */
   int wait_done;               /* ...and whether it came (GIL) */
@@ -200,8 +214,20 @@ int sh_client_on_io_thread(const sh_client_obj_t *c);
  * replacing any kept before. Never fails loudly: without memory the frame is
  * not kept (and not sent again). */
 void sh_client_keep_locked(sh_client_obj_t *c, uint64_t id, const uint8_t *p, size_t len);
+/* The same in two steps: returns where the caller writes the `len` bytes of
+ * a frame of `type` kept under id (before out_mu is let go), or NULL without
+ * memory (then nothing is kept under id). */
+uint8_t *sh_client_keep_begin_locked(sh_client_obj_t *c, uint64_t id, unsigned type, size_t len);
+/* The frame kept under id and its length, or NULL (out_mu held); valid
+ * until the next keep or forget. */
+const uint8_t *sh_client_kept_locked(const sh_client_obj_t *c, uint64_t id, uint32_t *len);
+/* Notes a KILL_ACTOR just queued (out_mu held): sent again after a
+ * reconnect that comes soon (SH_CLIENT_RECENT_S). Best effort. */
+void sh_client_note_kill_locked(sh_client_obj_t *c, unsigned flags, uint64_t id);
 /* Drops what is kept under id (out_mu held). */
 void sh_client_forget_locked(sh_client_obj_t *c, uint64_t id);
+/* Frees everything kept (the client is going). */
+void sh_client_kept_close(sh_client_obj_t *c);
 
 /* ---- lane.c ---- */
 

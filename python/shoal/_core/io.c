@@ -498,6 +498,7 @@ static int append_release(sh_client_obj_t *c, unsigned flags, const uint64_t *id
 }
 
 void sh_client_flush_releases_locked(sh_client_obj_t *c) {
+  if (c->reconnecting) return; /* they follow the replay: see resend */
   if (c->nrel && !append_release(c, 0, c->rel, c->nrel)) c->nrel = 0;
   if (c->nunmap && !append_release(c, SH_RELEASE_UNMAP, c->unmap, c->nunmap)) c->nunmap = 0;
 }
@@ -848,19 +849,92 @@ int sh_client_wait_io(sh_client_obj_t *c, uint64_t id, double timeout) {
 
 /* ---- reconnecting ---- */
 
-void sh_client_keep_locked(sh_client_obj_t *c, uint64_t id, const uint8_t *p, size_t len) {
-  sh_client_rec_t *r = sh_try_malloc(sizeof *r + len);
-  if (r) {
-    r->len = (uint32_t)len;
-    memcpy(r->frame, p, len);
+/* What a restarted head is sent again lives in two places: c->rlog holds
+ * the frames of ids this client made (new_id: SUBMITs, then the PUT of each
+ * result still held, and puts), indexed by sequence, which costs a keep and
+ * a forget no hashing and no allocation of their own; c->replay (a map)
+ * holds FUNC frames, other ids, and the few of ours the log does not take
+ * (older than its oldest live record, far ahead of its newest, or moved out
+ * when an old record would hold the log's memory: see rlog.h). An id is in
+ * one of them at most. */
+
+/* 1 when id is one this client made, with its sequence in *seq. */
+static int own_seq(const sh_client_obj_t *c, uint64_t id, uint64_t *seq) {
+  *seq = id & ((UINT64_C(1) << 40) - 1);
+  return id >> 40 == c->client_id && *seq;
+}
+
+/* Moves the log's oldest records to the map while one held back its memory
+ * (a long task, a put kept for the whole run). */
+static void move_out_old_locked(sh_client_obj_t *c) {
+  uint64_t seq;
+  sh_rlog_rec_t *r;
+  while (sh_rlog_sparse(&c->rlog) && (r = sh_rlog_first(&c->rlog, &seq))) {
+    sh_client_rec_t *m = sh_try_malloc(sizeof *m + r->len);
+    if (m) {
+      m->len = r->len;
+      memcpy(m->frame, r->data, r->len);
+      if (sh_map_put(&c->replay, r->id, m)) sh_free(m); /* not kept: as without memory */
+    }
+    sh_rlog_del(&c->rlog, seq);
   }
-  sh_client_rec_t *old = sh_map_del(&c->replay, id);
-  sh_free(old);
-  if (r && sh_map_put(&c->replay, id, r)) sh_free(r);
+}
+
+uint8_t *sh_client_keep_begin_locked(sh_client_obj_t *c, uint64_t id, unsigned type, size_t len) {
+  uint64_t seq;
+  uint8_t *p;
+  if (type != SH_MSG_FUNC && own_seq(c, id, &seq)) {
+    if (seq <= c->replay_ahead) sh_free(sh_map_del(&c->replay, id));
+    move_out_old_locked(c);
+    int rc = sh_rlog_put(&c->rlog, seq, id, len, &p);
+    if (!rc) return p;
+    if (rc == -ENOMEM) {
+      sh_rlog_del(&c->rlog, seq);
+      return NULL;
+    }
+    if (seq > c->rlog.base && seq > c->replay_ahead) c->replay_ahead = seq;
+  }
+  sh_free(sh_map_del(&c->replay, id));
+  sh_client_rec_t *r = sh_try_malloc(sizeof *r + len);
+  if (!r || sh_map_put(&c->replay, id, r)) {
+    sh_free(r);
+    return NULL;
+  }
+  r->len = (uint32_t)len;
+  return r->frame;
+}
+
+void sh_client_keep_locked(sh_client_obj_t *c, uint64_t id, const uint8_t *p, size_t len) {
+  uint8_t *to = sh_client_keep_begin_locked(c, id, p[5], len);
+  if (to) memcpy(to, p, len);
+}
+
+const uint8_t *sh_client_kept_locked(const sh_client_obj_t *c, uint64_t id, uint32_t *len) {
+  uint64_t seq;
+  sh_rlog_rec_t *r = own_seq(c, id, &seq) ? sh_rlog_get(&c->rlog, seq) : NULL;
+  if (r) {
+    *len = r->len;
+    return r->data;
+  }
+  sh_client_rec_t *m = c->replay.count ? sh_map_get(&c->replay, id) : NULL;
+  if (!m) return NULL;
+  *len = m->len;
+  return m->frame;
 }
 
 void sh_client_forget_locked(sh_client_obj_t *c, uint64_t id) {
-  sh_free(sh_map_del(&c->replay, id));
+  uint64_t seq;
+  if (own_seq(c, id, &seq) && sh_rlog_del(&c->rlog, seq)) return;
+  if (c->replay.count) sh_free(sh_map_del(&c->replay, id));
+}
+
+void sh_client_kept_close(sh_client_obj_t *c) {
+  size_t i = 0;
+  uint64_t id;
+  void *v;
+  while (sh_map_next(&c->replay, &i, &id, &v)) sh_free(v);
+  sh_map_close(&c->replay);
+  sh_rlog_close(&c->rlog);
 }
 
 typedef struct {
@@ -878,10 +952,28 @@ static int rec_cmp(const void *x, const void *y) {
   return a->id < b->id ? -1 : a->id > b->id;
 }
 
-/* What a restarted head is sent again, into b (out_mu held). Returns 0 or
- * -ENOMEM; counts SUBMITs and the rest. */
+/* Appends one kept frame to b; a SUBMIT is flagged as sent again (the head
+ * may have had it queued or running: it says so to the new one). */
+static int append_kept(sh_buf_t *b, const uint8_t *frame, uint32_t len, size_t *nsub,
+                       size_t *nobj) {
+  size_t at = b->len;
+  int rc = sh_buf_append(b, frame, len);
+  if (rc || frame[5] != SH_MSG_SUBMIT) {
+    ++*nobj;
+    return rc;
+  }
+  uint16_t fl = (uint16_t)(b->data[at + 6] | b->data[at + 7] << 8) | SH_SUBMIT_RESENT;
+  b->data[at + 6] = (uint8_t)fl;
+  b->data[at + 7] = (uint8_t)(fl >> 8);
+  ++*nsub;
+  return 0;
+}
+
+/* What a restarted head is sent again, into b (out_mu held): the map's
+ * records sorted (rec_cmp) merged with the log's, which are in id order
+ * already. Returns 0 or -ENOMEM; counts SUBMITs and the rest. */
 static int build_replay_locked(sh_client_obj_t *c, sh_buf_t *b, size_t *nsub, size_t *nobj) {
-  size_t n = c->replay.count, k = 0, i = 0;
+  size_t n = c->replay.count, k = 0, i = 0, li = 0;
   uint64_t id;
   void *v;
   rec_ref_t *refs = n ? sh_try_malloc(n * sizeof *refs) : NULL;
@@ -890,19 +982,15 @@ static int build_replay_locked(sh_client_obj_t *c, sh_buf_t *b, size_t *nsub, si
   qsort(refs, k, sizeof *refs, rec_cmp);
   int rc = 0;
   *nsub = *nobj = 0;
-  for (i = 0; i < k && !rc; i++) {
-    sh_client_rec_t *r = refs[i].r;
-    size_t at = b->len;
-    rc = sh_buf_append(b, r->frame, r->len);
-    if (rc || r->frame[5] != SH_MSG_SUBMIT) {
-      ++*nobj;
-      continue;
+  sh_rlog_rec_t *lr = sh_rlog_next(&c->rlog, &li);
+  for (i = 0; (i < k || lr) && !rc;) {
+    if (i < k && (!lr || refs[i].r->frame[5] == SH_MSG_FUNC || refs[i].id < lr->id)) {
+      rc = append_kept(b, refs[i].r->frame, refs[i].r->len, nsub, nobj);
+      i++;
+    } else {
+      rc = append_kept(b, lr->data, lr->len, nsub, nobj);
+      lr = sh_rlog_next(&c->rlog, &li);
     }
-    /* The head may have had it queued or running: it says so to the new one. */
-    uint16_t fl = (uint16_t)(b->data[at + 6] | b->data[at + 7] << 8) | SH_SUBMIT_RESENT;
-    b->data[at + 6] = (uint8_t)fl;
-    b->data[at + 7] = (uint8_t)(fl >> 8);
-    ++*nsub;
   }
   sh_free(refs);
   return rc;
@@ -931,6 +1019,39 @@ static int reconnect_once(sh_client_obj_t *c, double timeout, char *err, size_t 
   return rc;
 }
 
+void sh_client_note_kill_locked(sh_client_obj_t *c, unsigned flags, uint64_t id) {
+  double now = now_s();
+  if (now - c->kills_since > SH_CLIENT_RECENT_S) {
+    sh_buf_t t = c->kills[1];
+    c->kills[1] = c->kills[0];
+    c->kills[0] = t;
+    sh_buf_reset(&c->kills[0]);
+    c->kills_since = now;
+  }
+  /* Without memory it is not noted: lost only if the head dies soon too. */
+  (void)sh_frame_append(&c->kills[0], SH_MSG_KILL_ACTOR, flags, id, NULL, 0);
+}
+
+/* The connection is lost (out_mu held): the kills sent lately go to `held`,
+ * older first (a kill sent again is harmless: the actor is dead). */
+static void hold_recent_kills_locked(sh_client_obj_t *c) {
+  sh_buf_t b;
+  sh_buf_init(&b);
+  int rc = 0;
+  if (now_s() - c->kills_since <= SH_CLIENT_RECENT_S)
+    rc = sh_buf_append(&b, c->kills[1].data, c->kills[1].len);
+  if (!rc) rc = sh_buf_append(&b, c->kills[0].data, c->kills[0].len);
+  if (!rc) rc = sh_buf_append(&b, c->held.data, c->held.len);
+  if (!rc) {
+    sh_buf_close(&c->held);
+    c->held = b;
+  } else {
+    sh_buf_close(&b);
+  }
+  sh_buf_reset(&c->kills[0]);
+  sh_buf_reset(&c->kills[1]);
+}
+
 /* After a reconnect: the queued output is replaced by what the head must be
  * sent again, then the requests threads still wait answers for. */
 static void resend(sh_client_obj_t *c) {
@@ -944,6 +1065,11 @@ static void resend(sh_client_obj_t *c) {
     if (!w->done && w->req_type && w->req_type != SH_MSG_PUT)
       rc = sh_frame_append(&b, w->req_type, w->req_flags, w->id, w->req_body, w->req_len);
   pthread_mutex_unlock(&c->rep_mu);
+  /* Actors killed meanwhile; the releases queued meanwhile follow (the
+   * I/O thread's next turn): the objects were not sent again, so the head
+   * only learns of them from nodes (HAVE) or its store, and drops them. */
+  if (!rc) rc = sh_buf_append(&b, c->held.data, c->held.len);
+  sh_buf_reset(&c->held);
   sh_buf_close(&c->out);
   c->out = b;
   sh_buf_reset(&c->wbuf);
@@ -968,6 +1094,7 @@ static int reconnect(sh_client_obj_t *c, PyThreadState **ts, char *reason, size_
   PyEval_RestoreThread(*ts);
   pthread_mutex_lock(&c->out_mu);
   c->reconnecting = 1;
+  hold_recent_kills_locked(c);
   pthread_mutex_unlock(&c->out_mu);
   sh_lane_drop(c); /* its worker went with the head; the replay has its task */
   sh_tls_destroy(c->tls);
