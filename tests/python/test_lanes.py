@@ -27,6 +27,12 @@ def pid_of(_):
     return os.getpid()
 
 
+@shoal.remote
+def nap(s, x):
+    time.sleep(s)
+    return x
+
+
 def _workers():
     return shoal.status()["workers"]
 
@@ -185,11 +191,6 @@ def test_a_driver_that_exits_mid_lane_task_gives_the_worker_back(cluster, tmp_pa
 def test_a_lane_result_nobody_waits_on_still_arrives(cluster):  # noqa: F811
     import concurrent.futures as cf
 
-    @shoal.remote
-    def nap(s, x):
-        time.sleep(s)
-        return x
-
     wait_pool_full()
     _lease()
     for s in (0, 0.05):                         # picked up by the I/O thread, early or late
@@ -203,11 +204,6 @@ def test_a_lane_result_nobody_waits_on_still_arrives(cluster):  # noqa: F811
 
 @pytest.mark.asan
 def test_cancelling_another_task_leaves_the_lane_task_alone(cluster):  # noqa: F811
-    @shoal.remote
-    def nap(s, x):
-        time.sleep(s)
-        return x
-
     wait_pool_full()
     _lease()
     on_lane = nap.remote(1.0, "kept")           # the lane is idle: it goes there
@@ -215,3 +211,24 @@ def test_cancelling_another_task_leaves_the_lane_task_alone(cluster):  # noqa: F
     assert shoal.get(others, timeout=T) == [0, 1, 2]
     assert shoal.cancel(others[0]) is False     # done already; the lane's worker is not touched
     assert on_lane.result(timeout=T) == "kept"
+
+
+def test_maps_with_chunks_near_the_inline_threshold_are_exact(cluster):  # noqa: F811
+    # The first chunk of each map goes down the lane while the rest queue in
+    # the driver's output buffer; the driver once computed a lane frame's
+    # place in that buffer wrongly after the buffer reclaimed its consumed
+    # front, and one item in ~40 maps came back from another chunk.
+    from shoal import _chunks
+
+    @shoal.remote
+    def run(chunk):
+        return [2 * x for x in chunk]
+
+    wait_pool_full()
+    items = list(range(400_000))
+    for rep in range(6):
+        _lease()
+        cs = 13_000 + 500 * rep                  # ~52-64 KB of packed ints per chunk
+        fs = [run.remote(_chunks.chunk_of(items, i, i + cs)) for i in range(0, len(items), cs)]
+        got = [x for f in fs for x in f.result(timeout=T)]
+        assert got == [2 * x for x in items], f"map {rep} came back wrong"

@@ -754,19 +754,21 @@ static int append_submit(sh_client_obj_t *c, const sh_spec_obj_t *spec,
   int lane = (alone || (c->lane_fd >= 0 && !c->lane_task)) && !c->reconnecting &&
              sh_lane_eligible_locked(c, &s);
   sh_buf_t *dst = sh_lane_dest_locked(c, s.deps, s.ndeps);
-  size_t before = dst->len;
+  /* Offsets from the unconsumed front: appending may move the bytes there
+   * (sh_buf_reserve reclaims the consumed front). */
+  size_t before = sh_buf_avail(dst);
   int rc = sh_submit_append(dst, task_id, &s);
-  size_t n = rc ? 0 : dst->len - before;
-  const uint8_t *frame = dst->data + before;
+  size_t n = rc ? 0 : sh_buf_avail(dst) - before;
+  uint8_t *frame = sh_buf_head(dst) + before;
   if (!rc && c->reconnect_timeout > 0) sh_client_keep_locked(c, task_id, frame, n);
   if (!rc && lane && c->lane_fd >= 0 && !c->lane_task &&
       sh_lane_send_locked(c, task_id, frame, n) == 0) {
-    dst->len = before; /* it went down the lane */
+    dst->len = dst->off + before; /* it went down the lane */
     pthread_mutex_unlock(&c->out_mu);
     return 0;
   }
   /* No lane yet: the agent may lease this task's worker to us. */
-  if (!rc && lane && c->lane_fd < 0) sh_put_u16(dst->data + before + 6, SH_SUBMIT_WANT_LANE);
+  if (!rc && lane && c->lane_fd < 0) sh_put_u16(frame + 6, SH_SUBMIT_WANT_LANE);
   if (dst != &c->out) {
     pthread_mutex_unlock(&c->out_mu);
     return rc;

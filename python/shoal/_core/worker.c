@@ -521,36 +521,38 @@ static int run(worker_t *w, uint64_t task_id, const sh_exec_t *e, deps_t *d,
   return 0;
 }
 
-/* Queues the RESULT of one request. 0 or -1 (out of memory). */
-static int queue_result(worker_t *w, uint64_t task_id, outcome_t *o) {
-  if (!o->payload) return -1;
+/* Appends the RESULT frame of one request to b and drops its payload. 0 or
+ * -1 (out of memory, with MemoryError). */
+static int append_outcome(sh_buf_t *b, uint64_t task_id, outcome_t *o) {
+  int rc;
   if (o->code == SH_CODE_STORED) {
     uint8_t size[8];
     sh_put_u64(size, PyLong_AsUnsignedLongLong(o->payload));
-    Py_CLEAR(o->payload);
-    pthread_mutex_lock(&w->mu);
-    if (!sh_buf_avail(&w->wbuf)) w->held_since = now_s();
-    int rc = sh_result_append(&w->wbuf, task_id, SH_ST_OK, SH_CODE_STORED, size, 8);
-    pthread_mutex_unlock(&w->mu);
-    if (rc) PyErr_NoMemory();
-    return rc ? -1 : 0;
+    rc = sh_result_append(b, task_id, SH_ST_OK, SH_CODE_STORED, size, 8);
+  } else {
+    Py_ssize_t n = PyBytes_GET_SIZE(o->payload);
+    if ((size_t)n > SH_FRAME_MAX_DEFAULT - 8) {
+      Py_DECREF(o->payload);
+      set_text(o, SH_ST_BAD_REQUEST, "the result is %zd bytes, over the %u-byte frame limit", n,
+               SH_FRAME_MAX_DEFAULT - 8);
+      if (!o->payload) return -1;
+      n = PyBytes_GET_SIZE(o->payload);
+    }
+    rc = sh_result_append(b, task_id, o->status, 0, PyBytes_AS_STRING(o->payload), (size_t)n);
   }
-  Py_ssize_t n = PyBytes_GET_SIZE(o->payload);
-  if ((size_t)n > SH_FRAME_MAX_DEFAULT - 8) {
-    Py_DECREF(o->payload);
-    set_text(o, SH_ST_BAD_REQUEST, "the result is %zd bytes, over the %u-byte frame limit", n,
-             SH_FRAME_MAX_DEFAULT - 8);
-    if (!o->payload) return -1;
-    n = PyBytes_GET_SIZE(o->payload);
-  }
-  pthread_mutex_lock(&w->mu);
-  if (!sh_buf_avail(&w->wbuf)) w->held_since = now_s();
-  int rc = sh_result_append(&w->wbuf, task_id, o->status, 0,
-                            PyBytes_AS_STRING(o->payload), (size_t)n);
-  pthread_mutex_unlock(&w->mu);
   Py_CLEAR(o->payload);
   if (rc) PyErr_NoMemory();
   return rc ? -1 : 0;
+}
+
+/* Queues the RESULT of one request. 0 or -1 (out of memory). */
+static int queue_result(worker_t *w, uint64_t task_id, outcome_t *o) {
+  if (!o->payload) return -1;
+  pthread_mutex_lock(&w->mu);
+  if (!sh_buf_avail(&w->wbuf)) w->held_since = now_s();
+  int rc = append_outcome(&w->wbuf, task_id, o);
+  pthread_mutex_unlock(&w->mu);
+  return rc;
 }
 
 /* ---- the lane ---- */
@@ -607,27 +609,9 @@ static int lane_result(worker_t *w, uint64_t task_id, outcome_t *o) {
   if (!o->payload) return -1;
   sh_buf_t b;
   sh_buf_init(&b);
-  int rc;
-  if (o->code == SH_CODE_STORED) {
-    /* In the store: the driver registers it with the agent (LANE DONE). */
-    uint8_t size[8];
-    sh_put_u64(size, PyLong_AsUnsignedLongLong(o->payload));
-    rc = sh_result_append(&b, task_id, SH_ST_OK, SH_CODE_STORED, size, 8);
-  } else {
-    Py_ssize_t n = PyBytes_GET_SIZE(o->payload);
-    if ((size_t)n > SH_FRAME_MAX_DEFAULT - 8) {
-      Py_DECREF(o->payload);
-      set_text(o, SH_ST_BAD_REQUEST, "the result is %zd bytes, over the %u-byte frame limit", n,
-               SH_FRAME_MAX_DEFAULT - 8);
-      if (!o->payload) return -1;
-      n = PyBytes_GET_SIZE(o->payload);
-    }
-    rc = sh_result_append(&b, task_id, o->status, 0, PyBytes_AS_STRING(o->payload), (size_t)n);
-  }
-  Py_CLEAR(o->payload);
-  if (rc) {
+  /* A stored value: the driver registers it with the agent (LANE DONE). */
+  if (append_outcome(&b, task_id, o)) {
     sh_buf_close(&b);
-    PyErr_NoMemory();
     return -1;
   }
   w->lane_ran++;
