@@ -232,3 +232,17 @@ def test_maps_with_chunks_near_the_inline_threshold_are_exact(cluster):  # noqa:
         fs = [run.remote(_chunks.chunk_of(items, i, i + cs)) for i in range(0, len(items), cs)]
         got = [x for f in fs for x in f.result(timeout=T)]
         assert got == [2 * x for x in items], f"map {rep} came back wrong"
+
+
+@pytest.mark.asan
+def test_a_function_too_big_for_the_lane_goes_to_the_agent(cluster):  # noqa: F811
+    blob = os.urandom(300_000)                  # the pickled function is over 128 KiB
+
+    @shoal.remote
+    def size_plus(i):
+        return len(blob) + i
+
+    wait_pool_full()
+    _lease()
+    assert [size_plus.remote(i).result(timeout=T) for i in range(3)] == [300_000, 300_001, 300_002]
+    assert ident.remote(5).result(timeout=T) == 5   # the lane still works

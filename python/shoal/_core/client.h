@@ -32,6 +32,9 @@
 /* A submit this long after the previous one is written by the submitting
  * thread itself (see append_submit). */
 #define SH_CLIENT_ALONE_NS 20000u
+/* The largest FUNC + EXEC sent down a lane at once (below the socketpair's
+ * buffer, so the write never waits); bigger requests go to the agent. */
+#define SH_LANE_MAX_SEND (128u << 10)
 /* A lane task older than this is watched by the I/O thread too (io_turn). */
 #define SH_CLIENT_LANE_WATCH_NS 3000000u
 

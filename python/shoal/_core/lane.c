@@ -92,16 +92,26 @@ int sh_lane_send_locked(sh_client_obj_t *c, uint64_t task_id, const uint8_t *p, 
   if (fresh && sh_buf_append(&c->lane_out, fn->frame, fn->len)) return -1;
   long at = sh_exec_begin(&c->lane_out, task_id, s.fn_id, 0, SH_KIND_TASK, 0, 0, s.args_len);
   if (at < 0 || sh_exec_finish(&c->lane_out, at, NULL, 0, s.args, s.args_len)) return -1;
+  /* The lane is idle, so the worker has read everything sent before and the
+   * socket's buffer is empty: a request that fits in it is written at once,
+   * never waiting on the worker. A bigger one (a large function) goes to the
+   * agent. */
+  if (c->lane_out.len > SH_LANE_MAX_SEND) return -1;
   sh_buf_reset(&c->lane_sub);
   if (sh_buf_append(&c->lane_sub, p, len)) return -1;
-  /* The worker is idle and reads its lane at once: a blocking write. */
   size_t off = 0;
   while (off < c->lane_out.len) {
-    ssize_t n = send(c->lane_fd, c->lane_out.data + off, c->lane_out.len - off, MSG_NOSIGNAL);
+    ssize_t n = send(c->lane_fd, c->lane_out.data + off, c->lane_out.len - off,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) off += (size_t)n;
     else if (n < 0 && errno == EINTR) continue;
-    else if (off == 0) return -1; /* broken before anything went: the agent runs it */
-    else break; /* broken midway: the reader sees the lane fail, with the task on it */
+    else if (off == 0) return -1; /* nothing went (full, or broken): the agent runs it */
+    else {
+      /* Part of it went: the worker sees the lane end mid-request and ends
+       * the lease (END), and the task goes to the agent from lane_sub. */
+      shutdown(c->lane_fd, SHUT_WR);
+      break;
+    }
   }
   if (fresh) sh_map_put(&c->lane_sent, s.fn_id, (void *)1);
   struct timespec now;
