@@ -545,10 +545,7 @@ def test_releases_and_kills_while_the_head_is_down(fresh, tmp_path):  # noqa: F8
         wait_until(lambda: node_store(node)["objects"] == 0, 20, 0.1,
                    "the node to drop the released result")
     finally:
-        shoal.shutdown()
-        if node:
-            node.stop()
-        head.stop()
+        shut_down(head, node)
 
 
 @shoal.remote(max_retries=3)
@@ -584,10 +581,7 @@ def test_explicit_task_ids_are_sent_again(fresh, tmp_path):  # noqa: F811
         want = [i * 7 for i in [*range(5), *range(100, 105), *range(200, 205)]]
         assert [f.result(timeout=T) for f in futs] == want
     finally:
-        shoal.shutdown()
-        if node:
-            node.stop()
-        head.stop()
+        shut_down(head, node)
 
 
 @shoal.remote
@@ -616,7 +610,4 @@ def test_a_long_task_outlives_many_short_ones_and_a_restart(fresh, tmp_path):  #
         assert slow.result(timeout=T) == 21
         assert shoal.get([echo.remote(i) for i in range(100)], timeout=T) == list(range(100))
     finally:
-        shoal.shutdown()
-        if node:
-            node.stop()
-        head.stop()
+        shut_down(head, node)
