@@ -360,17 +360,25 @@ static int make_room(sh_agent_t *a, uint64_t need, const sh_obj_t *keep, char *w
 #define RECYCLE_MIN (32ull << 20) /* the same in python/shoal/_core/store.c */
 #define POOL_PREFIX "free."
 
+/* A stream over the store directory from its start (a dup of dir_fd, which
+ * shares the directory offset, rewound), or NULL. closedir() when done. */
+static DIR *store_dir_open(const sh_store_t *s) {
+  int fd = s->dir_fd < 0 ? -1 : dup(s->dir_fd);
+  DIR *d = fd < 0 ? NULL : fdopendir(fd);
+  if (!d) {
+    if (fd >= 0) close(fd);
+    return NULL;
+  }
+  rewinddir(d);
+  return d;
+}
+
 /* Sums the sizes of the pool's files into s->pool; with `drop`, removes
  * them instead. */
 static void pool_scan(sh_store_t *s, int drop) {
   s->pool = 0;
-  int fd = dup(s->dir_fd);
-  DIR *d = fd < 0 ? NULL : fdopendir(fd);
-  if (!d) {
-    if (fd >= 0) close(fd);
-    return;
-  }
-  rewinddir(d);
+  DIR *d = store_dir_open(s);
+  if (!d) return;
   struct dirent *e;
   while ((e = readdir(d))) {
     if (strncmp(e->d_name, POOL_PREFIX, sizeof POOL_PREFIX - 1)) continue;
@@ -393,13 +401,8 @@ uint64_t sh_store_pool_bytes(sh_agent_t *a) {
  * 1 when one was taken (its pages are there to be written over), else 0. */
 static int pool_claim(sh_store_t *s, uint64_t size, const char *to) {
   for (int tries = 0; tries < 4; tries++) {
-    int fd = dup(s->dir_fd);
-    DIR *d = fd < 0 ? NULL : fdopendir(fd);
-    if (!d) {
-      if (fd >= 0) close(fd);
-      return 0;
-    }
-    rewinddir(d); /* a dup shares the directory offset of dir_fd */
+    DIR *d = store_dir_open(s);
+    if (!d) return 0;
     char best[64] = "";
     uint64_t best_size = 0;
     struct dirent *e;
@@ -600,14 +603,8 @@ void sh_store_discard(sh_agent_t *a, uint64_t id) {
 
 void sh_store_reap(sh_agent_t *a, uint32_t client_id, uint32_t pid) {
   sh_store_t *s = &a->store;
-  if (s->dir_fd < 0) return;
-  int fd = dup(s->dir_fd);
-  DIR *d = fd < 0 ? NULL : fdopendir(fd);
-  if (!d) {
-    if (fd >= 0) close(fd);
-    return;
-  }
-  rewinddir(d);
+  DIR *d = store_dir_open(s);
+  if (!d) return;
   char suffix[32];
   int sl = snprintf(suffix, sizeof suffix, ".%u.tmp", pid);
   struct dirent *e;
