@@ -348,6 +348,7 @@ int sh_head_add_node(sh_head_t *h, uint32_t node_id, const sh_res_t *total) {
   memset(nd->cbit, 0xff, sizeof nd->cbit);
   for (uint32_t i = 0; i < total->ncustom; i++) nd->cbit[i] = intern(h, total->custom[i].name);
   h->nnodes++;
+  h->feas_ok = 0;
   refresh(h, slot);
   return 0;
 }
@@ -365,6 +366,7 @@ int sh_head_remove_node(sh_head_t *h, uint32_t node_id) {
   }
   sh_map_del(&h->by_id, id_key(node_id));
   h->nnodes--;
+  h->feas_ok = 0;
   h->tree[h->cap + last] = EMPTY_AGG;
   pull(h, h->cap + last);
   if (slot != last) refresh(h, slot);
@@ -404,6 +406,7 @@ int sh_head_set_alive(sh_head_t *h, uint32_t node_id, int alive) {
   int64_t s = slot_of(h, node_id);
   if (s < 0) return -ENOENT;
   h->nodes[s].alive = alive != 0;
+  h->feas_ok = 0;
   refresh(h, (uint32_t)s);
   return 0;
 }
@@ -425,14 +428,25 @@ static int anyone_has(const sh_head_t *h, const char *name) {
   return 0;
 }
 
-int sh_head_feasible(const sh_head_t *h, const sh_req_t *q, char *why, size_t n) {
+int sh_head_feasible(sh_head_t *h, const sh_req_t *q, char *why, size_t n) {
+  if (h->feas_ok && !q->ncustom && q->cpu_milli == h->feas[0] && q->gpu_milli == h->feas[1] &&
+      q->memory == h->feas[2])
+    return 1;
   /* The dense totals first: a placement that found no room comes here, and
    * reading each node's record instead cost a cache miss per node. */
   for (uint32_t i = 0; i < h->nnodes; i++) {
     const uint64_t *t = h->tot[i];
     if (t[0] < q->cpu_milli || t[1] < q->gpu_milli || t[2] < q->memory) continue;
     const sh_head_node_t *nd = &h->nodes[i];
-    if (nd->alive && (!q->ncustom || sh_res_fits(&nd->total, q))) return 1;
+    if (nd->alive && (!q->ncustom || sh_res_fits(&nd->total, q))) {
+      if (!q->ncustom) {
+        h->feas[0] = q->cpu_milli;
+        h->feas[1] = q->gpu_milli;
+        h->feas[2] = q->memory;
+        h->feas_ok = 1;
+      }
+      return 1;
+    }
   }
   if (!why) return 0;
   const sh_head_node_t *largest = NULL;

@@ -99,6 +99,11 @@ typedef struct sh_head_s {
   uint32_t nnames;              /* custom names given a mask bit */
   uint8_t names_full;           /* a name found no bit: masks cannot rule it out */
   char names[64][SH_NAME_MAX];  /* names[b]: the custom name of mask bit b */
+  /* The last request without custom names found feasible (CPU, GPU,
+   * memory), valid while feas_ok: every submit asks again, mostly the same
+   * request. Adding, removing or reviving a node clears it. */
+  uint64_t feas[3];
+  uint8_t feas_ok;
 } sh_head_t;
 
 /* An empty registry; sh_head_close frees what it allocated. */
@@ -129,7 +134,7 @@ int sh_head_set_draining(sh_head_t *h, uint32_t node_id, int draining);
 /* 1 when some live node (draining or not) could ever run `req`, by its total
  * resources; otherwise 0 and, when why is not NULL, a message naming the
  * request and the largest node. */
-int sh_head_feasible(const sh_head_t *h, const sh_req_t *req, char *why, size_t n);
+int sh_head_feasible(sh_head_t *h, const sh_req_t *req, char *why, size_t n);
 
 /* ---------------------------------------------------------------- placement */
 

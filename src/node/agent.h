@@ -21,6 +21,7 @@
 #include "common/map.h"
 #include "common/proto.h"
 #include "common/queue.h"
+#include "common/recycle.h"
 #include "common/tls.h"
 #include "head/head.h"
 #include "node/gpus.h"
@@ -179,6 +180,7 @@ struct sh_task_s {
   uint8_t gated;        /* head side: resent, waits on rec.held for the nodes
                            that may hold it to come back (recover.c) */
   uint8_t unpinned;     /* head side: adopted from a node; its deps were not pinned */
+  uint8_t blk;          /* its block's class in the agent's recycler (0: plain) */
   uint32_t node_id;     /* head side: the node it was forwarded to, when REMOTE */
   uint8_t rebuild;      /* head: runs again to remake its lost result (lineage);
                            the result goes to the object, not to a driver */
@@ -212,6 +214,7 @@ typedef struct sh_obj_s {
   uint8_t spilled;  /* that segment was moved to the spill directory */
   uint8_t on_workers; /* sent to workers, which keep it mapped until told */
   uint8_t remote;     /* head: stored only on other nodes (`nodes`): no file here */
+  uint8_t blk;        /* its block's class in the agent's recycler (0: plain) */
   uint32_t nnodes;    /* head: nodes holding a copy (sent once each, or pulled) */
   uint32_t *nodes;
   uint32_t lost_node; /* head: the node whose death took its last copy */
@@ -340,6 +343,7 @@ struct sh_node_s {
   sh_queue_t tasks;      /* tasks forwarded here (SH_TASK_REMOTE), oldest first */
   uint32_t ntasks;
   int refill;            /* short tasks are sent ahead until it is full again */
+  sh_queue_t all;        /* agent.node_list */
   sh_map_t funcs_sent;   /* fn ids already sent on this connection */
   char pull_addr[SH_ADDR_MAX]; /* "HOST:PORT" of its node port; "" when none */
 };
@@ -451,6 +455,8 @@ struct sh_agent_s {
   uint64_t hb_timeout_ms;
   int local_draining;       /* head: `shoal drain` of its own node */
   sh_map_t nodes;           /* head: node_id -> sh_node_t, dead ones included */
+  sh_queue_t node_list;     /* head: the same nodes, in the order they first joined */
+  sh_node_t *pipe_node;     /* head: the node short tasks were last sent ahead to */
   uint32_t nodes_alive;     /* head: registered remote nodes alive now */
   sh_conn_t *uplink;        /* node: the connection to the head, or NULL */
   uint64_t up_since_ms;     /* node: when that connection began */
@@ -478,6 +484,7 @@ struct sh_agent_s {
 
   sh_queue_t conns, dirty, workers;
   sh_map_t clients;  /* client_id -> sh_conn_t */
+  sh_recycle_t blocks; /* freed task and object records, for the next ones */
   sh_map_t tasks;    /* task id -> sh_task_t, every task not yet finished */
   sh_map_t objects;  /* object id -> sh_obj_t */
   sh_map_t funcs;    /* fn id -> sh_func_t */

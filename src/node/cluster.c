@@ -303,6 +303,7 @@ static void register_node(sh_conn_t *c, const sh_register_t *r) {
     sh_queue_init(&n->tasks);
     sh_map_init(&n->funcs_sent);
     sh_map_put(&a->nodes, n->node_id, n);
+    sh_queue_insert_tail(&a->node_list, &n->all);
   } else {
     sh_map_close(&n->funcs_sent);
     sh_map_init(&n->funcs_sent);
@@ -535,6 +536,7 @@ void sh_cluster_start(sh_agent_t *a) {
                                                                  : SH_HEARTBEAT_PERIOD_MS;
   if (period < 50) period = 50;
   sh_map_init(&a->nodes);
+  sh_queue_init(&a->node_list);
   uv_timer_init(a->loop, &a->hb_timer);
   a->hb_timer.data = a;
   uv_timer_start(&a->hb_timer, hb_timer_cb, period, period);

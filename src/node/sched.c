@@ -15,7 +15,11 @@
 #define PIPELINE_MAX 64
 #define PIPELINE_TARGET_NS 1000000ull /* keep ~1 ms of work queued per worker */
 
+/* Freed task and object records kept for reuse: at most this many bytes. */
+#define BLOCKS_KEPT_MAX (32u << 20)
+
 void sh_sched_init(sh_agent_t *a) {
+  sh_recycle_init(&a->blocks, BLOCKS_KEPT_MAX);
   sh_map_init(&a->tasks);
   sh_map_init(&a->objects);
   sh_map_init(&a->funcs);
@@ -30,9 +34,9 @@ static sh_req_t task_req(const sh_task_t *t) {
   return q;
 }
 
-static void task_free(sh_task_t *t) {
+static void task_free(sh_agent_t *a, sh_task_t *t) {
   sh_free(t->custom);
-  sh_free(t);
+  sh_recycle_put(&a->blocks, t, t->blk);
 }
 
 /* One more attempt for t (it may run again): a head journals it, so that a
@@ -61,7 +65,7 @@ static void obj_free(sh_agent_t *a, uint64_t id, sh_obj_t *o) {
       sh_conn_mark_dirty(n->conn);
   }
   sh_free(o->nodes);
-  sh_free(o);
+  sh_recycle_put(&a->blocks, o, o->blk);
 }
 
 /* Nothing refers to o any more: no handle, no pending task, no mapping. */
@@ -76,9 +80,11 @@ static void obj_unpin(sh_agent_t *a, uint64_t id) {
 
 static sh_obj_t *obj_store(sh_agent_t *a, uint64_t id, uint32_t status, int32_t code,
                            const uint8_t *p, uint32_t n) {
-  sh_obj_t *o = sh_try_malloc(sizeof *o + n);
+  uint8_t blk;
+  sh_obj_t *o = sh_recycle_get(&a->blocks, sizeof *o + n, &blk);
   if (!o) return NULL;
   memset(o, 0, sizeof *o);
+  o->blk = blk;
   o->id = id;
   o->status = status;
   o->code = code;
@@ -86,7 +92,7 @@ static sh_obj_t *obj_store(sh_agent_t *a, uint64_t id, uint32_t status, int32_t 
   sh_queue_init(&o->lru);
   if (n) memcpy(o->data, p, n);
   if (sh_map_put(&a->objects, id, o)) {
-    sh_free(o);
+    sh_recycle_put(&a->blocks, o, blk);
     return NULL;
   }
   a->obj_bytes += n;
@@ -415,7 +421,7 @@ static void finish(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t code,
     sh_actor_t *ac = sh_map_get(&a->actors, id);
     if (ac && ac->state == SH_ACTOR_PENDING) ac->state = SH_ACTOR_ALIVE;
   }
-  task_free(t);
+  task_free(a, t);
   if (!wl && o && obj_unused(o)) obj_free(a, id, o);
   else wake_waiters(a, id, wl, o, status, code, p, n);
 }
@@ -591,11 +597,13 @@ static int add_waiter(sh_agent_t *a, uint64_t dep, sh_task_t *t) {
   return 0;
 }
 
-static sh_task_t *task_new(uint64_t id, const sh_submit_t *s) {
+static sh_task_t *task_new(sh_agent_t *a, uint64_t id, const sh_submit_t *s) {
   size_t extra = (size_t)s->ndeps * 8 + s->method_len + s->args_len;
-  sh_task_t *t = sh_try_malloc(sizeof *t + extra);
+  uint8_t blk;
+  sh_task_t *t = sh_recycle_get(&a->blocks, sizeof *t + extra, &blk);
   if (!t) return NULL;
   memset(t, 0, sizeof *t);
+  t->blk = blk;
   sh_queue_init(&t->link);
   t->id = id;
   t->fn_id = s->fn_id;
@@ -619,7 +627,7 @@ static sh_task_t *task_new(uint64_t id, const sh_submit_t *s) {
   if (s->ncustom) {
     t->custom = sh_try_malloc(s->ncustom * sizeof(sh_custom_t));
     if (!t->custom) {
-      sh_free(t);
+      sh_recycle_put(&a->blocks, t, blk);
       return NULL;
     }
     memcpy(t->custom, s->custom, s->ncustom * sizeof(sh_custom_t));
@@ -705,9 +713,9 @@ void sh_sched_submit(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_submit_t
     if (s->kind == SH_KIND_ACTOR_CREATE) actor_die(a, actor_new(a, id), "a dependency of the actor's constructor failed");
     return;
   }
-  sh_task_t *t = task_new(id, s);
+  sh_task_t *t = task_new(a, id, s);
   if (!t || sh_map_put(&a->tasks, id, t)) {
-    if (t) task_free(t);
+    if (t) task_free(a, t);
     reject(a, c, id, SH_ST_BAD_REQUEST, "the daemon is out of memory");
     return;
   }
@@ -848,6 +856,7 @@ static sh_task_t *task_clone(const sh_task_t *t) {
   sh_task_t *c = sh_try_malloc(sizeof *c + extra);
   if (!c) return NULL;
   memcpy(c, t, sizeof *c + extra);
+  c->blk = 0; /* a plain allocation, whatever t's was */
   sh_queue_init(&c->link);
   c->custom = NULL;
   if (t->ncustom) {
@@ -888,7 +897,7 @@ static void actor_drop_recipe(sh_agent_t *a, sh_actor_t *ac) {
   ac->recipe = NULL;
   const uint8_t *d = sh_task_deps(r);
   for (uint32_t i = 0; i < r->ndeps; i++) obj_unpin(a, sh_get_u64(d + 8 * i));
-  task_free(r);
+  task_free(a, r);
 }
 
 /* The actor's process or node died (why): constructs it again from its
@@ -900,7 +909,7 @@ static int actor_restart(sh_agent_t *a, sh_actor_t *ac, const char *why) {
     return 0;
   sh_task_t *t = task_clone(r);
   if (!t || sh_map_put(&a->tasks, t->id, t)) {
-    if (t) task_free(t);
+    if (t) task_free(a, t);
     return 0;
   }
   char msg[768];
@@ -1075,12 +1084,25 @@ static void forward(sh_agent_t *a, sh_node_t *n, sh_task_t *t) {
     sh_obj_t *o = sh_map_get(&a->objects, sh_get_u64(d + 8 * i));
     if (o) st = put_dep(a, n, o, why, sizeof why);
   }
-  sh_submit_t s = {.fn_id = t->fn_id, .actor_id = t->kind == SH_KIND_TASK ? 0 : t->actor_id,
-                   .kind = t->kind, .flags = t->flags, .max_retries = 0,
-                   .timeout_ms = t->timeout_ms, .cpu_milli = t->cpu_milli,
-                   .gpu_milli = t->gpu_milli, .memory = t->memory, .ndeps = t->ndeps,
-                   .ncustom = t->ncustom, .deps = d, .method = sh_task_method(t),
-                   .method_len = t->method_len, .args = sh_task_args(t), .args_len = t->args_len};
+  /* Field by field: an initializer would zero all of `custom` (over 1 KiB)
+   * for every task, and only the first ncustom entries are read. */
+  sh_submit_t s;
+  s.fn_id = t->fn_id;
+  s.actor_id = t->kind == SH_KIND_TASK ? 0 : t->actor_id;
+  s.kind = t->kind;
+  s.flags = t->flags;
+  s.max_retries = 0;
+  s.timeout_ms = t->timeout_ms;
+  s.cpu_milli = t->cpu_milli;
+  s.gpu_milli = t->gpu_milli;
+  s.memory = t->memory;
+  s.ndeps = t->ndeps;
+  s.ncustom = t->ncustom;
+  s.deps = d;
+  s.method = sh_task_method(t);
+  s.method_len = t->method_len;
+  s.args = sh_task_args(t);
+  s.args_len = t->args_len;
   if (t->ncustom) memcpy(s.custom, t->custom, t->ncustom * sizeof(sh_custom_t));
   if (s.kind == SH_KIND_ACTOR_CREATE) s.actor_id = 0;
   if (st == SH_ST_OK && sh_submit_append(&c->out, t->id, &s)) {
@@ -1137,6 +1159,12 @@ static uint32_t locality(sh_agent_t *a, const sh_task_t *t, sh_head_hint_t *h, u
 
 #define REMOTE_SHORT_NS 2000000ull /* forward-to-result under this: sent ahead */
 
+/* Whether node n can take short task t ahead of its free CPUs now. */
+static int pipeline_open(const sh_node_t *n, const sh_task_t *t) {
+  return n->conn && n->alive && !n->draining && n->num_workers &&
+         n->total.cpu_milli >= t->cpu_milli && n->ntasks < PIPELINE_MAX * n->num_workers;
+}
+
 /* A live node that can take short task t ahead of its free CPUs: the
  * function's measured forward-to-result time is short, and the node holds
  * fewer than PIPELINE_MAX tasks per worker. The least loaded such node, or
@@ -1144,24 +1172,26 @@ static uint32_t locality(sh_agent_t *a, const sh_task_t *t, sh_head_hint_t *h, u
 static sh_node_t *pipeline_node(sh_agent_t *a, const sh_task_t *t) {
   sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
   if (!f || !f->remote_ns || f->remote_ns > REMOTE_SHORT_NS) return NULL;
+  /* Hysteresis: a node that was full gets more only once it is down to
+   * half, and then up to full in one go, so its tasks come in batches and
+   * not one per result (a wake-up of the node and its worker each). The
+   * node being filled keeps getting them without a look at the others: a
+   * batch to one node is one write, one wake-up of it and of its worker. */
+  sh_node_t *cur = a->pipe_node;
+  if (cur && cur->refill && pipeline_open(cur, t)) return cur;
   sh_node_t *best = NULL;
-  uint64_t id;
-  void *v;
-  for (size_t i = 0; sh_map_next(&a->nodes, &i, &id, &v);) {
-    sh_node_t *n = v;
-    uint32_t cap = PIPELINE_MAX * n->num_workers;
-    if (!n->conn || !n->alive || n->draining || !n->num_workers ||
-        n->total.cpu_milli < t->cpu_milli || n->ntasks >= cap) {
+  sh_queue_t *q;
+  sh_queue_foreach(q, &a->node_list) {
+    sh_node_t *n = sh_queue_data(q, sh_node_t, all);
+    if (!pipeline_open(n, t)) {
       n->refill = 0;
       continue;
     }
-    /* Hysteresis: a node that was full gets more only once it is down to
-     * half, and then up to full in one go, so its tasks come in batches and
-     * not one per result (a wake-up of the node and its worker each). */
-    if (!n->refill && n->ntasks > cap / 2) continue;
+    if (!n->refill && n->ntasks > PIPELINE_MAX * n->num_workers / 2) continue;
     if (!best || n->ntasks * best->num_workers < best->ntasks * n->num_workers) best = n;
   }
   if (best) best->refill = 1;
+  a->pipe_node = best;
   return best;
 }
 
@@ -1906,7 +1936,7 @@ static void recipe_drop(sh_agent_t *a, sh_obj_t *o) {
   o->recipe = NULL;
   const uint8_t *d = sh_task_deps(r);
   for (uint32_t i = 0; i < r->ndeps; i++) obj_unpin(a, sh_get_u64(d + 8 * i));
-  task_free(r);
+  task_free(a, r);
 }
 
 /* Head: a record of object id kept on other nodes (none named yet), size
@@ -1985,7 +2015,7 @@ static sh_pull_t *rebuild_start(sh_agent_t *a, sh_obj_t *o, char *why, size_t n)
   sh_pull_t *p = t ? sh_pull_new(a, o->id, o->size) : NULL;
   if (!p || sh_map_put(&a->tasks, o->id, t)) {
     if (p) sh_pull_drop(a, p);
-    if (t) task_free(t);
+    if (t) task_free(a, t);
     snprintf(why, n, "object %#llx was lost and the head is out of memory", (unsigned long long)o->id);
     return NULL;
   }
@@ -2161,7 +2191,7 @@ static void rebuild_done(sh_agent_t *a, sh_task_t *t, uint32_t status, int32_t c
       code = st == SH_ST_CRASHED ? code : 0;
     }
   }
-  task_free(t);
+  task_free(a, t);
   sh_pull_t *pr = sh_pull_get(a, id);
   if (pr) wake_parked(a, pr, st, code, p, n, why);
   else if (o && obj_unused(o)) obj_free(a, id, o);
@@ -2360,10 +2390,10 @@ static int resent_live_actor(sh_agent_t *a, sh_conn_t *c, uint64_t id, const sh_
   sh_actor_t *ac = sh_map_get(&a->actors, id);
   sh_node_t *n = ac ? live_node(a, ac->node_id) : NULL;
   if (!ac || sh_map_get(&a->rec.adopted, id) || ac->state != SH_ACTOR_ALIVE) return 0;
-  sh_task_t *t = n ? task_new(id, s) : NULL;
+  sh_task_t *t = n ? task_new(a, id, s) : NULL;
   if (t) {
     actor_on_node(a, ac, n, t);
-    task_free(t);
+    task_free(a, t);
   }
   claim_orphan(a, c, id);
   return 1;
@@ -2437,7 +2467,7 @@ void sh_sched_adopt_actor(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_res
     sh_map_del(&a->tasks, id);
     ac->state = SH_ACTOR_ALIVE;
     actor_on_node(a, ac, n, t);
-    task_free(t);
+    task_free(a, t);
     return;
   }
   if (ac && ac->node_id == n->node_id && ac->state != SH_ACTOR_DEAD && a->rec.grace)
@@ -2579,10 +2609,10 @@ void sh_sched_close(sh_agent_t *a) {
     sh_queue_remove(&s->link);
     sh_free(s);
   }
-  for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);) task_free(v);
+  for (size_t i = 0; sh_map_next(&a->tasks, &i, &id, &v);) task_free(a, v);
   for (size_t i = 0; sh_map_next(&a->objects, &i, &id, &v);) {
     sh_obj_t *o = v;
-    if (o->recipe) task_free(o->recipe);
+    if (o->recipe) task_free(a, o->recipe);
     sh_free(o->nodes);
     sh_free(o);
   }
@@ -2598,4 +2628,5 @@ void sh_sched_close(sh_agent_t *a) {
   sh_map_close(&a->funcs);
   sh_map_close(&a->waiters);
   sh_map_close(&a->actors);
+  sh_recycle_close(&a->blocks);
 }

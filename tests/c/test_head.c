@@ -510,6 +510,43 @@ typedef struct running_s {
 
 static const char *const NAMES[] = {"ssd", "bigmem", "fpga", "tpu"};
 
+/* A feasible answer is remembered for the next same request; a node that
+ * dies, leaves or joins makes the next check look again. */
+static void feasible_follows_node_changes(void **state) {
+  sh_head_t h;
+  sh_head_init(&h);
+  sh_res_t a = res(4, 0, 8), b = res(16, 0, 32);
+  sh_req_t twelve = req(12000, 0, 0);
+  assert_int_equal(sh_head_add_node(&h, 1, &a), 0);
+  assert_int_equal(sh_head_feasible(&h, &twelve, NULL, 0), 0);
+  assert_int_equal(sh_head_add_node(&h, 2, &b), 0);
+  assert_int_equal(sh_head_feasible(&h, &twelve, NULL, 0), 1);
+  assert_int_equal(sh_head_feasible(&h, &twelve, NULL, 0), 1); /* remembered */
+  assert_int_equal(sh_head_set_alive(&h, 2, 0), 0);
+  assert_int_equal(sh_head_feasible(&h, &twelve, NULL, 0), 0);
+  assert_int_equal(sh_head_set_alive(&h, 2, 1), 0);
+  assert_int_equal(sh_head_feasible(&h, &twelve, NULL, 0), 1);
+  assert_int_equal(sh_head_remove_node(&h, 2), 0);
+  char why[1024];
+  assert_int_equal(sh_head_feasible(&h, &twelve, why, sizeof why), 0);
+  assert_non_null(strstr(why, "largest node has {CPU: 4"));
+  /* A request with custom names is never answered from memory. */
+  sh_res_t g = res(16, 0, 32);
+  snprintf(g.custom[0].name, sizeof g.custom[0].name, "bigmem");
+  g.custom[0].milli = 1000;
+  g.ncustom = 1;
+  assert_int_equal(sh_head_add_node(&h, 3, &g), 0);
+  sh_req_t big = req(12000, 0, 0);
+  sh_custom_t want = {"bigmem", 1000};
+  big.ncustom = 1;
+  big.custom = &want;
+  assert_int_equal(sh_head_feasible(&h, &big, NULL, 0), 1);
+  assert_int_equal(sh_head_feasible(&h, &twelve, NULL, 0), 1);
+  snprintf(want.name, sizeof want.name, "other");
+  assert_int_equal(sh_head_feasible(&h, &big, NULL, 0), 0);
+  sh_head_close(&h);
+}
+
 static sh_res_t random_node(uint64_t *rng) {
   sh_res_t r = res(1 + sh_test_rand(rng) % 16, sh_test_rand(rng) % 4 == 0 ? 1 + sh_test_rand(rng) % 4 : 0,
                    1 + sh_test_rand(rng) % 64);
@@ -595,6 +632,7 @@ static const struct CMUnitTest tests[] = {
     SH_TEST(draining_gets_no_work),
     SH_TEST(dead_nodes_get_no_work),
     SH_TEST(no_room_versus_infeasible),
+    SH_TEST(feasible_follows_node_changes),
     SH_TEST(custom_resources),
     SH_TEST(custom_names_past_mask_bits),
     SH_TEST(release_restores_free),
