@@ -10,7 +10,7 @@ import traceback
 import pytest
 
 import shoal
-from _helpers import cluster  # noqa: F401
+from _helpers import cluster, fresh  # noqa: F401
 
 T = 30  # seconds: the bound of every wait in this file
 
@@ -345,3 +345,36 @@ def test_runtime_context_in_tasks_actors_and_the_driver(cluster):  # noqa: F811
     call = h.ctx.remote()
     d = call.result(timeout=T)
     assert d["task_id"] == call.id and d["worker_pid"] != os.getpid()
+
+
+@shoal.remote
+def quick_unless_gated(i, gate=None):
+    """Returns i at once, or once the file `gate` exists (at most 60 s)."""
+    end = time.monotonic() + 60
+    while gate and not os.path.exists(gate) and time.monotonic() < end:
+        time.sleep(0.005)
+    return i
+
+
+@pytest.mark.asan
+def test_results_before_a_call_that_turns_long_are_not_held(fresh, tmp_path):  # noqa: F811
+    # One worker, and a function known to be short: the agent sends a burst
+    # of its calls ahead to the worker, which holds their results to write
+    # them together. One call of it then blocks: the results held before it
+    # still reach the driver while it runs (the worker's flusher writes them).
+    shoal.init(num_workers=1)
+    for _ in range(3):
+        assert shoal.get([quick_unless_gated.remote(i) for i in range(2000)], timeout=T) == list(range(2000))
+    gate = tmp_path / "go"
+    for round_ in range(3):
+        before = [quick_unless_gated.remote(i) for i in range(300)]
+        blocked = quick_unless_gated.remote(-1, str(gate))
+        after = [quick_unless_gated.remote(i) for i in range(10)]
+        try:
+            assert shoal.get(before, timeout=T) == list(range(300))
+            assert not blocked.done()
+        finally:
+            gate.touch()
+        assert blocked.result(timeout=T) == -1
+        assert shoal.get(after, timeout=T) == list(range(10))
+        gate.unlink()

@@ -14,8 +14,10 @@
  * main thread checks the age between requests; while it runs user code with
  * results held, a small flusher thread (no Python) writes them when they turn
  * 1 ms old, so a long task never delays the results of the short ones before
- * it. The flusher is armed at most once per batch, never in the one-request
- * ping-pong case. */
+ * it. Waking that thread costs more than a short task, so it is told only
+ * about requests whose function ran 0.2 ms or more last time (or never ran
+ * here); while tasks keep starting it also looks every 10 ms, for a function
+ * that was short and is long now. */
 #include "core.h"
 
 #include <errno.h>
@@ -36,6 +38,14 @@
 #include "common/map.h"
 
 #define HOLD_S 0.001 /* the longest a result waits in the batch */
+/* A request whose function last ran at least this long (or never ran here)
+ * may run long: the flusher is told to watch the results held before it. */
+#define LONG_S 0.0002
+/* While tasks keep starting, the flusher also looks every TICK_S for held
+ * results HOLD_S old (a function that ran short before and long now), and
+ * sleeps without a deadline once none started for AWAKE_S. */
+#define TICK_S 0.01
+#define AWAKE_S 0.05
 #define LANE_IDLE_MS 20 /* a lane with no request for this long is given back */
 
 /* The request being run (runtime_context); only the loop thread writes it. */
@@ -64,6 +74,9 @@ typedef struct worker_s {
   sh_buf_t wbuf;      /* RESULT frames held for the next write */
   double held_since;  /* when the oldest result in wbuf was queued */
   int armed;          /* the flusher watches the held results */
+  int dormant;        /* the flusher waits without a deadline */
+  double active_at;   /* when the loop thread last began a task */
+  sh_map_t ran_ns;    /* fn_id (actor_id for calls) -> 1 + how long it last ran, ns */
   int stop;           /* the flusher must exit */
   int gone;           /* a write failed: the agent closed its end */
   pthread_t flusher;
@@ -193,21 +206,33 @@ static double held_age(worker_t *w) {
   return age;
 }
 
-/* The flusher: sleeps until armed, then writes the held results once they
- * are HOLD_S old unless the main thread wrote them first. */
+/* The flusher: writes held results once they are HOLD_S old unless the main
+ * thread wrote them first (a task that runs long would hold the results of
+ * those before it in its batch). Waking a thread costs more than a short
+ * task, so it is told only about requests that may run long (armed: it
+ * waits for the held results' deadline); otherwise, while tasks keep
+ * starting, it looks every TICK_S, and it sleeps without a deadline once
+ * none started for AWAKE_S. */
 static void *flusher_main(void *arg) {
   worker_t *w = arg;
   pthread_mutex_lock(&w->mu);
   while (!w->stop) {
-    if (!w->armed || !sh_buf_avail(&w->wbuf) || w->gone) {
-      w->armed = 0;
-      pthread_cond_wait(&w->cv, &w->mu);
-      continue;
-    }
-    double due = w->held_since + HOLD_S, now = now_s();
-    if (now >= due) {
+    double now = now_s(), due;
+    int held = sh_buf_avail(&w->wbuf) && !w->gone;
+    if (held && now >= w->held_since + HOLD_S) {
       while (write_locked(w) == -EINTR) {
       }
+      continue;
+    }
+    if (!held) w->armed = 0;
+    if (w->armed) {
+      due = w->held_since + HOLD_S;
+    } else if (now - w->active_at <= AWAKE_S) {
+      due = now + TICK_S;
+    } else {
+      w->dormant = 1;
+      pthread_cond_wait(&w->cv, &w->mu);
+      w->dormant = 0;
       continue;
     }
     struct timespec ts;
@@ -221,12 +246,19 @@ static void *flusher_main(void *arg) {
   return NULL;
 }
 
-/* Before user code runs: let the flusher watch results held meanwhile. */
-static void arm_flusher(worker_t *w) {
+/* Before user code runs, with results held: `may_be_long`, the flusher
+ * watches their deadline from now on (a signal); otherwise it is only woken
+ * from a sleep without a deadline, to look every TICK_S. */
+static void arm_flusher(worker_t *w, int may_be_long) {
   pthread_mutex_lock(&w->mu);
-  if (sh_buf_avail(&w->wbuf) && !w->armed) {
-    w->armed = 1;
-    pthread_cond_signal(&w->cv);
+  w->active_at = now_s();
+  if (sh_buf_avail(&w->wbuf)) {
+    if (may_be_long && !w->armed) {
+      w->armed = 1;
+      pthread_cond_signal(&w->cv);
+    } else if (w->dormant) {
+      pthread_cond_signal(&w->cv);
+    }
   }
   pthread_mutex_unlock(&w->mu);
 }
@@ -663,11 +695,15 @@ static int exec_frame(worker_t *w, uint64_t task_id, unsigned flags, const uint8
   }
   if (sh_rd_left(&r)) fatal(w, "malformed dependency list in EXEC");
 
-  arm_flusher(w);
+  uint64_t key = e.kind == SH_KIND_TASK ? e.fn_id : e.actor_id;
+  uintptr_t last = key ? (uintptr_t)sh_map_get(&w->ran_ns, key) : 0;
+  arm_flusher(w, !lane && (!last || last - 1 >= (uintptr_t)(LONG_S * 1e9)));
   int rc = signals_while_idle(); /* a stale SIGINT is not for this task */
   outcome_t o = {0, 0, NULL};
   current_task = task_id;
+  double t0 = now_s();
   if (rc == 0) rc = run(w, task_id, &e, &d, &o);
+  if (key) (void)sh_map_put(&w->ran_ns, key, (void *)(uintptr_t)(1 + (uint64_t)((now_s() - t0) * 1e9)));
   current_task = 0;
   for (uint32_t i = 0; i < e.ndeps; i++) Py_XDECREF(d.val[i]);
   if (d.dep != dep_small) sh_free(d.dep);
@@ -872,6 +908,7 @@ PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nar
   worker_t w = {.fd = fd, .devices = -1, .lane_fd = -1};
   sh_map_init(&w.fns);
   sh_map_init(&w.actors);
+  sh_map_init(&w.ran_ns);
   sh_buf_init(&w.rbuf);
   sh_buf_init(&w.wbuf);
   sh_buf_init(&w.lrbuf);
@@ -882,6 +919,7 @@ PyObject *sh_worker_main(PyObject *module, PyObject *const *args, Py_ssize_t nar
   stop_flusher(&w);
   map_clear(&w.fns);
   map_clear(&w.actors);
+  sh_map_close(&w.ran_ns);
   sh_buf_close(&w.rbuf);
   sh_buf_close(&w.wbuf);
   sh_buf_close(&w.lrbuf);
