@@ -182,6 +182,7 @@ struct sh_task_s {
   uint8_t unpinned;     /* head side: adopted from a node; its deps were not pinned */
   uint8_t blk;          /* its block's class in the agent's recycler (0: plain) */
   uint32_t node_id;     /* head side: the node it was forwarded to, when REMOTE */
+  uint32_t queued;      /* head side: tasks already on that node when it went */
   uint8_t rebuild;      /* head: runs again to remake its lost result (lineage);
                            the result goes to the object, not to a driver */
   uint8_t pull_fails;   /* head: times a node could not pull its dependencies */
@@ -254,6 +255,9 @@ typedef struct sh_store_s {
 typedef struct sh_func_s {
   uint64_t avg_ns;  /* moving average run time, 0 until measured */
   uint64_t remote_ns; /* head: moving average from forwarding to result */
+  uint64_t remote_each_ns; /* head: the same divided by the tasks it waited
+                              behind on its node and itself: about one
+                              task's time there (how many to send ahead) */
   uint32_t len;
   uint8_t data[];
 } sh_func_t;

@@ -12,7 +12,7 @@
 #include "node/agent.h"
 #include "node/gpus.h"
 
-#define PIPELINE_MAX 64
+#define PIPELINE_MAX 256
 #define PIPELINE_TARGET_NS 1000000ull /* keep ~1 ms of work queued per worker */
 
 /* Freed task and object records kept for reuse: at most this many bytes. */
@@ -1111,6 +1111,7 @@ static void forward(sh_agent_t *a, sh_node_t *n, sh_task_t *t) {
   }
   t->state = SH_TASK_REMOTE;
   t->node_id = n->node_id;
+  t->queued = n->ntasks;
   t->sent_ns = sh_now_ns();
   sh_queue_insert_tail(&n->tasks, &t->link);
   n->ntasks++;
@@ -1159,35 +1160,45 @@ static uint32_t locality(sh_agent_t *a, const sh_task_t *t, sh_head_hint_t *h, u
 
 #define REMOTE_SHORT_NS 2000000ull /* forward-to-result under this: sent ahead */
 
-/* Whether node n can take short task t ahead of its free CPUs now. */
-static int pipeline_open(const sh_node_t *n, const sh_task_t *t) {
+/* How many tasks of f a node may hold per worker: about PIPELINE_TARGET_NS
+ * of them by their measured time each (1 until measured). */
+static uint32_t remote_depth(const sh_func_t *f) {
+  if (!f->remote_each_ns) return 1;
+  uint64_t d = PIPELINE_TARGET_NS / f->remote_each_ns;
+  return d < 1 ? 1 : d > PIPELINE_MAX ? PIPELINE_MAX : (uint32_t)d;
+}
+
+/* Whether node n can take short task t ahead of its free CPUs now, up to
+ * `depth` tasks per worker. */
+static int pipeline_open(const sh_node_t *n, const sh_task_t *t, uint32_t depth) {
   return n->conn && n->alive && !n->draining && n->num_workers &&
-         n->total.cpu_milli >= t->cpu_milli && n->ntasks < PIPELINE_MAX * n->num_workers;
+         n->total.cpu_milli >= t->cpu_milli && n->ntasks < depth * n->num_workers;
 }
 
 /* A live node that can take short task t ahead of its free CPUs: the
  * function's measured forward-to-result time is short, and the node holds
- * fewer than PIPELINE_MAX tasks per worker. The least loaded such node, or
- * NULL. */
+ * fewer than about PIPELINE_TARGET_NS of its tasks per worker (remote_depth).
+ * The least loaded such node, or NULL. */
 static sh_node_t *pipeline_node(sh_agent_t *a, const sh_task_t *t) {
   sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
   if (!f || !f->remote_ns || f->remote_ns > REMOTE_SHORT_NS) return NULL;
+  uint32_t depth = remote_depth(f);
   /* Hysteresis: a node that was full gets more only once it is down to
    * half, and then up to full in one go, so its tasks come in batches and
    * not one per result (a wake-up of the node and its worker each). The
    * node being filled keeps getting them without a look at the others: a
    * batch to one node is one write, one wake-up of it and of its worker. */
   sh_node_t *cur = a->pipe_node;
-  if (cur && cur->refill && pipeline_open(cur, t)) return cur;
+  if (cur && cur->refill && pipeline_open(cur, t, depth)) return cur;
   sh_node_t *best = NULL;
   sh_queue_t *q;
   sh_queue_foreach(q, &a->node_list) {
     sh_node_t *n = sh_queue_data(q, sh_node_t, all);
-    if (!pipeline_open(n, t)) {
+    if (!pipeline_open(n, t, depth)) {
       n->refill = 0;
       continue;
     }
-    if (!n->refill && n->ntasks > PIPELINE_MAX * n->num_workers / 2) continue;
+    if (!n->refill && n->ntasks > depth * n->num_workers / 2) continue;
     if (!best || n->ntasks * best->num_workers < best->ntasks * n->num_workers) best = n;
   }
   if (best) best->refill = 1;
@@ -1765,7 +1776,11 @@ void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
   if (t->kind == SH_KIND_TASK && t->sent_ns) {
     sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
     uint64_t d = sh_now_ns() - t->sent_ns;
-    if (f) f->remote_ns = f->remote_ns ? (f->remote_ns * 7 + d) / 8 : (d ? d : 1);
+    if (f) {
+      f->remote_ns = f->remote_ns ? (f->remote_ns * 7 + d) / 8 : (d ? d : 1);
+      uint64_t each = d / ((uint64_t)t->queued + 1);
+      f->remote_each_ns = f->remote_each_ns ? (f->remote_each_ns * 7 + each) / 8 : (each ? each : 1);
+    }
   }
   leave_node(a, n, t);
   t->node_id = n->node_id; /* where an ON_NODE value is (finish reads it) */
