@@ -220,14 +220,18 @@ static void short_tasks_are_pipelined(void **state) {
   setup(1, 1);
   register_fn(tid(1));
   sh_func_t *f = sh_map_get(&fx.a.funcs, tid(1));
-  f->avg_ns = 10000; /* 10 us: depth 100, capped at 64 */
+  f->avg_ns = 2000; /* 2 us: depth 500, capped at 256 */
   sh_submit_t s = plain(tid(1));
-  for (int i = 0; i < 100; i++) sh_sched_submit(&fx.a, fx.driver, tid(10 + i), &s);
+  for (int i = 0; i < 400; i++) sh_sched_submit(&fx.a, fx.driver, tid(10 + i), &s);
   sh_sched_run(&fx.a);
-  assert_int_equal(fx.w[0]->ninflight, 64);
+  assert_int_equal(fx.w[0]->ninflight, 256);
   /* Only the running task holds the CPU. */
   assert_int_equal(fx.a.avail.cpu_milli, 0);
-  for (int i = 0; i < 64; i++) worker_returns(fx.w[0], tid(10 + i), SH_ST_OK);
+  for (int i = 0; i < 256; i++) worker_returns(fx.w[0], tid(10 + i), SH_ST_OK);
+  f->avg_ns = 10000; /* 10 us: about 1 ms of work is 100 */
+  sh_sched_run(&fx.a);
+  assert_int_equal(fx.w[0]->ninflight, 100);
+  for (int i = 256; i < 356; i++) worker_returns(fx.w[0], tid(10 + i), SH_ST_OK);
   f->avg_ns = 50000000; /* 50 ms: depth 1 */
   sh_sched_run(&fx.a);
   assert_int_equal(fx.w[0]->ninflight, 1);
