@@ -6,12 +6,7 @@
 
 #include "common/alloc.h"
 
-static inline size_t mix(uint64_t k) {
-  k ^= k >> 33;
-  k *= 0xff51afd7ed558ccdULL;
-  k ^= k >> 33;
-  return (size_t)k;
-}
+#define mix sh_map_mix
 
 void sh_map_init(sh_map_t *m) { memset(m, 0, sizeof(*m)); }
 

@@ -21,6 +21,30 @@ typedef struct sh_map_s {
 
 #define SH_MAP_TOMB UINT64_MAX
 
+/* The hash of a key (the slot is hash & (cap - 1)). */
+static inline size_t sh_map_mix(uint64_t k) {
+  k ^= k >> 33;
+  k *= 0xff51afd7ed558ccdULL;
+  k ^= k >> 33;
+  return (size_t)k;
+}
+
+/* Maps at least this big (slots) are worth a prefetch: smaller ones stay in
+ * the cache. */
+#define SH_MAP_PREFETCH_MIN 4096
+
+/* Starts loading the slot a lookup of `key` reads first, so that the lookup
+ * a little later does not wait for memory (ids come in no order a big map
+ * keeps in the cache). Only a hint: it changes nothing. */
+static inline void sh_map_prefetch(const sh_map_t *m, uint64_t key) {
+  if (m->cap < SH_MAP_PREFETCH_MIN) return;
+  const sh_map_slot_t *s = &m->slots[sh_map_mix(key) & (m->cap - 1)];
+  __builtin_prefetch(s);
+  /* gcc counts a prefetch as no effect at all, finds this function (and
+   * its callers) pure and drops the calls; an empty volatile asm is one. */
+  __asm__ volatile("" : : "r"(s));
+}
+
 void sh_map_init(sh_map_t *m);
 void sh_map_close(sh_map_t *m);
 /* Value for `key`, or NULL. */

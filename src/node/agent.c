@@ -521,6 +521,7 @@ static void handle_driver(sh_conn_t *c, const sh_frame_t *f) {
         return;
       }
       for (uint32_t i = 0; i < len; i += 8) {
+        if (i + 64 < len) sh_map_prefetch(&a->objects, sh_get_u64(body + i + 64));
         if (f->hdr.flags & SH_RELEASE_UNMAP) sh_sched_unmap(a, sh_get_u64(body + i));
         else sh_sched_release(a, sh_get_u64(body + i));
       }
@@ -772,9 +773,35 @@ static int chunk_read(sh_conn_t *c) {
   return 1;
 }
 
+/* Frames whose map slots are loaded ahead of their turn (conn_parse). */
+#define PREFETCH_FRAMES 8
+
+/* Starts loading the task and object map slots the frame at p will look up
+ * (a task's SUBMIT and RESULT each look its id up in both). */
+static void prefetch_frame(const sh_agent_t *a, const uint8_t *p) {
+  unsigned type = p[5];
+  if (type != SH_MSG_SUBMIT && type != SH_MSG_RESULT) return;
+  uint64_t id = sh_get_u64(p + 8);
+  sh_map_prefetch(&a->tasks, id);
+  sh_map_prefetch(&a->objects, id);
+}
+
 static void conn_parse(sh_conn_t *c) {
   sh_agent_t *a = c->agent;
+  size_t ahead = 0; /* bytes from the head whose frames were prefetched */
+  int nahead = 0;
   while (!c->closing && sh_buf_avail(&c->in) > 0) {
+    /* Hints only, over whole frames already read (bounds checked, headers
+     * not yet validated). */
+    size_t avail = sh_buf_avail(&c->in);
+    while (nahead < PREFETCH_FRAMES && ahead + SH_FRAME_HDR <= avail) {
+      const uint8_t *p = sh_buf_head(&c->in) + ahead;
+      size_t whole = SH_FRAME_HDR + (size_t)sh_get_u32(p + 16);
+      if (whole > avail - ahead) break;
+      prefetch_frame(a, p);
+      ahead += whole;
+      nahead++;
+    }
     sh_frame_t f;
     size_t used;
     /* Until a TCP peer authenticates, only the small handshake frames fit:
@@ -804,6 +831,10 @@ static void conn_parse(sh_conn_t *c) {
     }
     dispatch(c, &f);
     if (!c->closing) sh_buf_consume(&c->in, used);
+    if (nahead > 0) {
+      ahead = ahead > used ? ahead - used : 0;
+      nahead--;
+    }
   }
 }
 

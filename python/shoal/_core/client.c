@@ -850,6 +850,8 @@ static PyObject *client_submit(sh_client_obj_t *c, PyObject *const *args,
   if (!task_id)
     task_id = spec->s.kind == SH_KIND_ACTOR_CREATE && spec->s.actor_id ? spec->s.actor_id
                                                                        : new_id(c);
+  /* publish() puts the Future there after the pickling: load the slot now. */
+  sh_map_prefetch(&c->pending, task_id);
 
   deps_t d = {.cap = 8};
   d.p = d.small;

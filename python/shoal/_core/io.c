@@ -648,6 +648,8 @@ static int dispatch(sh_client_obj_t *c, PyThreadState **ts, size_t *want,
                     const char **what) {
   int rc;
   *want = 0;
+  size_t ahead = 0; /* bytes from the head whose RESULTs were prefetched */
+  int nahead = 0;
   for (;;) {
     sh_frame_t f;
     size_t used;
@@ -661,8 +663,23 @@ static int dispatch(sh_client_obj_t *c, PyThreadState **ts, size_t *want,
       PyEval_RestoreThread(*ts);
       *ts = NULL;
     }
+    /* With the GIL (pending is the submitting threads' too): the pending
+     * slots of the next RESULTs start loading (a big map misses the cache). */
+    size_t avail = sh_buf_avail(&c->rbuf);
+    while (!*ts && nahead < 8 && ahead + SH_FRAME_HDR <= avail) {
+      const uint8_t *p = sh_buf_head(&c->rbuf) + ahead;
+      size_t whole = SH_FRAME_HDR + (size_t)sh_get_u32(p + 16);
+      if (whole > avail - ahead) break;
+      if (p[5] == SH_MSG_RESULT) sh_map_prefetch(&c->pending, sh_get_u64(p + 8));
+      ahead += whole;
+      nahead++;
+    }
     rc = handle_frame(c, &f);
     sh_buf_consume(&c->rbuf, used);
+    if (nahead > 0) {
+      ahead = ahead > used ? ahead - used : 0;
+      nahead--;
+    }
     if (rc) {
       *what = sh_msg_name(f.hdr.type);
       break;
