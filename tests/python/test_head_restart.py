@@ -526,11 +526,8 @@ def test_releases_and_kills_while_the_head_is_down(fresh, tmp_path):  # noqa: F8
         with pytest.raises(shoal.TaskCancelledError):
             queued.result(timeout=T)
         assert "h2" not in open(log).read()
-        # (An actor call that comes before the actor's node is back fails:
-        # the head does not know the actor yet.)
-        wait_until(lambda: head.nodes().get(node.node_id, {}).get("alive"), T, 0.1,
-                   "the node to rejoin")
-        # Other work is unaffected.
+        # Other work is unaffected (an actor call that comes before the
+        # actor's node is back waits for it).
         assert np.array_equal(shoal.get(kept_ref, timeout=T), kept)
         assert shoal.get(total.remote(kept_ref), timeout=T) == int(kept.sum())
         assert shoal.get(other.inc.remote(), timeout=T)[0] == 2
@@ -609,5 +606,31 @@ def test_a_long_task_outlives_many_short_ones_and_a_restart(fresh, tmp_path):  #
         open(go, "w").close()
         assert slow.result(timeout=T) == 21
         assert shoal.get([echo.remote(i) for i in range(100)], timeout=T) == list(range(100))
+    finally:
+        shut_down(head, node)
+
+
+@pytest.mark.asan
+def test_actor_calls_while_the_head_is_down_or_its_node_not_back(fresh):  # noqa: F811
+    """An actor on a node outlives head restarts: a call made while the head
+    is down, and one made after it restarted but before the actor's node is
+    back, both run on it, in order, and the actor keeps its state."""
+    head = RestartableHead(workers=1, cpus=1)
+    node = None
+    try:
+        node = Node(head, workers=2, cpus=2, resources={"special": 2})
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        a = Tally.remote()
+        first = shoal.get(a.inc.remote(), timeout=T)
+        assert first[0] == 1
+        head.kill9()
+        time.sleep(0.3)
+        while_down = a.inc.remote()
+        head.start()
+        before_node = a.inc.remote()  # the node rejoins on its own schedule
+        assert shoal.get([while_down, before_node], timeout=T) == [(2, first[1]), (3, first[1])]
+        for i in range(2):  # and again, quickly
+            head.restart()
+            assert shoal.get(a.inc.remote(), timeout=T) == (4 + i, first[1])
     finally:
         shut_down(head, node)
