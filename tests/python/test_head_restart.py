@@ -634,3 +634,33 @@ def test_actor_calls_while_the_head_is_down_or_its_node_not_back(fresh):  # noqa
             assert shoal.get(a.inc.remote(), timeout=T) == (4 + i, first[1])
     finally:
         shut_down(head, node)
+
+
+@pytest.mark.asan
+def test_a_release_the_dying_head_never_read_is_sent_again(fresh):  # noqa: F811
+    """A RELEASE the driver wrote just before the head died, which the head
+    never read, reaches the restarted head: the released object's segment,
+    taken over with the store, goes within seconds, not at the end of the
+    grace period (60 s)."""
+    import gc
+    head = RestartableHead(workers=1, cpus=1)
+    try:
+        shoal.init(address=head.address, token=TOKEN, reconnect_timeout=60)
+        kept = np.arange(200_000, dtype=np.int64)
+        kept_ref = shoal.put(kept)
+        dropped_ref = shoal.put(np.arange(1_000_000, dtype=np.int64))
+        segments = glob.glob(f"{head.store_base}/*/{dropped_ref._id:016x}")
+        assert len(segments) == 1, os.listdir(head.store_base)
+        head.proc.send_signal(signal.SIGSTOP)  # it reads nothing more
+        del dropped_ref
+        gc.collect()
+        time.sleep(0.5)  # the RELEASE is written: it waits in the head's socket
+        head.kill9()
+        time.sleep(0.3)
+        head.start()
+        assert np.array_equal(shoal.get(kept_ref, timeout=T), kept)
+        wait_until(lambda: not os.path.exists(segments[0]), 20, 0.1,
+                   "the released segment to be removed")
+        assert np.array_equal(shoal.get(kept_ref, timeout=T), kept)
+    finally:
+        shut_down(head)

@@ -64,7 +64,7 @@ static int send_frame(sh_client_obj_t *c, unsigned type, unsigned flags,
   int kill = type == SH_MSG_KILL_ACTOR && c->reconnect_timeout > 0;
   int rc = sh_frame_append(kill && c->reconnecting ? &c->held : &c->out, type, flags, id, body,
                            len);
-  if (!rc && kill && !c->reconnecting) sh_client_note_kill_locked(c, flags, id);
+  if (!rc && kill && !c->reconnecting) sh_client_note_recent_locked(c, type, flags, id, NULL, 0);
   out_unlock_wake(c);
   return rc;
 }
@@ -522,8 +522,8 @@ static void client_dealloc(sh_client_obj_t *c) {
   sh_free(c->tls_key);
   sh_buf_close(&c->out);
   sh_buf_close(&c->held);
-  sh_buf_close(&c->kills[0]);
-  sh_buf_close(&c->kills[1]);
+  sh_buf_close(&c->recent[0]);
+  sh_buf_close(&c->recent[1]);
   sh_buf_close(&c->rbuf);
   sh_buf_close(&c->wbuf);
   sh_lane_free(c);

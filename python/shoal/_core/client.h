@@ -98,11 +98,14 @@ struct sh_client_obj_s {
   size_t nrel, rel_cap;
   uint64_t *unmap;             /* queued RELEASE (SH_RELEASE_UNMAP) ids */
   size_t nunmap, unmap_cap;
-  sh_buf_t held;               /* KILL_ACTOR frames sent while reconnecting, or
-                                  lately before: they follow the replay (io.c) */
-  sh_buf_t kills[2];           /* KILL_ACTOR frames sent since kills_since, and
-                                  in the period before (SH_CLIENT_RECENT_S) */
-  double kills_since;
+  sh_buf_t held;               /* KILL_ACTOR and RELEASE frames sent while
+                                  reconnecting, or lately before: they follow
+                                  the replay (io.c) */
+  sh_buf_t recent[2];          /* KILL_ACTOR and RELEASE frames sent to a head
+                                  since recent_since, and in the period before
+                                  (SH_CLIENT_RECENT_S): the head may have died
+                                  before it read them */
+  double recent_since;
   int awake;                   /* the I/O thread is not asleep: no wake needed */
   int writing;                 /* wbuf holds bytes the I/O thread is writing */
   uint64_t last_submit_ns;     /* CLOCK_MONOTONIC time of the last submit */
@@ -224,9 +227,11 @@ uint8_t *sh_client_keep_begin_locked(sh_client_obj_t *c, uint64_t id, unsigned t
 /* The frame kept under id and its length, or NULL (out_mu held); valid
  * until the next keep or forget. */
 const uint8_t *sh_client_kept_locked(const sh_client_obj_t *c, uint64_t id, uint32_t *len);
-/* Notes a KILL_ACTOR just queued (out_mu held): sent again after a
- * reconnect that comes soon (SH_CLIENT_RECENT_S). Best effort. */
-void sh_client_note_kill_locked(sh_client_obj_t *c, unsigned flags, uint64_t id);
+/* Notes a KILL_ACTOR or RELEASE frame just queued for a head (out_mu held):
+ * sent again after a reconnect that comes soon (SH_CLIENT_RECENT_S). Best
+ * effort. */
+void sh_client_note_recent_locked(sh_client_obj_t *c, unsigned type, unsigned flags, uint64_t id,
+                                  const void *body, size_t len);
 /* Drops what is kept under id (out_mu held). */
 void sh_client_forget_locked(sh_client_obj_t *c, uint64_t id);
 /* Frees everything kept (the client is going). */

@@ -491,9 +491,13 @@ static int append_release(sh_client_obj_t *c, unsigned flags, const uint64_t *id
     sh_frame_abort(&c->out, at);
     return -ENOMEM;
   }
+  const uint8_t *body = c->out.data + c->out.len;
   for (size_t i = 0; i < n; i++) sh_put_u64(c->out.data + c->out.len + 8 * i, ids[i]);
   c->out.len += n * 8;
   sh_frame_finish(&c->out, at);
+  /* A head that dies before it reads them is sent them again (see
+   * hold_recent_locked); a node agent does not restart. */
+  if (c->reconnect_timeout > 0) sh_client_note_recent_locked(c, SH_MSG_RELEASE, flags, 0, body, n * 8);
   return 0;
 }
 
@@ -1036,28 +1040,31 @@ static int reconnect_once(sh_client_obj_t *c, double timeout, char *err, size_t 
   return rc;
 }
 
-void sh_client_note_kill_locked(sh_client_obj_t *c, unsigned flags, uint64_t id) {
+void sh_client_note_recent_locked(sh_client_obj_t *c, unsigned type, unsigned flags, uint64_t id,
+                                  const void *body, size_t len) {
   double now = now_s();
-  if (now - c->kills_since > SH_CLIENT_RECENT_S) {
-    sh_buf_t t = c->kills[1];
-    c->kills[1] = c->kills[0];
-    c->kills[0] = t;
-    sh_buf_reset(&c->kills[0]);
-    c->kills_since = now;
+  if (now - c->recent_since > SH_CLIENT_RECENT_S) {
+    sh_buf_t t = c->recent[1];
+    c->recent[1] = c->recent[0];
+    c->recent[0] = t;
+    sh_buf_reset(&c->recent[0]);
+    c->recent_since = now;
   }
   /* Without memory it is not noted: lost only if the head dies soon too. */
-  (void)sh_frame_append(&c->kills[0], SH_MSG_KILL_ACTOR, flags, id, NULL, 0);
+  (void)sh_frame_append(&c->recent[0], type, flags, id, body, len);
 }
 
-/* The connection is lost (out_mu held): the kills sent lately go to `held`,
- * older first (a kill sent again is harmless: the actor is dead). */
-static void hold_recent_kills_locked(sh_client_obj_t *c) {
+/* The connection is lost (out_mu held): the kills and releases sent lately
+ * go to `held`, older first. Sent again, a kill is harmless (the actor is
+ * dead) and so is a release (the head drops what it no longer has, and
+ * remembers the id while it waits for its nodes: one reported later goes). */
+static void hold_recent_locked(sh_client_obj_t *c) {
   sh_buf_t b;
   sh_buf_init(&b);
   int rc = 0;
-  if (now_s() - c->kills_since <= SH_CLIENT_RECENT_S)
-    rc = sh_buf_append(&b, c->kills[1].data, c->kills[1].len);
-  if (!rc) rc = sh_buf_append(&b, c->kills[0].data, c->kills[0].len);
+  if (now_s() - c->recent_since <= SH_CLIENT_RECENT_S)
+    rc = sh_buf_append(&b, c->recent[1].data, c->recent[1].len);
+  if (!rc) rc = sh_buf_append(&b, c->recent[0].data, c->recent[0].len);
   if (!rc) rc = sh_buf_append(&b, c->held.data, c->held.len);
   if (!rc) {
     sh_buf_close(&c->held);
@@ -1065,8 +1072,8 @@ static void hold_recent_kills_locked(sh_client_obj_t *c) {
   } else {
     sh_buf_close(&b);
   }
-  sh_buf_reset(&c->kills[0]);
-  sh_buf_reset(&c->kills[1]);
+  sh_buf_reset(&c->recent[0]);
+  sh_buf_reset(&c->recent[1]);
 }
 
 /* After a reconnect: the queued output is replaced by what the head must be
@@ -1111,7 +1118,7 @@ static int reconnect(sh_client_obj_t *c, PyThreadState **ts, char *reason, size_
   PyEval_RestoreThread(*ts);
   pthread_mutex_lock(&c->out_mu);
   c->reconnecting = 1;
-  hold_recent_kills_locked(c);
+  hold_recent_locked(c);
   pthread_mutex_unlock(&c->out_mu);
   sh_lane_drop(c); /* its worker went with the head; the replay has its task */
   sh_tls_destroy(c->tls);
