@@ -182,7 +182,6 @@ struct sh_task_s {
   uint8_t unpinned;     /* head side: adopted from a node; its deps were not pinned */
   uint8_t blk;          /* its block's class in the agent's recycler (0: plain) */
   uint32_t node_id;     /* head side: the node it was forwarded to, when REMOTE */
-  uint32_t queued;      /* head side: tasks already on that node when it went */
   uint8_t rebuild;      /* head: runs again to remake its lost result (lineage);
                            the result goes to the object, not to a driver */
   uint8_t pull_fails;   /* head: times a node could not pull its dependencies */
@@ -255,9 +254,11 @@ typedef struct sh_store_s {
 typedef struct sh_func_s {
   uint64_t avg_ns;  /* moving average run time, 0 until measured */
   uint64_t remote_ns; /* head: moving average from forwarding to result */
-  uint64_t remote_each_ns; /* head: the same divided by the tasks it waited
-                              behind on its node and itself: about one
-                              task's time there (how many to send ahead) */
+  uint64_t remote_each_ns; /* head: one task's time on a node worker, from
+                              the gaps between results of busy nodes (how
+                              many to send ahead); 0 until measured */
+  uint64_t each_sum_ns;    /* head: gaps summed towards the next estimate */
+  uint32_t each_n;
   uint32_t len;
   uint8_t data[];
 } sh_func_t;
@@ -347,6 +348,8 @@ struct sh_node_s {
   sh_queue_t tasks;      /* tasks forwarded here (SH_TASK_REMOTE), oldest first */
   uint32_t ntasks;
   int refill;            /* short tasks are sent ahead until it is full again */
+  uint64_t last_result_ns; /* when its last result came */
+  uint32_t left_after;     /* its tasks left after that result */
   sh_queue_t all;        /* agent.node_list */
   sh_map_t funcs_sent;   /* fn ids already sent on this connection */
   char pull_addr[SH_ADDR_MAX]; /* "HOST:PORT" of its node port; "" when none */

@@ -221,7 +221,7 @@ void sh_sched_func(sh_agent_t *a, sh_conn_t *c, uint64_t id, const uint8_t *p, u
     sh_warn("out of memory registering a %u-byte function from %s", n, c->desc);
     return;
   }
-  f->avg_ns = 0;
+  memset(f, 0, sizeof *f); /* every measurement starts at "none yet" */
   f->len = n;
   memcpy(f->data, p, n);
   if (sh_map_put(&a->funcs, id, f)) sh_free(f);
@@ -1111,7 +1111,6 @@ static void forward(sh_agent_t *a, sh_node_t *n, sh_task_t *t) {
   }
   t->state = SH_TASK_REMOTE;
   t->node_id = n->node_id;
-  t->queued = n->ntasks;
   t->sent_ns = sh_now_ns();
   sh_queue_insert_tail(&n->tasks, &t->link);
   n->ntasks++;
@@ -1158,14 +1157,44 @@ static uint32_t locality(sh_agent_t *a, const sh_task_t *t, sh_head_hint_t *h, u
   return n;
 }
 
-#define REMOTE_SHORT_NS 2000000ull /* forward-to-result under this: sent ahead */
-
 /* How many tasks of f a node may hold per worker: about PIPELINE_TARGET_NS
- * of them by their measured time each (1 until measured). */
+ * of them by the time one takes there (remote_each_ns), or by the
+ * forward-to-result time when that is less (it counts the way there and
+ * back and the wait behind the others: before the first estimate, and when
+ * the function got faster while it was not sent ahead, so that nothing
+ * measured it). 0 or 1: not sent ahead. */
 static uint32_t remote_depth(const sh_func_t *f) {
-  if (!f->remote_each_ns) return 1;
-  uint64_t d = PIPELINE_TARGET_NS / f->remote_each_ns;
-  return d < 1 ? 1 : d > PIPELINE_MAX ? PIPELINE_MAX : (uint32_t)d;
+  uint64_t each = f->remote_each_ns && f->remote_each_ns < f->remote_ns ? f->remote_each_ns
+                                                                        : f->remote_ns;
+  if (!each) return 0;
+  uint64_t d = PIPELINE_TARGET_NS / each;
+  return d > PIPELINE_MAX ? PIPELINE_MAX : (uint32_t)d;
+}
+
+/* One estimate of a task's time on a node takes at least this many results
+ * and this much time between them. */
+#define EACH_MIN_RESULTS 16
+#define EACH_MIN_NS (2 * PIPELINE_TARGET_NS)
+
+/* A result of f came from node n (t still counted there): while n was busy
+ * since its previous result, the gap between the two, times the workers
+ * that were running, is what one task took. Results come in batches (the
+ * worker writes them together), so single gaps are 0 or a whole batch: the
+ * estimate is their mean over a window that spans batches (at least
+ * EACH_MIN_RESULTS results and EACH_MIN_NS), smoothed. */
+static void measure_remote(sh_node_t *n, sh_func_t *f, uint64_t now) {
+  if (n->last_result_ns && n->left_after) {
+    uint32_t running = n->ntasks < n->num_workers ? n->ntasks : n->num_workers;
+    f->each_sum_ns += (now - n->last_result_ns) * (running ? running : 1);
+    if (++f->each_n >= EACH_MIN_RESULTS && f->each_sum_ns >= EACH_MIN_NS) {
+      uint64_t m = f->each_sum_ns / f->each_n;
+      m = m ? m : 1;
+      f->remote_each_ns = f->remote_each_ns ? (f->remote_each_ns * 3 + m) / 4 : m;
+      f->each_sum_ns = 0;
+      f->each_n = 0;
+    }
+  }
+  n->last_result_ns = now;
 }
 
 /* Whether node n can take short task t ahead of its free CPUs now, up to
@@ -1181,8 +1210,8 @@ static int pipeline_open(const sh_node_t *n, const sh_task_t *t, uint32_t depth)
  * The least loaded such node, or NULL. */
 static sh_node_t *pipeline_node(sh_agent_t *a, const sh_task_t *t) {
   sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
-  if (!f || !f->remote_ns || f->remote_ns > REMOTE_SHORT_NS) return NULL;
-  uint32_t depth = remote_depth(f);
+  uint32_t depth = f ? remote_depth(f) : 0;
+  if (depth < 2) return NULL;
   /* Hysteresis: a node that was full gets more only once it is down to
    * half, and then up to full in one go, so its tasks come in batches and
    * not one per result (a wake-up of the node and its worker each). The
@@ -1775,14 +1804,14 @@ void sh_sched_remote_result(sh_agent_t *a, sh_node_t *n, uint64_t id, const sh_r
   }
   if (t->kind == SH_KIND_TASK && t->sent_ns) {
     sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
-    uint64_t d = sh_now_ns() - t->sent_ns;
+    uint64_t now = sh_now_ns(), d = now - t->sent_ns;
     if (f) {
       f->remote_ns = f->remote_ns ? (f->remote_ns * 7 + d) / 8 : (d ? d : 1);
-      uint64_t each = d / ((uint64_t)t->queued + 1);
-      f->remote_each_ns = f->remote_each_ns ? (f->remote_each_ns * 7 + each) / 8 : (each ? each : 1);
+      measure_remote(n, f, now);
     }
   }
   leave_node(a, n, t);
+  n->left_after = n->ntasks;
   t->node_id = n->node_id; /* where an ON_NODE value is (finish reads it) */
   uint32_t status = r->status, len = r->payload_len;
   int32_t code = r->code;
