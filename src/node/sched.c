@@ -1178,12 +1178,15 @@ static uint32_t remote_depth(const sh_func_t *f) {
 
 /* A result of f came from node n (t still counted there): while n was busy
  * since its previous result, the gap between the two, times the workers
- * that were running, is what one task took. Results come in batches (the
+ * that were running, is what one task took (a gap after which the node had
+ * no task waiting is not counted: it may have waited for more). Results come in batches (the
  * worker writes them together), so single gaps are 0 or a whole batch: the
  * estimate is their mean over a window that spans batches (at least
  * EACH_MIN_RESULTS results and EACH_MIN_NS), smoothed. */
 static void measure_remote(sh_node_t *n, sh_func_t *f, uint64_t now) {
-  if (n->last_result_ns && n->left_after) {
+  /* Busy: more tasks were there than workers, so the next result came
+   * without waiting for the head (or for the driver behind it). */
+  if (n->last_result_ns && n->left_after > n->num_workers) {
     uint32_t running = n->ntasks < n->num_workers ? n->ntasks : n->num_workers;
     f->each_sum_ns += (now - n->last_result_ns) * (running ? running : 1);
     if (++f->each_n >= EACH_MIN_RESULTS && f->each_sum_ns >= EACH_MIN_NS) {

@@ -74,6 +74,7 @@ typedef struct worker_s {
   sh_buf_t wbuf;      /* RESULT frames held for the next write */
   double held_since;  /* when the oldest result in wbuf was queued */
   int armed;          /* the flusher watches the held results */
+  int flush_due;      /* loop thread: the results held were HOLD_S old at the last one */
   int dormant;        /* the flusher waits without a deadline */
   double active_at;   /* when the loop thread last began a task */
   sh_map_t ran_ns;    /* fn_id (actor_id for calls) -> 1 + how long it last ran, ns */
@@ -249,9 +250,9 @@ static void *flusher_main(void *arg) {
 /* Before user code runs, with results held: `may_be_long`, the flusher
  * watches their deadline from now on (a signal); otherwise it is only woken
  * from a sleep without a deadline, to look every TICK_S. */
-static void arm_flusher(worker_t *w, int may_be_long) {
+static void arm_flusher(worker_t *w, int may_be_long, double now) {
   pthread_mutex_lock(&w->mu);
-  w->active_at = now_s();
+  w->active_at = now;
   if (sh_buf_avail(&w->wbuf)) {
     if (may_be_long && !w->armed) {
       w->armed = 1;
@@ -577,12 +578,14 @@ static int append_outcome(sh_buf_t *b, uint64_t task_id, outcome_t *o) {
   return rc ? -1 : 0;
 }
 
-/* Queues the RESULT of one request. 0 or -1 (out of memory). */
-static int queue_result(worker_t *w, uint64_t task_id, outcome_t *o) {
+/* Queues the RESULT of one request, made at `now`; sets flush_due when the
+ * results held are HOLD_S old. 0 or -1 (out of memory). */
+static int queue_result(worker_t *w, uint64_t task_id, outcome_t *o, double now) {
   if (!o->payload) return -1;
   pthread_mutex_lock(&w->mu);
-  if (!sh_buf_avail(&w->wbuf)) w->held_since = now_s();
+  if (!sh_buf_avail(&w->wbuf)) w->held_since = now;
   int rc = append_outcome(&w->wbuf, task_id, o);
+  w->flush_due = sh_buf_avail(&w->wbuf) && now - w->held_since > HOLD_S;
   pthread_mutex_unlock(&w->mu);
   return rc;
 }
@@ -697,13 +700,16 @@ static int exec_frame(worker_t *w, uint64_t task_id, unsigned flags, const uint8
 
   uint64_t key = e.kind == SH_KIND_TASK ? e.fn_id : e.actor_id;
   uintptr_t last = key ? (uintptr_t)sh_map_get(&w->ran_ns, key) : 0;
-  arm_flusher(w, !lane && (!last || last - 1 >= (uintptr_t)(LONG_S * 1e9)));
+  /* Two clock reads a task: its start and its end (the end also dates its
+   * result and tells whether the held ones are due). */
+  double t0 = now_s();
+  arm_flusher(w, !lane && (!last || last - 1 >= (uintptr_t)(LONG_S * 1e9)), t0);
   int rc = signals_while_idle(); /* a stale SIGINT is not for this task */
   outcome_t o = {0, 0, NULL};
   current_task = task_id;
-  double t0 = now_s();
   if (rc == 0) rc = run(w, task_id, &e, &d, &o);
-  if (key) (void)sh_map_put(&w->ran_ns, key, (void *)(uintptr_t)(1 + (uint64_t)((now_s() - t0) * 1e9)));
+  double t1 = now_s();
+  if (key) (void)sh_map_put(&w->ran_ns, key, (void *)(uintptr_t)(1 + (uint64_t)((t1 - t0) * 1e9)));
   current_task = 0;
   for (uint32_t i = 0; i < e.ndeps; i++) Py_XDECREF(d.val[i]);
   if (d.dep != dep_small) sh_free(d.dep);
@@ -713,7 +719,7 @@ static int exec_frame(worker_t *w, uint64_t task_id, unsigned flags, const uint8
     return rc;
   }
   flush_stdio(w);
-  return lane ? lane_result(w, task_id, &o) : queue_result(w, task_id, &o);
+  return lane ? lane_result(w, task_id, &o) : queue_result(w, task_id, &o, t1);
 }
 
 /* ---- the loop and the entry point ---- */
@@ -760,7 +766,10 @@ static int run_ready(worker_t *w) {
     }
     sh_buf_consume(&w->rbuf, used);
     if (rc) return rc;
-    if (held_age(w) > HOLD_S && (rc = flush_out(w)) != 0) return rc;
+    if (w->flush_due) {
+      w->flush_due = 0;
+      if (held_age(w) > HOLD_S && (rc = flush_out(w)) != 0) return rc;
+    }
   }
 }
 
