@@ -1179,10 +1179,10 @@ static uint32_t remote_depth(const sh_func_t *f) {
 /* A result of f came from node n (t still counted there): while n was busy
  * since its previous result, the gap between the two, times the workers
  * that were running, is what one task took (a gap after which the node had
- * no task waiting is not counted: it may have waited for more). Results come in batches (the
- * worker writes them together), so single gaps are 0 or a whole batch: the
- * estimate is their mean over a window that spans batches (at least
- * EACH_MIN_RESULTS results and EACH_MIN_NS), smoothed. */
+ * no task waiting is not counted: it may have waited for more). Results
+ * come in batches (the worker writes them together), so single gaps are 0
+ * or a whole batch: the estimate is their mean over a window that spans
+ * batches (at least EACH_MIN_RESULTS results and EACH_MIN_NS), smoothed. */
 static void measure_remote(sh_node_t *n, sh_func_t *f, uint64_t now) {
   /* Busy: more tasks were there than workers, so the next result came
    * without waiting for the head (or for the driver behind it). */
@@ -1208,9 +1208,9 @@ static int pipeline_open(const sh_node_t *n, const sh_task_t *t, uint32_t depth)
 }
 
 /* A live node that can take short task t ahead of its free CPUs: the
- * function's measured forward-to-result time is short, and the node holds
- * fewer than about PIPELINE_TARGET_NS of its tasks per worker (remote_depth).
- * The least loaded such node, or NULL. */
+ * function is short there (remote_depth of 2 or more), and the node holds
+ * fewer than about PIPELINE_TARGET_NS of its tasks per worker. The least
+ * loaded such node, or NULL. */
 static sh_node_t *pipeline_node(sh_agent_t *a, const sh_task_t *t) {
   sh_func_t *f = sh_map_get(&a->funcs, t->fn_id);
   uint32_t depth = f ? remote_depth(f) : 0;
