@@ -58,8 +58,8 @@ def _children():
 
 def _labels():
     """pid -> driver | head | agent | worker, for this process and its
-    descendants (a shoal binary is the head when started with --head; the
-    embedded one-node agent counts as "head": it is the only agent)."""
+    descendants (a shoal binary joining a head with --address is a node
+    agent; the head, or the one-node agent, is "head")."""
     kids, me = _children(), os.getpid()
     labels = {me: "driver"}
 
@@ -75,8 +75,7 @@ def _labels():
             argv = cmdline(k)
             exe = os.path.basename(argv[0]) if argv else ""
             if exe.startswith("shoal") and "python" not in exe:
-                labels[k] = "head" if "--head" in argv or "--embedded" in argv or \
-                    not any(a == "--address" for a in argv) else "agent"
+                labels[k] = "agent" if "--address" in argv else "head"
             else:
                 labels[k] = "worker"
             walk(k)
@@ -85,41 +84,43 @@ def _labels():
     return labels
 
 
-def _threads(pid):
-    try:
-        return os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-
-
-def _cpu_ns(pid, main=None):
-    """CPU ns of pid's threads: all, only the main one (main=True) or only
-    the others (main=False)."""
+def _per_thread(pid, main, read):
+    """Sum of read(path of a thread's directory) over pid's threads: all
+    (main=None), only its main thread (True) or only the others (False)."""
     total = 0
-    for t in _threads(pid):
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for t in tids:
         if main is not None and (t == str(pid)) != main:
             continue
         try:
-            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
-                total += int(f.read().split()[0])
+            total += read(f"/proc/{pid}/task/{t}")
         except OSError:
             pass
     return total
+
+
+def _read_cpu_ns(path):
+    with open(f"{path}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def _read_switches(path):
+    with open(f"{path}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split()[1])
+    return 0
+
+
+def _cpu_ns(pid, main=None):
+    return _per_thread(pid, main, _read_cpu_ns)
 
 
 def _switches(pid, main):
-    total = 0
-    for t in _threads(pid):
-        if (t == str(pid)) != main:
-            continue
-        try:
-            with open(f"/proc/{pid}/task/{t}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+    return _per_thread(pid, main, _read_switches)
 
 
 def _cpustat():

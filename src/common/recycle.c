@@ -17,7 +17,6 @@ void sh_recycle_close(sh_recycle_t *r) {
       memcpy(&r->free[c], p, sizeof(void *));
       sh_free(p);
     }
-    r->n[c] = 0;
   }
   r->bytes = 0;
 }
@@ -33,7 +32,6 @@ void *sh_recycle_get(sh_recycle_t *r, size_t size, uint8_t *cls) {
   void *p = r->free[c];
   if (!p) return sh_try_malloc(c * SH_RECYCLE_GRAIN);
   memcpy(&r->free[c], p, sizeof(void *));
-  r->n[c]--;
   r->bytes -= c * SH_RECYCLE_GRAIN;
   return p;
 }
@@ -47,6 +45,5 @@ void sh_recycle_put(sh_recycle_t *r, void *p, uint8_t cls) {
   }
   memcpy(p, &r->free[cls], sizeof(void *));
   r->free[cls] = p;
-  r->n[cls]++;
   r->bytes += sz;
 }

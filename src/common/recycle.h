@@ -16,7 +16,6 @@
 
 typedef struct sh_recycle_s {
   void *free[SH_RECYCLE_CLASSES + 1]; /* stacks, linked through each block's start */
-  uint32_t n[SH_RECYCLE_CLASSES + 1];
   size_t bytes;     /* held in the stacks */
   size_t max_bytes; /* never more than this held (the rest is freed) */
 } sh_recycle_t;
